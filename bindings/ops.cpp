@@ -1,0 +1,37 @@
+// The ops of ops.h for Python. Every tensor argument may be a mambatron.Tensor or
+// any DLPack array (numpy, PyTorch, JAX, CuPy); results are mambatron.Tensors.
+#include <pybind11/pybind11.h>
+
+#include "convert.h"
+#include "mambatron/ops.h"
+
+namespace mambatron::bind {
+
+void bind_ops(py::module_& m) {
+  m.def(
+      "gemm",
+      [](py::handle a, py::handle b, bool trans_a, bool trans_b, float alpha, float beta, py::handle out,
+         py::handle out_dtype) {
+        Tensor ta = as_tensor(a, "gemm", "a"), tb = as_tensor(b, "gemm", "b");
+        GemmOptions opt{trans_a, trans_b, alpha, beta};
+        if (!out.is_none()) {
+          Tensor c = as_tensor(out, "gemm", "out");
+          py::gil_scoped_release release;
+          gemm(ta, tb, c, opt);
+          return c;
+        }
+        std::optional<DType> dt;
+        if (!out_dtype.is_none()) dt = to_dtype(out_dtype);
+        py::gil_scoped_release release;
+        return gemm(ta, tb, opt, dt);
+      },
+      py::arg("a"), py::arg("b"), py::kw_only(), py::arg("trans_a") = false, py::arg("trans_b") = false,
+      py::arg("alpha") = 1.0f, py::arg("beta") = 0.0f, py::arg("out") = py::none(), py::arg("out_dtype") = py::none(),
+      R"(alpha · op(a) @ op(b) + beta · out, op = transpose of the last two dims when asked.
+
+a: [m, k] or [batch, m, k]; b: [k, n] or [batch, k, n] (a 2-D operand is shared by the batch).
+CPU: f32, f64, bf16, f16 (16-bit computed in f32). CUDA: bf16/f16 in, bf16/f16/f32 out, or f32;
+fp32 accumulation. out_dtype picks the result's dtype when out is not given.)");
+}
+
+}  // namespace mambatron::bind

@@ -1,0 +1,2 @@
+#pragma once
+#define MAMBATRON_VERSION "0.1.0"

@@ -1,0 +1,96 @@
+"""mambatron: a C++/CUDA engine for Mamba-1, Mamba-2, Transformer and hybrid language models.
+
+The compute lives in the native core (``mambatron._C``); this package re-exports it
+and adds what is easier in Python: printing, paths for C++ users, the CLI.
+"""
+from __future__ import annotations
+
+import os as _os
+
+from . import _C
+from ._C import (  # noqa: F401
+    Device,
+    DType,
+    Tensor,
+    __version__,
+    as_tensor,
+    built_with_cuda,
+    cuda_available,
+    current_stream,
+    device_count,
+    empty,
+    empty_cache,
+    from_dlpack,
+    full,
+    gemm,
+    manual_seed,
+    max_memory_allocated,
+    memory_allocated,
+    memory_reserved,
+    rand,
+    randn,
+    reset_peak_memory_stats,
+    set_stream,
+    synchronize,
+    zeros,
+)
+
+float32 = DType.f32
+float64 = DType.f64
+bfloat16 = DType.bf16
+float16 = DType.f16
+int32 = DType.i32
+int64 = DType.i64
+uint16 = DType.u16
+uint8 = DType.u8
+
+
+def ones(shape, dtype="f32", device="cpu") -> Tensor:
+    """A tensor of ones."""
+    return full(shape, 1.0, dtype=dtype, device=device)
+
+
+def tensor(data, dtype=None, device="cpu") -> Tensor:
+    """A new tensor holding a copy of ``data`` (nested lists, numbers, or any array)."""
+    import numpy as np
+
+    if isinstance(data, Tensor):
+        src = data
+    elif hasattr(data, "__dlpack__"):
+        src = from_dlpack(data)
+    else:
+        arr = np.asarray(data)
+        if arr.dtype == np.float64 and dtype is None and not isinstance(data, np.ndarray):
+            arr = arr.astype(np.float32)  # Python floats become f32, as in the other frameworks
+        src = from_dlpack(np.ascontiguousarray(arr))
+    out = src.to(device=device, dtype=dtype if dtype is not None else src.dtype)
+    return out.clone() if out.data_ptr() == src.data_ptr() and out.numel() else out
+
+
+def best_device() -> str:
+    """'cuda:0' when a CUDA device is usable, else 'cpu'."""
+    return "cuda:0" if cuda_available() else "cpu"
+
+
+def include_dir() -> str:
+    """Folder of the public C++ headers (``#include <mambatron/mambatron.h>``)."""
+    return _os.path.join(_os.path.dirname(__file__), "include")
+
+
+def cmake_dir() -> str:
+    """Folder to pass as ``-Dmambatron_DIR=`` to CMake's ``find_package(mambatron)``."""
+    return _os.path.join(_os.path.dirname(__file__), "lib", "cmake", "mambatron")
+
+
+def _tensor_repr(t: Tensor) -> str:
+    head = f"mambatron.Tensor(shape={list(t.shape)}, dtype={str(t.dtype)}, device={str(t.device)}"
+    if t.numel() > 1000:
+        return head + ")"
+    import numpy as np
+
+    values = t.to(device="cpu", dtype="f64" if t.dtype in (DType.bf16, DType.f16) else t.dtype).numpy()
+    body = np.array2string(values, precision=4, separator=", ", threshold=64)
+    return head + ",\n" + body + ")"
+
+
+Tensor.__repr__ = _tensor_repr
