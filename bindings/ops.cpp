@@ -8,6 +8,7 @@
 namespace mambatron::bind {
 
 void bind_ops(py::module_& m) {
+  // Each family's ops (bindings/ops_FAMILY.cpp) register here, after gemm below.
   m.def(
       "gemm",
       [](py::handle a, py::handle b, bool trans_a, bool trans_b, float alpha, float beta, py::handle out,

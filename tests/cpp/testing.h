@@ -1,0 +1,105 @@
+// Helpers shared by the C++ tests: random inputs, comparisons, finite differences.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <random>
+
+#include "mambatron/mambatron.h"
+
+namespace mambatron::testing {
+
+// A fresh seed for every call, so each test draws new inputs (printed on failure).
+inline uint64_t fresh_seed() {
+  static std::mt19937_64 rng(std::random_device{}());
+  return rng();
+}
+
+// Random normal values (scaled) in a new contiguous tensor.
+inline Tensor randn(const Shape& shape, DType dt = DType::f64, double scale = 1.0, Device dev = Device::cpu()) {
+  Generator g(fresh_seed());
+  Tensor t = Tensor::randn(shape, dt, dev, &g);
+  if (scale != 1.0) {
+    Tensor c = t.to(Device::cpu(), DType::f64);
+    double* p = c.data<double>();
+    for (int64_t i = 0; i < c.numel(); ++i) p[i] *= scale;
+    t = c.to(dev, dt);
+  }
+  return t;
+}
+
+// Uniform in [lo, hi).
+inline Tensor uniform(const Shape& shape, double lo, double hi, DType dt = DType::f64) {
+  Generator g(fresh_seed());
+  Tensor t = Tensor::rand(shape, DType::f64, Device::cpu(), &g);
+  double* p = t.data<double>();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = lo + (hi - lo) * p[i];
+  return t.to(dt);
+}
+
+// A tensor of NaN, to catch outputs that a kernel leaves unwritten.
+inline Tensor poisoned(const Shape& shape, DType dt = DType::f64, Device dev = Device::cpu()) {
+  return Tensor::full(shape, std::nan(""), dt, dev);
+}
+
+// Element i (row-major over the shape) as double, whatever the dtype, strides or device.
+inline std::vector<double> values(const Tensor& t) {
+  Tensor c = t.to(Device::cpu(), DType::f64).contiguous();
+  const double* p = c.data<double>();
+  return std::vector<double>(p, p + c.numel());
+}
+
+// max |a - b| / max(max |b|, tiny): one number that says how close two tensors are.
+inline double max_rel_error(const Tensor& a, const Tensor& b) {
+  auto va = values(a), vb = values(b);
+  EXPECT_EQ(va.size(), vb.size());
+  double err = 0, scale = 1e-30;
+  for (size_t i = 0; i < va.size(); ++i) {
+    if (std::isnan(va[i]) || std::isnan(vb[i])) return INFINITY;
+    err = std::max(err, std::fabs(va[i] - vb[i]));
+    scale = std::max(scale, std::fabs(vb[i]));
+  }
+  return err / scale;
+}
+
+#define EXPECT_CLOSE(a, b, rtol) EXPECT_LE(::mambatron::testing::max_rel_error((a), (b)), (rtol)) << "shape " << ::mambatron::shape_str((a).shape())
+
+// Central finite differences of a scalar loss with respect to the f64 CPU tensor x,
+// compared with the analytic gradient `grad`, at up to max_points elements spread over x.
+// loss() must read x afresh on each call.
+inline void expect_gradient(const std::function<double()>& loss, Tensor x, const Tensor& grad, const char* what,
+                            double rtol = 1e-6, int max_points = 48, double eps = 1e-6) {
+  ASSERT_EQ(x.dtype(), DType::f64);
+  ASSERT_TRUE(x.is_contiguous());
+  auto g = values(grad);
+  ASSERT_EQ(int64_t(g.size()), x.numel()) << what;
+  double* p = x.data<double>();
+  int64_t n = x.numel(), step = std::max<int64_t>(1, n / max_points);
+  double gscale = 1e-12;
+  for (double v : g) gscale = std::max(gscale, std::fabs(v));
+  for (int64_t i = 0; i < n; i += step) {
+    double orig = p[i];
+    p[i] = orig + eps;
+    double lp = loss();
+    p[i] = orig - eps;
+    double lm = loss();
+    p[i] = orig;
+    double fd = (lp - lm) / (2 * eps);
+    EXPECT_NEAR(g[i], fd, rtol * gscale + 1e-9) << what << " element " << i << " of " << n;
+  }
+}
+
+// sum(w ⊙ y): a scalar loss whose gradient with respect to y is w.
+inline double dot(const Tensor& w, const Tensor& y) {
+  auto a = values(w), b = values(y);
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+inline bool has_gpu() { return cuda_available(); }
+#define SKIP_WITHOUT_GPU() \
+  if (!::mambatron::testing::has_gpu()) GTEST_SKIP() << "no CUDA device visible"
+
+}  // namespace mambatron::testing
