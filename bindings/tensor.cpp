@@ -75,8 +75,7 @@ void bind_tensor(py::module_& m) {
   py::enum_<DType>(m, "DType", "Element type of a tensor.")
       .value("f32", DType::f32).value("f64", DType::f64).value("bf16", DType::bf16).value("f16", DType::f16)
       .value("i32", DType::i32).value("i64", DType::i64).value("u16", DType::u16).value("u8", DType::u8)
-      .def_property_readonly("itemsize", [](DType d) { return dtype_size(d); })
-      .def("__str__", [](DType d) { return dtype_name(d); });
+      .def_property_readonly("itemsize", [](DType d) { return dtype_size(d); });
 
   py::class_<Device>(m, "Device", "The CPU or one CUDA device.")
       .def(py::init([](py::handle h) { return to_device(h); }), py::arg("device"))

@@ -83,7 +83,7 @@ def cmake_dir() -> str:
 
 
 def _tensor_repr(t: Tensor) -> str:
-    head = f"mambatron.Tensor(shape={list(t.shape)}, dtype={str(t.dtype)}, device={str(t.device)}"
+    head = f"mambatron.Tensor(shape={list(t.shape)}, dtype={t.dtype}, device={t.device}"
     if t.numel() > 1000:
         return head + ")"
     import numpy as np
@@ -94,3 +94,4 @@ def _tensor_repr(t: Tensor) -> str:
 
 
 Tensor.__repr__ = _tensor_repr
+DType.__str__ = lambda self: self.name  # "bf16", as users write it

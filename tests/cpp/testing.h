@@ -103,3 +103,29 @@ inline bool has_gpu() { return cuda_available(); }
   if (!::mambatron::testing::has_gpu()) GTEST_SKIP() << "no CUDA device visible"
 
 }  // namespace mambatron::testing
+
+namespace mambatron::testing {
+
+inline double max_abs_diff(const Tensor& a, const Tensor& b) {
+  auto va = values(a), vb = values(b);
+  double e = 0;
+  for (size_t i = 0; i < va.size(); ++i) {
+    if (std::isnan(va[i]) || std::isnan(vb[i])) return INFINITY;
+    e = std::max(e, std::fabs(va[i] - vb[i]));
+  }
+  return e;
+}
+
+// DESIGN.md's rule for CUDA results: the error against an f64 reference is at most
+// twice the error of the same computation in the same precision on the CPU, plus a
+// small absolute term relative to the reference's scale.
+inline void expect_within_rule(const Tensor& cuda_out, const Tensor& cpu_same_precision, const Tensor& ref64,
+                               const char* what, double atol_rel = 1e-6) {
+  double scale = 0;
+  for (double v : values(ref64)) scale = std::max(scale, std::fabs(v));
+  double err_cuda = max_abs_diff(cuda_out, ref64), err_cpu = max_abs_diff(cpu_same_precision, ref64);
+  EXPECT_LE(err_cuda, 2 * err_cpu + atol_rel * scale)
+      << what << ": CUDA error " << err_cuda << ", CPU error " << err_cpu << ", scale " << scale;
+}
+
+}  // namespace mambatron::testing

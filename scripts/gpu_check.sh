@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one run on the GPU machine: build the package
+# with CUDA, run every C++ and Python test (GPU ones included), run the
+# benchmarks. Logs and JSON go to $OUT (default ./gpu_out); the last lines
+# printed are a summary.
+#   scripts/gpu_check.sh            build + tests + benchmarks
+#   scripts/gpu_check.sh --no-bench build + tests
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+bench=1
+[ "${1:-}" = "--no-bench" ] && bench=0
+log="$OUT/gpu_check.log"
+: > "$log"
+say() { echo "$*" | tee -a "$log"; }
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) NCCL_NVLS_ENABLE=0
+export PATH=/usr/local/cuda/bin:$PATH
+
+say "== $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv >> "$log" 2>&1
+
+t0=$(date +%s)
+MAMBATRON_CUDA=ON MAMBATRON_BUILD_TESTS=ON python3 -m pip install --no-build-isolation --no-deps -v \
+  -C build-dir=build/gpu . > "$OUT/build.log" 2>&1
+build_rc=$?
+say "build: exit $build_rc in $(( $(date +%s) - t0 )) s"
+if [ $build_rc -ne 0 ]; then tail -40 "$OUT/build.log"; exit 1; fi
+grep -E "mambatron: CUDA backend" "$OUT/build.log" | tee -a "$log"
+
+build/gpu/mambatron_tests --gtest_output=xml:"$OUT/gtest.xml" > "$OUT/gtest.log" 2>&1
+gtest_rc=$?
+say "gtest: exit $gtest_rc; $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/gtest.log" | tr '\n' ' ')"
+grep -E '^\[  FAILED  \]|Failure|error' "$OUT/gtest.log" | head -30 | tee -a "$log"
+
+python3 -m pytest tests/python -q -rs -x --durations=10 > "$OUT/pytest.log" 2>&1
+pytest_rc=$?
+say "pytest: exit $pytest_rc; $(tail -1 "$OUT/pytest.log")"
+[ $pytest_rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error" "$OUT/pytest.log" | head -30 | tee -a "$log"
+
+bench_rc=0
+if [ $bench -eq 1 ]; then
+  for b in benchmarks/bench_gemm.py; do
+    name=$(basename "$b" .py)
+    python3 "$b" --json "$OUT/$name.json" 2>&1 | tee -a "$log"
+    rc=${PIPESTATUS[0]}
+    say "$name: exit $rc"
+    [ $rc -ne 0 ] && bench_rc=1
+  done
+fi
+say "== summary: build $build_rc, gtest $gtest_rc, pytest $pytest_rc, benchmarks $bench_rc"
+[ $gtest_rc -eq 0 ] && [ $pytest_rc -eq 0 ] && [ $bench_rc -eq 0 ]
