@@ -17,7 +17,7 @@ say() { echo "$*" | tee -a "$log"; }
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) NCCL_NVLS_ENABLE=0
 export PATH=/usr/local/cuda/bin:$PATH
 
-say "== $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+say "== $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || cat COMMIT 2>/dev/null || echo unknown)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv >> "$log" 2>&1
 
 t0=$(date +%s)
