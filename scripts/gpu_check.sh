@@ -33,7 +33,7 @@ gtest_rc=$?
 say "gtest: exit $gtest_rc; $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/gtest.log" | tr '\n' ' ')"
 grep -E '^\[  FAILED  \]|Failure|error' "$OUT/gtest.log" | head -30 | tee -a "$log"
 
-python3 -m pytest tests/python -q -rs -x --durations=10 > "$OUT/pytest.log" 2>&1
+python3 -m pytest tests/python -q -rs --durations=10 > "$OUT/pytest.log" 2>&1
 pytest_rc=$?
 say "pytest: exit $pytest_rc; $(tail -1 "$OUT/pytest.log")"
 [ $pytest_rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error" "$OUT/pytest.log" | head -30 | tee -a "$log"
