@@ -1,7 +1,6 @@
 #include "mambatron/tensor.h"
 
 #include <algorithm>
-#include <sstream>
 
 #include "../ops/backend.h"
 #include "allocator.h"
@@ -11,11 +10,9 @@
 namespace mambatron {
 
 std::string shape_str(const Shape& s) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << "]";
-  return os.str();
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
 }
 
 int64_t shape_numel(const Shape& s) {
