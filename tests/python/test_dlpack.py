@@ -100,3 +100,29 @@ def test_torch_rejects_nothing_and_mambatron_checks_devices():
     b = np.ones((8, 8), dtype=np.float32)
     with pytest.raises(TypeError, match="all tensors of an op must be on one device"):
         mt.gemm(a, b)
+
+
+@pytest.mark.gpu
+def test_cupy_round_trip_shares_pointer():
+    cp = pytest.importorskip("cupy")
+    x = cp.random.standard_normal((17, 9), dtype=cp.float32)
+    t = mt.from_dlpack(x)
+    assert t.is_cuda and t.data_ptr() == x.data.ptr
+    y = cp.from_dlpack(t)
+    assert y.data.ptr == x.data.ptr
+    assert np.array_equal(cp.asnumpy(y), t.cpu().numpy())
+
+
+@pytest.mark.gpu
+def test_jax_array_imports_without_copy():
+    import os
+
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave the GPU's memory to the tests
+    jax = pytest.importorskip("jax")
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+    if not gpus:
+        pytest.skip("JAX sees no GPU")
+    x = jax.device_put(jax.numpy.arange(24, dtype=jax.numpy.float32).reshape(4, 6), gpus[0])
+    t = mt.from_dlpack(x)
+    assert t.is_cuda and t.data_ptr() == x.unsafe_buffer_pointer()
+    assert np.array_equal(t.cpu().numpy(), np.asarray(x))
