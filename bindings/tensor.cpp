@@ -150,9 +150,9 @@ void bind_tensor(py::module_& m) {
       .def("fill_", &Tensor::fill_, py::arg("value"), py::return_value_policy::reference_internal)
       .def("zero_", &Tensor::zero_, py::return_value_policy::reference_internal)
       .def("item", [](const Tensor& t) -> py::object {
-        double v = t.item();
-        if (is_floating(t.dtype())) return py::float_(v);
-        return py::int_(int64_t(v));
+        if (is_floating(t.dtype())) return py::float_(t.item());
+        MT_CHECK(t.numel() == 1, ValueError, "item: the tensor has ", t.numel(), " elements, expected exactly one");
+        return py::int_(*t.to(Device::cpu(), DType::i64).data<int64_t>());  // exact beyond 2^53
       })
       .def("numpy", &to_numpy, "A numpy array sharing this CPU tensor's memory.")
       .def("__array__", [](const Tensor& t, py::object dtype, py::object copy) {

@@ -134,3 +134,8 @@ def test_without_cuda_device_errors_are_clear():
         mt.zeros(2, device="cuda")
     with pytest.raises(TypeError):
         mt.zeros(2).cuda()
+
+
+def test_item_is_exact_for_large_integers():
+    big = 2**60 + 1
+    assert mt.tensor(np.array([big], dtype=np.int64)).item() == big
