@@ -44,6 +44,50 @@ namespace mambatron {
 // ---------------------------------------------------------------- selective scan (Mamba-1)
 
 // ---------------------------------------------------------------- ssd (Mamba-2)
+// Mamba-2 state-space scan (MODELS.md §2), per batch row and head j, whose group
+// is γ = j / (h/g):
+//   Δ_t = clamp(softplus?(dt_t + dt_bias_j), dt_min, dt_max)
+//   H_t = exp(Δ_t·A_j)·H_{t−1} + Δ_t·x_t ⊗ B_t[γ]     H: [p, n], H_{−1} = initial_state or 0
+//   y_t = H_t·C_t[γ] + D_j·x_t
+// Shapes: x, y [b, l, h, p]; dt [b, l, h]; A [h] (negative; callers pass −exp(A_log));
+// B, C [b, l, g, n] with g dividing h; D, dt_bias [h]; initial_state, final_state
+// [b, h, p, n]; seq_idx int32 [b, l]. All float tensors share one dtype (f32 or f64
+// on the CPU). Optional tensors (D, dt_bias, initial_state, seq_idx, final_state and
+// the optional gradients) are passed undefined (Tensor()) when absent; an absent D,
+// dt_bias or initial_state acts as zeros.
+// seq_idx: a document id per token, non-decreasing along each row; the state resets
+// to 0 where it changes (initial_state feeds the first document of each row only,
+// final_state is the state after the last token).
+struct SsdOptions {
+  // 0: the sequential recurrence. Q > 0: the chunked SSD form (intra-chunk matrices,
+  // chunk states, state passing, inter-chunk) with chunks of Q tokens; any l.
+  int64_t chunk_size = 0;
+  bool dt_softplus = false;  // softplus(v) = log1p(exp(v)), v > 20 → v
+  // When set, Δ (after softplus) is clamped from below / above; its gradient is 0
+  // where clamped. Unset (the default): no clamp.
+  std::optional<double> dt_min;
+  std::optional<double> dt_max;
+};
+void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& B, const Tensor& C,
+                 const Tensor& D, const Tensor& dt_bias, const Tensor& initial_state, const Tensor& seq_idx,
+                 Tensor& y, Tensor& final_state, const SsdOptions& opt = {});
+// Gradients of ssd_forward (the same inputs and options) given dy [b, l, h, p] and,
+// optionally, d_final_state [b, h, p, n]. Overwrites dx, ddt, dA, dB, dC (shapes of
+// their inputs); dD [h], ddt_bias [h] and d_initial_state [b, h, p, n] are written when
+// defined (the gradient at zero when the input is absent). ddt is the gradient with
+// respect to dt itself (through bias, softplus and clamp). chunk_size picks the
+// sequential or the chunked computation, as in forward; both give the same numbers
+// up to rounding. States are recomputed, so forward need not save anything.
+void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x, const Tensor& dt, const Tensor& A,
+                  const Tensor& B, const Tensor& C, const Tensor& D, const Tensor& dt_bias,
+                  const Tensor& initial_state, const Tensor& seq_idx, Tensor& dx, Tensor& ddt, Tensor& dA, Tensor& dB,
+                  Tensor& dC, Tensor& dD, Tensor& ddt_bias, Tensor& d_initial_state, const SsdOptions& opt = {});
+// One decode token: x [b, h, p], dt [b, h], A [h], B, C [b, g, n], D and dt_bias [h]
+// (optional); state [b, h, p, n] is advanced in place (H_{t−1} → H_t) and y [b, h, p]
+// written. opt.chunk_size is ignored.
+void ssd_step(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& D,
+              const Tensor& dt_bias, Tensor& state, Tensor& y, const SsdOptions& opt = {});
+
 
 // ---------------------------------------------------------------- attention
 // Causal softmax attention with grouped-query sharing and optional packed documents.
