@@ -1,0 +1,115 @@
+// Norms: argument checks and dispatch. CPU: ops/cpu/norm.cpp.
+#include <cmath>
+
+#include "backend.h"
+#include "cpu/norm.h"
+#include "dense_checks.h"
+#include "mambatron/ops.h"
+
+namespace mambatron {
+
+using dense::check_float_like;
+using dense::check_float_ref;
+using dense::leading_shape;
+
+namespace {
+// x: f32/f64, [..., d] with d ≥ 1. Returns d.
+int64_t check_rows_input(const Tensor& x, const char* op, const char* name) {
+  check_float_ref(x, op, name);
+  MT_CHECK(x.dim() >= 1 && x.size(-1) >= 1, ValueError, op, ": argument '", name, "' has shape ",
+           shape_str(x.shape()), ", expected [..., d] with d >= 1");
+  return x.size(-1);
+}
+void check_eps(double eps, const char* op) {
+  MT_CHECK(std::isfinite(eps) && eps >= 0, ValueError, op, ": eps is ", eps, ", expected a finite value >= 0");
+}
+void check_groups(int64_t groups, int64_t d, const char* op) {
+  MT_CHECK(groups >= 1 && d % groups == 0, ValueError, op, ": groups is ", groups,
+           ", expected a divisor of the channel count d = ", d);
+}
+}  // namespace
+
+void rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps, Tensor& out, Tensor& rstd) {
+  const char* op = "rmsnorm_forward";
+  int64_t d = check_rows_input(x, op, "x");
+  check_float_like(weight, x, op, "weight", "x", {d});
+  check_float_like(out, x, op, "out", "x", x.shape());
+  check_float_like(rstd, x, op, "rstd", "x", leading_shape(x.shape()));
+  check_eps(eps, op);
+  require_cpu(x, op);
+  cpu::rmsnorm_forward(x, weight, eps, out, rstd);
+}
+
+void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor& dx,
+                      Tensor& dweight) {
+  const char* op = "rmsnorm_backward";
+  int64_t d = check_rows_input(x, op, "x");
+  check_float_like(dout, x, op, "dout", "x", x.shape());
+  check_float_like(weight, x, op, "weight", "x", {d});
+  check_float_like(rstd, x, op, "rstd", "x", leading_shape(x.shape()));
+  check_float_like(dx, x, op, "dx", "x", x.shape());
+  check_float_like(dweight, x, op, "dweight", "x", {d});
+  require_cpu(x, op);
+  cpu::rmsnorm_backward(dout, x, weight, rstd, dx, dweight);
+}
+
+void layernorm1p_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps, Tensor& out,
+                         Tensor& mean, Tensor& rstd) {
+  const char* op = "layernorm1p_forward";
+  int64_t d = check_rows_input(x, op, "x");
+  check_float_like(gamma, x, op, "gamma", "x", {d});
+  check_float_like(beta, x, op, "beta", "x", {d});
+  check_float_like(out, x, op, "out", "x", x.shape());
+  check_float_like(mean, x, op, "mean", "x", leading_shape(x.shape()));
+  check_float_like(rstd, x, op, "rstd", "x", leading_shape(x.shape()));
+  check_eps(eps, op);
+  require_cpu(x, op);
+  cpu::layernorm1p_forward(x, gamma, beta, eps, out, mean, rstd);
+}
+
+void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gamma, const Tensor& mean,
+                          const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta) {
+  const char* op = "layernorm1p_backward";
+  int64_t d = check_rows_input(x, op, "x");
+  check_float_like(dout, x, op, "dout", "x", x.shape());
+  check_float_like(gamma, x, op, "gamma", "x", {d});
+  check_float_like(mean, x, op, "mean", "x", leading_shape(x.shape()));
+  check_float_like(rstd, x, op, "rstd", "x", leading_shape(x.shape()));
+  check_float_like(dx, x, op, "dx", "x", x.shape());
+  check_float_like(dgamma, x, op, "dgamma", "x", {d});
+  check_float_like(dbeta, x, op, "dbeta", "x", {d});
+  require_cpu(x, op);
+  cpu::layernorm1p_backward(dout, x, gamma, mean, rstd, dx, dgamma, dbeta);
+}
+
+void gated_rmsnorm_forward(const Tensor& y, const Tensor& z, const Tensor& weight, int64_t groups, double eps,
+                           Tensor& out, Tensor& rstd) {
+  const char* op = "gated_rmsnorm_forward";
+  int64_t d = check_rows_input(y, op, "y");
+  check_float_like(z, y, op, "z", "y", y.shape());
+  check_float_like(weight, y, op, "weight", "y", {d});
+  check_groups(groups, d, op);
+  check_float_like(out, y, op, "out", "y", y.shape());
+  check_float_like(rstd, y, op, "rstd", "y", dense::with_last(y.shape(), groups));
+  check_eps(eps, op);
+  require_cpu(y, op);
+  cpu::gated_rmsnorm_forward(y, z, weight, groups, eps, out, rstd);
+}
+
+void gated_rmsnorm_backward(const Tensor& dout, const Tensor& y, const Tensor& z, const Tensor& weight,
+                            const Tensor& rstd, int64_t groups, Tensor& dy, Tensor& dz, Tensor& dweight) {
+  const char* op = "gated_rmsnorm_backward";
+  int64_t d = check_rows_input(y, op, "y");
+  check_float_like(dout, y, op, "dout", "y", y.shape());
+  check_float_like(z, y, op, "z", "y", y.shape());
+  check_float_like(weight, y, op, "weight", "y", {d});
+  check_groups(groups, d, op);
+  check_float_like(rstd, y, op, "rstd", "y", dense::with_last(y.shape(), groups));
+  check_float_like(dy, y, op, "dy", "y", y.shape());
+  check_float_like(dz, y, op, "dz", "y", y.shape());
+  check_float_like(dweight, y, op, "dweight", "y", {d});
+  require_cpu(y, op);
+  cpu::gated_rmsnorm_backward(dout, y, z, weight, rstd, groups, dy, dz, dweight);
+}
+
+}  // namespace mambatron
