@@ -35,6 +35,7 @@ CPU: f32, f64, bf16, f16 (16-bit computed in f32). CUDA: bf16/f16 in, bf16/f16/f
 fp32 accumulation. out_dtype picks the result's dtype when out is not given.)");
   bind_conv1d_ops(m);
   bind_selective_scan_ops(m);
+  bind_attention_ops(m);
 }
 
 }  // namespace mambatron::bind

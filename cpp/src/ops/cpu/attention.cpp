@@ -8,7 +8,6 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 namespace mambatron::cpu {
@@ -86,15 +85,15 @@ void forward_typed(const Tensor& qt, const Tensor& kt, const Tensor& vt, Tensor&
           S.noalias() = Q * K.transpose();
           for (int64_t r = 0; r < m; ++r) {
             const int64_t lo = st[i0 + r] - k0, hi = i0 + r - k0;  // visible keys [lo, hi]
-            T* s = S.data() + r * nk;
-            T mx = -std::numeric_limits<T>::infinity();
-            for (int64_t j = lo; j <= hi; ++j) mx = std::max(mx, s[j] *= scale);
-            T sum = 0;
-            for (int64_t j = lo; j <= hi; ++j) sum += (s[j] = std::exp(s[j] - mx));
-            const T inv = T(1) / sum;
-            for (int64_t j = 0; j < lo; ++j) s[j] = 0;
-            for (int64_t j = lo; j <= hi; ++j) s[j] *= inv;
-            for (int64_t j = hi + 1; j < nk; ++j) s[j] = 0;
+            auto row = S.row(r);
+            auto seen = row.segment(lo, hi - lo + 1).array();
+            seen *= scale;
+            const T mx = seen.maxCoeff();
+            seen = (seen - mx).exp();  // Eigen's vectorised exp
+            const T sum = seen.sum();
+            seen *= T(1) / sum;
+            row.head(lo).setZero();
+            row.tail(nk - hi - 1).setZero();
             lh[i0 + r] = mx + std::log(sum);
           }
           Rows<T> O(oh + i0 * qs, m, g.p, Eigen::OuterStride<>(qs));
@@ -145,14 +144,14 @@ void backward_typed(const Tensor& doutt, const Tensor& qt, const Tensor& kt, con
             P.noalias() = Q * K.transpose();
             dS.noalias() = dO * V.transpose();
             for (int64_t r = 0; r < m; ++r) {
-              const int64_t lo = st[i0 + r] - k0, hi = i0 + r - k0;
+              const int64_t lo = st[i0 + r] - k0, hi = i0 + r - k0, n = hi - lo + 1;
               const T li = lh[i0 + r], Di = dO.row(r).dot(O.row(r));
-              T* pr = P.data() + r * nk;
-              T* dr = dS.data() + r * nk;
-              for (int64_t j = 0; j < nk; ++j) {
-                const T pj = (j >= lo && j <= hi) ? std::exp(scale * pr[j] - li) : T(0);
-                pr[j] = pj;
-                dr[j] = pj * (dr[j] - Di);
+              auto p = P.row(r).segment(lo, n).array();
+              p = (scale * p - li).exp();
+              dS.row(r).segment(lo, n).array() = p * (dS.row(r).segment(lo, n).array() - Di);
+              for (auto* M : {&P, &dS}) {
+                M->row(r).head(lo).setZero();
+                M->row(r).tail(nk - hi - 1).setZero();
               }
             }
             Rows<T> dQ(dq + off + i0 * qs, m, g.p, sq);
