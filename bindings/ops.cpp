@@ -36,6 +36,9 @@ fp32 accumulation. out_dtype picks the result's dtype when out is not given.)");
   bind_conv1d_ops(m);
   bind_selective_scan_ops(m);
   bind_attention_ops(m);
+  bind_embedding_ops(m);
+  bind_norm_ops(m);
+  bind_activation_ops(m);
 }
 
 }  // namespace mambatron::bind

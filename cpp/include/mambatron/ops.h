@@ -30,10 +30,59 @@ Tensor gemm(const Tensor& a, const Tensor& b, const GemmOptions& opt = {},
 namespace mambatron {
 
 // ---------------------------------------------------------------- embedding
+// Token embedding. weight [V, d] (f32/f64), tokens [b, l] (i32 or i64), out [b, l, d]:
+// out[i, t] = weight[tokens[i, t]]. An id outside [0, V) is a ValueError naming it.
+// No decode step: every token is looked up on its own (a step is l = 1).
+void embedding_forward(const Tensor& weight, const Tensor& tokens, Tensor& out);
+// dweight [V, d] (overwritten) = the rows of dout [b, l, d] added into the rows their
+// tokens name; rows no token names are 0. Deterministic: each row adds its positions
+// in position order, so the bits do not depend on the thread count.
+void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweight);
 
 // ---------------------------------------------------------------- norms
+// All norms: x is [..., d] (its leading dims are the rows), parameters are [d], one
+// dtype (f32/f64) throughout; the saved statistics (mean, rstd) have x's dtype and
+// one value per row ([...] = x's shape without d), computed with f64 sums. Backwards
+// overwrite their gradients. No decode step: rows are independent (a step is l = 1).
+//
+// RMSNorm: out = x · rstd · weight, rstd = 1 / sqrt(mean(x²) + eps).
+void rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps, Tensor& out, Tensor& rstd);
+// dout, dx: like x; dweight: [d].
+void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor& dx,
+                      Tensor& dweight);
+// LayerNorm with zero-centred gain: out = (x − mean) · rstd · (1 + gamma) + beta,
+// rstd = 1 / sqrt(var + eps) with the biased variance.
+void layernorm1p_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps, Tensor& out,
+                         Tensor& mean, Tensor& rstd);
+void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gamma, const Tensor& mean,
+                          const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta);
+// Gated grouped RMSNorm (Mamba-2, norm after the gate): u = y · silu(z); the d
+// channels form `groups` groups of d / groups consecutive channels, each normalised
+// on its own: out = u · rstd[..., k] · weight, rstd[..., k] = 1 / sqrt(mean_k(u²) + eps).
+// y, z, out: [..., d]; weight: [d]; rstd: [..., groups]; groups must divide d.
+void gated_rmsnorm_forward(const Tensor& y, const Tensor& z, const Tensor& weight, int64_t groups, double eps,
+                           Tensor& out, Tensor& rstd);
+// dy, dz: like y; dweight: [d].
+void gated_rmsnorm_backward(const Tensor& dout, const Tensor& y, const Tensor& z, const Tensor& weight,
+                            const Tensor& rstd, int64_t groups, Tensor& dy, Tensor& dz, Tensor& dweight);
 
 // ---------------------------------------------------------------- activations
+// Elementwise, any shape, f32/f64: out (forward) and dout, dx (backward) have x's
+// shape; dx = dout · act'(x) (overwritten). The forward may write into x itself and
+// the backward into dout. No decode step: elementwise ops have no state.
+// GeLU, erf form: x · Φ(x) = ½ x (1 + erf(x / √2)).
+void gelu_forward(const Tensor& x, Tensor& out);
+void gelu_backward(const Tensor& dout, const Tensor& x, Tensor& dx);
+// Squared ReLU: max(x, 0)².
+void squared_relu_forward(const Tensor& x, Tensor& out);
+void squared_relu_backward(const Tensor& dout, const Tensor& x, Tensor& dx);
+// SiLU: x · sigmoid(x).
+void silu_forward(const Tensor& x, Tensor& out);
+void silu_backward(const Tensor& dout, const Tensor& x, Tensor& dx);
+// SwiGLU: x [..., 2f] holds a = x[..., :f] then b = x[..., f:]; out [..., f] = silu(a) · b.
+// Backward: dout [..., f] -> dx [..., 2f] = [dout · b · silu'(a) | dout · silu(a)].
+void swiglu_forward(const Tensor& x, Tensor& out);
+void swiglu_backward(const Tensor& dout, const Tensor& x, Tensor& dx);
 
 // ---------------------------------------------------------------- loss (linear + cross-entropy)
 
