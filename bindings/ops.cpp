@@ -39,6 +39,7 @@ fp32 accumulation. out_dtype picks the result's dtype when out is not given.)");
   bind_embedding_ops(m);
   bind_norm_ops(m);
   bind_activation_ops(m);
+  bind_ssd_ops(m);
 }
 
 }  // namespace mambatron::bind
