@@ -47,7 +47,8 @@ def run_demo(device: str | None = None, size: int | None = None, json_path: str 
     out = mt.empty([size, size], dtype=dtype, device=device)
     seconds = _time(lambda: mt.gemm(x, y, out=out), device)
     tflops = 2.0 * size ** 3 / seconds / 1e12
-    print(f"gemm {size}^3 ({dtype}): {seconds * 1e3:.2f} ms, {tflops:.2f} TFLOP/s")
+    rate = f"{tflops:.1f} TFLOP/s" if tflops >= 1 else f"{tflops * 1e3:.1f} GFLOP/s"
+    print(f"gemm {size}^3 ({dtype}): {seconds * 1e3:.2f} ms, {rate}")
 
     # 3. Memory the demo's tensors hold on the device.
     held = mt.memory_allocated(device) / 2**20

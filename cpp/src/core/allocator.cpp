@@ -80,7 +80,8 @@ CachingAllocator& allocator_for(Device device) {
   static std::mutex mu;
   static auto* per_device = new std::vector<std::unique_ptr<CachingAllocator>>();
   int n = device_count();
-  MT_CHECK(device.index >= 0 && device.index < n, ValueError, "device ", device.str(), " does not exist: ", n,
+  MT_CHECK(n > 0, TypeError, "device ", device.str(), " requested, but no CUDA device is visible");
+  MT_CHECK(device.index >= 0 && device.index < n, TypeError, "device ", device.str(), " does not exist: ", n,
            " CUDA device(s) visible");
   std::lock_guard<std::mutex> lock(mu);
   if (per_device->empty()) per_device->resize(n);

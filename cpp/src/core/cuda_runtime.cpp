@@ -26,7 +26,7 @@ std::vector<DeviceState>& states() {
 }
 DeviceState& state(int device) {
   int n = device_count();
-  MT_CHECK(device >= 0 && device < n, ValueError, "CUDA device ", device, " does not exist: ", n,
+  MT_CHECK(device >= 0 && device < n, TypeError, "CUDA device ", device, " does not exist: ", n,
            " CUDA device(s) visible");
   return states()[device];
 }
