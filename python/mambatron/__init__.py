@@ -65,6 +65,7 @@ from ._C import (  # noqa: F401
     synchronize,
     zeros,
 )
+from .presets import ModelConfig, get_preset, list_presets  # noqa: F401
 
 float32 = DType.f32
 float64 = DType.f64
