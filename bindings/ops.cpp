@@ -40,6 +40,8 @@ fp32 accumulation. out_dtype picks the result's dtype when out is not given.)");
   bind_norm_ops(m);
   bind_activation_ops(m);
   bind_ssd_ops(m);
+  bind_conv1d_ops(m);
+  bind_selective_scan_ops(m);
 }
 
 }  // namespace mambatron::bind

@@ -4,6 +4,7 @@
 // are formed with one Eigen product, so memory stays kBlock × l per thread and
 // the softmax of each row is exact (max, exp, sum over the whole row at once).
 #include "attention.h"
+#include "scratch.h"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -64,7 +65,7 @@ void forward_typed(const Tensor& qt, const Tensor& kt, const Tensor& vt, Tensor&
   T *out = outt.data<T>(), *lse = lset.data<T>();
 #pragma omp parallel
   {
-    std::vector<T> scores(size_t(std::min(kBlock, g.l) * g.l));
+    Scratch<T> scores(size_t(std::min(kBlock, g.l) * g.l));
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t bi = 0; bi < g.b; ++bi) {
       for (int64_t h = 0; h < g.hq; ++h) {
@@ -120,7 +121,7 @@ void backward_typed(const Tensor& doutt, const Tensor& qt, const Tensor& kt, con
 #pragma omp parallel
   {
     const size_t tile = size_t(std::min(kBlock, g.l) * g.l);
-    std::vector<T> pbuf(tile), dsbuf(tile);
+    Scratch<T> pbuf(tile), dsbuf(tile);
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t bi = 0; bi < g.b; ++bi) {
       for (int64_t kvh = 0; kvh < g.hkv; ++kvh) {
