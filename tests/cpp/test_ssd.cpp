@@ -1,10 +1,12 @@
 // SSD (Mamba-2 scan) on the CPU: forward against a naive loop, chunked against
 // sequential, packed documents, decode steps, fp32 against fp64, and every
-// gradient against finite differences. Argument checks: test_ssd_checks.cpp.
+// gradient against finite differences; and the same numbers as the Mamba-1
+// selective scan with one A per head. Argument checks: test_ssd_checks.cpp.
 #include "ssd_testing.h"
 
 namespace mt = mambatron;
 using mt::DType;
+using mt::Shape;
 using mt::SsdOptions;
 using mt::Tensor;
 using namespace mt::testing;
@@ -254,5 +256,73 @@ TEST(SsdBackward, Fp32MatchesFp64) {
     Gradients a = backward(in32, dy, df, options(q)), b = backward(in64, dy.to(DType::f64), df.to(DType::f64), options(q));
     for (size_t i = 0; i < a.named().size(); ++i)
       EXPECT_LE(max_rel_error(a.named()[i].second, b.named()[i].second), 1e-5) << a.named()[i].first << " Q " << q;
+  }
+}
+
+// ---------------------------------------------------------------- SSD as a selective scan
+
+namespace {
+
+// Repeats each of the `groups` blocks of `per` consecutive values `times` times:
+// a per-head value becomes a per-channel one (channel c = head·p + i).
+Tensor repeat_each(const Tensor& t, const Shape& shape, int64_t times) {
+  auto v = values(t);
+  Tensor r = Tensor::empty(shape, DType::f64);
+  double* p = r.data<double>();
+  for (size_t i = 0; i < v.size(); ++i)
+    for (int64_t k = 0; k < times; ++k) p[i * times + k] = v[i];
+  return r;
+}
+
+// The sum of each run of `times` consecutive values: a per-channel gradient
+// becomes a per-head one.
+Tensor sum_each(const Tensor& t, const Shape& shape, int64_t times) {
+  auto v = values(t);
+  Tensor r = Tensor::zeros(shape, DType::f64);
+  double* p = r.data<double>();
+  for (size_t i = 0; i < v.size(); ++i) p[i / times] += v[i];
+  return r;
+}
+
+}  // namespace
+
+// SSD is the Mamba-1 selective scan with one A per head: channels c = head·p + i,
+// A[c, :] = A[head], delta = dt repeated over p, and B, C unchanged (the g groups
+// split heads and channels alike).
+TEST(SsdSelectiveScan, SameResultsAsTheMamba1Scan) {
+  const Sizes s{2, 23, 4, 3, 2, 5};
+  const int64_t d = s.h * s.p;
+  Inputs in = random_inputs(s);
+  in.seq_idx = seq_idx_from_lengths({{10, 13}, {23}}, s.l);
+  Tensor u = in.x.view({s.b, s.l, d});
+  Tensor delta = repeat_each(in.dt, {s.b, s.l, d}, s.p);
+  Tensor A = repeat_each(in.A, {d, s.n}, s.p * s.n);
+  Tensor D = repeat_each(in.D, {d}, s.p), bias = repeat_each(in.dt_bias, {d}, s.p);
+  Tensor h0 = in.initial_state.view({s.b, d, s.n});
+  mt::SelectiveScanOptions sopt;
+  sopt.delta_softplus = true;
+
+  Tensor y = poisoned({s.b, s.l, d}), fs = poisoned({s.b, d, s.n});
+  mt::selective_scan_forward(u, delta, A, in.B, in.C, D, Tensor(), bias, h0, in.seq_idx, y, fs, sopt);
+  Tensor wy = randn(in.x.shape()), wf = randn(in.state_shape());
+  Tensor du = poisoned(u.shape()), ddelta = poisoned(delta.shape()), dA = poisoned(A.shape()),
+         dB = poisoned(in.B.shape()), dC = poisoned(in.C.shape()), dD = poisoned({d}), dz,
+         dbias = poisoned({d}), dh0 = poisoned(h0.shape());
+  mt::selective_scan_backward(wy.view({s.b, s.l, d}), wf.view({s.b, d, s.n}), u, delta, A, in.B, in.C, D, Tensor(),
+                              bias, h0, in.seq_idx, du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, sopt);
+
+  for (int64_t q : {0, 8}) {
+    Outputs o = forward(in, options(q));
+    EXPECT_LE(max_rel_error(o.y, y.view(in.x.shape())), 1e-12) << "Q " << q;
+    EXPECT_LE(max_rel_error(o.final_state, fs.view(in.state_shape())), 1e-12) << "Q " << q;
+    Gradients g = backward(in, wy, wf, options(q));
+    EXPECT_LE(max_rel_error(g.dx, du.view(in.x.shape())), 1e-12) << "Q " << q;
+    EXPECT_LE(max_rel_error(g.ddt, sum_each(ddelta, in.dt.shape(), s.p)), 1e-12) << "Q " << q;
+    EXPECT_LE(max_rel_error(g.dA, sum_each(dA, {s.h}, s.p * s.n)), 1e-12) << "Q " << q;
+    EXPECT_LE(max_rel_error(g.dB, dB), 1e-12) << "Q " << q;
+    EXPECT_LE(max_rel_error(g.dC, dC), 1e-12) << "Q " << q;
+    EXPECT_LE(max_rel_error(g.dD, sum_each(dD, {s.h}, s.p)), 1e-12) << "Q " << q;
+    EXPECT_LE(max_rel_error(g.ddt_bias, sum_each(dbias, {s.h}, s.p)), 1e-12) << "Q " << q;
+    EXPECT_LE(max_rel_error(g.d_initial_state, dh0.view(in.state_shape())), 1e-12) << "Q " << q;
   }
 }

@@ -1,5 +1,6 @@
 // SSD on the CPU, sequential form: the recurrence token by token, its backward,
 // and the one-token decode step. One task per (batch row, head), run by OpenMP.
+#include <Eigen/Core>
 #include <algorithm>
 #include <vector>
 
@@ -11,18 +12,19 @@ namespace ssd {
 
 namespace {
 
+template <class T>
+using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+
 // H ← alpha·H + Δ·x ⊗ B, then y = H·C + D·x, for one token of one head (H: p×n).
+// Eigen vectorizes the row sums, which plain loops cannot without reassociation.
 template <class T>
 void advance(T* H, int64_t p, int64_t n, T alpha, T dv, const T* x, const T* B, const T* C, T Dj, T* y) {
-  for (int64_t i = 0; i < p; ++i) {
-    T* Hi = H + i * n;
-    T xi = dv * x[i], acc = 0;
-    for (int64_t k = 0; k < n; ++k) {
-      Hi[k] = alpha * Hi[k] + xi * B[k];
-      acc += Hi[k] * C[k];
-    }
-    if (y) y[i] = acc + Dj * x[i];
-  }
+  Eigen::Map<Mat<T>> Hm(H, p, n);
+  Eigen::Map<const Vec<T>> xv(x, p), Bv(B, n), Cv(C, n);
+  Hm = alpha * Hm + (dv * xv) * Bv.transpose();
+  if (y) Eigen::Map<Vec<T>>(y, p).noalias() = Hm * Cv + Dj * xv;
 }
 
 template <class T>
@@ -74,7 +76,8 @@ void sequential_backward(const Problem<T>& P, const Grads<T>& G) {
   for (int64_t task = 0; task < P.b * P.h; ++task) {
     int64_t bi = task / P.h, j = task % P.h, gi = P.group(j);
     double A = double(P.A[j]), Dj = P.D_of(j);
-    std::vector<T> saved(nseg * pn), Hs((kSegment + 1) * pn), Hadj(pn), dB(n), dC(n);
+    std::vector<T> saved(nseg * pn), Hs((kSegment + 1) * pn), Hadj(pn);
+    Vec<T> hb(p);
     std::vector<Delta> deltas(kSegment);
     std::vector<T> alphas(kSegment);
     // Forward pass keeping the state that enters each segment.
@@ -106,30 +109,16 @@ void sequential_backward(const Problem<T>& P, const Grads<T>& G) {
         const T *x = P.x_at(bi, t, j), *Bt = P.B + bc, *Ct = P.C + bc, *dy = G.dy + row * p;
         const T *Hprev = Hs.data() + s * pn, *Hcur = Hs.data() + (s + 1) * pn;
         T dv = T(deltas[s].value), alpha = alphas[s];
-        T* dx = G.dx + row * p;
-        std::fill(dB.begin(), dB.end(), T(0));
-        std::fill(dC.begin(), dC.end(), T(0));
-        double xhb = 0, hh = 0, dyx = 0;
-        for (int64_t i = 0; i < p; ++i) {
-          T* Ha = Hadj.data() + i * n;
-          const T *Hp = Hprev + i * n, *Hc = Hcur + i * n;
-          T hb = 0, hp = 0;
-          for (int64_t k = 0; k < n; ++k) {
-            Ha[k] += dy[i] * Ct[k];  // now Ĥ_t
-            hb += Ha[k] * Bt[k];
-            hp += Ha[k] * Hp[k];
-            dB[k] += Ha[k] * x[i];
-            dC[k] += Hc[k] * dy[i];
-            Ha[k] *= alpha;  // now the gradient with respect to H_{t−1}
-          }
-          dx[i] = dv * hb + T(Dj) * dy[i];
-          xhb += double(x[i]) * double(hb);
-          hh += double(hp);
-          dyx += double(dy[i]) * double(x[i]);
-        }
-        T* dBh = G.dB_head + ((bi * P.h + j) * P.l + t) * n;
-        T* dCh = G.dC_head + ((bi * P.h + j) * P.l + t) * n;
-        for (int64_t k = 0; k < n; ++k) dBh[k] = dv * dB[k], dCh[k] = dC[k];
+        Eigen::Map<Mat<T>> Ha(Hadj.data(), p, n);
+        Eigen::Map<const Mat<T>> Hp(Hprev, p, n), Hc(Hcur, p, n);
+        Eigen::Map<const Vec<T>> xv(x, p), Bv(Bt, n), Cv(Ct, n), dyv(dy, p);
+        Ha.noalias() += dyv * Cv.transpose();  // now Ĥ_t
+        hb.noalias() = Ha * Bv;
+        Eigen::Map<Vec<T>>(G.dx + row * p, p) = dv * hb + T(Dj) * dyv;
+        Eigen::Map<Vec<T>>(G.dB_head + ((bi * P.h + j) * P.l + t) * n, n).noalias() = dv * (Ha.transpose() * xv);
+        Eigen::Map<Vec<T>>(G.dC_head + ((bi * P.h + j) * P.l + t) * n, n).noalias() = Hc.transpose() * dyv;
+        double xhb = double(xv.dot(hb)), hh = double(Ha.cwiseProduct(Hp).sum()), dyx = double(dyv.dot(xv));
+        Ha *= alpha;  // now the gradient with respect to H_{t−1}
         double ddelta = xhb + A * double(alpha) * hh, ddt = ddelta * deltas[s].slope;
         G.ddt[row] = T(ddt);
         dA += deltas[s].value * double(alpha) * hh;
