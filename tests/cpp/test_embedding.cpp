@@ -136,3 +136,13 @@ TEST(Embedding, RejectsBadArguments) {
   expect_error<mt::TypeError>([&] { Tensor o = fake_cuda(dw); mt::embedding_backward(fake_cuda(g), fake_cuda(tokens), o); },
                               {"embedding_backward", "CPU only"});
 }
+
+// An empty batch names no row: the gradient is all zeros.
+TEST(Embedding, EmptyBatchGivesZeroGradient) {
+  Tensor tokens = Tensor::empty({2, 0}, DType::i64), dw = poisoned({7, 3});
+  mt::embedding_backward(randn({2, 0, 3}), tokens, dw);
+  for (double v : values(dw)) EXPECT_EQ(v, 0.0);
+  Tensor out = poisoned({2, 0, 3});
+  mt::embedding_forward(randn({7, 3}), tokens, out);
+  EXPECT_EQ(out.numel(), 0);
+}

@@ -325,3 +325,18 @@ TEST(NormParamGrads, BitsDoNotDependOnThreadCount) {
     for (size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(same_bits(one[i], many[i])) << "gradient " << i;
   }
 }
+
+// No rows: nothing to normalise, and the parameter gradients are sums over nothing.
+TEST(NormParamGrads, NoRowsGiveZeroGradients) {
+  Tensor x = randn({0, 7}), w = randn({7}), g = randn({0, 7});
+  Tensor out = poisoned({0, 7}), rstd = poisoned({0}), mean = poisoned({0}), dx = poisoned({0, 7});
+  Tensor dw = poisoned({7}), dbe = poisoned({7}), dw3 = poisoned({7});
+  mt::rmsnorm_forward(x, w, kEps, out, rstd);
+  mt::rmsnorm_backward(g, x, w, rstd, dx, dw);
+  mt::layernorm1p_forward(x, w, w, kEps, out, mean, rstd);
+  mt::layernorm1p_backward(g, x, w, mean, rstd, dx, dw, dbe);
+  Tensor r7 = poisoned({0, 7}), dz = poisoned({0, 7});
+  mt::gated_rmsnorm_backward(g, x, x, w, r7, 7, dx, dz, dw3);
+  for (const Tensor& t : {dw, dbe, dw3})
+    for (double v : values(t)) EXPECT_EQ(v, 0.0);
+}

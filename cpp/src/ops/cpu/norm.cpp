@@ -1,7 +1,8 @@
 // Norms on the CPU, threaded by OpenMP over rows. Row statistics and the dot
-// products of the backward are accumulated in f64 whatever the dtype; the
-// elementwise parts run in the input dtype. Parameter gradients (sums over rows)
-// are reduced in a fixed order, so they have the same bits for any thread count.
+// products of the backward are accumulated in f64 whatever the dtype (in SIMD
+// lanes: a fixed order for a given build); the elementwise parts run in the input
+// dtype. Parameter gradients (sums over rows) are reduced in a fixed order, so
+// they have the same bits for any thread count.
 #include "norm.h"
 
 #include <algorithm>
@@ -63,6 +64,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps, Tensor& 
       const T* xr = px + r * s.d;
       T* o = po + r * s.d;
       double ss = 0;
+#pragma omp simd reduction(+ : ss)
       for (int64_t j = 0; j < s.d; ++j) ss += double(xr[j]) * double(xr[j]);
       const T rs = T(1.0 / std::sqrt(ss / double(s.d) + eps));
       pr[r] = rs;
@@ -85,6 +87,7 @@ void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight,
           T* g = pg + r * s.d;
           const T rs = pr[r];
           double dot = 0;
+#pragma omp simd reduction(+ : dot)
           for (int64_t j = 0; j < s.d; ++j) dot += double(dy[j]) * double(w[j]) * double(xr[j]);
           const T c = T(dot * double(rs) * double(rs) / double(s.d));
           for (int64_t j = 0; j < s.d; ++j) {
@@ -112,9 +115,11 @@ void layernorm1p_forward(const Tensor& x, const Tensor& gamma, const Tensor& bet
       const T* xr = px + r * s.d;
       T* o = po + r * s.d;
       double sum = 0;
+#pragma omp simd reduction(+ : sum)
       for (int64_t j = 0; j < s.d; ++j) sum += double(xr[j]);
       const double mu = sum / double(s.d);
       double var = 0;  // two passes: no cancellation when |μ| ≫ σ
+#pragma omp simd reduction(+ : var)
       for (int64_t j = 0; j < s.d; ++j) var += (double(xr[j]) - mu) * (double(xr[j]) - mu);
       const T rs = T(1.0 / std::sqrt(var / double(s.d) + eps)), m = T(mu);
       pm[r] = m;
@@ -139,6 +144,7 @@ void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gam
           T* g = pg + r * s.d;
           const T m = pm[r], rs = pr[r];
           double sum_g = 0, sum_gx = 0;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
           for (int64_t j = 0; j < s.d; ++j) {
             const double gj = double(dy[j]) * (1.0 + double(ga[j]));
             sum_g += gj;
@@ -177,6 +183,7 @@ void gated_rmsnorm_forward(const Tensor& y, const Tensor& z, const Tensor& weigh
         const T *yr = py + off, *zr = pz + off, *wk = w + k * gs;
         T* o = po + off;
         double ss = 0;
+#pragma omp simd reduction(+ : ss)
         for (int64_t j = 0; j < gs; ++j) {
           o[j] = yr[j] * silu(zr[j]);  // u, scaled below
           ss += double(o[j]) * double(o[j]);
