@@ -27,6 +27,8 @@ void bind_runtime(py::module_& m);
 void bind_ops(py::module_& m);
 void bind_conv1d_ops(py::module_& m);
 void bind_selective_scan_ops(py::module_& m);
+void bind_conv1d_ops(py::module_& m);
+void bind_selective_scan_ops(py::module_& m);
 void bind_ssd_ops(py::module_& m);
 void bind_embedding_ops(py::module_& m);
 void bind_norm_ops(py::module_& m);

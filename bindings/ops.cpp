@@ -42,6 +42,8 @@ fp32 accumulation. out_dtype picks the result's dtype when out is not given.)");
   bind_ssd_ops(m);
   bind_conv1d_ops(m);
   bind_selective_scan_ops(m);
+  bind_conv1d_ops(m);
+  bind_selective_scan_ops(m);
 }
 
 }  // namespace mambatron::bind

@@ -147,8 +147,75 @@ void conv1d_backward(const Tensor& dout, const Tensor& d_final_state, const Tens
 // this token. Matches conv1d_forward continued from conv_state.
 void conv1d_step(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& conv_state, Tensor& out,
                  const Conv1dOptions& opt = {});
+// Causal depthwise conv1d over tokens (MODELS.md §2), channel ch, width w (2..4):
+//   pre[t, ch] = bias[ch] + Σ_{k<w} weight[ch, k] · x[t − (w−1) + k, ch]
+//   out = SiLU(pre) when opt.silu, else pre
+// Positions before 0 read initial_state [b, c, w−1] (oldest first) or zeros. With
+// seq_idx (int32 [b, l], document ids non-decreasing along each row) taps never
+// cross a document boundary: each document starts on zero padding, except the row's
+// first, which starts on initial_state. final_state [b, c, w−1] receives the last
+// w−1 inputs of the last document (zeros where it is shorter), the conv_state that
+// decoding continues from. Shapes: x, out [b, l, c]; weight [c, w]; bias [c].
+// Optional tensors (bias, initial_state, seq_idx, final_state, the optional
+// gradients) are passed undefined (Tensor()) when absent; absent inputs act as zeros.
+// All float tensors share one dtype (f32 or f64 on the CPU).
+struct Conv1dOptions {
+  bool silu = false;
+};
+void conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& initial_state,
+                    const Tensor& seq_idx, Tensor& out, Tensor& final_state, const Conv1dOptions& opt = {});
+// Gradients of conv1d_forward (the same inputs and options) given dout [b, l, c] and,
+// optionally, d_final_state [b, c, w−1]. Overwrites dx [b, l, c] and dweight [c, w];
+// dbias [c] and d_initial_state [b, c, w−1] are written when defined (the gradient at
+// zero when the input is absent). The SiLU input is recomputed.
+void conv1d_backward(const Tensor& dout, const Tensor& d_final_state, const Tensor& x, const Tensor& weight,
+                     const Tensor& bias, const Tensor& initial_state, const Tensor& seq_idx, Tensor& dx,
+                     Tensor& dweight, Tensor& dbias, Tensor& d_initial_state, const Conv1dOptions& opt = {});
+// One decode token: x [b, c]; conv_state [b, c, w−1] (the last w−1 inputs, oldest
+// first) is read, then shifted in place to take x; out [b, c] = (SiLU of) the conv at
+// this token. Matches conv1d_forward continued from conv_state.
+void conv1d_step(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& conv_state, Tensor& out,
+                 const Conv1dOptions& opt = {});
 
 // ---------------------------------------------------------------- selective scan (Mamba-1)
+// Mamba-1 selective scan (MODELS.md §2), per batch row and channel c, whose group is
+// γ = c / (d/g):
+//   Δ_t = softplus?(delta_t[c] + delta_bias[c])
+//   h_t = exp(Δ_t·A[c, :]) ⊙ h_{t−1} + Δ_t·u_t[c]·B_t[γ]     h: [n], h_{−1} = initial_state or 0
+//   y_t[c] = (h_t·C_t[γ] + D[c]·u_t[c]) · SiLU(z_t[c])       (the gate only when z is given)
+// Shapes: u, delta, z, y [b, l, d]; A [d, n]; B, C [b, l, g, n] with g dividing d;
+// D, delta_bias [d]; initial_state, final_state [b, d, n]; seq_idx int32 [b, l].
+// All float tensors share one dtype (f32 or f64 on the CPU). Optional tensors (D, z,
+// delta_bias, initial_state, seq_idx, final_state and the optional gradients) are
+// passed undefined (Tensor()) when absent; an absent D, delta_bias or initial_state
+// acts as zeros. seq_idx: a document id per token, non-decreasing along each row; the
+// state resets to 0 where it changes (initial_state feeds the first document of each
+// row only; final_state is the state after the last token).
+struct SelectiveScanOptions {
+  bool delta_softplus = false;  // softplus(v) = log1p(exp(v)), v > 20 → v
+};
+void selective_scan_forward(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                            const Tensor& D, const Tensor& z, const Tensor& delta_bias, const Tensor& initial_state,
+                            const Tensor& seq_idx, Tensor& y, Tensor& final_state,
+                            const SelectiveScanOptions& opt = {});
+// Gradients of selective_scan_forward (the same inputs and options) given dy [b, l, d]
+// and, optionally, d_final_state [b, d, n]. Overwrites du, ddelta, dA, dB, dC (shapes
+// of their inputs) and dz (required exactly when z is given); dD [d], ddelta_bias [d]
+// and d_initial_state [b, d, n] are written when defined (the gradient at zero when
+// the input is absent). ddelta is the gradient with respect to delta itself (through
+// bias and softplus). States are recomputed from checkpoints every 64 tokens, so
+// forward saves nothing and the extra memory is O(b·d·n + threads·64·n·32).
+void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& u, const Tensor& delta,
+                             const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& D, const Tensor& z,
+                             const Tensor& delta_bias, const Tensor& initial_state, const Tensor& seq_idx,
+                             Tensor& du, Tensor& ddelta, Tensor& dA, Tensor& dB, Tensor& dC, Tensor& dD, Tensor& dz,
+                             Tensor& ddelta_bias, Tensor& d_initial_state, const SelectiveScanOptions& opt = {});
+// One decode token: u, delta, z [b, d]; A [d, n]; B, C [b, g, n]; D, delta_bias [d]
+// (optional; z too); state [b, d, n] is advanced in place (h_{t−1} → h_t) and y [b, d]
+// written.
+void selective_scan_step(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                         const Tensor& D, const Tensor& z, const Tensor& delta_bias, Tensor& state, Tensor& y,
+                         const SelectiveScanOptions& opt = {});
 // Mamba-1 selective scan (MODELS.md §2), per batch row and channel c, whose group is
 // γ = c / (d/g):
 //   Δ_t = softplus?(delta_t[c] + delta_bias[c])
