@@ -68,8 +68,8 @@ void gated_rmsnorm_backward(const Tensor& dout, const Tensor& y, const Tensor& z
 
 // ---------------------------------------------------------------- activations
 // Elementwise, any shape, f32/f64: out (forward) and dout, dx (backward) have x's
-// shape; dx = dout · act'(x) (overwritten). The forward may write into x itself and
-// the backward into dout. No decode step: elementwise ops have no state.
+// shape; dx = dout · act'(x) (overwritten). GeLU, squared ReLU and SiLU may write
+// out into x itself and dx into dout. No decode step: elementwise ops have no state.
 // GeLU, erf form: x · Φ(x) = ½ x (1 + erf(x / √2)).
 void gelu_forward(const Tensor& x, Tensor& out);
 void gelu_backward(const Tensor& dout, const Tensor& x, Tensor& dx);
@@ -85,8 +85,65 @@ void swiglu_forward(const Tensor& x, Tensor& out);
 void swiglu_backward(const Tensor& dout, const Tensor& x, Tensor& dx);
 
 // ---------------------------------------------------------------- loss (linear + cross-entropy)
+// Output projection fused with softmax cross-entropy; the [n, V] logits are never held
+// at once. h: [n, d], w: [V, d], targets: [n] i32 or i64. Per position i:
+//   logits_i = w · h_i,   ℓ_i = logsumexp(logits_i) − logits_i[targets_i],
+//   loss = Σ_i m_i·ℓ_i / Σ_i m_i   over the included positions,
+// where i is included when targets_i ≠ ignore_index and m_i > 0. mask: undefined
+// (every m_i = 1), u8 [n] (m_i = 1 where nonzero, else 0) or f32/f64 [n] weights
+// (finite, >= 0; 0 excludes). Every target other than ignore_index must lie in [0, V)
+// (else ValueError, even where masked). No included position: loss 0 and zero gradients.
+// Rows are processed chunk_size at a time and the vocabulary vocab_chunk_size rows of
+// w at a time (0: all of V), so the scratch is chunk_size × vocab_chunk_size values;
+// with several vocabulary chunks the backward computes each logits block twice. The
+// results do not depend on the chunk sizes beyond rounding.
+struct LinearCrossEntropyOptions {
+  int64_t ignore_index = -100;
+  int64_t chunk_size = 4096;
+  int64_t vocab_chunk_size = 32768;
+  double grad_scale = 1.0;  // backward writes the gradients of grad_scale · loss
+};
+// Returns the loss. losses (optional, [n], dtype of h) receives ℓ_i at the included
+// positions and 0 elsewhere (unweighted: the per-token loss for perplexity).
+double linear_cross_entropy_forward(const Tensor& h, const Tensor& w, const Tensor& targets,
+                                    const Tensor& mask = Tensor(), const LinearCrossEntropyOptions& opt = {},
+                                    Tensor* losses = nullptr);
+// The same loss (returned), and overwrites dh [n, d] and dw [V, d] with the gradients of
+// grad_scale · loss (rows of dh at excluded positions are 0).
+double linear_cross_entropy_backward(const Tensor& h, const Tensor& w, const Tensor& targets, const Tensor& mask,
+                                     Tensor& dh, Tensor& dw, const LinearCrossEntropyOptions& opt = {},
+                                     Tensor* losses = nullptr);
+
 
 // ---------------------------------------------------------------- optimizer (AdamW, gradient norm)
+// AdamW on flat buffers, in place. params, grads, exp_avg (m), exp_avg_sq (v): [N], one
+// dtype (f32 or f64); decay_mask: u8 [N] (nonzero: the element decays), or undefined
+// (every element decays). With t = step (1-based), per element:
+//   m ← β1·m + (1 − β1)·g,   v ← β2·v + (1 − β2)·g²,
+//   m̂ = m / (1 − β1^t),      v̂ = v / (1 − β2^t),
+//   p ← p − lr·wd·p          (where the mask is set; decoupled weight decay),
+//   p ← p − lr·m̂ / (sqrt(v̂) + eps).
+// Scalars are formed in f64 and rounded once to the dtype; the update runs in the dtype.
+struct AdamWOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  int64_t step = 1;
+};
+void adamw_update(Tensor& params, const Tensor& grads, Tensor& exp_avg, Tensor& exp_avg_sq,
+                  const Tensor& decay_mask, const AdamWOptions& opt);
+// Global L2 norm sqrt(Σ g²) over every element of every tensor (any shapes, contiguous,
+// one dtype f32 or f64). Deterministic: f64 accumulation in a fixed order that does not
+// depend on the thread count; overflow of the squares of huge f64 values is avoided by
+// rescaling. Returns NaN if any element is NaN, else inf if any is infinite.
+double grad_norm(const std::vector<Tensor>& grads);
+// Clipping: norm = grad_norm(grads); when norm is finite and norm > max_norm, every
+// element is scaled in place by max_norm / (norm + 1e-6). A non-finite norm leaves the
+// gradients untouched (the caller should skip the step). Returns the norm before clipping.
+double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm);
+
 
 // ---------------------------------------------------------------- conv1d
 // Causal depthwise conv1d over tokens (MODELS.md §2), channel ch, width w (2..4):
@@ -118,142 +175,8 @@ void conv1d_backward(const Tensor& dout, const Tensor& d_final_state, const Tens
 // this token. Matches conv1d_forward continued from conv_state.
 void conv1d_step(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& conv_state, Tensor& out,
                  const Conv1dOptions& opt = {});
-// Causal depthwise conv1d over tokens (MODELS.md §2), channel ch, width w (2..4):
-//   pre[t, ch] = bias[ch] + Σ_{k<w} weight[ch, k] · x[t − (w−1) + k, ch]
-//   out = SiLU(pre) when opt.silu, else pre
-// Positions before 0 read initial_state [b, c, w−1] (oldest first) or zeros. With
-// seq_idx (int32 [b, l], document ids non-decreasing along each row) taps never
-// cross a document boundary: each document starts on zero padding, except the row's
-// first, which starts on initial_state. final_state [b, c, w−1] receives the last
-// w−1 inputs of the last document (zeros where it is shorter), the conv_state that
-// decoding continues from. Shapes: x, out [b, l, c]; weight [c, w]; bias [c].
-// Optional tensors (bias, initial_state, seq_idx, final_state, the optional
-// gradients) are passed undefined (Tensor()) when absent; absent inputs act as zeros.
-// All float tensors share one dtype (f32 or f64 on the CPU).
-struct Conv1dOptions {
-  bool silu = false;
-};
-void conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& initial_state,
-                    const Tensor& seq_idx, Tensor& out, Tensor& final_state, const Conv1dOptions& opt = {});
-// Gradients of conv1d_forward (the same inputs and options) given dout [b, l, c] and,
-// optionally, d_final_state [b, c, w−1]. Overwrites dx [b, l, c] and dweight [c, w];
-// dbias [c] and d_initial_state [b, c, w−1] are written when defined (the gradient at
-// zero when the input is absent). The SiLU input is recomputed.
-void conv1d_backward(const Tensor& dout, const Tensor& d_final_state, const Tensor& x, const Tensor& weight,
-                     const Tensor& bias, const Tensor& initial_state, const Tensor& seq_idx, Tensor& dx,
-                     Tensor& dweight, Tensor& dbias, Tensor& d_initial_state, const Conv1dOptions& opt = {});
-// One decode token: x [b, c]; conv_state [b, c, w−1] (the last w−1 inputs, oldest
-// first) is read, then shifted in place to take x; out [b, c] = (SiLU of) the conv at
-// this token. Matches conv1d_forward continued from conv_state.
-void conv1d_step(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& conv_state, Tensor& out,
-                 const Conv1dOptions& opt = {});
-// Causal depthwise conv1d over tokens (MODELS.md §2), channel ch, width w (2..4):
-//   pre[t, ch] = bias[ch] + Σ_{k<w} weight[ch, k] · x[t − (w−1) + k, ch]
-//   out = SiLU(pre) when opt.silu, else pre
-// Positions before 0 read initial_state [b, c, w−1] (oldest first) or zeros. With
-// seq_idx (int32 [b, l], document ids non-decreasing along each row) taps never
-// cross a document boundary: each document starts on zero padding, except the row's
-// first, which starts on initial_state. final_state [b, c, w−1] receives the last
-// w−1 inputs of the last document (zeros where it is shorter), the conv_state that
-// decoding continues from. Shapes: x, out [b, l, c]; weight [c, w]; bias [c].
-// Optional tensors (bias, initial_state, seq_idx, final_state, the optional
-// gradients) are passed undefined (Tensor()) when absent; absent inputs act as zeros.
-// All float tensors share one dtype (f32 or f64 on the CPU).
-struct Conv1dOptions {
-  bool silu = false;
-};
-void conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& initial_state,
-                    const Tensor& seq_idx, Tensor& out, Tensor& final_state, const Conv1dOptions& opt = {});
-// Gradients of conv1d_forward (the same inputs and options) given dout [b, l, c] and,
-// optionally, d_final_state [b, c, w−1]. Overwrites dx [b, l, c] and dweight [c, w];
-// dbias [c] and d_initial_state [b, c, w−1] are written when defined (the gradient at
-// zero when the input is absent). The SiLU input is recomputed.
-void conv1d_backward(const Tensor& dout, const Tensor& d_final_state, const Tensor& x, const Tensor& weight,
-                     const Tensor& bias, const Tensor& initial_state, const Tensor& seq_idx, Tensor& dx,
-                     Tensor& dweight, Tensor& dbias, Tensor& d_initial_state, const Conv1dOptions& opt = {});
-// One decode token: x [b, c]; conv_state [b, c, w−1] (the last w−1 inputs, oldest
-// first) is read, then shifted in place to take x; out [b, c] = (SiLU of) the conv at
-// this token. Matches conv1d_forward continued from conv_state.
-void conv1d_step(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& conv_state, Tensor& out,
-                 const Conv1dOptions& opt = {});
 
 // ---------------------------------------------------------------- selective scan (Mamba-1)
-// Mamba-1 selective scan (MODELS.md §2), per batch row and channel c, whose group is
-// γ = c / (d/g):
-//   Δ_t = softplus?(delta_t[c] + delta_bias[c])
-//   h_t = exp(Δ_t·A[c, :]) ⊙ h_{t−1} + Δ_t·u_t[c]·B_t[γ]     h: [n], h_{−1} = initial_state or 0
-//   y_t[c] = (h_t·C_t[γ] + D[c]·u_t[c]) · SiLU(z_t[c])       (the gate only when z is given)
-// Shapes: u, delta, z, y [b, l, d]; A [d, n]; B, C [b, l, g, n] with g dividing d;
-// D, delta_bias [d]; initial_state, final_state [b, d, n]; seq_idx int32 [b, l].
-// All float tensors share one dtype (f32 or f64 on the CPU). Optional tensors (D, z,
-// delta_bias, initial_state, seq_idx, final_state and the optional gradients) are
-// passed undefined (Tensor()) when absent; an absent D, delta_bias or initial_state
-// acts as zeros. seq_idx: a document id per token, non-decreasing along each row; the
-// state resets to 0 where it changes (initial_state feeds the first document of each
-// row only; final_state is the state after the last token).
-struct SelectiveScanOptions {
-  bool delta_softplus = false;  // softplus(v) = log1p(exp(v)), v > 20 → v
-};
-void selective_scan_forward(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
-                            const Tensor& D, const Tensor& z, const Tensor& delta_bias, const Tensor& initial_state,
-                            const Tensor& seq_idx, Tensor& y, Tensor& final_state,
-                            const SelectiveScanOptions& opt = {});
-// Gradients of selective_scan_forward (the same inputs and options) given dy [b, l, d]
-// and, optionally, d_final_state [b, d, n]. Overwrites du, ddelta, dA, dB, dC (shapes
-// of their inputs) and dz (required exactly when z is given); dD [d], ddelta_bias [d]
-// and d_initial_state [b, d, n] are written when defined (the gradient at zero when
-// the input is absent). ddelta is the gradient with respect to delta itself (through
-// bias and softplus). States are recomputed from checkpoints every 64 tokens, so
-// forward saves nothing and the extra memory is O(b·d·n + threads·64·n·32).
-void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& u, const Tensor& delta,
-                             const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& D, const Tensor& z,
-                             const Tensor& delta_bias, const Tensor& initial_state, const Tensor& seq_idx,
-                             Tensor& du, Tensor& ddelta, Tensor& dA, Tensor& dB, Tensor& dC, Tensor& dD, Tensor& dz,
-                             Tensor& ddelta_bias, Tensor& d_initial_state, const SelectiveScanOptions& opt = {});
-// One decode token: u, delta, z [b, d]; A [d, n]; B, C [b, g, n]; D, delta_bias [d]
-// (optional; z too); state [b, d, n] is advanced in place (h_{t−1} → h_t) and y [b, d]
-// written.
-void selective_scan_step(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
-                         const Tensor& D, const Tensor& z, const Tensor& delta_bias, Tensor& state, Tensor& y,
-                         const SelectiveScanOptions& opt = {});
-// Mamba-1 selective scan (MODELS.md §2), per batch row and channel c, whose group is
-// γ = c / (d/g):
-//   Δ_t = softplus?(delta_t[c] + delta_bias[c])
-//   h_t = exp(Δ_t·A[c, :]) ⊙ h_{t−1} + Δ_t·u_t[c]·B_t[γ]     h: [n], h_{−1} = initial_state or 0
-//   y_t[c] = (h_t·C_t[γ] + D[c]·u_t[c]) · SiLU(z_t[c])       (the gate only when z is given)
-// Shapes: u, delta, z, y [b, l, d]; A [d, n]; B, C [b, l, g, n] with g dividing d;
-// D, delta_bias [d]; initial_state, final_state [b, d, n]; seq_idx int32 [b, l].
-// All float tensors share one dtype (f32 or f64 on the CPU). Optional tensors (D, z,
-// delta_bias, initial_state, seq_idx, final_state and the optional gradients) are
-// passed undefined (Tensor()) when absent; an absent D, delta_bias or initial_state
-// acts as zeros. seq_idx: a document id per token, non-decreasing along each row; the
-// state resets to 0 where it changes (initial_state feeds the first document of each
-// row only; final_state is the state after the last token).
-struct SelectiveScanOptions {
-  bool delta_softplus = false;  // softplus(v) = log1p(exp(v)), v > 20 → v
-};
-void selective_scan_forward(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
-                            const Tensor& D, const Tensor& z, const Tensor& delta_bias, const Tensor& initial_state,
-                            const Tensor& seq_idx, Tensor& y, Tensor& final_state,
-                            const SelectiveScanOptions& opt = {});
-// Gradients of selective_scan_forward (the same inputs and options) given dy [b, l, d]
-// and, optionally, d_final_state [b, d, n]. Overwrites du, ddelta, dA, dB, dC (shapes
-// of their inputs) and dz (required exactly when z is given); dD [d], ddelta_bias [d]
-// and d_initial_state [b, d, n] are written when defined (the gradient at zero when
-// the input is absent). ddelta is the gradient with respect to delta itself (through
-// bias and softplus). States are recomputed from checkpoints every 64 tokens, so
-// forward saves nothing and the extra memory is O(b·d·n + threads·64·n·32).
-void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& u, const Tensor& delta,
-                             const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& D, const Tensor& z,
-                             const Tensor& delta_bias, const Tensor& initial_state, const Tensor& seq_idx,
-                             Tensor& du, Tensor& ddelta, Tensor& dA, Tensor& dB, Tensor& dC, Tensor& dD, Tensor& dz,
-                             Tensor& ddelta_bias, Tensor& d_initial_state, const SelectiveScanOptions& opt = {});
-// One decode token: u, delta, z [b, d]; A [d, n]; B, C [b, g, n]; D, delta_bias [d]
-// (optional; z too); state [b, d, n] is advanced in place (h_{t−1} → h_t) and y [b, d]
-// written.
-void selective_scan_step(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
-                         const Tensor& D, const Tensor& z, const Tensor& delta_bias, Tensor& state, Tensor& y,
-                         const SelectiveScanOptions& opt = {});
 // Mamba-1 selective scan (MODELS.md §2), per batch row and channel c, whose group is
 // γ = c / (d/g):
 //   Δ_t = softplus?(delta_t[c] + delta_bias[c])
@@ -337,7 +260,6 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
 // written. opt.chunk_size is ignored.
 void ssd_step(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& D,
               const Tensor& dt_bias, Tensor& state, Tensor& y, const SsdOptions& opt = {});
-
 
 // ---------------------------------------------------------------- attention
 // Causal softmax attention with grouped-query sharing and optional packed documents.
