@@ -25,16 +25,14 @@ void bind_tensor(py::module_& m);
 void bind_dlpack_methods(py::class_<Tensor>& cls, py::module_& m);
 void bind_runtime(py::module_& m);
 void bind_ops(py::module_& m);
-void bind_conv1d_ops(py::module_& m);
-void bind_selective_scan_ops(py::module_& m);
-void bind_conv1d_ops(py::module_& m);
-void bind_selective_scan_ops(py::module_& m);
 void bind_ssd_ops(py::module_& m);
+void bind_conv1d_ops(py::module_& m);
+void bind_selective_scan_ops(py::module_& m);
+void bind_loss_ops(py::module_& m);
+void bind_adamw_ops(py::module_& m);
 void bind_embedding_ops(py::module_& m);
 void bind_norm_ops(py::module_& m);
 void bind_activation_ops(py::module_& m);
 void bind_attention_ops(py::module_& m);
-void bind_conv1d_ops(py::module_& m);
-void bind_selective_scan_ops(py::module_& m);
 
 }  // namespace mambatron::bind

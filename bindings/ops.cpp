@@ -33,17 +33,15 @@ void bind_ops(py::module_& m) {
 a: [m, k] or [batch, m, k]; b: [k, n] or [batch, k, n] (a 2-D operand is shared by the batch).
 CPU: f32, f64, bf16, f16 (16-bit computed in f32). CUDA: bf16/f16 in, bf16/f16/f32 out, or f32;
 fp32 accumulation. out_dtype picks the result's dtype when out is not given.)");
-  bind_conv1d_ops(m);
-  bind_selective_scan_ops(m);
   bind_attention_ops(m);
   bind_embedding_ops(m);
   bind_norm_ops(m);
   bind_activation_ops(m);
+  bind_loss_ops(m);
+  bind_adamw_ops(m);
+  bind_conv1d_ops(m);
+  bind_selective_scan_ops(m);
   bind_ssd_ops(m);
-  bind_conv1d_ops(m);
-  bind_selective_scan_ops(m);
-  bind_conv1d_ops(m);
-  bind_selective_scan_ops(m);
 }
 
 }  // namespace mambatron::bind
