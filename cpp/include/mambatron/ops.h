@@ -68,8 +68,8 @@ void gated_rmsnorm_backward(const Tensor& dout, const Tensor& y, const Tensor& z
 
 // ---------------------------------------------------------------- activations
 // Elementwise, any shape, f32/f64: out (forward) and dout, dx (backward) have x's
-// shape; dx = dout · act'(x) (overwritten). The forward may write into x itself and
-// the backward into dout. No decode step: elementwise ops have no state.
+// shape; dx = dout · act'(x) (overwritten). GeLU, squared ReLU and SiLU may write
+// out into x itself and dx into dout. No decode step: elementwise ops have no state.
 // GeLU, erf form: x · Φ(x) = ½ x (1 + erf(x / √2)).
 void gelu_forward(const Tensor& x, Tensor& out);
 void gelu_backward(const Tensor& dout, const Tensor& x, Tensor& dx);
