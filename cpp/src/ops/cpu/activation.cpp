@@ -11,14 +11,15 @@ namespace mambatron::cpu {
 
 namespace {
 constexpr int64_t kParallelMin = 1 << 15;  // elements; fewer run on one thread
+constexpr double kSqrtHalf = 0.70710678118654752440;     // 1/√2
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;  // 1/√(2π)
 
 template <class T>
-inline T gelu(T x) { return T(0.5) * x * (T(1) + std::erf(x * T(M_SQRT1_2))); }
+inline T gelu(T x) { return T(0.5) * x * (T(1) + std::erf(x * T(kSqrtHalf))); }
 // d gelu / dx = Φ(x) + x φ(x).
 template <class T>
 inline T gelu_grad(T x) {
-  const T inv_sqrt_2pi = T(0.3989422804014327);
-  return T(0.5) * (T(1) + std::erf(x * T(M_SQRT1_2))) + x * inv_sqrt_2pi * std::exp(T(-0.5) * x * x);
+  return T(0.5) * (T(1) + std::erf(x * T(kSqrtHalf))) + x * T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
 }
 
 // out[i] = f(x[i]) for a contiguous f32/f64 tensor.
