@@ -4,8 +4,11 @@
 // results do not depend on the number of threads.
 #include "conv1d.h"
 
+#include <Eigen/Core>
 #include <cmath>
 #include <vector>
+
+#include "scratch.h"
 
 namespace mambatron::cpu {
 
@@ -48,23 +51,36 @@ struct Conv {
     if (s >= 0) return s >= start ? x[(i * l + s) * c + ch] : T(0);
     return start == 0 && init ? init[(i * c + ch) * (width - 1) + s + width - 1] : T(0);
   }
-  // The convolution (before SiLU) at token t of row i.
-  T pre(int64_t i, int64_t t, int64_t start, int64_t ch) const {
-    T acc = bias ? bias[ch] : T(0);
-    const T* wc = w + ch * width;
-    if (t - (width - 1) >= start) {  // every tap inside the document: no branches
-      const T* xp = x + (i * l + t - (width - 1)) * c + ch;
-      for (int64_t k = 0; k < width; ++k) acc += wc[k] * xp[k * c];
-    } else {
-      for (int64_t k = 0; k < width; ++k) acc += wc[k] * tap(i, t - (width - 1) + k, start, ch);
+  // pre[j] = the convolution (before SiLU) of channel c0 + j at token t of row i, for
+  // the channels [c0, c1). wt is the weight transposed to [width, c], so that the
+  // inner loop runs over contiguous channels.
+  void pre_block(int64_t i, int64_t t, int64_t start, int64_t c0, int64_t c1, const T* wt, T* pre) const {
+    const int64_t cb = c1 - c0;
+    for (int64_t j = 0; j < cb; ++j) pre[j] = bias ? bias[c0 + j] : T(0);
+    const bool inside = t - (width - 1) >= start;  // every tap inside the document
+    for (int64_t k = 0; k < width; ++k) {
+      const int64_t s = t - (width - 1) + k;
+      const T* wk = wt + k * c + c0;
+      if (inside) {
+        const T* xk = x + (i * l + s) * c + c0;
+        for (int64_t j = 0; j < cb; ++j) pre[j] += wk[j] * xk[j];
+      } else {
+        for (int64_t j = 0; j < cb; ++j) pre[j] += wk[j] * tap(i, s, start, c0 + j);
+      }
     }
-    return acc;
   }
 };
 
 template <class T>
 inline T sigmoid(T v) {
   return T(1) / (T(1) + std::exp(-v));
+}
+
+// p[0, n) = sigmoid(p), vectorised.
+template <class T>
+void sigmoid_inplace(T* p, int64_t n) {
+  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> a(p, n);
+  a = T(1) / (T(1) + (-a).exp());
 }
 
 template <class T>
@@ -80,27 +96,44 @@ Conv<T> make_conv(const Tensor& x, const Tensor& weight, const Tensor& bias, con
 }
 
 template <class T>
+std::vector<T> transposed_weight(const Conv<T>& cv) {
+  std::vector<T> wt(size_t(cv.width * cv.c));
+  for (int64_t ch = 0; ch < cv.c; ++ch)
+    for (int64_t k = 0; k < cv.width; ++k) wt[k * cv.c + ch] = cv.w[ch * cv.width + k];
+  return wt;
+}
+
+template <class T>
 void forward_typed(const Conv<T>& cv, const std::vector<int64_t>& start, T* out, T* final_state, bool silu) {
   const int64_t b = cv.b, l = cv.l, c = cv.c, w = cv.width;
   const int64_t nblk = (c + kChannelBlock - 1) / kChannelBlock;
-#pragma omp parallel for collapse(2) schedule(static) if (b * l * c >= kParallelWork)
-  for (int64_t i = 0; i < b; ++i) {
-    for (int64_t blk = 0; blk < nblk; ++blk) {
-      int64_t c0 = blk * kChannelBlock, c1 = std::min(c, c0 + kChannelBlock);
-      for (int64_t t = 0; t < l; ++t) {
-        int64_t st = start[i * l + t];
-        T* o = out + (i * l + t) * c;
-        for (int64_t ch = c0; ch < c1; ++ch) {
-          T p = cv.pre(i, t, st, ch);
-          o[ch] = silu ? p * sigmoid(p) : p;
+  const std::vector<T> wt = transposed_weight(cv);
+#pragma omp parallel if (b * l * c >= kParallelWork)
+  {
+    Scratch<T> pre(kChannelBlock), sig(kChannelBlock);  // one token of the block
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t i = 0; i < b; ++i) {
+      for (int64_t blk = 0; blk < nblk; ++blk) {
+        int64_t c0 = blk * kChannelBlock, c1 = std::min(c, c0 + kChannelBlock), cb = c1 - c0;
+        for (int64_t t = 0; t < l; ++t) {
+          int64_t st = start[i * l + t];
+          T* o = out + (i * l + t) * c;
+          cv.pre_block(i, t, st, c0, c1, wt.data(), pre.data());
+          if (silu) {
+            std::copy(pre.begin(), pre.begin() + cb, sig.begin());
+            sigmoid_inplace(sig.data(), cb);
+            for (int64_t k = 0; k < cb; ++k) o[c0 + k] = pre[k] * sig[k];
+          } else {
+            std::copy(pre.begin(), pre.begin() + cb, o + c0);
+          }
         }
-      }
-      if (final_state) {
-        // The state a next token of the last document would see.
-        int64_t st = l > 0 ? start[i * l + l - 1] : 0;
-        for (int64_t ch = c0; ch < c1; ++ch)
-          for (int64_t j = 0; j < w - 1; ++j)
-            final_state[(i * c + ch) * (w - 1) + j] = cv.tap(i, l - (w - 1) + j, st, ch);
+        if (final_state) {
+          // The state a next token of the last document would see.
+          int64_t st = l > 0 ? start[i * l + l - 1] : 0;
+          for (int64_t ch = c0; ch < c1; ++ch)
+            for (int64_t j = 0; j < w - 1; ++j)
+              final_state[(i * c + ch) * (w - 1) + j] = cv.tap(i, l - (w - 1) + j, st, ch);
+        }
       }
     }
   }
@@ -111,50 +144,76 @@ void backward_typed(const Conv<T>& cv, const std::vector<int64_t>& start, const 
                     T* dweight, T* dbias, T* dinit, bool silu) {
   const int64_t b = cv.b, l = cv.l, c = cv.c, w = cv.width;
   const int64_t nblk = (c + kChannelBlock - 1) / kChannelBlock;
-  // Per batch row sums of the parameter gradients, reduced over rows below.
+  // Per batch row sums of the parameter gradients (dweight as [w, c]), reduced over
+  // rows below.
   std::vector<double> dw_rows(size_t(b * c * w), 0.0), db_rows(size_t(b * c), 0.0);
+  const std::vector<T> wt = transposed_weight(cv);
   const bool parallel = b * l * c >= kParallelWork;
 #pragma omp parallel if (parallel)
   {
     std::vector<T> dpre;  // gradient of the conv before SiLU, [l, block]
+    Scratch<T> pre(kChannelBlock), sig(kChannelBlock);
 #pragma omp for collapse(2) schedule(static)
     for (int64_t i = 0; i < b; ++i) {
       for (int64_t blk = 0; blk < nblk; ++blk) {
-        int64_t c0 = blk * kChannelBlock, c1 = std::min(c, c0 + kChannelBlock), cb = c1 - c0;
+        const int64_t c0 = blk * kChannelBlock, c1 = std::min(c, c0 + kChannelBlock), cb = c1 - c0;
         dpre.assign(size_t(l * cb), T(0));
-        double* dw_row = dw_rows.data() + i * c * w;
+        double* dw_row = dw_rows.data() + i * w * c;
         double* db_row = db_rows.data() + i * c;
         for (int64_t t = 0; t < l; ++t) {
-          int64_t st = start[i * l + t];
-          const T* g = dout + (i * l + t) * c;
-          for (int64_t ch = c0; ch < c1; ++ch) {
-            T dp = g[ch];
-            if (silu) {
-              T p = cv.pre(i, t, st, ch), s = sigmoid(p);
-              dp *= s * (T(1) + p * (T(1) - s));
+          const int64_t st = start[i * l + t];
+          const T* g = dout + (i * l + t) * c + c0;
+          T* dp = dpre.data() + t * cb;
+          if (silu) {
+            cv.pre_block(i, t, st, c0, c1, wt.data(), pre.data());
+            std::copy(pre.begin(), pre.begin() + cb, sig.begin());
+            sigmoid_inplace(sig.data(), cb);
+            for (int64_t j = 0; j < cb; ++j) dp[j] = g[j] * sig[j] * (T(1) + pre[j] * (T(1) - sig[j]));
+          } else {
+            std::copy(g, g + cb, dp);
+          }
+          for (int64_t j = 0; j < cb; ++j) db_row[c0 + j] += double(dp[j]);
+          const bool inside = t - (w - 1) >= st;  // every tap inside the document
+          for (int64_t k = 0; k < w; ++k) {
+            const int64_t s = t - (w - 1) + k;
+            double* dwk = dw_row + k * c + c0;
+            if (inside) {
+              const T* xk = cv.x + (i * l + s) * c + c0;
+              for (int64_t j = 0; j < cb; ++j) dwk[j] += double(dp[j]) * double(xk[j]);
+            } else {
+              for (int64_t j = 0; j < cb; ++j) dwk[j] += double(dp[j]) * double(cv.tap(i, s, st, c0 + j));
             }
-            dpre[t * cb + ch - c0] = dp;
-            db_row[ch] += double(dp);
-            for (int64_t k = 0; k < w; ++k) dw_row[ch * w + k] += double(dp) * double(cv.tap(i, t - (w - 1) + k, st, ch));
           }
         }
         // Input s feeds tokens t = s + (w-1) - k of its own document (start[t] <= s);
         // s < 0 is the initial state, seen by the row's first document only.
-        int64_t st_last = l > 0 ? start[i * l + l - 1] : 0;
+        const int64_t st_last = l > 0 ? start[i * l + l - 1] : 0;
         for (int64_t s = -(w - 1); s < l; ++s) {
           if (s < 0 && !dinit) continue;
-          for (int64_t ch = c0; ch < c1; ++ch) {
-            T acc = T(0);
+          // Where the gradient of input s goes: dx, or the initial state (stride w-1).
+          T* dst = s >= 0 ? dx + (i * l + s) * c + c0 : dinit + (i * c + c0) * (w - 1) + s + w - 1;
+          const int64_t dst_stride = s >= 0 ? 1 : w - 1;
+          if (s >= 0 && s + (w - 1) < l && start[i * l + s + w - 1] <= s) {  // all w readers in the document
+            for (int64_t j = 0; j < cb; ++j) dst[j] = T(0);
             for (int64_t k = 0; k < w; ++k) {
-              int64_t t = s + (w - 1) - k;
-              if (t >= 0 && t < l && start[i * l + t] <= std::max<int64_t>(s, 0))
-                acc += dpre[t * cb + ch - c0] * cv.w[ch * w + k];
+              const T* dpt = dpre.data() + (s + (w - 1) - k) * cb;
+              const T* wk = wt.data() + k * c + c0;
+              for (int64_t j = 0; j < cb; ++j) dst[j] += dpt[j] * wk[j];
             }
-            int64_t j = s - (l - (w - 1));  // the slot of final_state that holds s
-            if (dfinal && j >= 0 && (s >= 0 ? s >= st_last : st_last == 0)) acc += dfinal[(i * c + ch) * (w - 1) + j];
-            if (s >= 0) dx[(i * l + s) * c + ch] = acc;
-            else dinit[(i * c + ch) * (w - 1) + s + w - 1] = acc;
+          } else {
+            for (int64_t j = 0; j < cb; ++j) {
+              T acc = T(0);
+              for (int64_t k = 0; k < w; ++k) {
+                const int64_t t = s + (w - 1) - k;
+                if (t >= 0 && t < l && start[i * l + t] <= std::max<int64_t>(s, 0))
+                  acc += dpre[t * cb + j] * wt[k * c + c0 + j];
+              }
+              dst[j * dst_stride] = acc;
+            }
           }
+          const int64_t slot = s - (l - (w - 1));  // the slot of final_state that holds s
+          if (dfinal && slot >= 0 && (s >= 0 ? s >= st_last : st_last == 0))
+            for (int64_t j = 0; j < cb; ++j) dst[j * dst_stride] += dfinal[(i * c + c0 + j) * (w - 1) + slot];
         }
       }
     }
@@ -163,7 +222,7 @@ void backward_typed(const Conv<T>& cv, const std::vector<int64_t>& start, const 
   for (int64_t ch = 0; ch < c; ++ch) {
     for (int64_t k = 0; k < w; ++k) {
       double acc = 0;
-      for (int64_t i = 0; i < b; ++i) acc += dw_rows[(i * c + ch) * w + k];
+      for (int64_t i = 0; i < b; ++i) acc += dw_rows[(i * w + k) * c + ch];
       dweight[ch * w + k] = T(acc);
     }
     if (dbias) {

@@ -14,6 +14,8 @@
 #include <cmath>
 #include <vector>
 
+#include "scratch.h"
+
 namespace mambatron::cpu {
 
 namespace {
@@ -25,14 +27,31 @@ constexpr int64_t kChunk = 64;  // tokens between the states backward keeps
 constexpr int64_t kParallelWork = 1 << 16;
 
 template <class T>
-inline T sigmoid(T v) {
-  return T(1) / (T(1) + std::exp(-v));
-}
-
-template <class T>
 void exp_inplace(T* p, int64_t len) {
   Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> a(p, len);
   a = a.exp();
+}
+
+// Arrays of one block's channels (at most kBlock), on the stack.
+template <class T>
+using BlockArray = Eigen::Array<T, Eigen::Dynamic, 1, 0, kBlock, 1>;
+
+// softplus(v) = log1p(exp(v)), and v itself past 20. The exponentials and logarithms
+// run vectorised in Eigen (its log1p and select run one element at a time); log1p(e)
+// is log(1 + e) · e / ((1 + e) − 1), which cancels the rounding of 1 + e and keeps
+// full relative precision for small e.
+template <class T>
+void softplus_inplace(T* p, int64_t len) {  // len <= kBlock
+  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> v(p, len);
+  const BlockArray<T> e = v.min(T(20)).exp(), one_plus = T(1) + e, lg = one_plus.log();
+  for (int64_t k = 0; k < len; ++k)
+    p[k] = p[k] > T(20) ? p[k] : one_plus[k] == T(1) ? e[k] : lg[k] * e[k] / (one_plus[k] - T(1));
+}
+
+template <class T>
+void sigmoid_inplace(T* p, int64_t len) {
+  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> a(p, len);
+  a = T(1) / (T(1) + (-a).exp());
 }
 
 template <class T>
@@ -50,9 +69,6 @@ struct Scan {
   // The state restarts from zero at token t of row i: a new document begins there.
   bool reset(int64_t i, int64_t t) const { return seq && t > 0 && seq[i * l + t] != seq[i * l + t - 1]; }
   T delta_in(int64_t idx, int64_t c) const { return delta[idx] + (delta_bias ? delta_bias[c] : T(0)); }
-  T dt(T v) const { return !softplus || v > T(20) ? v : std::log1p(std::exp(v)); }
-  // d dt / d v
-  T dt_grad(T v) const { return !softplus || v > T(20) ? T(1) : sigmoid(v); }
 };
 
 template <class T>
@@ -86,11 +102,10 @@ template <class T>
 void advance(const Scan<T>& s, const Task& tk, int64_t t, T* H, T* E, T* dt) {
   const int64_t n = s.n, cb = tk.c1 - tk.c0, row = (tk.i * s.l + t) * s.d;
   const T* Bt = s.B + ((tk.i * s.l + t) * s.g + tk.gr) * n;
-  for (int64_t k = 0; k < cb; ++k) {
-    int64_t c = tk.c0 + k;
-    dt[k] = s.dt(s.delta_in(row + c, c));
-    for (int64_t j = 0; j < n; ++j) E[k * n + j] = dt[k] * s.A[c * n + j];
-  }
+  for (int64_t k = 0; k < cb; ++k) dt[k] = s.delta_in(row + tk.c0 + k, tk.c0 + k);
+  if (s.softplus) softplus_inplace(dt, cb);
+  for (int64_t k = 0; k < cb; ++k)
+    for (int64_t j = 0; j < n; ++j) E[k * n + j] = dt[k] * s.A[(tk.c0 + k) * n + j];
   exp_inplace(E, cb * n);
   if (s.reset(tk.i, t)) std::fill(H, H + cb * n, T(0));
   for (int64_t k = 0; k < cb; ++k) {
@@ -125,7 +140,8 @@ void forward_typed(const Scan<T>& s, T* y, T* final_state) {
   const bool parallel = s.b * s.l * s.d * n >= kParallelWork;
 #pragma omp parallel if (parallel)
   {
-    std::vector<T> H(size_t(kBlock * n)), E(size_t(kBlock * n)), dt(static_cast<size_t>(kBlock));
+    Scratch<T> H(size_t(kBlock * n)), E(size_t(kBlock * n)), dt(static_cast<size_t>(kBlock)),
+        yb(static_cast<size_t>(kBlock)), gate(static_cast<size_t>(kBlock));
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < ntasks; ++k) {
       const Task tk = bl.task(k, s.g);
@@ -134,12 +150,14 @@ void forward_typed(const Scan<T>& s, T* y, T* final_state) {
       for (int64_t t = 0; t < s.l; ++t) {
         advance(s, tk, t, H.data(), E.data(), dt.data());
         const T* Ct = s.C + ((tk.i * s.l + t) * s.g + tk.gr) * n;
-        for (int64_t kk = 0; kk < cb; ++kk) {
-          int64_t c = tk.c0 + kk, idx = (tk.i * s.l + t) * s.d + c;
-          T yv = output(s, H.data() + kk * n, Ct, idx, c);
-          if (s.z) yv *= s.z[idx] * sigmoid(s.z[idx]);
-          y[idx] = yv;
+        const int64_t row = (tk.i * s.l + t) * s.d + tk.c0;
+        for (int64_t kk = 0; kk < cb; ++kk) yb[kk] = output(s, H.data() + kk * n, Ct, row + kk, tk.c0 + kk);
+        if (s.z) {  // y ⊙ SiLU(z), vectorised over the block
+          Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> zb(gate.data(), cb), ya(yb.data(), cb);
+          for (int64_t kk = 0; kk < cb; ++kk) gate[kk] = s.z[row + kk];
+          ya *= zb / (T(1) + (-zb).exp());
         }
+        for (int64_t kk = 0; kk < cb; ++kk) y[row + kk] = yb[kk];
       }
       if (final_state) std::copy(H.begin(), H.begin() + cb * n, final_state + (tk.i * s.d + tk.c0) * n);
     }
@@ -156,11 +174,11 @@ struct Grads {
 // Per thread buffers of backward, sized for a full block.
 template <class T>
 struct Work {
-  std::vector<T> ckpt, Hs, Es, dts, G, zeros, dA_chunk, dBt, dCt;
+  Scratch<T> ckpt, Hs, Es, dts, G, zeros, dA_chunk, dBt, dCt, gate, ddt_dv;
   Work(int64_t n, int64_t nchunks)
       : ckpt(size_t(nchunks * kBlock * n)), Hs(size_t(kChunk * kBlock * n)), Es(size_t(kChunk * kBlock * n)),
         dts(size_t(kChunk * kBlock)), G(size_t(kBlock * n)), zeros(size_t(kBlock * n), T(0)),
-        dA_chunk(size_t(kBlock * n)), dBt(size_t(n)), dCt(size_t(n)) {}
+        dA_chunk(size_t(kBlock * n)), dBt(size_t(n)), dCt(size_t(n)), gate(size_t(kBlock)), ddt_dv(size_t(kBlock)) {}
 };
 
 // Backward of one task. dB_out/dC_out receive this block's share of dB, dC at each
@@ -174,7 +192,7 @@ void backward_task(const Scan<T>& s, const Grads<T>& gd, const Task& tk, Work<T>
   // The states entering each chunk (only the exponentials of the chunks before the last).
   load_initial(s, tk, w.ckpt.data());
   {
-    std::vector<T> H(w.ckpt.begin(), w.ckpt.begin() + bn);
+    Scratch<T> H(w.ckpt.begin(), w.ckpt.begin() + bn);
     for (int64_t t = 0; t < (nchunks - 1) * kChunk; ++t) {
       advance(s, tk, t, H.data(), w.Es.data(), w.dts.data());
       if ((t + 1) % kChunk == 0) std::copy(H.begin(), H.end(), w.ckpt.begin() + ((t + 1) / kChunk) * bn);
@@ -207,6 +225,20 @@ void backward_task(const Scan<T>& s, const Grads<T>& gd, const Task& tk, Work<T>
       T* dCt = w.dCt.data();
       std::fill(dBt, dBt + n, T(0));
       std::fill(dCt, dCt + n, T(0));
+      // Per channel, vectorised over the block: sigmoid(z) and dΔ/dv (v = delta + bias).
+      const int64_t row = tok * s.d + tk.c0;
+      T* sg = w.gate.data();
+      T* dtdv = w.ddt_dv.data();
+      if (s.z) {
+        std::copy(s.z + row, s.z + row + cb, sg);
+        sigmoid_inplace(sg, cb);
+      }
+      if (s.softplus) {  // sigmoid(v), and 1 where softplus is v itself
+        for (int64_t k = 0; k < cb; ++k) dtdv[k] = s.delta_in(row + k, tk.c0 + k);
+        const BlockArray<T> v = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(dtdv, cb);
+        sigmoid_inplace(dtdv, cb);
+        for (int64_t k = 0; k < cb; ++k) dtdv[k] = v[k] > T(20) ? T(1) : dtdv[k];
+      }
       for (int64_t k = 0; k < cb; ++k) {
         const int64_t c = tk.c0 + k, idx = tok * s.d + c;
         const T uc = s.u[idx], dtc = dt[k], dtu = dtc * uc;
@@ -218,9 +250,9 @@ void backward_task(const Scan<T>& s, const Grads<T>& gd, const Task& tk, Work<T>
         T* dAk = w.dA_chunk.data() + k * n;
         T dyc = gd.dy[idx];  // gradient of the output before the gate
         if (s.z) {
-          const T zc = s.z[idx], sg = sigmoid(zc);
-          gd.dz[idx] = dyc * output(s, Hk, Ct, idx, c) * sg * (T(1) + zc * (T(1) - sg));
-          dyc *= zc * sg;
+          const T zc = s.z[idx];
+          gd.dz[idx] = dyc * output(s, Hk, Ct, idx, c) * sg[k] * (T(1) + zc * (T(1) - sg[k]));
+          dyc *= zc * sg[k];
         }
         if (dD_row) dD_row[c] += double(dyc) * double(uc);
         T gB = T(0), gEHA = T(0);
@@ -237,7 +269,7 @@ void backward_task(const Scan<T>& s, const Grads<T>& gd, const Task& tk, Work<T>
         }
         gd.du[idx] = dtc * gB + (s.D ? s.D[c] * dyc : T(0));
         const T ddt = gEHA + uc * gB;
-        const T dd = ddt * s.dt_grad(s.delta_in(idx, c));
+        const T dd = s.softplus ? ddt * dtdv[k] : ddt;
         gd.ddelta[idx] = dd;
         if (dbias_row) dbias_row[c] += double(dd);
       }
