@@ -42,6 +42,11 @@ void naive_adamw(std::vector<double>& p, const std::vector<double>& g, std::vect
   }
 }
 
+// The same memory labelled as a CUDA tensor: never read, it reaches only the device checks.
+Tensor on_cuda(const Tensor& t) {
+  return Tensor::from_blob(t.data_ptr(), t.shape(), t.strides(), t.dtype(), mt::Device::cuda(0), t.storage());
+}
+
 template <class E, class F>
 void expect_error(F&& f, const std::string& needle) {
   try {
@@ -154,6 +159,10 @@ TEST(AdamwUpdate, RejectsBadArguments) {
   bad = o;
   bad.weight_decay = NAN;
   expect_error<ValueError>([&] { mt::adamw_update(p, g, m, v, mask, bad); }, "weight_decay");
+  Tensor cp = on_cuda(p), cm = on_cuda(m), cv = on_cuda(v);
+  expect_error<TypeError>([&] { mt::adamw_update(p, on_cuda(g), m, v, mask, o); }, "'grads' is on cuda:0");
+  expect_error<TypeError>([&] { mt::adamw_update(p, g, m, v, on_cuda(mask), o); }, "'decay_mask' is on cuda:0");
+  expect_error<TypeError>([&] { mt::adamw_update(cp, on_cuda(g), cm, cv, on_cuda(mask), o); }, "CPU only");
 }
 
 TEST(AdamwGradNorm, MatchesNaiveAndSplitsFreely) {
@@ -262,4 +271,6 @@ TEST(AdamwGradNorm, RejectsBadArguments) {
   expect_error<ValueError>([&] { mt::grad_norm({randn({4, 3}).transpose(0, 1)}); }, "'grads[0]'");
   expect_error<ValueError>([&] { mt::clip_grad_norm({a}, 0.0); }, "max_norm");
   expect_error<ValueError>([&] { mt::clip_grad_norm({a}, NAN); }, "max_norm");
+  expect_error<TypeError>([&] { mt::grad_norm({a, on_cuda(b)}); }, "'grads[1]' is on cuda:0");
+  expect_error<TypeError>([&] { mt::clip_grad_norm({on_cuda(a)}, 1.0); }, "CPU only");
 }

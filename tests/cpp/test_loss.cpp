@@ -128,6 +128,11 @@ void expect_matches(const Result& got, const Reference& ref, double tol) {
   EXPECT_LE(rel(values(got.dw), ref.dw), tol);
 }
 
+// The same memory labelled as a CUDA tensor: never read, it reaches only the device checks.
+Tensor on_cuda(const Tensor& t) {
+  return Tensor::from_blob(t.data_ptr(), t.shape(), t.strides(), t.dtype(), mt::Device::cuda(0), t.storage());
+}
+
 template <class E, class F>
 void expect_error(F&& f, const std::string& needle) {
   try {
@@ -344,4 +349,14 @@ TEST(LossLinearCrossEntropy, RejectsBadArguments) {
                            "'dh' has shape [6, 6], expected [6, 5]");
   expect_error<TypeError>([&] { mt::linear_cross_entropy_backward(h, w, targets, Tensor(), dh, dw_bad, opt); },
                           "'dw'");
+  // Devices: mixed devices name the argument; CUDA tensors are refused until the kernel exists.
+  expect_error<TypeError>([&] { fwd(h, on_cuda(w), targets, Tensor()); }, "'w' is on cuda:0");
+  expect_error<TypeError>([&] { fwd(h, w, on_cuda(targets), Tensor()); }, "'targets' is on cuda:0");
+  expect_error<TypeError>([&] { fwd(on_cuda(h), on_cuda(w), on_cuda(targets), Tensor()); }, "CPU only");
+  Tensor cdh = on_cuda(dh), cdw = on_cuda(dw);
+  expect_error<TypeError>([&] { mt::linear_cross_entropy_backward(h, w, targets, Tensor(), cdh, dw, opt); },
+                          "'dh' is on cuda:0");
+  expect_error<TypeError>(
+      [&] { mt::linear_cross_entropy_backward(on_cuda(h), on_cuda(w), on_cuda(targets), Tensor(), cdh, cdw, opt); },
+      "CPU only");
 }
