@@ -203,7 +203,8 @@ void selective_scan_forward(const Tensor& u, const Tensor& delta, const Tensor& 
 // and d_initial_state [b, d, n] are written when defined (the gradient at zero when
 // the input is absent). ddelta is the gradient with respect to delta itself (through
 // bias and softplus). States are recomputed from checkpoints every 64 tokens, so
-// forward saves nothing and the extra memory is O(b·d·n + threads·64·n·32).
+// forward saves nothing; backward's extra memory is O(b·d·n) plus, when a group has
+// more than 32 channels, partial sums of dB and dC of about b·l·d·n/32 elements each.
 void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& u, const Tensor& delta,
                              const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& D, const Tensor& z,
                              const Tensor& delta_bias, const Tensor& initial_state, const Tensor& seq_idx,
