@@ -1,6 +1,7 @@
 // The whole public C++ API.
 #pragma once
 #include "mambatron/check.h"
+#include "mambatron/checkpoint.h"
 #include "mambatron/cuda.h"
 #include "mambatron/device.h"
 #include "mambatron/dlpack.h"
