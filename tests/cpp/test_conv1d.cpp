@@ -356,4 +356,9 @@ TEST(Conv1d, RejectsBadArguments) {
   expect_error_naming<VE>([&] { mt::conv1d_step(x1, in.weight, none, st, o1_bad); }, "'out'", "[2, 37]");
   expect_error_naming<VE>([&] { mt::conv1d_step(in.x, in.weight, none, st, o1); }, "'x'", "2 dims");
   expect_error_naming<TE>([&] { mt::conv1d_step(x1.to(DType::f32), in.weight, none, st, o1); }, "'weight'", "f32");
+  Tensor st_c = on_cuda(st);
+  expect_error_naming<TE>([&] { mt::conv1d_step(x1, in.weight, none, st_c, o1); }, "'conv_state'", "cuda");
+  Tensor dw_c = on_cuda(dw);
+  expect_error_naming<TE>([&] { mt::conv1d_backward(dout, none, in.x, in.weight, none, none, none, dx, dw_c, none, none); },
+                          "'dweight'", "cuda");
 }
