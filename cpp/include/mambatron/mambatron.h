@@ -3,6 +3,7 @@
 #include "mambatron/check.h"
 #include "mambatron/checkpoint.h"
 #include "mambatron/cuda.h"
+#include "mambatron/data.h"
 #include "mambatron/device.h"
 #include "mambatron/dlpack.h"
 #include "mambatron/dtype.h"
