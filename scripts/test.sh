@@ -10,7 +10,7 @@ MAMBATRON_BUILD_TESTS=ON python3 -m pip install -q --no-build-isolation -C build
 log=$(mktemp -d)
 build/pip/mambatron_tests 2>&1 | tee "$log/gtest.txt" | grep -E '^\[  (FAILED|PASSED|SKIPPED) |^\[==========\]' 
 gtest_rc=${PIPESTATUS[0]}
-python3 -m pytest tests/python -q -rs "$@" 2>&1 | tee "$log/pytest.txt"
+MAMBATRON_REQUIRE_CPP_PACKAGE=1 python3 -m pytest tests/python -q -rs "$@" 2>&1 | tee "$log/pytest.txt"
 pytest_rc=${PIPESTATUS[0]}
 
 g_total=$(grep -oE '^\[==========\] [0-9]+ tests? ' "$log/gtest.txt" | grep -oE '[0-9]+' | head -1)

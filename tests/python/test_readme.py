@@ -29,7 +29,11 @@ def test_python_example_runs():
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
 def test_cpp_example_builds_against_installed_package_and_runs(tmp_path):
-    assert os.path.isfile(os.path.join(mt.cmake_dir(), "mambatronConfig.cmake")), "package has no CMake config"
+    if not os.path.isfile(os.path.join(mt.cmake_dir(), "mambatronConfig.cmake")):
+        # A development build (scripts/dev_build.sh) has no installed C++ package;
+        # scripts/test.sh installs one and sets this variable so that its absence fails.
+        assert not os.environ.get("MAMBATRON_REQUIRE_CPP_PACKAGE"), f"no CMake package under {mt.cmake_dir()}"
+        pytest.skip("no installed C++ package (a development build); pip install provides it")
     (tmp_path / "CMakeLists.txt").write_text(block("cmake"))
     (tmp_path / "hello.cpp").write_text(block("cpp"))
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
