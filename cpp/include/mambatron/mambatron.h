@@ -9,6 +9,7 @@
 #include "mambatron/dtype.h"
 #include "mambatron/error.h"
 #include "mambatron/memory.h"
+#include "mambatron/model.h"
 #include "mambatron/ops.h"
 #include "mambatron/random.h"
 #include "mambatron/tensor.h"

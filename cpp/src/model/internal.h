@@ -1,0 +1,117 @@
+// Internals of the model: parameter declarations with their init rules, the
+// activation arena, the sublayer interface and small tensor helpers.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "mambatron/model.h"
+#include "mambatron/random.h"
+
+namespace mambatron::model_detail {
+
+// How init(seed) fills a parameter (init.cpp). All draws are made in f64.
+struct InitRule {
+  enum Kind {
+    normal,       // N(0, a²)
+    uniform,      // U(a, b)
+    constant,     // a
+    dt_bias,      // dt = exp(U(ln a, ln b)) clamped >= c; inverse softplus of dt
+    log_uniform,  // ln U(a, b)  (Mamba-2 A_log)
+    s4d_real,     // [rows, n]: ln(1..n) in every row (Mamba-1 A_log)
+  } kind = constant;
+  double a = 0, b = 0, c = 0;
+};
+
+struct ParamSpec {
+  std::string name;  // relative to the owner ("mixer.in_proj.weight")
+  Shape shape;
+  InitRule init;
+  bool decay;  // AdamW weight decay (matrices only)
+};
+
+void init_parameter(Tensor& p, const InitRule& rule, Generator& gen);
+
+// Buffers of one owner (a sublayer, or the stack) for one (batch, seq_len): each
+// name is allocated at its first use and the same memory is returned afterwards.
+class Arena {
+ public:
+  Arena(DType dtype, Device device) : dtype_(dtype), device_(device) {}
+  Tensor get(const std::string& name, const Shape& shape, std::optional<DType> dtype = std::nullopt);
+
+ private:
+  DType dtype_;
+  Device device_;
+  std::unordered_map<std::string, Tensor> buffers_;
+};
+
+// What every sublayer of one call shares.
+struct Batch {
+  int64_t b = 0, l = 0;
+  Tensor seq_idx;    // i32 [b, l] or undefined
+  Tensor positions;  // i32 [b, l] RoPE positions, or undefined (0..l-1)
+};
+
+// Everything one (batch, seq_len) needs, allocated at first use and then reused.
+struct Workspace {
+  Workspace(int64_t b_, int64_t l_, int64_t layers, DType dtype, Device device);
+  int64_t b, l;
+  Batch batch;                // of the last forward
+  Tensor inputs, targets, mask;  // i32 [b, l], i32 [b·l] and the loss mask [b·l] (or undefined)
+  Arena arena;                // the stack's buffers
+  std::vector<Arena> layers;  // each sublayer's saved activations and scratch
+};
+
+// One mixer (the part after the pre-norm). Parameters are views in specs() order.
+class Sublayer {
+ public:
+  virtual ~Sublayer() = default;
+  virtual std::vector<ParamSpec> specs() const = 0;
+  void bind(std::vector<Tensor> params) { params_ = std::move(params); }
+  // x: the normed input [b, l, d]; out [b, l, d] is overwritten. With `state`
+  // (prefill), the layer's decoding state is filled too.
+  virtual void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& saved,
+                       InferenceState::Layer* state) = 0;
+  // After forward with the same arguments: dout [b, l, d] -> dx [b, l, d] and the
+  // parameter gradients (views in specs() order), all overwritten.
+  virtual void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& saved,
+                        const std::vector<Tensor>& grads) = 0;
+  virtual void new_state(int64_t batch, int64_t max_len, InferenceState::Layer& st) const = 0;
+  // One token per sequence: x [b, d] -> out [b, d]; positions i32 [b, 1] (RoPE).
+  virtual void step(const Tensor& x, Tensor& out, const Tensor& positions, Arena& scratch,
+                    InferenceState::Layer& st) = 0;
+
+ protected:
+  std::vector<Tensor> params_;
+};
+
+std::unique_ptr<Sublayer> make_mamba2(const ModelConfig& config, DType dtype, Device device);
+std::unique_ptr<Sublayer> make_mamba1(const ModelConfig& config, DType dtype, Device device);
+std::unique_ptr<Sublayer> make_attention(const ModelConfig& config, DType dtype, Device device);
+std::unique_ptr<Sublayer> make_mlp(const ModelConfig& config, DType dtype, Device device);
+// The mixer of a pattern symbol (M m * -), for a resolved, validated config.
+std::unique_ptr<Sublayer> make_sublayer(char symbol, const ModelConfig& config, DType dtype, Device device);
+
+// ---- helpers (helpers.cpp): contiguous f32/f64 tensors
+// y[N, out] (+)= x[N, in] · Wᵀ for W [out, in]; x and y are viewed as 2-D.
+void linear(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate = false);
+// dW [out, in] = dyᵀ · x.
+void linear_grad_weight(const Tensor& dy, const Tensor& x, const Tensor& dw);
+// dx [N, in] (+)= dy · W.
+void linear_grad_input(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate = false);
+// Rows of W [out, in] from `start`, a contiguous view.
+inline Tensor rows(const Tensor& w, int64_t start, int64_t count) { return w.narrow(0, start, count); }
+// t viewed as [numel / cols, cols].
+Tensor as_2d(const Tensor& t, int64_t cols);
+// Copies consecutive column blocks of src [.., C] into parts (each [.., c_i], viewed
+// 2-D with the same row count), and back.
+void split_columns(const Tensor& src, const std::vector<Tensor>& parts);
+void join_columns(const std::vector<Tensor>& parts, const Tensor& dst);
+void add_(const Tensor& y, const Tensor& x);                      // y += x
+void sum_into(const Tensor& out, const Tensor& a, const Tensor& b);  // out = a + b
+void neg_exp(const Tensor& a_log, const Tensor& a);                // a = −exp(a_log)
+void mul_into(const Tensor& out, const Tensor& a, const Tensor& b);  // out = a ⊙ b
+
+}  // namespace mambatron::model_detail

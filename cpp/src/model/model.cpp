@@ -1,0 +1,285 @@
+// The residual stack (MODELS.md §1): x0 = Embed[tokens]; x_{i+1} = x_i +
+// Sublayer_i(Norm_i(x_i)); logits = Norm_f(x_L) · W_outᵀ. Parameter layout, the
+// training forward/backward through the fused linear cross-entropy, and logits.
+#include <algorithm>
+
+#include "internal.h"
+#include "mambatron/ops.h"
+
+namespace mambatron {
+
+using model_detail::InitRule;
+using model_detail::ParamSpec;
+using model_detail::Workspace;
+
+Model::Model(const ModelConfig& config, DType dtype, Device device)
+    : config_(config.resolved()), dtype_(dtype), device_(device) {
+  config_.validate();
+  MT_CHECK(dtype == DType::f32 || dtype == DType::f64, TypeError, "Model: dtype ", dtype_name(dtype),
+           " is not supported; the model computes in f32 or f64 on the CPU");
+  MT_CHECK(device.is_cpu(), TypeError, "Model: device ", device.str(),
+           " is not supported yet; the model runs on the CPU in this version (its CUDA backend comes later)");
+  for (char c : config_.pattern) layers_.push_back(model_detail::make_sublayer(c, config_, dtype, device));
+  build_layout();
+}
+
+Model::~Model() = default;
+
+void Model::build_layout() {
+  const int64_t d = config_.d_model, V = config_.vocab_size;
+  const double std = config_.init_std;
+  bool rms = config_.norm == NormKind::rmsnorm;
+  norm_params_ = rms ? 1 : 2;
+  auto add_norm = [&](const std::string& prefix) {
+    // RMSNorm weight 1; LayerNorm-1p gain offset γ = 0 (w = 1 + γ) and bias β = 0.
+    specs_.push_back({prefix + ".weight", {d}, {InitRule::constant, rms ? 1.0 : 0.0}, false});
+    if (!rms) specs_.push_back({prefix + ".bias", {d}, {InitRule::constant, 0.0}, false});
+  };
+  specs_.push_back({"embedding.weight", {V, d}, {InitRule::normal, std}, true});
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    std::string prefix = "layers." + std::to_string(i) + ".";
+    layer_first_.push_back(specs_.size());
+    add_norm(prefix + "norm");
+    for (ParamSpec s : layers_[i]->specs()) {
+      s.name = prefix + s.name;
+      specs_.push_back(std::move(s));
+    }
+  }
+  layer_first_.push_back(specs_.size());
+  add_norm("norm_f");
+  if (!config_.tie_embeddings) specs_.push_back({"lm_head.weight", {V, d}, {InitRule::normal, std}, true});
+
+  int64_t total = 0;
+  for (const ParamSpec& s : specs_) {
+    offsets_.push_back(total);
+    total += shape_numel(s.shape);
+  }
+  flat_params_ = Tensor::zeros({total}, dtype_, device_);
+  flat_grads_ = Tensor::zeros({total}, dtype_, device_);
+  decay_mask_ = Tensor::zeros({total}, DType::u8, device_);
+  for (size_t k = 0; k < specs_.size(); ++k) {
+    const ParamSpec& s = specs_[k];
+    int64_t n = shape_numel(s.shape);
+    params_.emplace_back(s.name, flat_params_.narrow(0, offsets_[k], n).view(s.shape));
+    grads_.emplace_back(s.name, flat_grads_.narrow(0, offsets_[k], n).view(s.shape));
+    grad_views_.push_back(grads_.back().second);
+    if (s.decay) decay_mask_.narrow(0, offsets_[k], n).fill_(1.0);
+    index_[s.name] = k;
+  }
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    std::vector<Tensor> mixer;
+    for (size_t k = layer_first_[i] + norm_params_; k < layer_first_[i + 1]; ++k) mixer.push_back(params_[k].second);
+    layers_[i]->bind(std::move(mixer));
+  }
+}
+
+const Tensor& Model::parameter(const std::string& name) const {
+  auto it = index_.find(name);
+  MT_CHECK(it != index_.end(), ValueError, "Model: no parameter named '", name, "'");
+  return params_[it->second].second;
+}
+
+const Tensor& Model::gradient(const std::string& name) const {
+  auto it = index_.find(name);
+  MT_CHECK(it != index_.end(), ValueError, "Model: no parameter named '", name, "'");
+  return grads_[it->second].second;
+}
+
+void Model::load_parameters(const NamedTensors& named) {
+  std::vector<const Tensor*> source(params_.size(), nullptr);
+  for (const auto& [name, t] : named) {
+    auto it = index_.find(name);
+    MT_CHECK(it != index_.end(), ValueError, "Model.load_parameters: unexpected parameter '", name,
+             "'; the model has no parameter of that name");
+    const Tensor& p = params_[it->second].second;
+    MT_CHECK(source[it->second] == nullptr, ValueError, "Model.load_parameters: parameter '", name,
+             "' is given twice");
+    MT_CHECK(t.defined(), ValueError, "Model.load_parameters: parameter '", name, "' is undefined");
+    MT_CHECK(t.shape() == p.shape(), ValueError, "Model.load_parameters: parameter '", name, "' has shape ",
+             shape_str(t.shape()), ", expected ", shape_str(p.shape()));
+    MT_CHECK(is_floating(t.dtype()), TypeError, "Model.load_parameters: parameter '", name, "' has dtype ",
+             dtype_name(t.dtype()), ", expected a floating type");
+    source[it->second] = &t;
+  }
+  for (size_t k = 0; k < params_.size(); ++k)
+    MT_CHECK(source[k] != nullptr, ValueError, "Model.load_parameters: parameter '", params_[k].first,
+             "' is missing (", named.size(), " given, the model has ", params_.size(), ")");
+  for (size_t k = 0; k < params_.size(); ++k) params_[k].second.copy_(*source[k]);
+}
+
+const Tensor& Model::output_weight() const { return params_[config_.tie_embeddings ? 0 : params_.size() - 1].second; }
+
+bool Model::has_attention() const { return config_.pattern.find('*') != std::string::npos; }
+
+Workspace& Model::workspace(int64_t b, int64_t l, std::unique_ptr<Workspace>& slot) {
+  if (!slot || slot->b != b || slot->l != l)
+    slot = std::make_unique<Workspace>(b, l, int64_t(layers_.size()), dtype_, device_);
+  return *slot;
+}
+
+namespace {
+
+// tokens: a defined CPU tensor of i32/i64 ids with `dims` dims, every id in [0, V).
+void check_ids(const Tensor& tokens, int dims, int64_t vocab, const char* op, const char* layout) {
+  MT_CHECK(tokens.defined(), ValueError, op, ": tokens are undefined");
+  MT_CHECK(tokens.dtype() == DType::i32 || tokens.dtype() == DType::i64, TypeError, op, ": tokens have dtype ",
+           dtype_name(tokens.dtype()), ", expected i32 or i64");
+  MT_CHECK(tokens.device().is_cpu(), TypeError, op, ": tokens are on ", tokens.device().str(),
+           ", expected the model's device cpu");
+  MT_CHECK(tokens.dim() == dims, ValueError, op, ": tokens have shape ", shape_str(tokens.shape()), ", expected ",
+           layout);
+  Tensor ids = tokens.to(DType::i64).contiguous();
+  const int64_t* p = ids.data<int64_t>();
+  int64_t cols = dims == 2 ? tokens.size(1) : 1;
+  for (int64_t i = 0; i < ids.numel(); ++i)
+    MT_CHECK(p[i] >= 0 && p[i] < vocab, ValueError, op, ": tokens[", i / cols,
+             dims == 2 ? detail::cat(", ", i % cols) : std::string(), "] = ", p[i], " is outside the vocabulary [0, ",
+             vocab, ")");
+}
+
+// Packed documents restart RoPE at 0: positions count tokens since the row's
+// document id last changed.
+void positions_from_documents(const Tensor& seq_idx, Tensor& positions) {
+  int64_t b = seq_idx.size(0), l = seq_idx.size(1);
+  const int32_t* s = seq_idx.data<int32_t>();
+  int32_t* pos = positions.data<int32_t>();
+  for (int64_t i = 0; i < b; ++i)
+    for (int64_t t = 0; t < l; ++t)
+      pos[i * l + t] = t == 0 || s[i * l + t] != s[i * l + t - 1] ? 0 : pos[i * l + t - 1] + 1;
+}
+
+}  // namespace
+
+Workspace& Model::prepare(std::unique_ptr<Workspace>& slot, const char* op, const Tensor& tokens,
+                          bool with_targets, const Tensor& loss_mask, const Tensor& seq_idx) {
+  check_ids(tokens, 2, config_.vocab_size, op, with_targets ? "[batch, seq_len + 1]" : "[batch, seq_len]");
+  int64_t b = tokens.size(0), l = tokens.size(1) - (with_targets ? 1 : 0);
+  MT_CHECK(b >= 1 && l >= 1, ValueError, op, ": tokens have shape ", shape_str(tokens.shape()), ", expected ",
+           with_targets ? "[batch, seq_len + 1] with batch >= 1 and seq_len + 1 >= 2"
+                        : "[batch, seq_len] with batch >= 1 and seq_len >= 1");
+  Workspace& ws = workspace(b, l, slot);
+  ws.inputs = ws.arena.get("inputs", {b, l}, DType::i32);
+  ws.inputs.copy_(tokens.narrow(1, 0, l));
+  if (with_targets) {
+    ws.targets = ws.arena.get("targets", {b * l}, DType::i32);
+    ws.targets.view({b, l}).copy_(tokens.narrow(1, 1, l));
+  }
+  ws.mask = Tensor();
+  if (loss_mask.defined()) {
+    MT_CHECK(loss_mask.shape() == Shape({b, l}), ValueError, op, ": loss_mask has shape ",
+             shape_str(loss_mask.shape()), ", expected [", b, ", ", l, "] (one weight per target)");
+    ws.mask = loss_mask.contiguous().view({b * l});
+  }
+  ws.batch = model_detail::Batch{b, l, Tensor(), Tensor()};
+  if (seq_idx.defined()) {
+    MT_CHECK(seq_idx.dtype() == DType::i32, TypeError, op, ": seq_idx has dtype ", dtype_name(seq_idx.dtype()),
+             ", expected i32 document ids");
+    MT_CHECK(seq_idx.shape() == Shape({b, l}), ValueError, op, ": seq_idx has shape ", shape_str(seq_idx.shape()),
+             ", expected [", b, ", ", l, "] (one document id per input token)");
+    MT_CHECK(seq_idx.device().is_cpu(), TypeError, op, ": seq_idx is on ", seq_idx.device().str(),
+             ", expected cpu");
+    ws.batch.seq_idx = seq_idx.contiguous();
+    if (has_attention() && config_.attention.rotary_fraction > 0) {
+      ws.batch.positions = ws.arena.get("positions", {b, l}, DType::i32);
+      positions_from_documents(ws.batch.seq_idx, ws.batch.positions);
+    }
+  }
+  return ws;
+}
+
+void Model::norm_forward(size_t first, const Tensor& x, Tensor out, Tensor mean, Tensor rstd) const {
+  if (config_.norm == NormKind::rmsnorm)
+    rmsnorm_forward(x, params_[first].second, config_.norm_eps, out, rstd);
+  else
+    layernorm1p_forward(x, params_[first].second, params_[first + 1].second, config_.norm_eps, out, mean, rstd);
+}
+
+void Model::norm_backward(size_t first, const Tensor& dout, const Tensor& x, const Tensor& mean, const Tensor& rstd,
+                          Tensor dx, const std::vector<Tensor>& grads) const {
+  Tensor dw = grads[first];
+  if (config_.norm == NormKind::rmsnorm) {
+    rmsnorm_backward(dout, x, params_[first].second, rstd, dx, dw);
+  } else {
+    Tensor db = grads[first + 1];
+    layernorm1p_backward(dout, x, params_[first].second, mean, rstd, dx, dw, db);
+  }
+}
+
+void Model::forward_stack(Workspace& ws, InferenceState* state) {
+  const int64_t b = ws.b, l = ws.l, d = config_.d_model, L = int64_t(layers_.size());
+  Tensor X = ws.arena.get("x", {L + 1, b, l, d});  // the residual stream before each sublayer
+  Tensor normed = ws.arena.get("normed", {L, b, l, d});
+  Tensor mean = ws.arena.get("mean", {L + 1, b, l}), rstd = ws.arena.get("rstd", {L + 1, b, l});
+  Tensor out = ws.arena.get("sublayer_out", {b, l, d});
+  Tensor x0 = X.select(0, 0);
+  embedding_forward(params_[0].second, ws.inputs, x0);
+  for (int64_t i = 0; i < L; ++i) {
+    Tensor xi = X.select(0, i), ni = normed.select(0, i);
+    norm_forward(layer_first_[i], xi, ni, mean.select(0, i), rstd.select(0, i));
+    layers_[i]->forward(ni, out, ws.batch, ws.layers[i], state ? &state->layers[i] : nullptr);
+    model_detail::sum_into(X.select(0, i + 1), xi, out);
+  }
+  norm_forward(layer_first_[L], X.select(0, L), ws.arena.get("final", {b, l, d}), mean.select(0, L),
+               rstd.select(0, L));
+}
+
+void Model::backward_stack(Workspace& ws, const Tensor& d_final, const std::vector<Tensor>& grads) {
+  const int64_t b = ws.b, l = ws.l, d = config_.d_model, L = int64_t(layers_.size());
+  Tensor X = ws.arena.get("x", {L + 1, b, l, d}), normed = ws.arena.get("normed", {L, b, l, d});
+  Tensor mean = ws.arena.get("mean", {L + 1, b, l}), rstd = ws.arena.get("rstd", {L + 1, b, l});
+  // d_res: the gradient of the residual stream x_i, carried down the stack.
+  Tensor d_res = ws.arena.get("d_res", {b, l, d}), d_normed = ws.arena.get("d_normed", {b, l, d});
+  Tensor d_tmp = ws.arena.get("d_tmp", {b, l, d});
+  norm_backward(layer_first_[L], d_final, X.select(0, L), mean.select(0, L), rstd.select(0, L), d_res, grads);
+  for (int64_t i = L - 1; i >= 0; --i) {
+    std::vector<Tensor> mixer(grads.begin() + int64_t(layer_first_[i] + norm_params_),
+                              grads.begin() + int64_t(layer_first_[i + 1]));
+    layers_[i]->backward(d_res, normed.select(0, i), d_normed, ws.batch, ws.layers[i], mixer);
+    norm_backward(layer_first_[i], d_normed, X.select(0, i), mean.select(0, i), rstd.select(0, i), d_tmp, grads);
+    model_detail::add_(d_res, d_tmp);
+  }
+  Tensor d_embedding = grads[0];
+  embedding_backward(d_res, ws.inputs, d_embedding);
+}
+
+double Model::forward_backward(const Tensor& tokens, const Tensor& loss_mask, const Tensor& seq_idx,
+                               double grad_scale, bool accumulate) {
+  Workspace& ws = prepare(train_ws_, "Model.forward_backward", tokens, true, loss_mask, seq_idx);
+  forward_stack(ws, nullptr);
+  const int64_t n = ws.b * ws.l, d = config_.d_model;
+  // Accumulation computes into a scratch buffer of the same layout, then adds.
+  if (accumulate && !flat_scratch_.defined()) {
+    flat_scratch_ = Tensor::zeros({flat_grads_.numel()}, dtype_, device_);
+    for (size_t k = 0; k < specs_.size(); ++k)
+      scratch_views_.push_back(
+          flat_scratch_.narrow(0, offsets_[k], shape_numel(specs_[k].shape)).view(specs_[k].shape));
+  }
+  const std::vector<Tensor>& grads = accumulate ? scratch_views_ : grad_views_;
+  Tensor final_h = ws.arena.get("final", {n, d}), d_final = ws.arena.get("d_final", {n, d});
+  // Tied: the output layer's gradient is added to the embedding's after its backward.
+  Tensor d_out_w = config_.tie_embeddings ? ws.arena.get("d_out_w", {config_.vocab_size, d}) : grads.back();
+  LinearCrossEntropyOptions opt;
+  opt.grad_scale = grad_scale;
+  double loss = linear_cross_entropy_backward(final_h, output_weight(), ws.targets, ws.mask, d_final, d_out_w, opt);
+  backward_stack(ws, d_final.view({ws.b, ws.l, d}), grads);
+  if (config_.tie_embeddings) model_detail::add_(grads[0], d_out_w);
+  if (accumulate) model_detail::add_(flat_grads_, flat_scratch_);
+  return loss;
+}
+
+double Model::loss(const Tensor& tokens, const Tensor& loss_mask, const Tensor& seq_idx) {
+  Workspace& ws = prepare(train_ws_, "Model.loss", tokens, true, loss_mask, seq_idx);
+  forward_stack(ws, nullptr);
+  Tensor final_h = ws.arena.get("final", {ws.b * ws.l, config_.d_model});
+  return linear_cross_entropy_forward(final_h, output_weight(), ws.targets, ws.mask);
+}
+
+Tensor Model::logits(const Tensor& tokens, const Tensor& seq_idx) {
+  Workspace& ws = prepare(train_ws_, "Model.logits", tokens, false, Tensor(), seq_idx);
+  forward_stack(ws, nullptr);
+  Tensor out = Tensor::empty({ws.b, ws.l, config_.vocab_size}, dtype_, device_);
+  model_detail::linear(ws.arena.get("final", {ws.b, ws.l, config_.d_model}), output_weight(), out);
+  return out;
+}
+
+}  // namespace mambatron
