@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os as _os
 
-from . import _C
+from . import _C, data, tokenizers  # noqa: F401
 from ._C import (  # noqa: F401
+    DataLoader,
     Device,
     DType,
+    IndexedDataset,
+    IndexedDatasetWriter,
     Tensor,
     __version__,
     adamw_update,
@@ -43,6 +46,8 @@ from ._C import (  # noqa: F401
     layernorm1p_forward,
     linear_cross_entropy_backward,
     linear_cross_entropy_forward,
+    list_safetensors,
+    load_safetensors,
     manual_seed,
     max_memory_allocated,
     memory_allocated,
@@ -54,6 +59,9 @@ from ._C import (  # noqa: F401
     rmsnorm_forward,
     rope_backward,
     rope_forward,
+    safetensors_metadata,
+    save_safetensors,
+    save_safetensors_sharded,
     selective_scan_backward,
     selective_scan_forward,
     selective_scan_step,

@@ -36,6 +36,39 @@ def _build_parser() -> argparse.ArgumentParser:
     i.add_argument("--batch", type=int, default=1, help="sequences for the memory estimate (default: 1)")
     i.add_argument("--seq-len", type=int, default=4096,
                    help="tokens per training sequence and inference context length (default: 4096)")
+
+    data = sub.add_parser("data", help="prepare and inspect training data (Megatron indexed datasets)",
+                          description="Tokenizes text into Megatron indexed datasets (PREFIX.bin + PREFIX.idx) "
+                                      "and inspects them.")
+    data.set_defaults(data_parser=data)
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    dp = data_sub.add_parser("prepare", help="tokenize text files, folders and JSONL files into a dataset",
+                             description="Writes PREFIX.bin and PREFIX.idx. A text file is one document; a JSONL "
+                                         "file holds one document per line; a folder stands for its .txt, .text, "
+                                         ".md and .jsonl files, recursively, in sorted order. Tokens are uint16 "
+                                         "when the vocabulary is below 65500, else int32.")
+    dp.add_argument("inputs", nargs="+", metavar="INPUT", help="text files, JSONL files or folders")
+    dp.add_argument("--output", "-o", required=True, metavar="PREFIX",
+                    help="where to write PREFIX.bin and PREFIX.idx")
+    dp.add_argument("--tokenizer", default="byte", metavar="byte|PATH",
+                    help="'byte' (UTF-8 bytes, vocabulary 256, end of document = byte 0), a Hugging Face "
+                         "tokenizer.json, a sentencepiece .model, or a folder holding one (default: byte)")
+    dp.add_argument("--jsonl-key", default="text", metavar="KEY",
+                    help="the field of each JSONL record that holds the text (default: text)")
+    dp.add_argument("--append-eod", action="store_true",
+                    help="end every document with the tokenizer's end-of-document id in the files (then train "
+                         "with the loader's append_eod off)")
+    dp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    di = data_sub.add_parser("info", help="counts, document lengths and a decoded sample of a dataset",
+                             description="Prints the sequence, document and token counts, the token dtype, the "
+                                         "size on disk, document lengths, and the start of the first document "
+                                         "decoded.")
+    di.add_argument("prefix", metavar="PREFIX", help="the dataset (PREFIX.bin and PREFIX.idx)")
+    di.add_argument("--tokenizer", default="byte", metavar="byte|PATH",
+                    help="the tokenizer to decode the sample with (default: byte)")
+    di.add_argument("--tokens", type=int, default=200, help="tokens of the sample to decode (default: 200)")
+    di.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
 
@@ -98,6 +131,48 @@ def _model_info(args) -> int:
     return 0
 
 
+def _data_bytes(n: int) -> str:
+    """A dataset's size: bytes below one MiB, else as _short_bytes."""
+    return f"{n:,} bytes" if n < 2**20 else _short_bytes(n)
+
+
+def _data(args) -> int:
+    """``mambatron data prepare|info``."""
+    import json
+
+    from . import data
+
+    if args.data_command is None:
+        args.data_parser.print_help(sys.stderr)
+        return 2
+    try:
+        if args.data_command == "prepare":
+            res = data.prepare(args.inputs, args.output, tokenizer=args.tokenizer, jsonl_key=args.jsonl_key,
+                               append_eod=args.append_eod, progress=not args.no_progress)
+        else:
+            res = data.info(args.prefix, tokenizer=args.tokenizer, decode_tokens=args.tokens)
+    except (ValueError, ImportError, OSError, RuntimeError) as e:
+        print(f"mambatron data {args.data_command}: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(res, indent=2))
+    elif args.data_command == "prepare":
+        print(f"wrote {res['output']}.bin and .idx: {res['documents']:,} documents from {res['files']} files, "
+              f"{res['tokens']:,} tokens ({res['dtype']}), {_data_bytes(res['bytes'])}, "
+              f"tokenizer {res['tokenizer']} (vocabulary {res['vocab_size']}, EOD {res['eod_id']}"
+              f"{', appended' if res['append_eod'] else ''}), {res['seconds']:.1f} s")
+    else:
+        lengths = res["document_tokens"]
+        print(f"{res['prefix']}: {res['documents']:,} documents, {res['sequences']:,} sequences, "
+              f"{res['tokens']:,} tokens ({res['dtype']}), {_data_bytes(res['bytes'])}")
+        print(f"document tokens: min {lengths['min']:,}, mean {lengths['mean']:,.1f}, max {lengths['max']:,}")
+        if res["sample_text"] is None:
+            print(f"first {len(res['sample_ids'])} ids: {res['sample_ids']}")
+        else:
+            print(f"first {len(res['sample_ids'])} tokens decoded:\n{res['sample_text']}")
+    return 0
+
+
 def _version() -> str:
     from . import __version__
     return __version__
@@ -110,6 +185,8 @@ def main(argv=None) -> int:
         from .demo import run_demo
         run_demo(device=args.device, size=args.size, json_path=args.json)
         return 0
+    if args.command == "data":
+        return _data(args)
     if args.command == "info" and args.target is not None:
         return _model_info(args)
     if args.command == "info":

@@ -37,6 +37,8 @@ class IndexedDatasetWriter {
   void add_document(const std::vector<int64_t>& tokens) { add_document(tokens.data(), tokens.size()); }
   // Ends an open document (sequences added since the last end_document) and commits.
   void finalize();
+  // Gives up: removes the temporary files; PREFIX.bin/.idx stay as they were.
+  void abort();
 
   int dtype_code() const { return code_; }
   int64_t num_sequences() const { return int64_t(lengths_.size()); }
@@ -74,9 +76,13 @@ class IndexedDataset {
 
   // Tokens [offset, offset + length) of sequence i (length -1: to its end) viewing the
   // mapped .bin without a copy, in the file's dtype: codes 1 4 5 6 7 8 (u8 i32 i64 f64
-  // f32 u16); int8 and int16 files have no tensor dtype (use as_int64).
+  // f32 u16); int8 and int16 files have no tensor dtype (use sequence_int64). The
+  // mapping is read-only: the view must not be written.
   Tensor sequence(int64_t i, int64_t offset = 0, int64_t length = -1) const;
   Tensor sequence_int64(int64_t i, int64_t offset = 0, int64_t length = -1) const;
+  // The first byte of sequence i in the read-only mapping of .bin (for views in other
+  // libraries; writing through it faults).
+  const uint8_t* sequence_bytes(int64_t i) const;
   // The same tokens converted to int64 into `out` (length values).
   void read(int64_t i, int64_t offset, int64_t length, int64_t* out) const;
 

@@ -141,6 +141,8 @@ void IndexedDatasetWriter::finalize() {
   impl_.reset();
 }
 
+void IndexedDatasetWriter::abort() { impl_.reset(); }
+
 // ------------------------------------------------------------------ reader
 
 IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
@@ -244,6 +246,11 @@ Tensor IndexedDataset::sequence_int64(int64_t i, int64_t offset, int64_t length)
   Tensor t = Tensor::empty({length}, DType::i64);
   read(i, offset, length, t.data<int64_t>());
   return t;
+}
+
+const uint8_t* IndexedDataset::sequence_bytes(int64_t i) const {
+  sequence_length(i);  // range check
+  return bin_ + load<int64_t>(reinterpret_cast<const uint8_t*>(offsets_), i);
 }
 
 void IndexedDataset::read(int64_t i, int64_t offset, int64_t length, int64_t* out) const {
