@@ -224,9 +224,20 @@ TEST(Safetensors, MalformedFilesAreValueErrors) {
              {"non-negative"});
   expect_bad(raw_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}})", std::string(8, 'x')),
              {"unexpected key"});
+  expect_bad(raw_file(R"({"a":{"dtype":"F64","shape":[4611686018427387904, 4],"data_offsets":[0,8]}})",
+                      std::string(8, 'x')),
+             {"'a'", "overflowing size"});
   expect_bad(raw_file(R"({"__metadata__":{"k":1},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
                       std::string(8, 'x')),
              {"__metadata__", "expected a string"});
+}
+
+TEST(Safetensors, HugeHeaderLengthIsRejectedBeforeReading) {
+  TempDir dir;
+  std::string p = dir / "huge.safetensors";
+  write_bytes(p, le_bytes<uint64_t>(uint64_t(200) << 20) + "{");
+  ASSERT_EQ(::truncate(p.c_str(), (off_t(200) << 20) + 16), 0);  // sparse: no disk used
+  expect_value_error([&] { list_safetensors(p); }, {p, "exceeds the limit"});
 }
 
 TEST(Safetensors, DtypesWithoutAMambatronTypeListButDoNotLoad) {

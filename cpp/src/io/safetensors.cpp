@@ -38,6 +38,9 @@ const StType* find_type(const std::string& name) {
   return nullptr;
 }
 
+// Real headers are kilobytes to a few megabytes; a larger length is corruption.
+constexpr uint64_t kMaxHeaderBytes = uint64_t(100) << 20;
+
 std::string quoted(const std::string& name) { return "'" + name + "'"; }
 
 std::string offsets_str(uint64_t b, uint64_t e) { return detail::cat("[", b, ", ", e, "]"); }
@@ -81,8 +84,7 @@ SafetensorsEntry parse_entry(const std::string& path, const std::string& name, c
   for (const auto& d : shape->array) {
     if (!d.is_int() || d.integer < 0) throw bad("shape holds something other than a non-negative integer");
     e.shape.push_back(d.integer);
-    if (d.integer != 0 && numel > (uint64_t(1) << 62) / uint64_t(d.integer)) overflow = true;
-    numel *= uint64_t(d.integer);
+    overflow |= __builtin_mul_overflow(numel, uint64_t(d.integer), &numel);
   }
   if (!offs->is_array() || offs->array.size() != 2 || !offs->array[0].is_int() || !offs->array[1].is_int() ||
       offs->array[0].integer < 0 || offs->array[1].integer < 0)
@@ -90,7 +92,9 @@ SafetensorsEntry parse_entry(const std::string& path, const std::string& name, c
   e.begin = uint64_t(offs->array[0].integer);
   e.end = uint64_t(offs->array[1].integer);
   if (e.end < e.begin) throw bad(detail::cat("data_offsets ", offsets_str(e.begin, e.end), " end before they begin"));
-  uint64_t bytes = numel * type->itemsize;
+  uint64_t bytes = 0;
+  overflow |= __builtin_mul_overflow(numel, uint64_t(type->itemsize), &bytes);
+  overflow |= numel > uint64_t(INT64_MAX);  // our shapes are int64
   if (overflow || bytes != e.end - e.begin)
     throw bad(detail::cat("shape ", shape_str(e.shape), " x ", type->itemsize, " bytes (", e.dtype, ") = ",
                           overflow ? std::string("an overflowing size") : std::to_string(bytes),
@@ -107,6 +111,8 @@ Header read_header(const io::ReadFile& f) {
   uint64_t n = read_u64_le(len_bytes);
   MT_CHECK(n <= f.size() - 8, ValueError, path, ": the header length ", n, " runs past the end of the file (",
            f.size(), " bytes)");
+  MT_CHECK(n <= kMaxHeaderBytes, ValueError, path, ": the header length ", n, " exceeds the limit of ",
+           kMaxHeaderBytes, " bytes (a corrupt length field?)");
   std::string text(size_t(n), '\0');
   f.read_at(text.data(), size_t(n), 8);
   MT_CHECK(n > 0 && text[0] == '{', ValueError, path, ": the header does not start with '{'");
