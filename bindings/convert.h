@@ -25,6 +25,7 @@ void bind_tensor(py::module_& m);
 void bind_dlpack_methods(py::class_<Tensor>& cls, py::module_& m);
 void bind_runtime(py::module_& m);
 void bind_ops(py::module_& m);
+void bind_model(py::module_& m);
 void bind_io(py::module_& m);
 void bind_ssd_ops(py::module_& m);
 void bind_conv1d_ops(py::module_& m);

@@ -24,5 +24,6 @@ PYBIND11_MODULE(_C, m) {
   mambatron::bind::bind_runtime(m);
   mambatron::bind::bind_tensor(m);
   mambatron::bind::bind_ops(m);
+  mambatron::bind::bind_model(m);
   mambatron::bind::bind_io(m);
 }

@@ -78,6 +78,7 @@ from ._C import (  # noqa: F401
     synchronize,
     zeros,
 )
+from .model import Model  # noqa: F401
 from .presets import ModelConfig, get_preset, list_presets  # noqa: F401
 
 float32 = DType.f32
