@@ -24,7 +24,7 @@ if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then export 
 
 python3 -m pip install -q --upgrade "pip>=23" >/dev/null
 python3 -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=1.24" "cmake>=3.24" \
-  "pytest>=7" nbclient nbformat ipykernel
+  "pytest>=7" nbclient nbformat ipykernel safetensors tokenizers tqdm matplotlib
 echo "setup: building mambatron ($(command -v nvcc >/dev/null && echo 'CPU + CUDA' || echo 'CPU only'))"
 MAMBATRON_BUILD_TESTS=ON python3 -m pip install -q --no-build-isolation -C build-dir=build/pip . \
   || { echo "setup: build failed; rerun with 'pip install -v --no-build-isolation .' to see why" >&2; exit 1; }
