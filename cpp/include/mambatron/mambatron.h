@@ -8,6 +8,7 @@
 #include "mambatron/dlpack.h"
 #include "mambatron/dtype.h"
 #include "mambatron/error.h"
+#include "mambatron/generate.h"
 #include "mambatron/memory.h"
 #include "mambatron/model.h"
 #include "mambatron/ops.h"
