@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 import numpy as np
 
 import mambatron as mt
+from cpu_timing import median_s
 
 SHAPES = [  # b, l, hq, hkv, p
     (8, 256, 4, 4, 64),
@@ -23,15 +22,6 @@ SHAPES = [  # b, l, hq, hkv, p
     (1, 2048, 16, 8, 64),
 ]
 
-
-def median_s(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> int:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 import numpy as np
 
 import mambatron as mt
+from cpu_timing import median_s
 
 SHAPES = [  # b, l, d, n
     (8, 256, 256, 16),
@@ -25,15 +24,6 @@ SHAPES = [  # b, l, d, n
 ]
 WIDTH = 4
 
-
-def median_s(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench_conv(rng, b, l, d, reps):

@@ -11,27 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 import numpy as np
 
 import mambatron as mt
+from cpu_timing import median_s
 
 SHAPES = [  # b, l, h, p, n, g, Q
     (8, 256, 8, 32, 32, 1, 64),
     (1, 2048, 32, 64, 64, 1, 128),
 ]
 
-
-def median_s(fn, reps):
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def inputs(rng, b, l, h, p, n, g):
