@@ -78,7 +78,6 @@ def main() -> int:
             rows.append(row)
             print(f"{m:>6} {n:>6} {k:>6} {dtype_name:>5} | {t_ours:8.3f} {row['ours_tflops']:8.1f} | "
                   f"{t_peer:8.3f} {row['torch_tflops']:8.1f} | {row['ratio_ours_over_torch_speed']:.3f}")
-            del a, b, c_ours, c_ref, ma, mb, mc
             torch.cuda.empty_cache()
     head = rows[0]
     print(f"8192^3 bf16: ours {head['ours_tflops']:.1f} TFLOP/s = {100 * head['ratio_ours_over_torch_speed']:.1f}% of torch.matmul")
