@@ -27,6 +27,7 @@ void bind_runtime(py::module_& m);
 void bind_ops(py::module_& m);
 void bind_model(py::module_& m);
 void bind_io(py::module_& m);
+void bind_train(py::module_& m);
 void bind_generate(py::module_& m);
 void bind_ssd_ops(py::module_& m);
 void bind_conv1d_ops(py::module_& m);

@@ -26,5 +26,6 @@ PYBIND11_MODULE(_C, m) {
   mambatron::bind::bind_ops(m);
   mambatron::bind::bind_model(m);
   mambatron::bind::bind_io(m);
+  mambatron::bind::bind_train(m);
   mambatron::bind::bind_generate(m);
 }

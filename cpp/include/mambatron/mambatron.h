@@ -14,4 +14,5 @@
 #include "mambatron/ops.h"
 #include "mambatron/random.h"
 #include "mambatron/tensor.h"
+#include "mambatron/train.h"
 #include "mambatron/version.h"
