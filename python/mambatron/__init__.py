@@ -9,12 +9,14 @@ import os as _os
 
 from . import _C, data, tokenizers  # noqa: F401
 from ._C import (  # noqa: F401
+    AdamW,
     DataLoader,
     Device,
     DType,
     IndexedDataset,
     IndexedDatasetWriter,
     Tensor,
+    Trainer,
     __version__,
     adamw_update,
     as_tensor,
@@ -44,6 +46,7 @@ from ._C import (  # noqa: F401
     kv_cache_append,
     layernorm1p_backward,
     layernorm1p_forward,
+    learning_rate,
     linear_cross_entropy_backward,
     linear_cross_entropy_forward,
     list_safetensors,
@@ -80,6 +83,7 @@ from ._C import (  # noqa: F401
 )
 from .model import Model  # noqa: F401
 from .presets import ModelConfig, get_preset, list_presets  # noqa: F401
+from .train import TrainArgs  # noqa: F401
 
 float32 = DType.f32
 float64 = DType.f64
