@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os as _os
 
-from . import _C, data, tokenizers  # noqa: F401
+from . import _C, data, hf, tokenizers  # noqa: F401
 from ._C import (  # noqa: F401
     AdamW,
     DataLoader,
@@ -81,6 +81,7 @@ from ._C import (  # noqa: F401
     synchronize,
     zeros,
 )
+from .generate import Generator, generate  # noqa: F401
 from .model import Model  # noqa: F401
 from .presets import ModelConfig, get_preset, list_presets  # noqa: F401
 from .train import TrainArgs  # noqa: F401

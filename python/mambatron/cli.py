@@ -70,6 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     di.add_argument("--tokens", type=int, default=200, help="tokens of the sample to decode (default: 200)")
     di.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_train_parser(sub)
+    _add_generate_parser(sub)
     return p
 
 
@@ -259,6 +260,56 @@ def _data(args) -> int:
     return 0
 
 
+def _add_generate_parser(sub) -> None:
+    """``mambatron generate``."""
+    g = sub.add_parser("generate", help="continue a prompt with a trained model, streaming text",
+                       description="Loads a checkpoint folder (config.json and model.safetensors, as training "
+                                   "writes them, or a Hugging Face mamba/mamba2 folder) and streams the "
+                                   "continuation of --prompt to stdout, after the prompt. Stops at the "
+                                   "tokenizer's end-of-document token or after --max-new-tokens.")
+    g.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a folder holding config.json and model.safetensors")
+    g.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate (default: 64)")
+    g.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                   help="softmax temperature; 0 is greedy (default: 1.0)")
+    g.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K most likely tokens; 0 keeps all "
+                                                                     "(default: 0)")
+    g.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="keep the smallest set of most likely tokens with probability >= P (default: 1.0)")
+    g.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the sampling (default: 0)")
+    g.add_argument("--tokenizer", default=None, metavar="byte|PATH",
+                   help="'byte', a tokenizer.json, a sentencepiece .model, or a folder holding one (default: the "
+                        "checkpoint folder's tokenizer if it has one, else byte)")
+    g.add_argument("--dtype", default="f32", help="compute dtype on the CPU: f32 or f64 (default: f32)")
+
+
+def _generate(args) -> int:
+    """``mambatron generate``: the prompt, then the continuation as it is produced."""
+    import os
+
+    from .generate import Generator
+    from .hf import load_model
+    from .tokenizers import load_tokenizer
+
+    try:
+        tok = args.tokenizer
+        if tok is None:
+            has = any(os.path.exists(os.path.join(args.checkpoint, f)) for f in ("tokenizer.json", "tokenizer.model"))
+            tok = args.checkpoint if has else "byte"
+        gen = Generator(load_model(args.checkpoint, dtype=args.dtype), tokenizer=load_tokenizer(tok))
+        pieces = gen.stream(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed)
+        sys.stdout.write(args.prompt)
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except (ValueError, ImportError, OSError, RuntimeError) as e:
+        print(f"\nmambatron generate: error: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write("\n")
+    return 0
+
+
 def _version() -> str:
     from . import __version__
     return __version__
@@ -271,6 +322,8 @@ def main(argv=None) -> int:
         from .demo import run_demo
         run_demo(device=args.device, size=args.size, json_path=args.json)
         return 0
+    if args.command == "generate":
+        return _generate(args)
     if args.command == "data":
         return _data(args)
     if args.command == "train":
