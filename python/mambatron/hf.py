@@ -16,14 +16,17 @@ Mamba-1, x_proj is dt | B | C, as in MODELS.md; no tensor is reordered.
 
 Only pure patterns map onto these families (``M``×L to mamba2, ``m``×L to mamba) with
 RMSNorm and no bias but the conv bias; hybrids (``nemotron_h``) are future work.
-Transformers' Mamba-2 gated norm is grouped by ``n_groups`` in recent versions and
-whole-width in older ones; with ``n_groups = 1`` both agree with ours.
+Transformers' own (torch) Mamba-2 path normalises the gated output over the whole
+d_inner, not per group as MODELS.md and the fused mamba_ssm kernel do (checked against
+transformers 5.17): exported Mamba-2 models with n_groups > 1 give other logits there,
+so export_hf warns; with n_groups = 1 the two agree (tests/python/test_hf.py).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import warnings
 from typing import Any, Dict, Tuple, Union
 
 from . import _C
@@ -118,6 +121,10 @@ def export_hf(model_or_checkpoint, folder: Union[str, os.PathLike], family: str 
     if family is not None and family not in FAMILIES:
         raise ValueError(f"export_hf: family {family!r} is not one of {', '.join(FAMILIES)}")
     config = hf_config(cfg, family, **extra_config)
+    if config["model_type"] == "mamba2" and cfg.mamba2.n_groups > 1:
+        warnings.warn(f"export_hf: n_groups = {cfg.mamba2.n_groups}; transformers' torch Mamba-2 normalises the "
+                      "gated output over all groups at once, so its logits will differ from ours (the fused "
+                      "mamba_ssm path groups as we do)", stacklevel=2)
     tensors = {}
     for name, t in params.items():
         if name == "lm_head.weight" and cfg.tie_embeddings:

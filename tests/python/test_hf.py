@@ -11,7 +11,7 @@ from mambatron.config import ModelConfig
 from mambatron.hf import export_hf, import_hf, load_model
 
 
-def tiny(pattern, n_groups=2, tie=False, seed=None):
+def tiny(pattern, n_groups=1, tie=False, seed=None):
     cfg = ModelConfig(pattern=pattern, d_model=32, vocab_size=64, init_std=0.2, tie_embeddings=tie).replace(
         mamba2={"head_dim": 8, "d_state": 8, "n_groups": n_groups, "chunk_size": 4}, mamba1={"d_state": 4})
     return mt.Model.from_config(cfg, seed=int(np.random.default_rng().integers(1 << 31)) if seed is None else seed)
@@ -45,7 +45,8 @@ def test_round_trip_is_exact(tmp_path, pattern, family, tie):
 
 
 def test_config_keys(tmp_path):
-    m2 = export_hf(tiny("MM"), tmp_path / "m2")
+    with pytest.warns(UserWarning, match="n_groups"):
+        m2 = export_hf(tiny("MM", n_groups=2), tmp_path / "m2")
     for key, want in {"hidden_size": 32, "state_size": 8, "num_hidden_layers": 2, "expand": 2, "conv_kernel": 4,
                       "n_groups": 2, "head_dim": 8, "num_heads": 8, "chunk_size": 4, "vocab_size": 64,
                       "use_bias": False, "use_conv_bias": True, "layer_norm_epsilon": 1e-5}.items():
@@ -95,7 +96,7 @@ def test_refusals(tmp_path):
 def test_logits_match_transformers(tmp_path, pattern):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    model = tiny(pattern, n_groups=1)
+    model = tiny(pattern)
     export_hf(model, tmp_path)
     cls = transformers.MambaForCausalLM if pattern == "mm" else transformers.Mamba2ForCausalLM
     hf = cls.from_pretrained(str(tmp_path), torch_dtype=torch.float32).eval()
