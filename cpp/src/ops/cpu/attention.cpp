@@ -26,6 +26,9 @@ template <class T>
 using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
 
 constexpr int64_t kBlock = 64;  // query rows per tile
+// Below this many multiply-adds per call a thread team costs more than it saves
+// (and on a busy machine far more): run on the calling thread.
+constexpr double kParallelWork = 1 << 18;
 
 // starts[bi·l + i]: the first key that token i of row bi may attend to, the first
 // token of its document (0 without seq_idx). Documents are contiguous because
@@ -63,7 +66,7 @@ void forward_typed(const Tensor& qt, const Tensor& kt, const Tensor& vt, Tensor&
   const int64_t qs = g.qs(), ks = g.ks();
   const T *q = qt.data<T>(), *k = kt.data<T>(), *v = vt.data<T>();
   T *out = outt.data<T>(), *lse = lset.data<T>();
-#pragma omp parallel
+#pragma omp parallel if (double(g.b) * g.hq * g.l * g.l * g.p >= kParallelWork)
   {
     Scratch<T> scores(size_t(std::min(kBlock, g.l) * g.l));
 #pragma omp for collapse(2) schedule(dynamic)
@@ -118,7 +121,7 @@ void backward_typed(const Tensor& doutt, const Tensor& qt, const Tensor& kt, con
   const T *dout = doutt.data<T>(), *q = qt.data<T>(), *k = kt.data<T>(), *v = vt.data<T>();
   const T *out = outt.data<T>(), *lse = lset.data<T>();
   T *dq = dqt.data<T>(), *dk = dkt.data<T>(), *dv = dvt.data<T>();
-#pragma omp parallel
+#pragma omp parallel if (double(g.b) * g.hq * g.l * g.l * g.p >= kParallelWork)
   {
     const size_t tile = size_t(std::min(kBlock, g.l) * g.l);
     Scratch<T> pbuf(tile), dsbuf(tile);
@@ -188,7 +191,7 @@ void decode_typed(const Tensor& qt, const Tensor& kct, const Tensor& vct, const 
   const T *q = qt.data<T>(), *kc = kct.data<T>(), *vc = vct.data<T>();
   const int32_t* lens = lens_t.data<int32_t>();
   T* out = outt.data<T>();
-#pragma omp parallel
+#pragma omp parallel if (double(b) * hq * max_len * p >= kParallelWork)
   {
     Vec<T> s(max_len);
 #pragma omp for collapse(2) schedule(dynamic)

@@ -18,7 +18,8 @@ void rope_typed(const T* x, T* out, const int32_t* positions, int64_t b, int64_t
   for (int64_t i = 0; i < half; ++i) inv_freq[i] = std::pow(base, -2.0 * double(i) / double(rotary_dim));
   // The inverse rotation is the rotation by −θ: the same formula with sin negated.
   const double sign = inverse ? -1.0 : 1.0;
-#pragma omp parallel
+  // Small calls (a decode token) stay on the calling thread: a thread team costs more.
+#pragma omp parallel if (b * l * h * p >= (int64_t(1) << 16))
   {
     std::vector<T> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
 #pragma omp for schedule(static)
