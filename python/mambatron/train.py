@@ -40,7 +40,7 @@ class TrainArgs:
     seq_len: int = 128
     micro_batch: int = 8
     grad_accum: int = 1
-    steps: int = 400
+    steps: int = 350
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup: Optional[int] = None    #: warmup steps (default: steps / 20, at most 100)
@@ -184,6 +184,10 @@ def train(args: TrainArgs) -> Dict[str, Any]:
                          beta1=args.beta1, beta2=args.beta2, eps=args.eps, weight_decay=args.weight_decay,
                          use_seq_idx=args.use_seq_idx, **_schedule_kwargs(args))
     if ckpt is not None:
+        saved_tokens = ckpt["state"].get("dataset", {}).get("tokens")
+        if saved_tokens is not None and saved_tokens != dataset.num_tokens:
+            notes.append(f"the dataset has {dataset.num_tokens:,} tokens, the checkpoint's had {saved_tokens:,}: "
+                         f"the resumed run will not match an uninterrupted one")
         restore(trainer, model, ckpt)
         train_loader.load_state_dict(ckpt["state"]["data_loader"])
         say(f"resumed from {resume_from} at step {trainer.step_count}")
