@@ -96,8 +96,8 @@ Conv<T> make_conv(const Tensor& x, const Tensor& weight, const Tensor& bias, con
 }
 
 template <class T>
-std::vector<T> transposed_weight(const Conv<T>& cv) {
-  std::vector<T> wt(size_t(cv.width * cv.c));
+Scratch<T> transposed_weight(const Conv<T>& cv) {
+  Scratch<T> wt(size_t(cv.width * cv.c));
   for (int64_t ch = 0; ch < cv.c; ++ch)
     for (int64_t k = 0; k < cv.width; ++k) wt[k * cv.c + ch] = cv.w[ch * cv.width + k];
   return wt;
@@ -107,7 +107,7 @@ template <class T>
 void forward_typed(const Conv<T>& cv, const std::vector<int64_t>& start, T* out, T* final_state, bool silu) {
   const int64_t b = cv.b, l = cv.l, c = cv.c, w = cv.width;
   const int64_t nblk = (c + kChannelBlock - 1) / kChannelBlock;
-  const std::vector<T> wt = transposed_weight(cv);
+  const Scratch<T> wt = transposed_weight(cv);
 #pragma omp parallel if (b * l * c >= kParallelWork)
   {
     Scratch<T> pre(kChannelBlock), sig(kChannelBlock);  // one token of the block
@@ -146,12 +146,12 @@ void backward_typed(const Conv<T>& cv, const std::vector<int64_t>& start, const 
   const int64_t nblk = (c + kChannelBlock - 1) / kChannelBlock;
   // Per batch row sums of the parameter gradients (dweight as [w, c]), reduced over
   // rows below.
-  std::vector<double> dw_rows(size_t(b * c * w), 0.0), db_rows(size_t(b * c), 0.0);
-  const std::vector<T> wt = transposed_weight(cv);
+  Scratch<double> dw_rows(size_t(b * c * w), 0.0), db_rows(size_t(b * c), 0.0);
+  const Scratch<T> wt = transposed_weight(cv);
   const bool parallel = b * l * c >= kParallelWork;
 #pragma omp parallel if (parallel)
   {
-    std::vector<T> dpre;  // gradient of the conv before SiLU, [l, block]
+    Scratch<T> dpre;  // gradient of the conv before SiLU, [l, block]
     Scratch<T> pre(kChannelBlock), sig(kChannelBlock);
 #pragma omp for collapse(2) schedule(static)
     for (int64_t i = 0; i < b; ++i) {

@@ -3,6 +3,7 @@
 // lanes: a fixed order for a given build); the elementwise parts run in the input
 // dtype. Parameter gradients (sums over rows) are reduced in a fixed order, so
 // they have the same bits for any thread count.
+#include "scratch.h"
 #include "norm.h"
 
 #include <algorithm>
@@ -26,7 +27,7 @@ template <class RowFn, class OutFn>
 void rows_with_param_grads(int64_t rows, int64_t width, bool parallel, RowFn row_fn, OutFn out_fn) {
   const int64_t size = std::max<int64_t>(1, (rows + kMaxBlocks - 1) / kMaxBlocks);
   const int64_t count = (rows + size - 1) / size;
-  std::vector<double> partial(size_t(count * width), 0.0);
+  Scratch<double> partial(size_t(count * width), 0.0);
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t b = 0; b < count; ++b) {
     double* acc = partial.data() + b * width;

@@ -288,11 +288,11 @@ void backward_typed(const Scan<T>& s, const Grads<T>& gd, T* dA, T* dB, T* dC, T
   const Blocking bl(s.d, s.g);
   const int64_t b = s.b, l = s.l, d = s.d, g = s.g, n = s.n, ntasks = bl.count(b, g);
   const int64_t nchunks = (l + kChunk - 1) / kChunk;
-  std::vector<double> dA_rows(size_t(b * d * n), 0.0), dD_rows(dD ? size_t(b * d) : 0, 0.0),
+  Scratch<double> dA_rows(size_t(b * d * n), 0.0), dD_rows(dD ? size_t(b * d) : 0, 0.0),
       dbias_rows(dbias ? size_t(b * d) : 0, 0.0);
   // With several blocks per group, each block's dB, dC go to [b, g, nblk, l, n] first.
   const bool direct = bl.nblk <= 1;
-  std::vector<T> dB_part(direct ? 0 : size_t(b * g * bl.nblk * l * n)), dC_part(dB_part.size());
+  Scratch<T> dB_part(direct ? 0 : size_t(b * g * bl.nblk * l * n)), dC_part(dB_part.size());
   const bool parallel = b * l * d * n >= kParallelWork;
 #pragma omp parallel if (parallel)
   {

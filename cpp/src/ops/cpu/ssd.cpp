@@ -1,6 +1,7 @@
 // SSD on the CPU: typed dispatch to the sequential or chunked form, and the fixed-order
 // sums of per-head partial gradients (dB, dC over the heads of a group; dA, dD,
 // ddt_bias over the batch), which keep backward deterministic.
+#include "scratch.h"
 #include "ssd.h"
 
 #include <vector>
@@ -51,8 +52,8 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
     using T = typename decltype(tag)::type;
     auto P = make_problem<T>(x, dt, A, B, C, D, dt_bias, initial_state, seq_idx, opt);
     const int64_t b = P.b, l = P.l, h = P.h, g = P.g, n = P.n, heads = h / g;
-    std::vector<T> dB_head(b * h * l * n), dC_head(b * h * l * n);
-    std::vector<double> dA_part(b * h), dD_part(b * h), dbias_part(b * h);
+    Scratch<T> dB_head(b * h * l * n), dC_head(b * h * l * n);
+    Scratch<double> dA_part(b * h), dD_part(b * h), dbias_part(b * h);
     ssd::Grads<T> G{dy.data<T>(),   optional_data<T>(d_final_state),
                     dx.data<T>(),   ddt.data<T>(),
                     dB_head.data(), dC_head.data(),
@@ -77,7 +78,7 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
       }
     }
     // Per-head parameters: the sum over batch rows, in row order.
-    auto reduce = [&](const std::vector<double>& part, Tensor& out) {
+    auto reduce = [&](const Scratch<double>& part, Tensor& out) {
       if (!out.defined()) return;
       T* o = out.data<T>();
       for (int64_t j = 0; j < h; ++j) {

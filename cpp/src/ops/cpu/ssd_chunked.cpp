@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "scratch.h"
 #include "../backend.h"
 #include "ssd.h"
 
@@ -44,8 +45,8 @@ struct Chunking {
 
 // K = C·Bᵀ for every (batch row, group, chunk): [b, g, chunks] blocks of L×L.
 template <class T>
-std::vector<T> chunk_kernels(const Problem<T>& P, const Chunking& ch) {
-  std::vector<T> K(P.b * P.g * ch.count * ch.block);
+Scratch<T> chunk_kernels(const Problem<T>& P, const Chunking& ch) {
+  Scratch<T> K(P.b * P.g * ch.count * ch.block);
 #pragma omp parallel for schedule(static)
   for (int64_t task = 0; task < P.b * P.g * ch.count; ++task) {
     int64_t c = task % ch.count, bg = task / ch.count, bi = bg / P.g, gi = bg % P.g;
@@ -60,7 +61,7 @@ std::vector<T> chunk_kernels(const Problem<T>& P, const Chunking& ch) {
 
 // The per-token scalars of one chunk of one head (see the notation above).
 struct ChunkScalars {
-  std::vector<double> delta, slope, S, e, f;
+  Scratch<double> delta, slope, S, e, f;
   std::vector<int32_t> doc;
   double E = 0;
 
@@ -92,7 +93,7 @@ struct ChunkScalars {
   }
 
   template <class T>
-  static Vec<T> as_vec(const std::vector<double>& v) {
+  static Vec<T> as_vec(const Scratch<double>& v) {
     Vec<T> r(int64_t(v.size()));
     for (size_t i = 0; i < v.size(); ++i) r[i] = T(v[i]);
     return r;
@@ -117,7 +118,7 @@ void initial_state(const Problem<T>& P, int64_t bi, int64_t j, Mat<T>& H) {
 template <class T>
 void chunked_forward(const Problem<T>& P, T* y, T* final_state) {
   const Chunking ch(P.l, P.opt.chunk_size);
-  const std::vector<T> K = chunk_kernels(P, ch);
+  const Scratch<T> K = chunk_kernels(P, ch);
   const Eigen::OuterStride<> xs(P.h * P.p), bs(P.g * P.n);
 #pragma omp parallel for schedule(static)
   for (int64_t task = 0; task < P.b * P.h; ++task) {
@@ -158,7 +159,7 @@ void chunked_forward(const Problem<T>& P, T* y, T* final_state) {
 template <class T>
 void chunked_backward(const Problem<T>& P, const Grads<T>& G) {
   const Chunking ch(P.l, P.opt.chunk_size);
-  const std::vector<T> K = chunk_kernels(P, ch);
+  const Scratch<T> K = chunk_kernels(P, ch);
   const Eigen::OuterStride<> xs(P.h * P.p), bs(P.g * P.n), ns(P.n);
   const int64_t pn = P.p * P.n;
 #pragma omp parallel for schedule(static)
@@ -167,7 +168,7 @@ void chunked_backward(const Problem<T>& P, const Grads<T>& G) {
     double A = double(P.A[j]), dA = 0, dD = 0, dbias = 0;
     ChunkScalars sc;
     // The state entering each chunk, from a forward pass over the chunk states.
-    std::vector<T> H_in(ch.count * pn);
+    Scratch<T> H_in(ch.count * pn);
     Mat<T> H;
     initial_state(P, bi, j, H);
     for (int64_t c = 0; c < ch.count; ++c) {
@@ -214,7 +215,7 @@ void chunked_backward(const Problem<T>& P, const Grads<T>& G) {
       Vec<double> colZ = Z.colwise().sum().transpose(), rowZd = Z * delta64;
       Vec<double> q = R.template cast<double>().cwiseProduct(Bc.template cast<double>()).rowwise().sum();
       Vec<double> u = dY.template cast<double>().cwiseProduct((Cc * Hin.transpose()).template cast<double>()).rowwise().sum();
-      std::vector<double> dS(L);
+      Scratch<double> dS(L);
       double last = sc.E * dH.template cast<double>().cwiseProduct(Hin.template cast<double>()).sum();
       for (int64_t t = 0; t < L; ++t) {
         double fq = sc.f[t] * q[t];

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "scratch.h"
 #include "../backend.h"
 #include "ssd.h"
 
@@ -51,7 +52,7 @@ void sequential_forward(const Problem<T>& P, T* y, T* final_state) {
 #pragma omp parallel for schedule(static)
   for (int64_t task = 0; task < P.b * P.h; ++task) {
     int64_t bi = task / P.h, j = task % P.h, gi = P.group(j);
-    std::vector<T> H(P.p * P.n);
+    Scratch<T> H(P.p * P.n);
     load_initial_state(P, bi, j, H.data());
     double A = double(P.A[j]);
     for (int64_t t = 0; t < P.l; ++t) {
@@ -76,12 +77,12 @@ void sequential_backward(const Problem<T>& P, const Grads<T>& G) {
   for (int64_t task = 0; task < P.b * P.h; ++task) {
     int64_t bi = task / P.h, j = task % P.h, gi = P.group(j);
     double A = double(P.A[j]), Dj = P.D_of(j);
-    std::vector<T> saved(nseg * pn), Hs((kSegment + 1) * pn), Hadj(pn);
+    Scratch<T> saved(nseg * pn), Hs((kSegment + 1) * pn), Hadj(pn);
     Vec<T> hb(p);
     std::vector<Delta> deltas(kSegment);
-    std::vector<T> alphas(kSegment);
+    Scratch<T> alphas(kSegment);
     // Forward pass keeping the state that enters each segment.
-    std::vector<T> H(pn);
+    Scratch<T> H(pn);
     load_initial_state(P, bi, j, H.data());
     for (int64_t t = 0; t < P.l; ++t) {
       if (t % kSegment == 0) std::copy(H.begin(), H.end(), saved.begin() + (t / kSegment) * pn);
