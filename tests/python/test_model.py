@@ -138,3 +138,22 @@ def test_errors(rng):
         mt.Model("tiny-mamba2", device="cuda:0")
     with pytest.raises(TypeError, match="bf16"):
         mt.Model("tiny-mamba2", dtype="bf16")
+
+
+def test_forward_backward_repeats_bit_for_bit():
+    """Same model, same batch: the gradients are identical on every call (no dependence
+    on where scratch memory lands or on thread scheduling)."""
+    cfg = {"pattern": "MM*-m", "d_model": 16, "vocab_size": 32, "init_std": 0.2,
+           "mamba2": {"head_dim": 8, "d_state": 8, "n_groups": 2, "chunk_size": 4},
+           "mamba1": {"d_state": 4, "dt_rank": 3},
+           "attention": {"num_heads": 4, "num_kv_heads": 2, "head_dim": 8, "rotary_fraction": 0.5},
+           "mlp": {"ffn_hidden": 24}}
+    model = mt.Model(cfg, "f64")
+    model.init(5)
+    tokens = np.random.default_rng(1).integers(0, 32, (2, 9), dtype=np.int32)
+    model.forward_backward(tokens)
+    first = {k: v.numpy().copy() for k, v in model.gradients().items()}
+    for _ in range(10):
+        model.forward_backward(tokens)
+        for k, v in model.gradients().items():
+            assert v.numpy().tobytes() == first[k].tobytes(), k
