@@ -7,8 +7,9 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.i
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_executes(path, tmp_path):
+def test_notebook_executes(path, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
+    monkeypatch.setenv("MAMBATRON_QUICKSTART_STEPS", "40")  # a short training run is enough to test the story
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(str(path), as_version=4)
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
