@@ -202,14 +202,20 @@ def import_hf(folder: Union[str, os.PathLike]) -> Tuple[ModelConfig, Dict[str, A
 
 
 def load_model(folder: Union[str, os.PathLike], dtype: Any = "f32", device: Any = "cpu"):
-    """A Model from a checkpoint folder: ours (config.json is a ModelConfig) or a Hugging
-    Face mamba/mamba2 folder (config.json has model_type)."""
+    """A Model from a checkpoint folder: ours (config.json is a ModelConfig), a training
+    run's folder (its newest checkpoint), or a Hugging Face mamba/mamba2 folder
+    (config.json has model_type)."""
     from .model import Model
+
+    from .train_checkpoint import find_latest
 
     folder = os.fspath(folder)
     path = os.path.join(folder, "config.json")
+    if not os.path.exists(path) and os.path.isdir(folder) and find_latest(folder):
+        folder = find_latest(folder)  # a training run's folder: its newest checkpoint
+        path = os.path.join(folder, "config.json")
     if not os.path.exists(path):
-        raise ValueError(f"{folder}: no config.json; expected a checkpoint folder")
+        raise ValueError(f"{folder}: no config.json; expected a checkpoint folder or a training run's folder")
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)
     if "model_type" in raw:

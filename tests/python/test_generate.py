@@ -138,3 +138,15 @@ def test_cli_generate_streams_text(tmp_path, capsys):
     out = capsys.readouterr().out
     expected = Generator(model, tokenizer="byte").generate("hi", 6, temperature=0)
     assert out == "hi" + expected + "\n"
+
+
+def test_load_model_accepts_a_training_run_folder(tmp_path):
+    from mambatron.train import train
+
+    args = mt.TrainArgs(model="tiny-mamba2", steps=2, seq_len=16, micro_batch=2, eval_every=0, progress=False,
+                        plot=False, sample_tokens=0, out=str(tmp_path / "run"), corpus_bytes=1 << 16, log=["jsonl"])
+    summary = train(args)
+    model = mt.hf.load_model(tmp_path / "run")
+    assert model.num_parameters() == summary["parameters"]
+    with pytest.raises(ValueError, match="no config.json"):
+        mt.hf.load_model(tmp_path)
