@@ -262,7 +262,6 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
 void ssd_step(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& D,
               const Tensor& dt_bias, Tensor& state, Tensor& y, const SsdOptions& opt = {});
 
-
 // ---------------------------------------------------------------- attention
 // Causal softmax attention with grouped-query sharing and optional packed documents.
 // q: [b, l, hq, p]; k, v: [b, l, hkv, p] with hq a multiple of hkv (query head j
