@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from typing import Any, Dict, Optional
 
-from ._C import load_safetensors, save_safetensors
+from ._C import load_safetensors, save_safetensors, save_safetensors_sharded
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -77,7 +77,7 @@ def find_latest(out_dir: str) -> Optional[str]:
 
 
 def save_checkpoint(out_dir: str, model, trainer, config, state: Dict[str, Any], keep_last: int = 2,
-                    _fail_after: Optional[str] = None) -> str:
+                    _fail_after: Optional[str] = None, max_shard_bytes: int = 5 << 30) -> str:
     """Writes the checkpoint of ``trainer.step_count`` atomically; returns its path.
 
     ``state`` holds the caller's part of trainer_state.json (data loader position, seed,
@@ -103,8 +103,10 @@ def save_checkpoint(out_dir: str, model, trainer, config, state: Dict[str, Any],
             f.flush()
             os.fsync(f.fileno())
         written("config.json")
-        save_safetensors(os.path.join(tmp, "model.safetensors"), model.parameters(),
-                         {"format": "mambatron", "step": str(step)})
+        # One model.safetensors, or model-0000K-of-0000N shards + model.safetensors.index.json
+        # past the shard size (the Hugging Face convention for large checkpoints).
+        save_safetensors_sharded(tmp, model.parameters(), {"format": "mambatron", "step": str(step)},
+                                 max_shard_bytes=max_shard_bytes, stem="model")
         written("model.safetensors")
         opt = trainer.optimizer
         save_safetensors(os.path.join(tmp, "optimizer.safetensors"),
@@ -156,7 +158,7 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     opt = load_safetensors(os.path.join(path, "optimizer.safetensors"))
     if set(opt) != {"exp_avg", "exp_avg_sq"}:
         raise ValueError(f"{path}/optimizer.safetensors: expected tensors exp_avg and exp_avg_sq, got {sorted(opt)}")
-    return {"config": config, "parameters": load_safetensors(os.path.join(path, "model.safetensors")),
+    return {"config": config, "parameters": load_safetensors(path, stem="model"),  # one file or shards
             "exp_avg": opt["exp_avg"], "exp_avg_sq": opt["exp_avg_sq"],
             "optimizer_step": int(state["optimizer_step"]), "state": state}
 

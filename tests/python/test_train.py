@@ -196,3 +196,23 @@ def test_cli_short_run(dataset, tmp_path, capsys):
     with open(tmp_path / "metrics.csv") as f:
         assert len(f.read().strip().splitlines()) == 7  # header + 6 steps
     assert open(tmp_path / "latest").read().strip() == "step_00000006"
+
+
+def test_large_checkpoints_are_sharded_and_load_back(tmp_path):
+    cfg = mt.get_preset("tiny-hybrid").override(*TINY)
+    model = mt.Model(cfg)
+    model.init(0)
+    trainer = mt.Trainer(model, micro_batch=2, decay_steps=10)
+    tokens = np.random.default_rng().integers(0, 256, size=(2, 9), dtype=np.int32)
+    trainer.step([tokens])
+    path = train_checkpoint.save_checkpoint(str(tmp_path), model, trainer, cfg, {"args": {}},
+                                            max_shard_bytes=16 << 10)
+    files = sorted(os.listdir(path))
+    shards = [f for f in files if f.startswith("model-") and f.endswith(".safetensors")]
+    assert len(shards) > 1 and "model.safetensors.index.json" in files and "model.safetensors" not in files
+    m2 = mt.Model(cfg)
+    t2 = mt.Trainer(m2, micro_batch=2, decay_steps=10)
+    train_checkpoint.restore(t2, m2, train_checkpoint.load_checkpoint(path))
+    for name, value in model.parameters().items():
+        assert value.numpy().tobytes() == m2.parameters()[name].numpy().tobytes(), name
+    assert mt.hf.load_model(tmp_path).num_parameters() == model.num_parameters()
