@@ -88,7 +88,7 @@ def _add_train_parser(sub) -> None:
                                    "no arguments: the tiny-hybrid preset on the Python standard library's .py "
                                    "files, byte-tokenized, in a few minutes on a CPU.")
     t.add_argument("model", nargs="?", default=d.model, metavar="PRESET_OR_CONFIG",
-                   help=f"a preset name, a config JSON file, or a folder holding config.json (default: {d.model})")
+                   help=f"a preset name, a config JSON or TOML file, or a folder holding config.json (default: {d.model})")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change a config field, dotted (mamba2.d_state=64) or flat when unambiguous; repeatable")
     t.add_argument("--data", default=None, metavar="PREFIX",

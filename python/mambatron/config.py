@@ -189,12 +189,26 @@ class ModelConfig:
 
     @classmethod
     def load(cls, source: Union[str, os.PathLike, Dict[str, Any]]) -> "ModelConfig":
-        """A validated config from a JSON file, a folder holding config.json, or a dict."""
+        """A validated config from a JSON or TOML file, a folder holding config.json, or a
+        dict. TOML uses the same keys, with tables for the sections ([mamba2], [mlp], ...)."""
         if isinstance(source, dict):
             return cls.from_dict(source)
         path = os.fspath(source)
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
+        if path.endswith(".toml"):
+            try:
+                import tomllib  # Python 3.11+
+            except ImportError:  # pragma: no cover - older Pythons
+                try:
+                    import tomli as tomllib
+                except ImportError:
+                    raise ValueError(f"{path}: reading TOML needs Python 3.11+ or the 'tomli' package") from None
+            with open(path, "rb") as f:
+                try:
+                    return cls.from_dict(tomllib.load(f))
+                except tomllib.TOMLDecodeError as e:
+                    raise ValueError(f"{path}: not valid TOML: {e}") from None
         with open(path, encoding="utf-8") as f:
             return cls.from_json(f.read())
 

@@ -369,3 +369,23 @@ def test_cli_info_errors(capsys):
     assert "ambiguous" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["info", "--set", "d_model=4"])
+
+
+def test_toml_config_files(tmp_path):
+    import sys
+
+    if sys.version_info < (3, 11):
+        pytest.importorskip("tomli")
+    path = tmp_path / "model.toml"
+    path.write_text('pattern = "M*-"\nd_model = 64\nvocab_size = 256\n\n[attention]\nnum_heads = 4\n\n'
+                    '[mamba2]\nhead_dim = 16\nd_state = 16\nn_groups = 1\n')
+    cfg = ModelConfig.load(path)
+    assert cfg.layers == "M*-" and cfg.d_model == 64 and cfg.mamba2.head_dim == 16 and cfg.attention.num_heads == 4
+    bad = tmp_path / "bad.toml"
+    bad.write_text("pattern = \n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        ModelConfig.load(bad)
+    typo = tmp_path / "typo.toml"
+    typo.write_text('pattern = "M"\nd_modle = 64\n')
+    with pytest.raises(ValueError, match="d_modle"):
+        ModelConfig.load(typo)
