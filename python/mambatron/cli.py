@@ -71,6 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
     di.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_train_parser(sub)
     _add_generate_parser(sub)
+    _add_eval_parser(sub)
     return p
 
 
@@ -310,6 +311,79 @@ def _generate(args) -> int:
     return 0
 
 
+def _add_eval_parser(sub) -> None:
+    """``mambatron eval``."""
+    from .eval.tasks import TASKS
+
+    e = sub.add_parser("eval", help="accuracy on a synthetic task, or perplexity on a dataset",
+                       description="TASK (phonebook, mqar, selective_copy, passkey): greedy answers to N seeded "
+                                   "examples, scored by exact match, at each --lengths prompt length when given. "
+                                   "perplexity: nats/token, bits/byte and perplexity on --data (its held-out "
+                                   "split with --eval-fraction).")
+    e.add_argument("task", choices=sorted(TASKS) + ["perplexity"], metavar="TASK",
+                   help=f"{', '.join(sorted(TASKS))} or perplexity")
+    e.add_argument("--model", required=True, metavar="PATH",
+                   help="a checkpoint folder, a training run's folder, or a Hugging Face mamba/mamba2 folder")
+    e.add_argument("--n", type=int, default=100, help="examples per length (default: 100)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the examples (default: 0)")
+    e.add_argument("--lengths", type=int, nargs="+", default=None, metavar="L",
+                   help="prompt lengths in tokens, one evaluation each (phonebook, selective_copy, passkey)")
+    e.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
+                   help="a task size, e.g. pairs=32 or digits=5; repeatable")
+    e.add_argument("--batch-size", type=int, default=16, help="prompts or samples per batch (default: 16)")
+    e.add_argument("--data", default=None, metavar="PREFIX", help="perplexity: the dataset (PREFIX.bin/.idx)")
+    e.add_argument("--seq-len", type=int, default=512, help="perplexity: tokens per sample (default: 512)")
+    e.add_argument("--batches", type=int, default=16, help="perplexity: batches to read (default: 16)")
+    e.add_argument("--eval-fraction", type=float, default=0.0,
+                   help="perplexity: read the last fraction of the documents, as training holds out (default: 0)")
+    e.add_argument("--tokenizer", default="byte", metavar="byte|PATH",
+                   help="perplexity: the tokenizer, for bits per byte (default: byte)")
+    e.add_argument("--dtype", default="f32", help="compute dtype (default: f32)")
+    e.add_argument("--device", default="cpu", help="cpu or cuda:N (default: cpu)")
+    e.add_argument("--json", default=None, metavar="OUT", help="also write the result as JSON to OUT")
+    e.add_argument("--plot", default=None, metavar="PNG",
+                   help="with --lengths: plot accuracy against length to PNG (needs matplotlib)")
+
+
+def _eval(args) -> int:
+    """``mambatron eval``: one line per length (or the perplexity), then the JSON file."""
+    import json
+
+    from .eval import evaluate_task, perplexity, plot_accuracy, save_json
+    from .hf import load_model
+
+    try:
+        size = {}
+        for item in args.size:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--size {item!r}: expected KEY=VALUE")
+            size[key.strip()] = json.loads(value) if value.strip() not in ("None", "none") else None
+        model = load_model(args.model, dtype=args.dtype, device=args.device)
+        if args.task == "perplexity":
+            if args.data is None:
+                raise ValueError("perplexity needs --data PREFIX")
+            res = perplexity(model, args.data, args.seq_len, args.batches, args.eval_fraction,
+                             batch_size=args.batch_size, tokenizer=args.tokenizer)
+            bpb = f", {res['bits_per_byte']:.4f} bits/byte" if res["bits_per_byte"] is not None else ""
+            print(f"{res['tokens']:,} tokens: {res['nats_per_token']:.4f} nats/token{bpb}, "
+                  f"perplexity {res['perplexity']:.3f}")
+        else:
+            res = evaluate_task(model, args.task, args.n, args.seed, lengths=args.lengths,
+                                batch_size=args.batch_size, **size)
+            for run in res.get("by_length", [res]):
+                print(f"{res['task']}: length {run['mean_length']:.0f} tokens (max {run['max_length']}): accuracy "
+                      f"{run['accuracy']:.3f} over {run['n']} (chance {run['chance']:.3g})")
+            if args.plot and args.lengths and plot_accuracy({args.model: res}, args.plot) is None:
+                print("no plot: matplotlib is not installed", file=sys.stderr)
+    except (ValueError, ImportError, OSError, RuntimeError, TypeError) as e:
+        print(f"mambatron eval: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        save_json(res, args.json)
+    return 0
+
+
 def _version() -> str:
     from . import __version__
     return __version__
@@ -324,6 +398,8 @@ def main(argv=None) -> int:
         return 0
     if args.command == "generate":
         return _generate(args)
+    if args.command == "eval":
+        return _eval(args)
     if args.command == "data":
         return _data(args)
     if args.command == "train":
