@@ -11,10 +11,16 @@
 namespace mambatron::bind {
 
 namespace {
-// `given` as a tensor, or a new one of `shape` like `like` (dtype, device).
+// `given` as a tensor, or a new one of `shape` like `like` (dtype, device); parameter
+// gradients are made like their parameter.
 Tensor out_or_new(py::handle given, const char* op, const char* name, const Shape& shape, const Tensor& like) {
   if (!given.is_none()) return as_tensor(given, op, name);
   return Tensor::empty(shape, like.dtype(), like.device());
+}
+// A saved statistic: x's dtype on the CPU, f32 on CUDA (the dtypes the ops expect).
+Tensor stat_or_new(py::handle given, const char* op, const char* name, const Shape& shape, const Tensor& x) {
+  if (!given.is_none()) return as_tensor(given, op, name);
+  return Tensor::empty(shape, x.is_cuda() ? DType::f32 : x.dtype(), x.device());
 }
 // The shape of x without its last dim, and x's shape with the last dim set to k
 // (x's own shape when it has no dims: the op then reports x).
@@ -33,7 +39,7 @@ void bind_norm_ops(py::module_& m) {
       [](py::handle x, py::handle weight, double eps, py::handle out, py::handle rstd) {
         const char* op = "rmsnorm_forward";
         Tensor tx = as_tensor(x, op, "x"), tw = as_tensor(weight, op, "weight");
-        Tensor to = out_or_new(out, op, "out", tx.shape(), tx), tr = out_or_new(rstd, op, "rstd", rows_of(tx), tx);
+        Tensor to = out_or_new(out, op, "out", tx.shape(), tx), tr = stat_or_new(rstd, op, "rstd", rows_of(tx), tx);
         py::gil_scoped_release release;
         rmsnorm_forward(tx, tw, eps, to, tr);
         return std::make_pair(to, tr);
@@ -50,7 +56,7 @@ x: [..., d] f32/f64; weight: [d]. Returns (out [..., d], rstd [...]); rstd is sa
         const char* op = "rmsnorm_backward";
         Tensor tg = as_tensor(dout, op, "dout"), tx = as_tensor(x, op, "x"), tw = as_tensor(weight, op, "weight"),
                tr = as_tensor(rstd, op, "rstd");
-        Tensor gx = out_or_new(dx, op, "dx", tx.shape(), tx), gw = out_or_new(dweight, op, "dweight", width_of(tx), tx);
+        Tensor gx = out_or_new(dx, op, "dx", tx.shape(), tx), gw = out_or_new(dweight, op, "dweight", width_of(tx), tw);
         py::gil_scoped_release release;
         rmsnorm_backward(tg, tx, tw, tr, gx, gw);
         return std::make_pair(gx, gw);
@@ -66,8 +72,8 @@ Returns (dx [..., d], dweight [d]), both overwritten when given.)");
          py::handle rstd) {
         const char* op = "layernorm1p_forward";
         Tensor tx = as_tensor(x, op, "x"), tga = as_tensor(gamma, op, "gamma"), tbe = as_tensor(beta, op, "beta");
-        Tensor to = out_or_new(out, op, "out", tx.shape(), tx), tm = out_or_new(mean, op, "mean", rows_of(tx), tx),
-               tr = out_or_new(rstd, op, "rstd", rows_of(tx), tx);
+        Tensor to = out_or_new(out, op, "out", tx.shape(), tx), tm = stat_or_new(mean, op, "mean", rows_of(tx), tx),
+               tr = stat_or_new(rstd, op, "rstd", rows_of(tx), tx);
         py::gil_scoped_release release;
         layernorm1p_forward(tx, tga, tbe, eps, to, tm, tr);
         return std::make_tuple(to, tm, tr);
@@ -86,8 +92,8 @@ x: [..., d] f32/f64; gamma, beta: [d]. Returns (out [..., d], mean [...], rstd [
         Tensor tg = as_tensor(dout, op, "dout"), tx = as_tensor(x, op, "x"), tga = as_tensor(gamma, op, "gamma"),
                tm = as_tensor(mean, op, "mean"), tr = as_tensor(rstd, op, "rstd");
         Tensor gx = out_or_new(dx, op, "dx", tx.shape(), tx),
-               gg = out_or_new(dgamma, op, "dgamma", width_of(tx), tx),
-               gb = out_or_new(dbeta, op, "dbeta", width_of(tx), tx);
+               gg = out_or_new(dgamma, op, "dgamma", width_of(tx), tga),
+               gb = out_or_new(dbeta, op, "dbeta", width_of(tx), tga);
         py::gil_scoped_release release;
         layernorm1p_backward(tg, tx, tga, tm, tr, gx, gg, gb);
         return std::make_tuple(gx, gg, gb);
@@ -104,7 +110,7 @@ Returns (dx [..., d], dgamma [d], dbeta [d]).)");
         const char* op = "gated_rmsnorm_forward";
         Tensor ty = as_tensor(y, op, "y"), tz = as_tensor(z, op, "z"), tw = as_tensor(weight, op, "weight");
         Tensor to = out_or_new(out, op, "out", ty.shape(), ty),
-               tr = out_or_new(rstd, op, "rstd", last_to(ty, std::max<int64_t>(groups, 0)), ty);
+               tr = stat_or_new(rstd, op, "rstd", last_to(ty, std::max<int64_t>(groups, 0)), ty);
         py::gil_scoped_release release;
         gated_rmsnorm_forward(ty, tz, tw, groups, eps, to, tr);
         return std::make_pair(to, tr);
@@ -124,7 +130,7 @@ y, z: [..., d] f32/f64; weight: [d]. Returns (out [..., d], rstd [..., groups]).
         Tensor tg = as_tensor(dout, op, "dout"), ty = as_tensor(y, op, "y"), tz = as_tensor(z, op, "z"),
                tw = as_tensor(weight, op, "weight"), tr = as_tensor(rstd, op, "rstd");
         Tensor gy = out_or_new(dy, op, "dy", ty.shape(), ty), gz = out_or_new(dz, op, "dz", ty.shape(), ty),
-               gw = out_or_new(dweight, op, "dweight", width_of(ty), ty);
+               gw = out_or_new(dweight, op, "dweight", width_of(ty), tw);
         py::gil_scoped_release release;
         gated_rmsnorm_backward(tg, ty, tz, tw, tr, groups, gy, gz, gw);
         return std::make_tuple(gy, gz, gw);

@@ -111,7 +111,7 @@ TEST(NormRms, RejectsBadArguments) {
                               {"'rstd'", "cuda"});
   expect_error<mt::TypeError>(
       [&] { Tensor o = fake_cuda(out), r = fake_cuda(rstd); mt::rmsnorm_forward(fake_cuda(x), fake_cuda(w), kEps, o, r); },
-      {op, "CPU only"});
+      {op, "on CUDA"});
   Tensor dx = poisoned({3, 4, 5}), dw = poisoned({5});
   expect_error<mt::ValueError>([&] { mt::rmsnorm_backward(randn({3, 4, 4}), x, w, rstd, dx, dw); },
                                {"rmsnorm_backward", "'dout'", "expected [3, 4, 5]"});
@@ -195,7 +195,7 @@ TEST(NormLayer1p, RejectsBadArguments) {
   expect_error<mt::TypeError>(
       [&] { Tensor o = fake_cuda(out), m = fake_cuda(mean), r = fake_cuda(rstd);
             mt::layernorm1p_forward(fake_cuda(x), fake_cuda(ga), fake_cuda(be), kEps, o, m, r); },
-      {"layernorm1p_forward", "CPU only"});
+      {"layernorm1p_forward", "on CUDA"});
   Tensor dx = poisoned({3, 5}), dga = poisoned({5}), dbe = poisoned({5});
   expect_error<mt::ValueError>([&] { Tensor b = poisoned({3, 5}); mt::layernorm1p_backward(out, x, ga, mean, rstd, dx, dga, b); },
                                {"layernorm1p_backward", "'dbeta'", "expected [5]"});
@@ -285,7 +285,7 @@ TEST(NormGated, RejectsBadArguments) {
   expect_error<mt::TypeError>(
       [&] { Tensor o = fake_cuda(out), r = fake_cuda(rstd);
             mt::gated_rmsnorm_forward(fake_cuda(y), fake_cuda(z), fake_cuda(w), 2, kEps, o, r); },
-      {op, "CPU only"});
+      {op, "on CUDA"});
   Tensor dy = poisoned({3, 6}), dz = poisoned({3, 6}), dw = poisoned({6});
   expect_error<mt::ValueError>([&] { Tensor b = poisoned({6, 3}); mt::gated_rmsnorm_backward(out, y, z, w, rstd, 2, dy, b, dw); },
                                {"gated_rmsnorm_backward", "'dz'", "expected [3, 6]"});

@@ -1,8 +1,12 @@
-// Norms: argument checks and dispatch. CPU: ops/cpu/norm.cpp.
+// Norms: argument checks and dispatch. CPU: ops/cpu/norm.cpp; CUDA: ops/cuda/norm.cu
+// (dtypes: dense_checks.h).
 #include <cmath>
 
 #include "backend.h"
 #include "cpu/norm.h"
+#ifdef MAMBATRON_WITH_CUDA
+#include "cuda/norm.h"
+#endif
 #include "dense_checks.h"
 #include "mambatron/ops.h"
 
@@ -10,6 +14,8 @@ namespace mambatron {
 
 using dense::check_float_like;
 using dense::check_float_ref;
+using dense::check_param_like;
+using dense::check_stat;
 using dense::leading_shape;
 
 namespace {
@@ -32,12 +38,11 @@ void check_groups(int64_t groups, int64_t d, const char* op) {
 void rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps, Tensor& out, Tensor& rstd) {
   const char* op = "rmsnorm_forward";
   int64_t d = check_rows_input(x, op, "x");
-  check_float_like(weight, x, op, "weight", "x", {d});
+  check_param_like(weight, x, weight, op, "weight", "x", "weight", {d});
   check_float_like(out, x, op, "out", "x", x.shape());
-  check_float_like(rstd, x, op, "rstd", "x", leading_shape(x.shape()));
+  check_stat(rstd, x, op, "rstd", "x", leading_shape(x.shape()));
   check_eps(eps, op);
-  require_cpu(x, op);
-  cpu::rmsnorm_forward(x, weight, eps, out, rstd);
+  MT_DISPATCH(x, rmsnorm_forward, x, weight, eps, out, rstd);
 }
 
 void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor& dx,
@@ -45,26 +50,24 @@ void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight,
   const char* op = "rmsnorm_backward";
   int64_t d = check_rows_input(x, op, "x");
   check_float_like(dout, x, op, "dout", "x", x.shape());
-  check_float_like(weight, x, op, "weight", "x", {d});
-  check_float_like(rstd, x, op, "rstd", "x", leading_shape(x.shape()));
+  check_param_like(weight, x, weight, op, "weight", "x", "weight", {d});
+  check_stat(rstd, x, op, "rstd", "x", leading_shape(x.shape()));
   check_float_like(dx, x, op, "dx", "x", x.shape());
-  check_float_like(dweight, x, op, "dweight", "x", {d});
-  require_cpu(x, op);
-  cpu::rmsnorm_backward(dout, x, weight, rstd, dx, dweight);
+  check_param_like(dweight, x, weight, op, "dweight", "x", "weight", {d});
+  MT_DISPATCH(x, rmsnorm_backward, dout, x, weight, rstd, dx, dweight);
 }
 
 void layernorm1p_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps, Tensor& out,
                          Tensor& mean, Tensor& rstd) {
   const char* op = "layernorm1p_forward";
   int64_t d = check_rows_input(x, op, "x");
-  check_float_like(gamma, x, op, "gamma", "x", {d});
-  check_float_like(beta, x, op, "beta", "x", {d});
+  check_param_like(gamma, x, gamma, op, "gamma", "x", "gamma", {d});
+  check_param_like(beta, x, gamma, op, "beta", "x", "gamma", {d});
   check_float_like(out, x, op, "out", "x", x.shape());
-  check_float_like(mean, x, op, "mean", "x", leading_shape(x.shape()));
-  check_float_like(rstd, x, op, "rstd", "x", leading_shape(x.shape()));
+  check_stat(mean, x, op, "mean", "x", leading_shape(x.shape()));
+  check_stat(rstd, x, op, "rstd", "x", leading_shape(x.shape()));
   check_eps(eps, op);
-  require_cpu(x, op);
-  cpu::layernorm1p_forward(x, gamma, beta, eps, out, mean, rstd);
+  MT_DISPATCH(x, layernorm1p_forward, x, gamma, beta, eps, out, mean, rstd);
 }
 
 void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gamma, const Tensor& mean,
@@ -72,14 +75,13 @@ void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gam
   const char* op = "layernorm1p_backward";
   int64_t d = check_rows_input(x, op, "x");
   check_float_like(dout, x, op, "dout", "x", x.shape());
-  check_float_like(gamma, x, op, "gamma", "x", {d});
-  check_float_like(mean, x, op, "mean", "x", leading_shape(x.shape()));
-  check_float_like(rstd, x, op, "rstd", "x", leading_shape(x.shape()));
+  check_param_like(gamma, x, gamma, op, "gamma", "x", "gamma", {d});
+  check_stat(mean, x, op, "mean", "x", leading_shape(x.shape()));
+  check_stat(rstd, x, op, "rstd", "x", leading_shape(x.shape()));
   check_float_like(dx, x, op, "dx", "x", x.shape());
-  check_float_like(dgamma, x, op, "dgamma", "x", {d});
-  check_float_like(dbeta, x, op, "dbeta", "x", {d});
-  require_cpu(x, op);
-  cpu::layernorm1p_backward(dout, x, gamma, mean, rstd, dx, dgamma, dbeta);
+  check_param_like(dgamma, x, gamma, op, "dgamma", "x", "gamma", {d});
+  check_param_like(dbeta, x, gamma, op, "dbeta", "x", "gamma", {d});
+  MT_DISPATCH(x, layernorm1p_backward, dout, x, gamma, mean, rstd, dx, dgamma, dbeta);
 }
 
 void gated_rmsnorm_forward(const Tensor& y, const Tensor& z, const Tensor& weight, int64_t groups, double eps,
@@ -87,13 +89,12 @@ void gated_rmsnorm_forward(const Tensor& y, const Tensor& z, const Tensor& weigh
   const char* op = "gated_rmsnorm_forward";
   int64_t d = check_rows_input(y, op, "y");
   check_float_like(z, y, op, "z", "y", y.shape());
-  check_float_like(weight, y, op, "weight", "y", {d});
+  check_param_like(weight, y, weight, op, "weight", "y", "weight", {d});
   check_groups(groups, d, op);
   check_float_like(out, y, op, "out", "y", y.shape());
-  check_float_like(rstd, y, op, "rstd", "y", dense::with_last(y.shape(), groups));
+  check_stat(rstd, y, op, "rstd", "y", dense::with_last(y.shape(), groups));
   check_eps(eps, op);
-  require_cpu(y, op);
-  cpu::gated_rmsnorm_forward(y, z, weight, groups, eps, out, rstd);
+  MT_DISPATCH(y, gated_rmsnorm_forward, y, z, weight, groups, eps, out, rstd);
 }
 
 void gated_rmsnorm_backward(const Tensor& dout, const Tensor& y, const Tensor& z, const Tensor& weight,
@@ -102,14 +103,13 @@ void gated_rmsnorm_backward(const Tensor& dout, const Tensor& y, const Tensor& z
   int64_t d = check_rows_input(y, op, "y");
   check_float_like(dout, y, op, "dout", "y", y.shape());
   check_float_like(z, y, op, "z", "y", y.shape());
-  check_float_like(weight, y, op, "weight", "y", {d});
+  check_param_like(weight, y, weight, op, "weight", "y", "weight", {d});
   check_groups(groups, d, op);
-  check_float_like(rstd, y, op, "rstd", "y", dense::with_last(y.shape(), groups));
+  check_stat(rstd, y, op, "rstd", "y", dense::with_last(y.shape(), groups));
   check_float_like(dy, y, op, "dy", "y", y.shape());
   check_float_like(dz, y, op, "dz", "y", y.shape());
-  check_float_like(dweight, y, op, "dweight", "y", {d});
-  require_cpu(y, op);
-  cpu::gated_rmsnorm_backward(dout, y, z, weight, rstd, groups, dy, dz, dweight);
+  check_param_like(dweight, y, weight, op, "dweight", "y", "weight", {d});
+  MT_DISPATCH(y, gated_rmsnorm_backward, dout, y, z, weight, rstd, groups, dy, dz, dweight);
 }
 
 }  // namespace mambatron

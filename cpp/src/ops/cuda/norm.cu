@@ -1,0 +1,351 @@
+// Norms on CUDA. One thread block per row (per row and group for the gated
+// norm) computes the row's statistics with block_sum and writes the row; the
+// parameter gradients run as a separate column-sum pass (colsum_kernel, then
+// finish_kernel) so that no two blocks ever add into the same place.
+#include "dense.cuh"
+#include "norm.h"
+
+namespace mambatron::cuda {
+
+namespace {
+constexpr int kThreads = 256;     // per row block; a multiple of 32 for block_sum
+constexpr int kColThreads = 256;  // columns per block of the column sums
+constexpr unsigned kMaxRowBlocks = 1u << 20;
+
+unsigned row_grid(int64_t rows) { return unsigned(rows < kMaxRowBlocks ? rows : kMaxRowBlocks); }
+
+__device__ __forceinline__ float sigmoidf(float x) {
+  if (x >= 0.f) return 1.f / (1.f + expf(-x));
+  const float e = expf(x);
+  return e / (1.f + e);
+}
+
+// 1 / sqrt(sum / n + eps), the scalar in f64 like the CPU op, rounded once to f32.
+__device__ __forceinline__ float inv_rms(float sum, int64_t n, double eps) {
+  return float(1.0 / sqrt(double(sum) / double(n) + eps));
+}
+
+// ---------------------------------------------------------------- parameter gradients
+// Rows are cut into chunks by the row count alone; partial[c, j] = Σ_{r in chunk c}
+// term(r, j) in f64, rows in order; then out[j] = Σ_c partial[c, j], c in order.
+struct Chunks {
+  int64_t size, count;
+  explicit Chunks(int64_t rows) {
+    size = rows / 512 + 1;
+    if (size < 32) size = 32;
+    count = (rows + size - 1) / size;
+  }
+};
+
+template <class Term>
+__global__ void colsum_kernel(Term term, int64_t rows, int64_t width, int64_t chunk, double* __restrict__ partial) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, c = blockIdx.y;
+  if (j >= width) return;
+  const int64_t end = (c + 1) * chunk < rows ? (c + 1) * chunk : rows;
+  double acc = 0;
+  for (int64_t r = c * chunk; r < end; ++r) acc += double(term(r, j));
+  partial[c * width + j] = acc;
+}
+
+// out0[j] for j < split, out1[j − split] for the rest.
+template <class P>
+__global__ void finish_kernel(const double* __restrict__ partial, int64_t count, int64_t width, int64_t split,
+                              P* __restrict__ out0, P* __restrict__ out1) {
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < width; j += int64_t(gridDim.x) * blockDim.x) {
+    double s = 0;
+    for (int64_t c = 0; c < count; ++c) s += partial[c * width + j];
+    if (j < split) out0[j] = cast_value<P>(s);
+    else out1[j - split] = cast_value<P>(s);
+  }
+}
+
+template <class P, class Term>
+void param_grads(int dev, const Term& term, int64_t rows, int64_t width, int64_t split, P* out0, P* out1) {
+  cudaStream_t s = stream(dev);
+  const Chunks ch(rows);
+  if (ch.count == 0) {  // no rows: the gradients are zero
+    const int64_t n0 = split, n1 = width - split;
+    MT_CUDA_CHECK(cudaMemsetAsync(out0, 0, size_t(n0) * sizeof(P), s));
+    if (n1) MT_CUDA_CHECK(cudaMemsetAsync(out1, 0, size_t(n1) * sizeof(P), s));
+    return;
+  }
+  MT_CHECK(ch.count <= 65535, ValueError, "norm parameter gradient: ", rows, " rows is too many");
+  Tensor partial = Tensor::empty({ch.count * width}, DType::f64, Device::cuda(dev));
+  double* pp = static_cast<double*>(partial.data_ptr());
+  dim3 grid(unsigned((width + kColThreads - 1) / kColThreads), unsigned(ch.count));
+  colsum_kernel<<<grid, kColThreads, 0, s>>>(term, rows, width, ch.size, pp);
+  MT_CUDA_LAUNCH_CHECK();
+  finish_kernel<P><<<grid_for(width, kColThreads), kColThreads, 0, s>>>(pp, ch.count, width, split, out0, out1);
+  MT_CUDA_LAUNCH_CHECK();
+}
+
+// ---------------------------------------------------------------- RMSNorm
+template <class T, class P>
+__global__ void rmsnorm_fwd_kernel(const T* __restrict__ x, const P* __restrict__ w, double eps, T* __restrict__ out,
+                                   float* __restrict__ rstd, int64_t rows, int64_t d) {
+  __shared__ float sh[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * d;
+    float ss = 0.f;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) { const float v = to_f32(xr[j]); ss += v * v; }
+    const float rs = inv_rms(block_sum(ss, sh), d, eps);
+    if (threadIdx.x == 0) rstd[r] = rs;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[r * d + j] = from_f32<T>(to_f32(xr[j]) * rs * to_f32(w[j]));
+  }
+}
+
+// dx = r (g − x r² mean(g x)), g = dy · w.
+template <class T, class P>
+__global__ void rmsnorm_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ x, const P* __restrict__ w,
+                                   const float* __restrict__ rstd, T* __restrict__ dx, int64_t rows, int64_t d) {
+  __shared__ float sh[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T *dr = dy + r * d, *xr = x + r * d;
+    float dot = 0.f;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) dot += to_f32(dr[j]) * to_f32(w[j]) * to_f32(xr[j]);
+    const float rs = rstd[r], c = block_sum(dot, sh) * rs * rs / float(d);
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
+      dx[r * d + j] = from_f32<T>(rs * (to_f32(dr[j]) * to_f32(w[j]) - to_f32(xr[j]) * c));
+  }
+}
+
+template <class T>
+struct RmsWeightTerm {  // dy · x · r
+  const T *dy, *x;
+  const float* rstd;
+  int64_t d;
+  __device__ float operator()(int64_t r, int64_t j) const { return to_f32(dy[r * d + j]) * to_f32(x[r * d + j]) * rstd[r]; }
+};
+
+// ---------------------------------------------------------------- LayerNorm-1p
+template <class T, class P>
+__global__ void layernorm_fwd_kernel(const T* __restrict__ x, const P* __restrict__ gamma, const P* __restrict__ beta,
+                                     double eps, T* __restrict__ out, float* __restrict__ mean,
+                                     float* __restrict__ rstd, int64_t rows, int64_t d) {
+  __shared__ float sh[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * d;
+    float s = 0.f;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s += to_f32(xr[j]);
+    const float mu = block_sum(s, sh) / float(d);
+    float v = 0.f;  // two passes: no cancellation when |μ| ≫ σ
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) { const float c = to_f32(xr[j]) - mu; v += c * c; }
+    const float rs = inv_rms(block_sum(v, sh), d, eps);
+    if (threadIdx.x == 0) { mean[r] = mu; rstd[r] = rs; }
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
+      out[r * d + j] = from_f32<T>((to_f32(xr[j]) - mu) * rs * (1.f + to_f32(gamma[j])) + to_f32(beta[j]));
+  }
+}
+
+// dx = r (g − mean(g) − x̂ mean(g x̂)), g = dy (1 + γ), x̂ = (x − μ) r.
+template <class T, class P>
+__global__ void layernorm_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ x, const P* __restrict__ gamma,
+                                     const float* __restrict__ mean, const float* __restrict__ rstd,
+                                     T* __restrict__ dx, int64_t rows, int64_t d) {
+  __shared__ float sh[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T *dr = dy + r * d, *xr = x + r * d;
+    const float mu = mean[r], rs = rstd[r];
+    float sg = 0.f, sgx = 0.f;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      const float g = to_f32(dr[j]) * (1.f + to_f32(gamma[j]));
+      sg += g;
+      sgx += g * (to_f32(xr[j]) - mu) * rs;
+    }
+    const float mg = block_sum(sg, sh) / float(d), mgx = block_sum(sgx, sh) / float(d);
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      const float xhat = (to_f32(xr[j]) - mu) * rs;
+      dx[r * d + j] = from_f32<T>(rs * (to_f32(dr[j]) * (1.f + to_f32(gamma[j])) - mg - xhat * mgx));
+    }
+  }
+}
+
+template <class T>
+struct LayerNormParamTerm {  // columns [0, d): dy · x̂ (dγ); [d, 2d): dy (dβ)
+  const T *dy, *x;
+  const float *mean, *rstd;
+  int64_t d;
+  __device__ float operator()(int64_t r, int64_t j) const {
+    if (j < d) return to_f32(dy[r * d + j]) * ((to_f32(x[r * d + j]) - mean[r]) * rstd[r]);
+    return to_f32(dy[r * d + j - d]);
+  }
+};
+
+// ---------------------------------------------------------------- gated grouped RMSNorm
+// Block b handles row b / groups, group b % groups: gs = d / groups channels at b · gs.
+template <class T, class P>
+__global__ void gated_fwd_kernel(const T* __restrict__ y, const T* __restrict__ z, const P* __restrict__ w,
+                                 double eps, T* __restrict__ out, float* __restrict__ rstd, int64_t units,
+                                 int64_t groups, int64_t gs) {
+  __shared__ float sh[32];
+  for (int64_t b = blockIdx.x; b < units; b += gridDim.x) {
+    const int64_t off = b * gs, wo = (b % groups) * gs;
+    float ss = 0.f;
+    for (int64_t j = threadIdx.x; j < gs; j += blockDim.x) {
+      const float zv = to_f32(z[off + j]), u = to_f32(y[off + j]) * zv * sigmoidf(zv);
+      ss += u * u;
+    }
+    const float rs = inv_rms(block_sum(ss, sh), gs, eps);
+    if (threadIdx.x == 0) rstd[b] = rs;
+    for (int64_t j = threadIdx.x; j < gs; j += blockDim.x) {
+      const float zv = to_f32(z[off + j]), u = to_f32(y[off + j]) * zv * sigmoidf(zv);
+      out[off + j] = from_f32<T>(u * rs * to_f32(w[wo + j]));
+    }
+  }
+}
+
+// du = r (g − u r² mean(g u)), g = dout · w; dy = du · silu(z); dz = du · y · silu'(z).
+template <class T, class P>
+__global__ void gated_bwd_kernel(const T* __restrict__ dout, const T* __restrict__ y, const T* __restrict__ z,
+                                 const P* __restrict__ w, const float* __restrict__ rstd, T* __restrict__ dy,
+                                 T* __restrict__ dz, int64_t units, int64_t groups, int64_t gs) {
+  __shared__ float sh[32];
+  for (int64_t b = blockIdx.x; b < units; b += gridDim.x) {
+    const int64_t off = b * gs, wo = (b % groups) * gs;
+    float dot = 0.f;
+    for (int64_t j = threadIdx.x; j < gs; j += blockDim.x) {
+      const float zv = to_f32(z[off + j]), u = to_f32(y[off + j]) * zv * sigmoidf(zv);
+      dot += to_f32(dout[off + j]) * to_f32(w[wo + j]) * u;
+    }
+    const float rs = rstd[b], c = block_sum(dot, sh) * rs * rs / float(gs);
+    for (int64_t j = threadIdx.x; j < gs; j += blockDim.x) {
+      const float yv = to_f32(y[off + j]), zv = to_f32(z[off + j]), s = sigmoidf(zv), u = yv * zv * s;
+      const float du = rs * (to_f32(dout[off + j]) * to_f32(w[wo + j]) - u * c);
+      dy[off + j] = from_f32<T>(du * zv * s);
+      dz[off + j] = from_f32<T>(du * yv * s * (1.f + zv * (1.f - s)));
+    }
+  }
+}
+
+template <class T>
+struct GatedWeightTerm {  // dout · u · r_k
+  const T *dout, *y, *z;
+  const float* rstd;
+  int64_t d, groups, gs;
+  __device__ float operator()(int64_t r, int64_t j) const {
+    const int64_t i = r * d + j;
+    const float zv = to_f32(z[i]), u = to_f32(y[i]) * zv * sigmoidf(zv);
+    return to_f32(dout[i]) * u * rstd[r * groups + j / gs];
+  }
+};
+
+// f(T, P) for the activation dtype of `x` and the parameter dtype of `param`.
+template <class F>
+void visit_norm(const char* op, const Tensor& x, const Tensor& param, F&& f) {
+  visit_bf16_f32(x.dtype(), op, "x", [&](auto t) {
+    visit_bf16_f32(param.dtype(), op, "weight", [&](auto p) { f(t, p); });
+  });
+}
+
+template <class T> const T* cptr(const Tensor& t) { return static_cast<const T*>(t.data_ptr()); }
+template <class T> T* mptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
+
+struct RowShape {
+  int64_t d, rows;
+  explicit RowShape(const Tensor& x) : d(x.size(-1)), rows(x.size(-1) ? x.numel() / x.size(-1) : 0) {}
+};
+}  // namespace
+
+void rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps, Tensor& out, Tensor& rstd) {
+  const int dev = x.device().index;
+  DeviceGuard guard(dev);
+  const RowShape s(x);
+  if (s.rows == 0) return;
+  visit_norm("rmsnorm_forward", x, weight, [&](auto t, auto p) {
+    using T = typename decltype(t)::type;
+    using P = typename decltype(p)::type;
+    rmsnorm_fwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(cptr<T>(x), cptr<P>(weight), eps,
+                                                                              mptr<T>(out), mptr<float>(rstd), s.rows, s.d);
+    MT_CUDA_LAUNCH_CHECK();
+  });
+}
+
+void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor& dx,
+                      Tensor& dweight) {
+  const int dev = x.device().index;
+  DeviceGuard guard(dev);
+  const RowShape s(x);
+  visit_norm("rmsnorm_backward", x, weight, [&](auto t, auto p) {
+    using T = typename decltype(t)::type;
+    using P = typename decltype(p)::type;
+    if (s.rows > 0) {
+      rmsnorm_bwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(
+          cptr<T>(dout), cptr<T>(x), cptr<P>(weight), cptr<float>(rstd), mptr<T>(dx), s.rows, s.d);
+      MT_CUDA_LAUNCH_CHECK();
+    }
+    RmsWeightTerm<T> term{cptr<T>(dout), cptr<T>(x), cptr<float>(rstd), s.d};
+    param_grads<P>(dev, term, s.rows, s.d, s.d, mptr<P>(dweight), nullptr);
+  });
+}
+
+void layernorm1p_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps, Tensor& out,
+                         Tensor& mean, Tensor& rstd) {
+  const int dev = x.device().index;
+  DeviceGuard guard(dev);
+  const RowShape s(x);
+  if (s.rows == 0) return;
+  visit_norm("layernorm1p_forward", x, gamma, [&](auto t, auto p) {
+    using T = typename decltype(t)::type;
+    using P = typename decltype(p)::type;
+    layernorm_fwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(
+        cptr<T>(x), cptr<P>(gamma), cptr<P>(beta), eps, mptr<T>(out), mptr<float>(mean), mptr<float>(rstd), s.rows,
+        s.d);
+    MT_CUDA_LAUNCH_CHECK();
+  });
+}
+
+void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gamma, const Tensor& mean,
+                          const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta) {
+  const int dev = x.device().index;
+  DeviceGuard guard(dev);
+  const RowShape s(x);
+  visit_norm("layernorm1p_backward", x, gamma, [&](auto t, auto p) {
+    using T = typename decltype(t)::type;
+    using P = typename decltype(p)::type;
+    if (s.rows > 0) {
+      layernorm_bwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(
+          cptr<T>(dout), cptr<T>(x), cptr<P>(gamma), cptr<float>(mean), cptr<float>(rstd), mptr<T>(dx), s.rows, s.d);
+      MT_CUDA_LAUNCH_CHECK();
+    }
+    LayerNormParamTerm<T> term{cptr<T>(dout), cptr<T>(x), cptr<float>(mean), cptr<float>(rstd), s.d};
+    param_grads<P>(dev, term, s.rows, 2 * s.d, s.d, mptr<P>(dgamma), mptr<P>(dbeta));
+  });
+}
+
+void gated_rmsnorm_forward(const Tensor& y, const Tensor& z, const Tensor& weight, int64_t groups, double eps,
+                           Tensor& out, Tensor& rstd) {
+  const int dev = y.device().index;
+  DeviceGuard guard(dev);
+  const RowShape s(y);
+  const int64_t units = s.rows * groups, gs = s.d / groups;
+  if (units == 0) return;
+  visit_norm("gated_rmsnorm_forward", y, weight, [&](auto t, auto p) {
+    using T = typename decltype(t)::type;
+    using P = typename decltype(p)::type;
+    gated_fwd_kernel<T, P><<<row_grid(units), kThreads, 0, stream(dev)>>>(
+        cptr<T>(y), cptr<T>(z), cptr<P>(weight), eps, mptr<T>(out), mptr<float>(rstd), units, groups, gs);
+    MT_CUDA_LAUNCH_CHECK();
+  });
+}
+
+void gated_rmsnorm_backward(const Tensor& dout, const Tensor& y, const Tensor& z, const Tensor& weight,
+                            const Tensor& rstd, int64_t groups, Tensor& dy, Tensor& dz, Tensor& dweight) {
+  const int dev = y.device().index;
+  DeviceGuard guard(dev);
+  const RowShape s(y);
+  const int64_t units = s.rows * groups, gs = s.d / groups;
+  visit_norm("gated_rmsnorm_backward", y, weight, [&](auto t, auto p) {
+    using T = typename decltype(t)::type;
+    using P = typename decltype(p)::type;
+    if (units > 0) {
+      gated_bwd_kernel<T, P><<<row_grid(units), kThreads, 0, stream(dev)>>>(
+          cptr<T>(dout), cptr<T>(y), cptr<T>(z), cptr<P>(weight), cptr<float>(rstd), mptr<T>(dy), mptr<T>(dz), units,
+          groups, gs);
+      MT_CUDA_LAUNCH_CHECK();
+    }
+    GatedWeightTerm<T> term{cptr<T>(dout), cptr<T>(y), cptr<T>(z), cptr<float>(rstd), s.d, groups, gs};
+    param_grads<P>(dev, term, s.rows, s.d, s.d, mptr<P>(dweight), nullptr);
+  });
+}
+
+}  // namespace mambatron::cuda

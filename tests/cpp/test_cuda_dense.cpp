@@ -1,0 +1,284 @@
+// The dense CUDA ops (activations, norms, embedding, AdamW and the gradient norm)
+// against the CPU ops, within DESIGN.md's rule: the reference is the CPU op in f64
+// on the same (bf16- or f32-rounded) inputs, and the CPU's own error is the CPU op
+// in f32 rounded to the output dtype. Outputs are poisoned first; two CUDA runs
+// must agree bit for bit. Skipped without a GPU.
+#include <cstring>
+#include <string>
+
+#include "testing.h"
+
+namespace mt = mambatron;
+using mt::Device;
+using mt::DType;
+using mt::Shape;
+using mt::Tensor;
+using mt::testing::poisoned;
+
+namespace {
+const Device kGpu = Device::cuda(0);
+constexpr double kEps = 1e-5;
+
+// One random input, rounded to dt, in the three forms the comparison needs.
+struct Input {
+  Tensor dev, f32, f64;
+};
+Input input(const Shape& s, DType dt, double scale = 1.0) {
+  Tensor r = mt::testing::randn(s, DType::f32, scale).to(dt);
+  return {r.to(kGpu), r.to(DType::f32), r.to(DType::f64)};
+}
+
+Tensor empty(const Shape& s, DType dt) { return Tensor::empty(s, dt); }
+
+// `gpu` against the f64 reference, the CPU's error being `cpu32` rounded to gpu's dtype.
+void check(const Tensor& gpu, const Tensor& cpu32, const Tensor& ref64, const std::string& what, double atol = 1e-5) {
+  ASSERT_TRUE(gpu.is_cuda()) << what;
+  Tensor same = cpu32.to(gpu.dtype()).to(DType::f64);
+  mt::testing::expect_within_rule(gpu, same, ref64, what.c_str(), atol);
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  Tensor ca = a.to(Device::cpu()).contiguous(), cb = b.to(Device::cpu()).contiguous();
+  return ca.nbytes() == cb.nbytes() && std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
+}
+
+std::string label(const char* op, DType dt, const Shape& s) {
+  return std::string(op) + " " + mt::dtype_name(dt) + " " + mt::shape_str(s);
+}
+
+const Shape kRows[] = {{1, 1}, {1, 4099}, {7, 37}, {7, 1}, {1000, 37}, {1000, 4099}, {2, 3, 37}};
+}  // namespace
+
+// ---------------------------------------------------------------- activations
+namespace {
+struct Unary {
+  const char* name;
+  void (*fwd)(const Tensor&, Tensor&);
+  void (*bwd)(const Tensor&, const Tensor&, Tensor&);
+};
+const Unary kUnary[] = {{"gelu", mt::gelu_forward, mt::gelu_backward},
+                        {"squared_relu", mt::squared_relu_forward, mt::squared_relu_backward},
+                        {"silu", mt::silu_forward, mt::silu_backward}};
+}  // namespace
+
+TEST(CudaActivation, UnaryMatchCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  for (const Unary& u : kUnary) {
+    for (DType dt : {DType::bf16, DType::f32}) {
+      for (const Shape& s : {Shape{1}, Shape{4099}, Shape{7, 37}, Shape{1000, 4099}, Shape{3, 5, 9}}) {
+        const std::string what = label(u.name, dt, s);
+        Input x = input(s, dt, 3.0), g = input(s, dt);
+        Tensor ref = empty(s, DType::f64), cpu = empty(s, DType::f32);
+        u.fwd(x.f64, ref);
+        u.fwd(x.f32, cpu);
+        Tensor out = poisoned(s, dt, kGpu), out2 = poisoned(s, dt, kGpu);
+        u.fwd(x.dev, out);
+        u.fwd(x.dev, out2);
+        check(out, cpu, ref, what + " forward");
+        EXPECT_TRUE(same_bits(out, out2)) << what;
+
+        Tensor gref = empty(s, DType::f64), gcpu = empty(s, DType::f32);
+        u.bwd(g.f64, x.f64, gref);
+        u.bwd(g.f32, x.f32, gcpu);
+        Tensor dx = poisoned(s, dt, kGpu), dx2 = poisoned(s, dt, kGpu);
+        u.bwd(g.dev, x.dev, dx);
+        u.bwd(g.dev, x.dev, dx2);
+        check(dx, gcpu, gref, what + " backward");
+        EXPECT_TRUE(same_bits(dx, dx2)) << what;
+
+        // In place, as ops.h allows: out into x, dx into dout.
+        Tensor xi = x.dev.clone(), gi = g.dev.clone();
+        u.fwd(xi, xi);
+        EXPECT_TRUE(same_bits(xi, out)) << what << " in place";
+        u.bwd(gi, x.dev, gi);
+        EXPECT_TRUE(same_bits(gi, dx)) << what << " in place";
+      }
+    }
+  }
+}
+
+// A view one element into its storage is not 16-byte aligned: the scalar path.
+TEST(CudaActivation, UnalignedViewsMatchAlignedOnes) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : {DType::bf16, DType::f32}) {
+    Input x = input({4100}, dt, 3.0);
+    Tensor view = x.dev.slice(0, 1, 4100), dense = view.contiguous();
+    Tensor a = poisoned({4099}, dt, kGpu), b = poisoned({4099}, dt, kGpu);
+    Tensor out_view = poisoned({4100}, dt, kGpu).slice(0, 1, 4100);
+    mt::gelu_forward(view, out_view);
+    mt::gelu_forward(dense, b);
+    EXPECT_TRUE(same_bits(out_view, b)) << mt::dtype_name(dt);
+    mt::silu_backward(view, view, a);
+    mt::silu_backward(dense, dense, b);
+    EXPECT_TRUE(same_bits(a, b)) << mt::dtype_name(dt);
+  }
+}
+
+TEST(CudaActivation, SwigluMatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : {DType::bf16, DType::f32}) {
+    for (const Shape& half : {Shape{1, 1}, Shape{7, 37}, Shape{7, 64}, Shape{1000, 4099}, Shape{2, 3, 40}}) {
+      Shape full = half;
+      full.back() *= 2;
+      const std::string what = label("swiglu", dt, full);
+      Input x = input(full, dt, 3.0), g = input(half, dt);
+      Tensor ref = empty(half, DType::f64), cpu = empty(half, DType::f32);
+      mt::swiglu_forward(x.f64, ref);
+      mt::swiglu_forward(x.f32, cpu);
+      Tensor out = poisoned(half, dt, kGpu), out2 = poisoned(half, dt, kGpu);
+      mt::swiglu_forward(x.dev, out);
+      mt::swiglu_forward(x.dev, out2);
+      check(out, cpu, ref, what + " forward");
+      EXPECT_TRUE(same_bits(out, out2)) << what;
+
+      Tensor gref = empty(full, DType::f64), gcpu = empty(full, DType::f32);
+      mt::swiglu_backward(g.f64, x.f64, gref);
+      mt::swiglu_backward(g.f32, x.f32, gcpu);
+      Tensor dx = poisoned(full, dt, kGpu), dx2 = poisoned(full, dt, kGpu);
+      mt::swiglu_backward(g.dev, x.dev, dx);
+      mt::swiglu_backward(g.dev, x.dev, dx2);
+      check(dx, gcpu, gref, what + " backward");
+      EXPECT_TRUE(same_bits(dx, dx2)) << what;
+    }
+  }
+}
+
+TEST(CudaActivation, RejectsF64AndMixedDtypes) {
+  SKIP_WITHOUT_GPU();
+  Tensor x = Tensor::zeros({3, 4}, DType::f64, kGpu), o = Tensor::zeros({3, 4}, DType::f64, kGpu);
+  EXPECT_THROW(mt::gelu_forward(x, o), mt::TypeError);
+  Tensor xb = Tensor::zeros({3, 4}, DType::bf16, kGpu), of = Tensor::zeros({3, 4}, DType::f32, kGpu);
+  EXPECT_THROW(mt::silu_forward(xb, of), mt::TypeError);
+}
+
+// ---------------------------------------------------------------- norms
+namespace {
+Shape rows_of(const Shape& s) { return Shape(s.begin(), s.end() - 1); }
+Tensor stat_gpu(const Shape& s) { return poisoned(s, DType::f32, kGpu); }
+}  // namespace
+
+TEST(CudaNorm, RmsnormMatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : {DType::bf16, DType::f32}) {
+    for (DType pt : {DType::f32, DType::bf16}) {
+      for (const Shape& s : kRows) {
+        const std::string what = label("rmsnorm", dt, s) + " params " + mt::dtype_name(pt);
+        const int64_t d = s.back();
+        Input x = input(s, dt, 2.0), w = input({d}, pt), g = input(s, dt);
+        Tensor ref = empty(s, DType::f64), r64 = empty(rows_of(s), DType::f64);
+        Tensor cpu = empty(s, DType::f32), r32 = empty(rows_of(s), DType::f32);
+        mt::rmsnorm_forward(x.f64, w.f64, kEps, ref, r64);
+        mt::rmsnorm_forward(x.f32, w.f32, kEps, cpu, r32);
+        Tensor out = poisoned(s, dt, kGpu), rs = stat_gpu(rows_of(s));
+        mt::rmsnorm_forward(x.dev, w.dev, kEps, out, rs);
+        check(out, cpu, ref, what + " out");
+        check(rs, r32, r64, what + " rstd");
+
+        // The backward takes the CPU's f32 rstd everywhere, so only the backward differs.
+        Tensor dx64 = empty(s, DType::f64), dw64 = empty({d}, DType::f64);
+        Tensor dx32 = empty(s, DType::f32), dw32 = empty({d}, DType::f32);
+        mt::rmsnorm_backward(g.f64, x.f64, w.f64, r32.to(DType::f64), dx64, dw64);
+        mt::rmsnorm_backward(g.f32, x.f32, w.f32, r32, dx32, dw32);
+        Tensor rg = r32.to(kGpu);
+        Tensor dx = poisoned(s, dt, kGpu), dw = poisoned({d}, pt, kGpu);
+        Tensor dxb = poisoned(s, dt, kGpu), dwb = poisoned({d}, pt, kGpu);
+        mt::rmsnorm_backward(g.dev, x.dev, w.dev, rg, dx, dw);
+        mt::rmsnorm_backward(g.dev, x.dev, w.dev, rg, dxb, dwb);
+        check(dx, dx32, dx64, what + " dx");
+        check(dw, dw32, dw64, what + " dweight");
+        EXPECT_TRUE(same_bits(dx, dxb) && same_bits(dw, dwb)) << what << ": two runs differ";
+      }
+    }
+  }
+}
+
+TEST(CudaNorm, Layernorm1pMatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : {DType::bf16, DType::f32}) {
+    for (DType pt : {DType::f32, DType::bf16}) {
+      for (const Shape& s : kRows) {
+        const std::string what = label("layernorm1p", dt, s) + " params " + mt::dtype_name(pt);
+        const int64_t d = s.back();
+        const Shape rs_shape = rows_of(s);
+        Input x = input(s, dt, 2.0), ga = input({d}, pt, 0.5), be = input({d}, pt), g = input(s, dt);
+        Tensor ref = empty(s, DType::f64), m64 = empty(rs_shape, DType::f64), r64 = empty(rs_shape, DType::f64);
+        Tensor cpu = empty(s, DType::f32), m32 = empty(rs_shape, DType::f32), r32 = empty(rs_shape, DType::f32);
+        mt::layernorm1p_forward(x.f64, ga.f64, be.f64, kEps, ref, m64, r64);
+        mt::layernorm1p_forward(x.f32, ga.f32, be.f32, kEps, cpu, m32, r32);
+        Tensor out = poisoned(s, dt, kGpu), mean = stat_gpu(rs_shape), rs = stat_gpu(rs_shape);
+        mt::layernorm1p_forward(x.dev, ga.dev, be.dev, kEps, out, mean, rs);
+        check(out, cpu, ref, what + " out");
+        check(mean, m32, m64, what + " mean");
+        check(rs, r32, r64, what + " rstd");
+
+        Tensor dx64 = empty(s, DType::f64), dg64 = empty({d}, DType::f64), db64 = empty({d}, DType::f64);
+        Tensor dx32 = empty(s, DType::f32), dg32 = empty({d}, DType::f32), db32 = empty({d}, DType::f32);
+        mt::layernorm1p_backward(g.f64, x.f64, ga.f64, m32.to(DType::f64), r32.to(DType::f64), dx64, dg64, db64);
+        mt::layernorm1p_backward(g.f32, x.f32, ga.f32, m32, r32, dx32, dg32, db32);
+        Tensor mg = m32.to(kGpu), rg = r32.to(kGpu);
+        Tensor dx = poisoned(s, dt, kGpu), dg = poisoned({d}, pt, kGpu), db = poisoned({d}, pt, kGpu);
+        Tensor dxb = poisoned(s, dt, kGpu), dgb = poisoned({d}, pt, kGpu), dbb = poisoned({d}, pt, kGpu);
+        mt::layernorm1p_backward(g.dev, x.dev, ga.dev, mg, rg, dx, dg, db);
+        mt::layernorm1p_backward(g.dev, x.dev, ga.dev, mg, rg, dxb, dgb, dbb);
+        check(dx, dx32, dx64, what + " dx");
+        check(dg, dg32, dg64, what + " dgamma");
+        check(db, db32, db64, what + " dbeta");
+        EXPECT_TRUE(same_bits(dx, dxb) && same_bits(dg, dgb) && same_bits(db, dbb)) << what << ": two runs differ";
+      }
+    }
+  }
+}
+
+TEST(CudaNorm, GatedRmsnormMatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  struct Case { Shape s; int64_t groups; };
+  for (DType dt : {DType::bf16, DType::f32}) {
+    for (DType pt : {DType::f32, DType::bf16}) {
+      for (const Case& c : {Case{{1, 1}, 1}, Case{{7, 37}, 1}, Case{{7, 37}, 37}, Case{{1000, 36}, 4},
+                            Case{{1000, 4104}, 8}, Case{{2, 3, 4099}, 1}}) {
+        const Shape& s = c.s;
+        const std::string what = label("gated_rmsnorm", dt, s) + " groups " + std::to_string(c.groups) + " params " +
+                                 mt::dtype_name(pt);
+        const int64_t d = s.back();
+        Shape rs_shape = s;
+        rs_shape.back() = c.groups;
+        Input y = input(s, dt, 2.0), z = input(s, dt, 2.0), w = input({d}, pt), g = input(s, dt);
+        Tensor ref = empty(s, DType::f64), r64 = empty(rs_shape, DType::f64);
+        Tensor cpu = empty(s, DType::f32), r32 = empty(rs_shape, DType::f32);
+        mt::gated_rmsnorm_forward(y.f64, z.f64, w.f64, c.groups, kEps, ref, r64);
+        mt::gated_rmsnorm_forward(y.f32, z.f32, w.f32, c.groups, kEps, cpu, r32);
+        Tensor out = poisoned(s, dt, kGpu), rs = stat_gpu(rs_shape);
+        mt::gated_rmsnorm_forward(y.dev, z.dev, w.dev, c.groups, kEps, out, rs);
+        check(out, cpu, ref, what + " out");
+        check(rs, r32, r64, what + " rstd");
+
+        Tensor dy64 = empty(s, DType::f64), dz64 = empty(s, DType::f64), dw64 = empty({d}, DType::f64);
+        Tensor dy32 = empty(s, DType::f32), dz32 = empty(s, DType::f32), dw32 = empty({d}, DType::f32);
+        mt::gated_rmsnorm_backward(g.f64, y.f64, z.f64, w.f64, r32.to(DType::f64), c.groups, dy64, dz64, dw64);
+        mt::gated_rmsnorm_backward(g.f32, y.f32, z.f32, w.f32, r32, c.groups, dy32, dz32, dw32);
+        Tensor rg = r32.to(kGpu);
+        Tensor dy = poisoned(s, dt, kGpu), dz = poisoned(s, dt, kGpu), dw = poisoned({d}, pt, kGpu);
+        Tensor dyb = poisoned(s, dt, kGpu), dzb = poisoned(s, dt, kGpu), dwb = poisoned({d}, pt, kGpu);
+        mt::gated_rmsnorm_backward(g.dev, y.dev, z.dev, w.dev, rg, c.groups, dy, dz, dw);
+        mt::gated_rmsnorm_backward(g.dev, y.dev, z.dev, w.dev, rg, c.groups, dyb, dzb, dwb);
+        check(dy, dy32, dy64, what + " dy");
+        check(dz, dz32, dz64, what + " dz");
+        check(dw, dw32, dw64, what + " dweight");
+        EXPECT_TRUE(same_bits(dy, dyb) && same_bits(dz, dzb) && same_bits(dw, dwb)) << what << ": two runs differ";
+      }
+    }
+  }
+}
+
+TEST(CudaNorm, RejectsBadCudaDtypes) {
+  SKIP_WITHOUT_GPU();
+  Tensor x = Tensor::zeros({3, 4}, DType::bf16, kGpu), w = Tensor::zeros({4}, DType::f32, kGpu);
+  Tensor out = Tensor::zeros({3, 4}, DType::bf16, kGpu);
+  Tensor r_bf16 = Tensor::zeros({3}, DType::bf16, kGpu);
+  EXPECT_THROW(mt::rmsnorm_forward(x, w, kEps, out, r_bf16), mt::TypeError);  // statistics are f32
+  Tensor x64 = Tensor::zeros({3, 4}, DType::f64, kGpu), o64 = Tensor::zeros({3, 4}, DType::f64, kGpu);
+  Tensor r = Tensor::zeros({3}, DType::f32, kGpu);
+  EXPECT_THROW(mt::rmsnorm_forward(x64, w, kEps, o64, r), mt::TypeError);
+  Tensor dx = Tensor::zeros({3, 4}, DType::bf16, kGpu), dw_bf16 = Tensor::zeros({4}, DType::bf16, kGpu);
+  EXPECT_THROW(mt::rmsnorm_backward(out, x, w, r, dx, dw_bf16), mt::TypeError);  // dweight like weight
+}
