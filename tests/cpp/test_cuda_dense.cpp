@@ -3,6 +3,7 @@
 // on the same (bf16- or f32-rounded) inputs, and the CPU's own error is the CPU op
 // in f32 rounded to the output dtype. Outputs are poisoned first; two CUDA runs
 // must agree bit for bit. Skipped without a GPU.
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -281,4 +282,77 @@ TEST(CudaNorm, RejectsBadCudaDtypes) {
   EXPECT_THROW(mt::rmsnorm_forward(x64, w, kEps, o64, r), mt::TypeError);
   Tensor dx = Tensor::zeros({3, 4}, DType::bf16, kGpu), dw_bf16 = Tensor::zeros({4}, DType::bf16, kGpu);
   EXPECT_THROW(mt::rmsnorm_backward(out, x, w, r, dx, dw_bf16), mt::TypeError);  // dweight like weight
+}
+
+// ---------------------------------------------------------------- embedding
+namespace {
+// Random ids in [0, vocab) as a [b, l] tensor of dtype dt; ids cluster on a few rows
+// when vocab is small, so rows sum many positions.
+Tensor random_ids(int64_t b, int64_t l, int64_t vocab, DType dt) {
+  Tensor u = mt::testing::uniform({b, l}, 0.0, double(vocab));
+  Tensor ids = Tensor::empty({b, l}, DType::i64);
+  for (int64_t i = 0; i < b * l; ++i) ids.data<int64_t>()[i] = std::min<int64_t>(vocab - 1, int64_t(u.data<double>()[i]));
+  return ids.to(dt);
+}
+}  // namespace
+
+TEST(CudaEmbedding, MatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  struct Case { int64_t b, l, vocab, d; };
+  for (DType it : {DType::i32, DType::i64}) {
+    for (DType wt : {DType::f32, DType::bf16}) {
+      for (DType at : {DType::bf16, DType::f32}) {
+        for (const Case& c : {Case{1, 1, 1, 1}, Case{2, 7, 3, 37}, Case{4, 250, 50, 4099}, Case{1, 1000, 5000, 64}}) {
+          const std::string what = std::string("embedding ") + mt::dtype_name(it) + " table " + mt::dtype_name(wt) +
+                                   " act " + mt::dtype_name(at) + " V " + std::to_string(c.vocab) + " d " +
+                                   std::to_string(c.d);
+          Tensor ids = random_ids(c.b, c.l, c.vocab, it), ids_gpu = ids.to(kGpu);
+          Input w = input({c.vocab, c.d}, wt), g = input({c.b, c.l, c.d}, at);
+          const Shape os{c.b, c.l, c.d};
+          Tensor ref = empty(os, DType::f64), cpu = empty(os, DType::f32);
+          mt::embedding_forward(w.f64, ids, ref);
+          mt::embedding_forward(w.f32, ids, cpu);
+          Tensor out = poisoned(os, at, kGpu);
+          mt::embedding_forward(w.dev, ids_gpu, out);
+          check(out, cpu, ref, what + " forward");
+
+          Tensor dw64 = empty({c.vocab, c.d}, DType::f64), dw32 = empty({c.vocab, c.d}, DType::f32);
+          mt::embedding_backward(g.f64, ids, dw64);
+          mt::embedding_backward(g.f32, ids, dw32);
+          Tensor dw = poisoned({c.vocab, c.d}, wt, kGpu), dwb = poisoned({c.vocab, c.d}, wt, kGpu);
+          mt::embedding_backward(g.dev, ids_gpu, dw);
+          mt::embedding_backward(g.dev, ids_gpu, dwb);
+          check(dw, dw32, dw64, what + " backward");
+          EXPECT_TRUE(same_bits(dw, dwb)) << what << ": two runs differ";
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaEmbedding, ReportsTheFirstBadIdLikeTheCpu) {
+  SKIP_WITHOUT_GPU();
+  Tensor ids = Tensor::zeros({2, 5}, DType::i64);
+  ids.data<int64_t>()[7] = 9;
+  ids.data<int64_t>()[8] = -1;
+  Tensor w = Tensor::zeros({4, 3}, DType::f32, kGpu), out = Tensor::zeros({2, 5, 3}, DType::f32, kGpu);
+  Tensor g = Tensor::zeros({2, 5, 3}, DType::bf16, kGpu), dw = Tensor::zeros({4, 3}, DType::f32, kGpu);
+  for (DType it : {DType::i32, DType::i64}) {
+    Tensor gi = ids.to(kGpu, it);
+    try {
+      mt::embedding_forward(w, gi, out);
+      ADD_FAILURE() << "no error";
+    } catch (const mt::ValueError& e) {
+      EXPECT_NE(std::string(e.what()).find("id 9 at [1, 2]"), std::string::npos) << e.what();
+    }
+    try {
+      mt::embedding_backward(g, gi, dw);
+      ADD_FAILURE() << "no error";
+    } catch (const mt::ValueError& e) {
+      EXPECT_NE(std::string(e.what()).find("id 9 at [1, 2]"), std::string::npos) << e.what();
+    }
+  }
+  // The device is still usable after the reported error.
+  Tensor ok = Tensor::zeros({2, 5}, DType::i64, kGpu);
+  EXPECT_NO_THROW(mt::embedding_forward(w, ok, out));
 }

@@ -56,6 +56,13 @@ inline void check_stat(const Tensor& t, const Tensor& ref, const char* op, const
   check_contiguous(t, op, name);
 }
 
+// A float tensor whose dtype is its own on CUDA (bf16 or f32, e.g. the embedding's
+// out and dweight); like `ref` on the CPU.
+inline void check_float_own_dtype(const Tensor& t, const Tensor& ref, const char* op, const char* name,
+                                  const char* ref_name, const Shape& shape) {
+  check_param_like(t, ref, t, op, name, ref_name, name, shape);
+}
+
 // The shape without its last dimension (the rows of a [..., d] tensor).
 inline Shape leading_shape(const Shape& s) { return Shape(s.begin(), s.end() - (s.empty() ? 0 : 1)); }
 

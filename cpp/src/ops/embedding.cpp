@@ -1,6 +1,10 @@
-// Embedding: argument checks and dispatch. CPU: ops/cpu/embedding.cpp.
+// Embedding: argument checks and dispatch. CPU: ops/cpu/embedding.cpp; CUDA:
+// ops/cuda/embedding.cu (the table and the activations each bf16 or f32).
 #include "backend.h"
 #include "cpu/embedding.h"
+#ifdef MAMBATRON_WITH_CUDA
+#include "cuda/embedding.h"
+#endif
 #include "dense_checks.h"
 #include "mambatron/ops.h"
 
@@ -25,9 +29,8 @@ void embedding_forward(const Tensor& weight, const Tensor& tokens, Tensor& out) 
   MT_CHECK(weight.dim() == 2, ValueError, op, ": argument 'weight' has shape ", shape_str(weight.shape()),
            ", expected 2 dims [V, d]");
   check_tokens(tokens, weight, op, "weight");
-  dense::check_float_like(out, weight, op, "out", "weight", {tokens.size(0), tokens.size(1), weight.size(1)});
-  require_cpu(weight, op);
-  cpu::embedding_forward(weight, tokens, out);
+  dense::check_float_own_dtype(out, weight, op, "out", "weight", {tokens.size(0), tokens.size(1), weight.size(1)});
+  MT_DISPATCH(weight, embedding_forward, weight, tokens, out);
 }
 
 void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweight) {
@@ -38,12 +41,10 @@ void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweigh
   check_tokens(tokens, dout, op, "dout");
   check_shape(tokens, op, "tokens", {dout.size(0), dout.size(1)});
   check_same_device(dweight, dout, op, "dweight", "dout");
-  check_same_dtype(dweight, dout, op, "dweight", "dout");
   MT_CHECK(dweight.dim() == 2 && dweight.size(1) == dout.size(2), ValueError, op, ": argument 'dweight' has shape ",
            shape_str(dweight.shape()), ", expected [V, ", dout.size(2), "] (d from 'dout')");
-  check_contiguous(dweight, op, "dweight");
-  require_cpu(dout, op);
-  cpu::embedding_backward(dout, tokens, dweight);
+  dense::check_float_own_dtype(dweight, dout, op, "dweight", "dout", dweight.shape());
+  MT_DISPATCH(dout, embedding_backward, dout, tokens, dweight);
 }
 
 }  // namespace mambatron
