@@ -109,6 +109,23 @@ TEST(AdamwUpdate, FirstStepClosedForm) {
   }
 }
 
+// The overload with a working copy: the same step, and the copy holds the new params
+// in its own dtype.
+TEST(AdamwUpdate, WritesTheParamsCopy) {
+  const int64_t N = 57;
+  Tensor p = randn({N}), g = randn({N}), m = randn({N}), v = Tensor::full({N}, 0.5, DType::f64);
+  Tensor p2 = p.clone(), m2 = m.clone(), v2 = v.clone(), copy = Tensor::full({N}, NAN, DType::f32);
+  AdamWOptions o;
+  o.step = 3;
+  mt::adamw_update(p, g, m, v, Tensor(), o);
+  mt::adamw_update(p2, g, m2, v2, Tensor(), o, copy);
+  EXPECT_EQ(values(p2), values(p));
+  EXPECT_EQ(values(copy), values(p.to(DType::f32)));
+  Tensor bad = Tensor::empty({N}, DType::i32), short_copy = Tensor::empty({N - 1}, DType::f64);
+  EXPECT_THROW(mt::adamw_update(p2, g, m2, v2, Tensor(), o, bad), mt::TypeError);
+  EXPECT_THROW(mt::adamw_update(p2, g, m2, v2, Tensor(), o, short_copy), mt::ValueError);
+}
+
 TEST(AdamwUpdate, Fp32MatchesFp64) {
   const int64_t N = 4099;
   Tensor p32 = randn({N}, DType::f32), p64 = p32.to(DType::f64);
@@ -162,7 +179,7 @@ TEST(AdamwUpdate, RejectsBadArguments) {
   Tensor cp = on_cuda(p), cm = on_cuda(m), cv = on_cuda(v);
   expect_error<TypeError>([&] { mt::adamw_update(p, on_cuda(g), m, v, mask, o); }, "'grads' is on cuda:0");
   expect_error<TypeError>([&] { mt::adamw_update(p, g, m, v, on_cuda(mask), o); }, "'decay_mask' is on cuda:0");
-  expect_error<TypeError>([&] { mt::adamw_update(cp, on_cuda(g), cm, cv, on_cuda(mask), o); }, "CPU only");
+  expect_error<TypeError>([&] { mt::adamw_update(cp, on_cuda(g), cm, cv, on_cuda(mask), o); }, "on CUDA");
 }
 
 TEST(AdamwGradNorm, MatchesNaiveAndSplitsFreely) {
@@ -272,5 +289,5 @@ TEST(AdamwGradNorm, RejectsBadArguments) {
   expect_error<ValueError>([&] { mt::clip_grad_norm({a}, 0.0); }, "max_norm");
   expect_error<ValueError>([&] { mt::clip_grad_norm({a}, NAN); }, "max_norm");
   expect_error<TypeError>([&] { mt::grad_norm({a, on_cuda(b)}); }, "'grads[1]' is on cuda:0");
-  expect_error<TypeError>([&] { mt::clip_grad_norm({on_cuda(a)}, 1.0); }, "CPU only");
+  expect_error<TypeError>([&] { mt::clip_grad_norm({on_cuda(a)}, 1.0); }, "on CUDA");
 }

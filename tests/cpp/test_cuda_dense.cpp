@@ -356,3 +356,77 @@ TEST(CudaEmbedding, ReportsTheFirstBadIdLikeTheCpu) {
   Tensor ok = Tensor::zeros({2, 5}, DType::i64, kGpu);
   EXPECT_NO_THROW(mt::embedding_forward(w, ok, out));
 }
+
+// ---------------------------------------------------------------- AdamW and the gradient norm
+TEST(CudaAdamW, MatchesCpuWithinRuleAndWritesTheCopy) {
+  SKIP_WITHOUT_GPU();
+  for (int64_t n : {int64_t(1), int64_t(37), int64_t(1000003)}) {
+    for (bool masked : {false, true}) {
+      const std::string what = "adamw N " + std::to_string(n) + (masked ? " masked" : "");
+      Input p = input({n}, DType::f32), m = input({n}, DType::f32, 0.01);
+      Tensor v32 = mt::testing::uniform({n}, 1e-4, 2e-4, DType::f32);
+      Tensor mask = mt::testing::uniform({n}, 0.0, 2.0).to(DType::u8);
+      Tensor mask_gpu = masked ? mask.to(kGpu) : Tensor(), mask_cpu = masked ? mask : Tensor();
+      Tensor p64 = p.f64.clone(), m64 = m.f64.clone(), v64 = v32.to(DType::f64);
+      Tensor p32 = p.f32.clone(), m32 = m.f32.clone(), vv32 = v32.clone();
+      Tensor pg = p.dev.clone(), mg = m.dev.clone(), vg = v32.to(kGpu);
+      Tensor copy = poisoned({n}, DType::bf16, kGpu);
+      for (int64_t step = 1; step <= 3; ++step) {
+        mt::AdamWOptions o;
+        o.lr = 1e-2;
+        o.step = step;
+        Input g = input({n}, DType::f32, 0.1 * double(step));
+        mt::adamw_update(p64, g.f64, m64, v64, mask_cpu, o);
+        mt::adamw_update(p32, g.f32, m32, vv32, mask_cpu, o);
+        mt::adamw_update(pg, g.dev, mg, vg, mask_gpu, o, copy);
+      }
+      check(pg, p32, p64, what + " params");
+      check(mg, m32, m64, what + " exp_avg");
+      check(vg, vv32, v64, what + " exp_avg_sq");
+      EXPECT_TRUE(same_bits(copy, pg.to(DType::bf16))) << what << ": the bf16 copy is not the rounded params";
+    }
+  }
+}
+
+TEST(CudaGradNorm, MatchesCpuIsDeterministicAndClips) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : {DType::f32, DType::bf16}) {
+    std::vector<Input> parts;
+    for (const Shape& s : {Shape{3, 37}, Shape{40000}, Shape{1}, Shape{0}, Shape{5, 7, 11}, Shape{1000003}})
+      parts.push_back(input(s, dt, 0.01));
+    std::vector<Tensor> g64, g32, gg;
+    for (const Input& in : parts) {
+      g64.push_back(in.f64.clone());
+      g32.push_back(in.f32.clone());
+      gg.push_back(in.dev.clone());
+    }
+    const double ref = mt::grad_norm(g64), cpu = mt::grad_norm(g32);
+    const double gpu = mt::grad_norm(gg), again = mt::grad_norm(gg);
+    EXPECT_LE(std::fabs(gpu - ref), 2 * std::fabs(cpu - ref) + 1e-12 * ref) << mt::dtype_name(dt);
+    EXPECT_EQ(gpu, again) << mt::dtype_name(dt) << ": two runs differ";
+
+    // Clipping to half the norm: every element scaled by max_norm / (norm + 1e-6).
+    const double max_norm = ref / 2;
+    EXPECT_EQ(mt::clip_grad_norm(g64, max_norm), ref);
+    mt::clip_grad_norm(g32, max_norm);
+    EXPECT_EQ(mt::clip_grad_norm(gg, max_norm), gpu);
+    for (size_t i = 0; i < gg.size(); ++i)
+      check(gg[i], g32[i], g64[i], std::string("clip ") + mt::dtype_name(dt) + " part " + std::to_string(i));
+
+    // A NaN anywhere gives NaN; an infinite element gives inf and leaves the gradients alone.
+    Tensor inf_gpu = Tensor::full({5}, INFINITY, dt, kGpu);
+    EXPECT_TRUE(std::isinf(mt::clip_grad_norm({gg[0], inf_gpu}, 1.0)));
+    Tensor nan_gpu = Tensor::full({5}, NAN, dt, kGpu);
+    EXPECT_TRUE(std::isnan(mt::grad_norm({gg[0], inf_gpu, nan_gpu})));
+  }
+  EXPECT_EQ(mt::grad_norm(std::vector<Tensor>{Tensor::zeros({0}, DType::f32, kGpu)}), 0.0);
+}
+
+TEST(CudaAdamW, RejectsNonF32State) {
+  SKIP_WITHOUT_GPU();
+  Tensor p = Tensor::zeros({4}, DType::bf16, kGpu), g = p.clone(), m = p.clone(), v = p.clone();
+  EXPECT_THROW(mt::adamw_update(p, g, m, v, Tensor(), mt::AdamWOptions{}), mt::TypeError);
+  Tensor p32 = Tensor::zeros({4}, DType::f32, kGpu), g32 = p32.clone(), m32 = p32.clone(), v32 = p32.clone();
+  Tensor copy64 = Tensor::zeros({4}, DType::f64, kGpu);
+  EXPECT_THROW(mt::adamw_update(p32, g32, m32, v32, Tensor(), mt::AdamWOptions{}, copy64), mt::TypeError);
+}

@@ -30,7 +30,8 @@ Tensor gemm(const Tensor& a, const Tensor& b, const GemmOptions& opt = {},
 namespace mambatron {
 
 // ---------------------------------------------------------------- embedding
-// Token embedding. weight [V, d] (f32/f64), tokens [b, l] (i32 or i64), out [b, l, d]:
+// Token embedding. weight [V, d] (f32/f64; on CUDA f32/bf16, with out and dweight each
+// bf16/f32 of their own), tokens [b, l] (i32 or i64), out [b, l, d]:
 // out[i, t] = weight[tokens[i, t]]. An id outside [0, V) is a ValueError naming it.
 // No decode step: every token is looked up on its own (a step is l = 1).
 void embedding_forward(const Tensor& weight, const Tensor& tokens, Tensor& out);
@@ -44,6 +45,9 @@ void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweigh
 // dtype (f32/f64) throughout; the saved statistics (mean, rstd) have x's dtype and
 // one value per row ([...] = x's shape without d), computed with f64 sums. Backwards
 // overwrite their gradients. No decode step: rows are independent (a step is l = 1).
+// On CUDA: activations bf16 or f32, parameters and their gradients f32 or bf16 (their
+// own dtype), statistics f32; statistics are f32 sums and parameter gradients f64
+// column sums, both in a fixed order.
 //
 // RMSNorm: out = x · rstd · weight, rstd = 1 / sqrt(mean(x²) + eps).
 void rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps, Tensor& out, Tensor& rstd);
@@ -67,7 +71,7 @@ void gated_rmsnorm_backward(const Tensor& dout, const Tensor& y, const Tensor& z
                             const Tensor& rstd, int64_t groups, Tensor& dy, Tensor& dz, Tensor& dweight);
 
 // ---------------------------------------------------------------- activations
-// Elementwise, any shape, f32/f64: out (forward) and dout, dx (backward) have x's
+// Elementwise, any shape, f32/f64 (bf16/f32 on CUDA, f32 math): out (forward) and dout, dx (backward) have x's
 // shape; dx = dout · act'(x) (overwritten). GeLU, squared ReLU and SiLU may write
 // out into x itself and dx into dout. No decode step: elementwise ops have no state.
 // GeLU, erf form: x · Φ(x) = ½ x (1 + erf(x / √2)).
@@ -134,9 +138,15 @@ struct AdamWOptions {
 };
 void adamw_update(Tensor& params, const Tensor& grads, Tensor& exp_avg, Tensor& exp_avg_sq,
                   const Tensor& decay_mask, const AdamWOptions& opt);
+// The same step, also writing params_copy [N] (on params' device) = the new params in
+// its dtype (a bf16 working copy for the forward); fused into the same pass on CUDA.
+// On CUDA params, grads and the state are f32 and params_copy is bf16 or f32; on the
+// CPU params_copy is f32 or f64.
+void adamw_update(Tensor& params, const Tensor& grads, Tensor& exp_avg, Tensor& exp_avg_sq,
+                  const Tensor& decay_mask, const AdamWOptions& opt, Tensor& params_copy);
 // Global L2 norm sqrt(Σ g²) over every element of every tensor (any shapes, contiguous,
-// one dtype f32 or f64). Deterministic: f64 accumulation in a fixed order that does not
-// depend on the thread count; overflow of the squares of huge f64 values is avoided by
+// one dtype: f32 or f64 on the CPU, f32 or bf16 on CUDA). Deterministic: f64
+// accumulation in a fixed order that does not depend on the thread count; overflow of the squares of huge f64 values is avoided by
 // rescaling. Returns NaN if any element is NaN, else inf if any is infinite.
 double grad_norm(const std::vector<Tensor>& grads);
 // Clipping: norm = grad_norm(grads); when norm is finite and norm > max_norm, every
