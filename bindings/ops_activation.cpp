@@ -23,7 +23,7 @@ void bind_unary(py::module_& m, const char* name, Forward fwd, Backward bwd, con
         return to;
       },
       py::arg("x"), py::kw_only(), py::arg("out") = py::none(),
-      (std::string(what) + ", elementwise. x: any shape, f32/f64. Returns out like x (`out` may be x).").c_str());
+      (std::string(what) + ", elementwise. x: any shape, f32/f64 (bf16/f32 on CUDA). Returns out like x (`out` may be x).").c_str());
   m.def(
       bname.c_str(),
       [bwd, bname](py::handle dout, py::handle x, py::handle dx) {
@@ -61,7 +61,7 @@ void bind_activation_ops(py::module_& m) {
         return to;
       },
       py::arg("x"), py::kw_only(), py::arg("out") = py::none(),
-      R"(SwiGLU: x [..., 2f] = [a | b] -> out [..., f] = silu(a) · b. f32/f64.)");
+      R"(SwiGLU: x [..., 2f] = [a | b] -> out [..., f] = silu(a) · b. f32/f64 (bf16/f32 on CUDA).)");
   m.def(
       "swiglu_backward",
       [](py::handle dout, py::handle x, py::handle dx) {

@@ -22,7 +22,7 @@ void bind_embedding_ops(py::module_& m) {
       py::arg("weight"), py::arg("tokens"), py::kw_only(), py::arg("out") = py::none(),
       R"(Embedding lookup: out[i, t] = weight[tokens[i, t]].
 
-weight: [V, d] f32/f64; tokens: [b, l] i32/i64 with ids in [0, V) (else ValueError).
+weight: [V, d] f32/f64 (on CUDA f32/bf16, and `out` may be bf16); tokens: [b, l] i32/i64 with ids in [0, V) (else ValueError).
 Returns out [b, l, d] (written into `out` when given).)");
 
   m.def(

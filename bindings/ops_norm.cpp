@@ -48,7 +48,8 @@ void bind_norm_ops(py::module_& m) {
       py::arg("rstd") = py::none(),
       R"(RMSNorm: out = x / sqrt(mean(x²) + eps) · weight over the last dim.
 
-x: [..., d] f32/f64; weight: [d]. Returns (out [..., d], rstd [...]); rstd is saved for the backward.)");
+x: [..., d] f32/f64; weight: [d]. Returns (out [..., d], rstd [...]); rstd is saved for the backward.
+On CUDA: x bf16/f32, weight f32/bf16, rstd f32 (and gradients like their parameter).)");
 
   m.def(
       "rmsnorm_backward",
@@ -82,7 +83,8 @@ Returns (dx [..., d], dweight [d]), both overwritten when given.)");
       py::arg("out") = py::none(), py::arg("mean") = py::none(), py::arg("rstd") = py::none(),
       R"(LayerNorm with zero-centred gain: out = (x − mean) / sqrt(var + eps) · (1 + gamma) + beta.
 
-x: [..., d] f32/f64; gamma, beta: [d]. Returns (out [..., d], mean [...], rstd [...]).)");
+x: [..., d] f32/f64; gamma, beta: [d]. Returns (out [..., d], mean [...], rstd [...]).
+On CUDA: x bf16/f32, gamma and beta f32/bf16, mean and rstd f32.)");
 
   m.def(
       "layernorm1p_backward",
@@ -120,7 +122,8 @@ Returns (dx [..., d], dgamma [d], dbeta [d]).)");
       R"(Gated grouped RMSNorm (Mamba-2): u = y · silu(z), each of `groups` groups of d / groups
 consecutive channels RMS-normalised on its own, then · weight.
 
-y, z: [..., d] f32/f64; weight: [d]. Returns (out [..., d], rstd [..., groups]).)");
+y, z: [..., d] f32/f64; weight: [d]. Returns (out [..., d], rstd [..., groups]).
+On CUDA: y, z bf16/f32, weight f32/bf16, rstd f32.)");
 
   m.def(
       "gated_rmsnorm_backward",
