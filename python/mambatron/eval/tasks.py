@@ -15,6 +15,7 @@ number hidden in filler text). :func:`get_task` returns one by name.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import string
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
@@ -47,7 +48,7 @@ class Example:
         return int(self.prompt_ids.size)
 
 
-class Task:
+class Task(abc.ABC):
     """A synthetic task; subclasses define :meth:`sample` and :meth:`random_guess`."""
 
     name = ""
@@ -60,13 +61,13 @@ class Task:
                              f"expected some of {sorted(self.defaults)}")
         return {**self.defaults, **size}
 
+    @abc.abstractmethod
     def sample(self, rng: np.random.Generator, **size) -> Tuple[Pieces, Dict[str, Any]]:
         """One example's pieces (the last is the asked answer) and its info (``chance``, ...)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def random_guess(self, example: Example, rng: np.random.Generator) -> str:
         """A uniformly random answer from the answer space the ``chance`` refers to."""
-        raise NotImplementedError
 
     # ---- shared -------------------------------------------------------------------------
     def make_examples(self, n: int, seed: int = 0, **size) -> List[Example]:
