@@ -8,6 +8,8 @@
 
 namespace mambatron::testing::attn {
 
+using mambatron::testing::expect_error;
+
 // A new contiguous tensor of `shape` holding `v` (row-major), converted to `dt`.
 inline Tensor from_values(const std::vector<double>& v, const Shape& shape, DType dt = DType::f64) {
   Tensor t = Tensor::empty(shape, DType::f64);
@@ -71,15 +73,4 @@ inline Tensor fake_cuda(const Tensor& like) {
 }
 
 // f() must throw E with a message containing every one of `needles`.
-template <class E, class F>
-void expect_error(F&& f, std::initializer_list<std::string> needles) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one naming " << *needles.begin();
-  } catch (const E& e) {
-    const std::string msg = e.what();
-    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-  }
-}
-
 }  // namespace mambatron::testing::attn

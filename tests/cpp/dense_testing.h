@@ -13,19 +13,6 @@
 namespace mambatron::testing::dense {
 
 // Runs f and expects an exception of type E whose message contains every part.
-template <class E, class F>
-void expect_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one mentioning " << *parts.begin();
-  } catch (const E& e) {
-    std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message \"" << msg << "\" lacks " << p;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
-
 // t's memory labelled as living on cuda:0, to reach the device checks on a machine
 // without a GPU; the checks throw before any data is touched.
 inline Tensor fake_cuda(const Tensor& t) {

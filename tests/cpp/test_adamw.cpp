@@ -13,6 +13,7 @@
 #include "testing.h"
 
 namespace mt = mambatron;
+using mt::testing::expect_error;
 using mt::AdamWOptions;
 using mt::DType;
 using mt::Tensor;
@@ -45,16 +46,6 @@ void naive_adamw(std::vector<double>& p, const std::vector<double>& g, std::vect
 // The same memory labelled as a CUDA tensor: never read, it reaches only the device checks.
 Tensor on_cuda(const Tensor& t) {
   return Tensor::from_blob(t.data_ptr(), t.shape(), t.strides(), t.dtype(), mt::Device::cuda(0), t.storage());
-}
-
-template <class E, class F>
-void expect_error(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one mentioning \"" << needle << "\"";
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
 }
 
 double naive_norm(const std::vector<Tensor>& ts) {

@@ -6,6 +6,7 @@
 #include "testing.h"
 
 namespace mt = mambatron;
+using mt::testing::expect_error;
 using mt::DType;
 using mt::Shape;
 using mt::Tensor;
@@ -122,18 +123,6 @@ std::vector<Case> all_cases() {
       cases.push_back(cs);
     }
   return cases;
-}
-
-template <class E, class F>
-void expect_error_naming(F&& f, const std::string& name, const std::string& expected = "") {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one naming " << name;
-  } catch (const E& e) {
-    std::string msg = e.what();
-    EXPECT_NE(msg.find(name), std::string::npos) << msg;
-    EXPECT_NE(msg.find(expected), std::string::npos) << msg;
-  }
 }
 
 }  // namespace
@@ -299,66 +288,66 @@ TEST(Conv1d, RejectsBadArguments) {
                  Tensor& f) { mt::conv1d_forward(x, w, b, init, seq, o, f); };
   using VE = mt::ValueError;
   using TE = mt::TypeError;
-  expect_error_naming<VE>([&] { fwd(none, in.weight, none, none, none, out, fin); }, "'x'");
-  expect_error_naming<VE>([&] { fwd(in.x.view({26, 37}), in.weight, none, none, none, out, fin); }, "'x'", "3 dims");
-  expect_error_naming<TE>([&] { fwd(in.x.to(DType::bf16), in.weight, none, none, none, out, fin); }, "'x'", "f32 or f64");
-  expect_error_naming<TE>([&] { fwd(in.x, in.weight.to(DType::f32), none, none, none, out, fin); }, "'weight'", "f32");
-  expect_error_naming<VE>([&] { fwd(in.x, T::randn({36, 4}), none, none, none, out, fin); }, "'weight'", "[37, 4]");
-  expect_error_naming<VE>([&] { fwd(in.x, T::randn({37, 5}), none, none, none, out, fin); }, "'weight'", "between 2 and 4");
-  expect_error_naming<VE>([&] { fwd(in.x, in.weight, T::randn({36}), none, none, out, fin); }, "'bias'", "[37]");
-  expect_error_naming<VE>([&] { fwd(in.x, in.weight, none, T::randn({2, 37, 4}), none, out, fin); }, "'initial_state'",
+  expect_error<VE>([&] { fwd(none, in.weight, none, none, none, out, fin); }, "'x'");
+  expect_error<VE>([&] { fwd(in.x.view({26, 37}), in.weight, none, none, none, out, fin); }, "'x'", "3 dims");
+  expect_error<TE>([&] { fwd(in.x.to(DType::bf16), in.weight, none, none, none, out, fin); }, "'x'", "f32 or f64");
+  expect_error<TE>([&] { fwd(in.x, in.weight.to(DType::f32), none, none, none, out, fin); }, "'weight'", "f32");
+  expect_error<VE>([&] { fwd(in.x, T::randn({36, 4}), none, none, none, out, fin); }, "'weight'", "[37, 4]");
+  expect_error<VE>([&] { fwd(in.x, T::randn({37, 5}), none, none, none, out, fin); }, "'weight'", "between 2 and 4");
+  expect_error<VE>([&] { fwd(in.x, in.weight, T::randn({36}), none, none, out, fin); }, "'bias'", "[37]");
+  expect_error<VE>([&] { fwd(in.x, in.weight, none, T::randn({2, 37, 4}), none, out, fin); }, "'initial_state'",
                           "[2, 37, 3]");
-  expect_error_naming<TE>([&] { fwd(in.x, in.weight, none, none, T::randn({2, 13}), out, fin); }, "'seq_idx'", "i32");
-  expect_error_naming<VE>([&] { fwd(in.x, in.weight, none, none, Tensor::zeros({2, 12}, DType::i32), out, fin); },
+  expect_error<TE>([&] { fwd(in.x, in.weight, none, none, T::randn({2, 13}), out, fin); }, "'seq_idx'", "i32");
+  expect_error<VE>([&] { fwd(in.x, in.weight, none, none, Tensor::zeros({2, 12}, DType::i32), out, fin); },
                           "'seq_idx'", "[2, 13]");
   Tensor bad_seq = Tensor::zeros({2, 13}, DType::i32);
   bad_seq.data<int32_t>()[5] = 3;  // 0 0 0 0 0 3 0 ...: decreases at position 6
-  expect_error_naming<VE>([&] { fwd(in.x, in.weight, none, none, bad_seq, out, fin); }, "'seq_idx'", "position 6");
+  expect_error<VE>([&] { fwd(in.x, in.weight, none, none, bad_seq, out, fin); }, "'seq_idx'", "position 6");
   Tensor out_bad = T::poisoned({2, 13, 36});
-  expect_error_naming<VE>([&] { fwd(in.x, in.weight, none, none, none, out_bad, fin); }, "'out'", "[2, 13, 37]");
+  expect_error<VE>([&] { fwd(in.x, in.weight, none, none, none, out_bad, fin); }, "'out'", "[2, 13, 37]");
   Tensor out_t = T::poisoned({2, 37, 13}).transpose(1, 2);
-  expect_error_naming<VE>([&] { fwd(in.x, in.weight, none, none, none, out_t, fin); }, "'out'", "not contiguous");
+  expect_error<VE>([&] { fwd(in.x, in.weight, none, none, none, out_t, fin); }, "'out'", "not contiguous");
   Tensor fin_bad = T::poisoned({2, 37, 4});
-  expect_error_naming<VE>([&] { fwd(in.x, in.weight, none, none, none, out, fin_bad); }, "'final_state'", "[2, 37, 3]");
+  expect_error<VE>([&] { fwd(in.x, in.weight, none, none, none, out, fin_bad); }, "'final_state'", "[2, 37, 3]");
   // Devices: a tensor labelled CUDA (never read) next to CPU tensors, then all of them on CUDA.
   auto on_cuda = [](const Tensor& t) {
     return Tensor::from_blob(t.data_ptr(), t.shape(), t.strides(), t.dtype(), mt::Device::cuda(0), t.storage());
   };
-  expect_error_naming<TE>([&] { fwd(in.x, on_cuda(in.weight), none, none, none, out, fin); }, "'weight'", "cuda");
+  expect_error<TE>([&] { fwd(in.x, on_cuda(in.weight), none, none, none, out, fin); }, "'weight'", "cuda");
   Tensor out_c = on_cuda(out);
-  expect_error_naming<TE>([&] { fwd(on_cuda(in.x), on_cuda(in.weight), none, none, none, out_c, none); },
+  expect_error<TE>([&] { fwd(on_cuda(in.x), on_cuda(in.weight), none, none, none, out_c, none); },
                           "conv1d_forward", "CPU only");
 
   // Backward: the gradients' shapes.
   Tensor dout = T::randn({2, 13, 37}), dx = T::poisoned({2, 13, 37}), dw = T::poisoned({37, 4});
   Tensor dw_bad = T::poisoned({37, 3}), dx_bad = T::poisoned({2, 12, 37}), dinit_bad = T::poisoned({2, 3, 37});
-  expect_error_naming<VE>([&] { mt::conv1d_backward(dout, none, in.x, in.weight, none, none, none, dx, dw_bad, none, none); },
+  expect_error<VE>([&] { mt::conv1d_backward(dout, none, in.x, in.weight, none, none, none, dx, dw_bad, none, none); },
                           "'dweight'", "[37, 4]");
-  expect_error_naming<VE>([&] { mt::conv1d_backward(dout, none, in.x, in.weight, none, none, none, dx_bad, dw, none, none); },
+  expect_error<VE>([&] { mt::conv1d_backward(dout, none, in.x, in.weight, none, none, none, dx_bad, dw, none, none); },
                           "'dx'", "[2, 13, 37]");
-  expect_error_naming<VE>(
+  expect_error<VE>(
       [&] { mt::conv1d_backward(dout, none, in.x, in.weight, none, none, none, dx, dw, none, dinit_bad); },
       "'d_initial_state'", "[2, 37, 3]");
-  expect_error_naming<VE>(
+  expect_error<VE>(
       [&] { mt::conv1d_backward(dx_bad, none, in.x, in.weight, none, none, none, dx, dw, none, none); }, "'dout'",
       "[2, 13, 37]");
-  expect_error_naming<VE>(
+  expect_error<VE>(
       [&] { mt::conv1d_backward(dout, T::randn({2, 37, 2}), in.x, in.weight, none, none, none, dx, dw, none, none); },
       "'d_final_state'", "[2, 37, 3]");
-  expect_error_naming<TE>(
+  expect_error<TE>(
       [&] { mt::conv1d_backward(dout.to(DType::f32), none, in.x, in.weight, none, none, none, dx, dw, none, none); },
       "'dout'", "f32");
 
   // Step: state and output shapes.
   Tensor x1 = T::randn({2, 37}), st = T::randn({2, 37, 3}), st_bad = T::randn({2, 37, 2}), o1 = T::poisoned({2, 37});
   Tensor o1_bad = T::poisoned({2, 36});
-  expect_error_naming<VE>([&] { mt::conv1d_step(x1, in.weight, none, st_bad, o1); }, "'conv_state'", "[2, 37, 3]");
-  expect_error_naming<VE>([&] { mt::conv1d_step(x1, in.weight, none, st, o1_bad); }, "'out'", "[2, 37]");
-  expect_error_naming<VE>([&] { mt::conv1d_step(in.x, in.weight, none, st, o1); }, "'x'", "2 dims");
-  expect_error_naming<TE>([&] { mt::conv1d_step(x1.to(DType::f32), in.weight, none, st, o1); }, "'weight'", "f32");
+  expect_error<VE>([&] { mt::conv1d_step(x1, in.weight, none, st_bad, o1); }, "'conv_state'", "[2, 37, 3]");
+  expect_error<VE>([&] { mt::conv1d_step(x1, in.weight, none, st, o1_bad); }, "'out'", "[2, 37]");
+  expect_error<VE>([&] { mt::conv1d_step(in.x, in.weight, none, st, o1); }, "'x'", "2 dims");
+  expect_error<TE>([&] { mt::conv1d_step(x1.to(DType::f32), in.weight, none, st, o1); }, "'weight'", "f32");
   Tensor st_c = on_cuda(st);
-  expect_error_naming<TE>([&] { mt::conv1d_step(x1, in.weight, none, st_c, o1); }, "'conv_state'", "cuda");
+  expect_error<TE>([&] { mt::conv1d_step(x1, in.weight, none, st_c, o1); }, "'conv_state'", "cuda");
   Tensor dw_c = on_cuda(dw);
-  expect_error_naming<TE>([&] { mt::conv1d_backward(dout, none, in.x, in.weight, none, none, none, dx, dw_c, none, none); },
+  expect_error<TE>([&] { mt::conv1d_backward(dout, none, in.x, in.weight, none, none, none, dx, dw_c, none, none); },
                           "'dweight'", "cuda");
 }

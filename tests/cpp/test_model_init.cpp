@@ -220,18 +220,6 @@ TEST(ModelLayout, LoadParametersByName) {
 }
 
 // fn() must throw E with `text` in its message.
-template <class E, class F>
-void expect_error(F&& fn, const std::string& text) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error, expected one mentioning: " << text;
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << "message: " << e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type; message: " << e.what();
-  }
-}
-
 TEST(ModelErrors, BadConfigs) {
   auto bad = [](const std::string& pattern, std::function<void(ModelConfig&)> edit, const std::string& text) {
     ModelConfig c = tiny_config(pattern);

@@ -11,6 +11,7 @@
 #include "testing.h"
 
 namespace mt = mambatron;
+using mt::testing::expect_error;
 using mt::DType;
 using mt::Shape;
 using mt::Tensor;
@@ -150,18 +151,6 @@ std::vector<Case> shapes() {
   s[2].d = 70, s[2].g = 2;
   s[3].d = 24, s[3].g = 1;
   return s;
-}
-
-template <class E, class F>
-void expect_error_naming(F&& f, const std::string& name, const std::string& expected = "") {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one naming " << name;
-  } catch (const E& e) {
-    std::string msg = e.what();
-    EXPECT_NE(msg.find(name), std::string::npos) << msg;
-    EXPECT_NE(msg.find(expected), std::string::npos) << msg;
-  }
 }
 
 }  // namespace
@@ -401,44 +390,44 @@ TEST(SelectiveScan, RejectsBadArguments) {
     return a;
   };
   fwd(in, y, fin);  // the valid call
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::u, none), y, fin); }, "'u'", "undefined");
-  expect_error_naming<TE>([&] { fwd(with(&Inputs::u, in.u.to(DType::bf16)), y, fin); }, "'u'", "f32 or f64");
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::u, in.u.view({26, 37})), y, fin); }, "'u'", "[b, l, d]");
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::delta, T::randn({2, 13, 36})), y, fin); }, "'delta'", "[2, 13, 37]");
-  expect_error_naming<TE>([&] { fwd(with(&Inputs::delta, in.delta.to(DType::f32)), y, fin); }, "'delta'", "f32");
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::A, T::randn({36, 5})), y, fin); }, "'A'", "[37, 5]");
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::B, T::randn({2, 13, 5})), y, fin); }, "'B'", "[b, l, g, n]");
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::B, T::randn({2, 13, 2, 5})), y, fin); }, "'B'", "divide d = 37");
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::B, T::randn({2, 13, 1, 4})), y, fin); }, "'B'", "[2, 13, 1, 5]");
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::C, T::randn({2, 12, 1, 5})), y, fin); }, "'C'", "[2, 13, 1, 5]");
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::D, T::randn({38})), y, fin); }, "'D'", "[37]");
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::z, T::randn({2, 13, 38})), y, fin); }, "'z'", "[2, 13, 37]");
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::bias, T::randn({1, 37})), y, fin); }, "'delta_bias'", "[37]");
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::init, T::randn({2, 5, 37})), y, fin); }, "'initial_state'",
+  expect_error<VE>([&] { fwd(with(&Inputs::u, none), y, fin); }, "'u'", "undefined");
+  expect_error<TE>([&] { fwd(with(&Inputs::u, in.u.to(DType::bf16)), y, fin); }, "'u'", "f32 or f64");
+  expect_error<VE>([&] { fwd(with(&Inputs::u, in.u.view({26, 37})), y, fin); }, "'u'", "[b, l, d]");
+  expect_error<VE>([&] { fwd(with(&Inputs::delta, T::randn({2, 13, 36})), y, fin); }, "'delta'", "[2, 13, 37]");
+  expect_error<TE>([&] { fwd(with(&Inputs::delta, in.delta.to(DType::f32)), y, fin); }, "'delta'", "f32");
+  expect_error<VE>([&] { fwd(with(&Inputs::A, T::randn({36, 5})), y, fin); }, "'A'", "[37, 5]");
+  expect_error<VE>([&] { fwd(with(&Inputs::B, T::randn({2, 13, 5})), y, fin); }, "'B'", "[b, l, g, n]");
+  expect_error<VE>([&] { fwd(with(&Inputs::B, T::randn({2, 13, 2, 5})), y, fin); }, "'B'", "divide d = 37");
+  expect_error<VE>([&] { fwd(with(&Inputs::B, T::randn({2, 13, 1, 4})), y, fin); }, "'B'", "[2, 13, 1, 5]");
+  expect_error<VE>([&] { fwd(with(&Inputs::C, T::randn({2, 12, 1, 5})), y, fin); }, "'C'", "[2, 13, 1, 5]");
+  expect_error<VE>([&] { fwd(with(&Inputs::D, T::randn({38})), y, fin); }, "'D'", "[37]");
+  expect_error<VE>([&] { fwd(with(&Inputs::z, T::randn({2, 13, 38})), y, fin); }, "'z'", "[2, 13, 37]");
+  expect_error<VE>([&] { fwd(with(&Inputs::bias, T::randn({1, 37})), y, fin); }, "'delta_bias'", "[37]");
+  expect_error<VE>([&] { fwd(with(&Inputs::init, T::randn({2, 5, 37})), y, fin); }, "'initial_state'",
                           "[2, 37, 5]");
-  expect_error_naming<TE>([&] { fwd(with(&Inputs::seq, Tensor::zeros({2, 13}, DType::i64)), y, fin); }, "'seq_idx'",
+  expect_error<TE>([&] { fwd(with(&Inputs::seq, Tensor::zeros({2, 13}, DType::i64)), y, fin); }, "'seq_idx'",
                           "i32");
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::seq, Tensor::zeros({13, 2}, DType::i32)), y, fin); }, "'seq_idx'",
+  expect_error<VE>([&] { fwd(with(&Inputs::seq, Tensor::zeros({13, 2}, DType::i32)), y, fin); }, "'seq_idx'",
                           "[2, 13]");
   Tensor bad_seq = Tensor::zeros({2, 13}, DType::i32);
   bad_seq.data<int32_t>()[13 + 4] = 2;  // row 1: 0 0 0 0 2 0 ...
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::seq, bad_seq), y, fin); }, "'seq_idx'", "row 1");
+  expect_error<VE>([&] { fwd(with(&Inputs::seq, bad_seq), y, fin); }, "'seq_idx'", "row 1");
   Tensor A_t = T::randn({5, 37}).transpose(0, 1);
-  expect_error_naming<VE>([&] { fwd(with(&Inputs::A, A_t), y, fin); }, "'A'", "not contiguous");
+  expect_error<VE>([&] { fwd(with(&Inputs::A, A_t), y, fin); }, "'A'", "not contiguous");
   Tensor y_bad = T::poisoned({2, 13, 36}), fin_bad = T::poisoned({2, 37, 4});
-  expect_error_naming<VE>([&] { fwd(in, y_bad, fin); }, "'y'", "[2, 13, 37]");
-  expect_error_naming<VE>([&] { fwd(in, y, fin_bad); }, "'final_state'", "[2, 37, 5]");
+  expect_error<VE>([&] { fwd(in, y_bad, fin); }, "'y'", "[2, 13, 37]");
+  expect_error<VE>([&] { fwd(in, y, fin_bad); }, "'final_state'", "[2, 37, 5]");
   auto on_cuda = [](const Tensor& t) {
     return Tensor::from_blob(t.data_ptr(), t.shape(), t.strides(), t.dtype(), mt::Device::cuda(0), t.storage());
   };
-  expect_error_naming<TE>([&] { fwd(with(&Inputs::C, on_cuda(in.C)), y, fin); }, "'C'", "cuda");
+  expect_error<TE>([&] { fwd(with(&Inputs::C, on_cuda(in.C)), y, fin); }, "'C'", "cuda");
   {
     Inputs c{on_cuda(in.u), on_cuda(in.delta), on_cuda(in.A), on_cuda(in.B), on_cuda(in.C)};
     Tensor yc = on_cuda(y);
-    expect_error_naming<TE>([&] { fwd(c, yc, none); }, "selective_scan_forward", "CPU only");
+    expect_error<TE>([&] { fwd(c, yc, none); }, "selective_scan_forward", "CPU only");
   }
 
-  expect_error_naming<TE>(
+  expect_error<TE>(
       [&] {
         Tensor st_c = on_cuda(fin);
         mt::selective_scan_step(in.u.select(1, 0).contiguous(), in.delta.select(1, 0).contiguous(), in.A,
@@ -459,32 +448,32 @@ TEST(SelectiveScan, RejectsBadArguments) {
     h.*field = v;
     return h;
   };
-  expect_error_naming<VE>([&] { bwd(g, T::randn({2, 13, 36}), in.z); }, "'dy'", "[2, 13, 37]");
-  expect_error_naming<VE>([&] { bwd(changed(&Grads::du, T::poisoned({2, 13, 36})), dy, in.z); }, "'du'", "[2, 13, 37]");
-  expect_error_naming<VE>([&] { bwd(changed(&Grads::ddelta, none), dy, in.z); }, "'ddelta'", "undefined");
-  expect_error_naming<VE>([&] { bwd(changed(&Grads::dA, T::poisoned({37, 4})), dy, in.z); }, "'dA'", "[37, 5]");
-  expect_error_naming<VE>([&] { bwd(changed(&Grads::dB, T::poisoned({2, 13, 5})), dy, in.z); }, "'dB'", "[2, 13, 1, 5]");
-  expect_error_naming<TE>([&] { bwd(changed(&Grads::dC, T::poisoned({2, 13, 1, 5}, DType::f32)), dy, in.z); }, "'dC'",
+  expect_error<VE>([&] { bwd(g, T::randn({2, 13, 36}), in.z); }, "'dy'", "[2, 13, 37]");
+  expect_error<VE>([&] { bwd(changed(&Grads::du, T::poisoned({2, 13, 36})), dy, in.z); }, "'du'", "[2, 13, 37]");
+  expect_error<VE>([&] { bwd(changed(&Grads::ddelta, none), dy, in.z); }, "'ddelta'", "undefined");
+  expect_error<VE>([&] { bwd(changed(&Grads::dA, T::poisoned({37, 4})), dy, in.z); }, "'dA'", "[37, 5]");
+  expect_error<VE>([&] { bwd(changed(&Grads::dB, T::poisoned({2, 13, 5})), dy, in.z); }, "'dB'", "[2, 13, 1, 5]");
+  expect_error<TE>([&] { bwd(changed(&Grads::dC, T::poisoned({2, 13, 1, 5}, DType::f32)), dy, in.z); }, "'dC'",
                           "f32");
-  expect_error_naming<VE>([&] { bwd(changed(&Grads::dD, T::poisoned({36})), dy, in.z); }, "'dD'", "[37]");
-  expect_error_naming<VE>([&] { bwd(changed(&Grads::dz, none), dy, in.z); }, "'dz'", "undefined");
-  expect_error_naming<VE>([&] { bwd(g, dy, none); }, "'dz'", "'z' is not");
-  expect_error_naming<VE>([&] { bwd(changed(&Grads::dbias, T::poisoned({2})), dy, in.z); }, "'ddelta_bias'", "[37]");
-  expect_error_naming<VE>([&] { bwd(changed(&Grads::dinit, T::poisoned({2, 37, 4})), dy, in.z); }, "'d_initial_state'",
+  expect_error<VE>([&] { bwd(changed(&Grads::dD, T::poisoned({36})), dy, in.z); }, "'dD'", "[37]");
+  expect_error<VE>([&] { bwd(changed(&Grads::dz, none), dy, in.z); }, "'dz'", "undefined");
+  expect_error<VE>([&] { bwd(g, dy, none); }, "'dz'", "'z' is not");
+  expect_error<VE>([&] { bwd(changed(&Grads::dbias, T::poisoned({2})), dy, in.z); }, "'ddelta_bias'", "[37]");
+  expect_error<VE>([&] { bwd(changed(&Grads::dinit, T::poisoned({2, 37, 4})), dy, in.z); }, "'d_initial_state'",
                           "[2, 37, 5]");
-  expect_error_naming<TE>([&] { bwd(changed(&Grads::dB, on_cuda(g.dB)), dy, in.z); }, "'dB'", "cuda");
+  expect_error<TE>([&] { bwd(changed(&Grads::dB, on_cuda(g.dB)), dy, in.z); }, "'dB'", "cuda");
 
   // Step: one token's shapes.
   Tensor u1 = T::randn({2, 37}), dt1 = T::randn({2, 37}), B1 = T::randn({2, 1, 5}), C1 = T::randn({2, 1, 5});
   Tensor st = T::randn({2, 37, 5}), y1 = T::poisoned({2, 37}), st_bad = T::randn({2, 37, 4}), y1_bad = T::poisoned({37});
-  expect_error_naming<VE>([&] { mt::selective_scan_step(u1, dt1, in.A, B1, C1, none, none, none, st_bad, y1); },
+  expect_error<VE>([&] { mt::selective_scan_step(u1, dt1, in.A, B1, C1, none, none, none, st_bad, y1); },
                           "'state'", "[2, 37, 5]");
-  expect_error_naming<VE>([&] { mt::selective_scan_step(u1, dt1, in.A, B1, C1, none, none, none, st, y1_bad); },
+  expect_error<VE>([&] { mt::selective_scan_step(u1, dt1, in.A, B1, C1, none, none, none, st, y1_bad); },
                           "'y'", "[2, 37]");
-  expect_error_naming<VE>([&] { mt::selective_scan_step(in.u, dt1, in.A, B1, C1, none, none, none, st, y1); }, "'u'",
+  expect_error<VE>([&] { mt::selective_scan_step(in.u, dt1, in.A, B1, C1, none, none, none, st, y1); }, "'u'",
                           "[b, d]");
-  expect_error_naming<VE>([&] { mt::selective_scan_step(u1, dt1, in.A, in.B, C1, none, none, none, st, y1); }, "'B'",
+  expect_error<VE>([&] { mt::selective_scan_step(u1, dt1, in.A, in.B, C1, none, none, none, st, y1); }, "'B'",
                           "[b, g, n]");
-  expect_error_naming<VE>([&] { mt::selective_scan_step(u1, dt1, in.A, B1, in.C, none, none, none, st, y1); }, "'C'",
+  expect_error<VE>([&] { mt::selective_scan_step(u1, dt1, in.A, B1, in.C, none, none, none, st, y1); }, "'C'",
                           "[2, 1, 5]");
 }

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <functional>
 #include <random>
+#include <string>
+#include <type_traits>
 
 #include "mambatron/mambatron.h"
 
@@ -96,6 +98,27 @@ inline double dot(const Tensor& w, const Tensor& y) {
   double s = 0;
   for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
   return s;
+}
+
+// Runs f and expects an exception of type E whose message contains every part:
+//   expect_error<ValueError>([&] { op(...); }, "argument 'x'", "expected [2, 3]");
+//   expect_error<ValueError>([&] { op(...); }, {"argument 'x'", "expected [2, 3]"});
+template <class E, class F>
+void expect_error(F&& f, std::initializer_list<std::string> parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no exception; expected one mentioning \"" << *parts.begin() << "\"";
+  } catch (const E& e) {
+    const std::string msg = e.what();
+    for (const auto& part : parts) EXPECT_NE(msg.find(part), std::string::npos) << "\"" << part << "\" not in: " << msg;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type; message: " << e.what();
+  }
+}
+template <class E, class F, class... S,
+          class = std::enable_if_t<(sizeof...(S) > 0) && (std::is_convertible_v<const S&, std::string> && ...)>>
+void expect_error(F&& f, const S&... parts) {
+  expect_error<E>(std::forward<F>(f), {std::string(parts)...});
 }
 
 inline bool has_gpu() { return cuda_available(); }
