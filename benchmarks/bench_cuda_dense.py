@@ -10,27 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 
 import mambatron as mt
+from gpu_timing import median_ms, require_torch_cuda
 
 COPY_CEILING_TBS = 4.07
 
-
-def median_ms(fn, torch, reps, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def cases(torch, rows, d, vocab):
@@ -114,13 +99,8 @@ def main() -> int:
     ap.add_argument("--d", type=int, default=4096)
     ap.add_argument("--vocab", type=int, default=32000)
     args = ap.parse_args()
-    try:
-        import torch
-    except ImportError:
-        print("bench_cuda_dense: needs PyTorch", file=sys.stderr)
-        return 1
-    if not mt.cuda_available():
-        print("bench_cuda_dense: needs a CUDA device", file=sys.stderr)
+    torch = require_torch_cuda("bench_cuda_dense")
+    if torch is None:
         return 1
     torch.manual_seed(0)
     rows = []

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 
 import mambatron as mt
+from gpu_timing import median_ms, require_torch_cuda
 
 SHAPES = [  # m, n, k
     (8192, 8192, 8192),
@@ -23,33 +22,14 @@ SHAPES = [  # m, n, k
 ]
 
 
-def median_ms(fn, torch, reps=30, warmup=5):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--json", default=None)
     p.add_argument("--reps", type=int, default=30)
     args = p.parse_args()
-    try:
-        import torch
-    except ImportError:
-        print("bench_gemm: needs PyTorch", file=sys.stderr)
-        return 1
-    if not mt.cuda_available():
-        print("bench_gemm: needs a CUDA device", file=sys.stderr)
+    torch = require_torch_cuda("bench_gemm")
+    if torch is None:
         return 1
     torch.manual_seed(0)
     rows = []
