@@ -5,6 +5,8 @@
 # printed are a summary.
 #   scripts/gpu_check.sh            build + tests + benchmarks
 #   scripts/gpu_check.sh --no-bench build + tests
+# GTEST_FILTER and PYTEST_ARGS (e.g. "tests/python/test_ops_ssd.py -k cuda")
+# narrow the tests to one area while a kernel is being written.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -28,12 +30,12 @@ say "build: exit $build_rc in $(( $(date +%s) - t0 )) s"
 if [ $build_rc -ne 0 ]; then tail -40 "$OUT/build.log"; exit 1; fi
 grep -E "mambatron: CUDA backend" "$OUT/build.log" | tee -a "$log"
 
-build/gpu/mambatron_tests --gtest_output=xml:"$OUT/gtest.xml" > "$OUT/gtest.log" 2>&1
+build/gpu/mambatron_tests --gtest_filter="${GTEST_FILTER:-*}" --gtest_output=xml:"$OUT/gtest.xml" > "$OUT/gtest.log" 2>&1
 gtest_rc=$?
 say "gtest: exit $gtest_rc; $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/gtest.log" | tr '\n' ' ')"
 grep -E '^\[  FAILED  \]|Failure|error' "$OUT/gtest.log" | head -30 | tee -a "$log"
 
-python3 -m pytest tests/python -q -rs --durations=10 > "$OUT/pytest.log" 2>&1
+python3 -m pytest ${PYTEST_ARGS:-tests/python} -q -rs --durations=10 > "$OUT/pytest.log" 2>&1
 pytest_rc=$?
 say "pytest: exit $pytest_rc; $(tail -1 "$OUT/pytest.log")"
 [ $pytest_rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error" "$OUT/pytest.log" | head -30 | tee -a "$log"
