@@ -101,14 +101,17 @@ void swiglu_backward(const Tensor& dout, const Tensor& x, Tensor& dx);
 // w at a time (0: all of V), so the scratch is chunk_size × vocab_chunk_size values;
 // with several vocabulary chunks the backward computes each logits block twice. The
 // results do not depend on the chunk sizes beyond rounding.
+// On CUDA: h and dh bf16 or f32 (one dtype), w and dw bf16 or f32 (each its own
+// dtype), mask u8 or f32, losses f32; logits in f32 from bf16 gemms when h and w are
+// bf16 (f32 gemms otherwise), the softmax gradient in the gemm dtype.
 struct LinearCrossEntropyOptions {
   int64_t ignore_index = -100;
   int64_t chunk_size = 4096;
   int64_t vocab_chunk_size = 32768;
   double grad_scale = 1.0;  // backward writes the gradients of grad_scale · loss
 };
-// Returns the loss. losses (optional, [n], dtype of h) receives ℓ_i at the included
-// positions and 0 elsewhere (unweighted: the per-token loss for perplexity).
+// Returns the loss. losses (optional, [n], dtype of h; f32 on CUDA) receives ℓ_i at the
+// included positions and 0 elsewhere (unweighted: the per-token loss for perplexity).
 double linear_cross_entropy_forward(const Tensor& h, const Tensor& w, const Tensor& targets,
                                     const Tensor& mask = Tensor(), const LinearCrossEntropyOptions& opt = {},
                                     Tensor* losses = nullptr);
