@@ -42,7 +42,7 @@ say "pytest: exit $pytest_rc; $(tail -1 "$OUT/pytest.log")"
 
 bench_rc=0
 if [ $bench -eq 1 ]; then
-  for b in benchmarks/bench_gemm.py benchmarks/bench_cuda_dense.py; do
+  for b in benchmarks/bench_gemm.py benchmarks/bench_cuda_dense.py benchmarks/bench_cuda_loss.py; do
     name=$(basename "$b" .py)
     python3 "$b" --json "$OUT/$name.json" 2>&1 | tee -a "$log"
     rc=${PIPESTATUS[0]}
