@@ -207,9 +207,11 @@ void bind_model(py::module_& m) {
           "Per sublayer a dict of its state tensors (views, not copies)");
 
   py::class_<Model>(m, "Model", R"(A language model of Mamba-2 (M), Mamba-1 (m), attention (*) and MLP (-)
-sublayers (MODELS.md), computing in f32 or f64 on the CPU.
+sublayers (MODELS.md).
 
 Model(config, dtype="f32", device="cpu"): config is a mambatron.ModelConfig or its to_dict().
+dtype is the compute dtype: f32 or f64 on the CPU; bf16 (mixed precision: f32 master
+weights, gradients and optimizer state, bf16 matrices and activations) or f32 on CUDA.
 Parameters are allocated (zeros), not initialised: call init(seed) or load_parameters().)")
       .def(py::init([](py::handle config, py::handle dtype, py::handle device) {
              ModelConfig c = config_from_python(config);
@@ -218,7 +220,14 @@ Parameters are allocated (zeros), not initialised: call init(seed) or load_param
            py::arg("config"), py::arg("dtype") = "f32", py::arg("device") = "cpu")
       .def_property_readonly("config", [](const Model& m) { return config_to_dict(m.config()); },
                              "The resolved native config (derived widths filled in) as a dict")
-      .def_property_readonly("dtype", &Model::dtype)
+      .def_property_readonly("dtype", &Model::dtype, "The compute dtype")
+      .def_property_readonly("parameter_dtype", &Model::parameter_dtype,
+                             "The master weights' and gradients' dtype (f32 on CUDA)")
+      .def_property_readonly("working_parameters", &Model::working_parameters,
+                             "The flat working copy the forward reads (bf16 on a bf16 CUDA model)")
+      .def("sync_working_copy", &Model::sync_working_copy, py::call_guard<py::gil_scoped_release>(),
+           "Refresh the working copy after changing parameters in place (init, load_parameters and the "
+           "optimizer do it themselves)")
       .def_property_readonly("device", &Model::device)
       .def("init", &Model::init, py::arg("seed"), py::call_guard<py::gil_scoped_release>(),
            "MODELS.md's initialisation; the same seed gives the same weights")

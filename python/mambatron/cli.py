@@ -131,7 +131,8 @@ def _add_train_parser(sub) -> None:
                    help="continue from the latest complete checkpoint of DIR (a run folder or a checkpoint), or "
                         "'auto' for the run folder's own; the trajectory's settings come from the checkpoint")
     t.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N] (default: auto, the best found)")
-    t.add_argument("--dtype", default=d.dtype, help=f"parameter and compute dtype (default: {d.dtype})")
+    t.add_argument("--dtype", default=d.dtype, help="compute dtype: auto (bf16 mixed precision on CUDA, f32 on the "
+                   "CPU), f32, f64 (CPU) or bf16 (CUDA) (default: auto)")
     t.add_argument("--log", default=",".join(d.log), metavar="FORMATS",
                    help="comma-separated log formats: jsonl, csv, tensorboard (when installed) "
                         f"(default: {','.join(d.log)})")

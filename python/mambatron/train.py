@@ -63,7 +63,7 @@ class TrainArgs:
     resume: Optional[str] = None    #: "auto" (the run folder's latest) or a checkpoint/run folder
     seed: int = 1234                #: model init and data order
     device: str = "auto"            #: auto | cpu | cuda[:N]
-    dtype: str = "f32"
+    dtype: str = "auto"             #: auto (bf16 mixed precision on CUDA, f32 on the CPU) | f32 | f64 | bf16
     log: List[str] = field(default_factory=lambda: ["jsonl", "csv", "tensorboard"])
     progress: bool = True
     plot: bool = True
@@ -111,14 +111,21 @@ def _pick_device(args: TrainArgs, notes: List[str]) -> str:
     return best_device()
 
 
+def compute_dtype(dtype: str, device: str) -> str:
+    """``dtype`` with "auto" resolved: bf16 mixed precision on CUDA, f32 on the CPU."""
+    if dtype != "auto":
+        return dtype
+    return "bf16" if str(device).startswith("cuda") else "f32"
+
+
 def _build_model(cfg: ModelConfig, args: TrainArgs, device: str, notes: List[str]) -> Model:
     try:
-        return Model(cfg, dtype=args.dtype, device=device)
+        return Model(cfg, dtype=compute_dtype(args.dtype, device), device=device)
     except (ValueError, TypeError, RuntimeError) as e:
         if args.device != "auto" or device == "cpu":
             raise
-        notes.append(f"the model does not run on {device} yet ({str(e).splitlines()[0]}); training on the CPU")
-        return Model(cfg, dtype=args.dtype, device="cpu")
+        notes.append(f"the model does not run on {device} ({str(e).splitlines()[0]}); training on the CPU")
+        return Model(cfg, dtype=compute_dtype(args.dtype, "cpu"), device="cpu")
 
 
 def _schedule_kwargs(args: TrainArgs) -> Dict[str, Any]:

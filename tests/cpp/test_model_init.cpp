@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 
+#include "mambatron/cuda.h"
 #include "model_testing.h"
 
 namespace mambatron::testing {
@@ -242,7 +243,10 @@ TEST(ModelErrors, BadConfigs) {
   expect_error<ValueError>([] { activation_from_string("relu"); }, "mlp.activation = 'relu'");
   expect_error<ValueError>([] { norm_kind_from_string("layernorm"); }, "norm = 'layernorm'");
   expect_error<TypeError>([] { Model m(tiny_config("M"), DType::bf16); }, "dtype bf16");
-  expect_error<TypeError>([] { Model m(tiny_config("M"), DType::f32, Device::cuda(0)); }, "CUDA backend");
+  if (mambatron::built_with_cuda())
+    expect_error<TypeError>([] { Model m(tiny_config("M"), DType::f64, Device::cuda(0)); }, "dtype f64");
+  else
+    expect_error<TypeError>([] { Model m(tiny_config("M"), DType::f32, Device::cuda(0)); }, "built without");
 }
 
 TEST(ModelErrors, BadInputs) {

@@ -85,7 +85,7 @@ struct InferenceState {
     Tensor cache_lens;        // *: i32 [b]
   };
   int64_t batch = 0, max_len = 0;
-  Tensor lengths;  // i32 [b]
+  Tensor lengths;  // i32 [b], on the CPU (also on a CUDA model: read every step)
   std::vector<Layer> layers;  // one per sublayer; MLP entries hold nothing
 };
 
@@ -99,8 +99,11 @@ class Model {
  public:
   using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
-  // f32 or f64 on the CPU (the CUDA backend of the model comes later: a clear error).
-  // Parameters are allocated, not initialised: call init(seed) or load_parameters().
+  // dtype: the compute dtype. f32 or f64 on the CPU; on CUDA bf16 (mixed precision
+  // as MODELS.md §3: f32 master weights, gradients and optimizer state, a bf16
+  // working copy of the matrices, bf16 activations; norms, A_log, D and dt_bias read
+  // in f32) or f32. Parameters are allocated, not initialised: call init(seed) or
+  // load_parameters().
   explicit Model(const ModelConfig& config, DType dtype = DType::f32, Device device = Device::cpu());
   ~Model();
   Model(const Model&) = delete;
@@ -108,6 +111,8 @@ class Model {
 
   const ModelConfig& config() const { return config_; }  // resolved
   DType dtype() const { return dtype_; }
+  // The master weights' and gradients' dtype: dtype() on the CPU, f32 on CUDA.
+  DType parameter_dtype() const { return flat_params_.dtype(); }
   Device device() const { return device_; }
 
   // ---- parameters: views into one flat buffer, in the order of ModelConfig.parameter_shapes()
@@ -119,6 +124,12 @@ class Model {
   // parameters (norms, biases, A_log, D, dt_bias).
   const Tensor& weight_decay_mask() const { return decay_mask_; }
   int64_t num_parameters() const { return flat_params_.numel(); }
+  // The working copy the forward reads (bf16 on a bf16 CUDA model), laid out like
+  // flat_parameters(); the same tensor when the dtypes agree. AdamW writes it in the
+  // same pass as the master weights; after changing parameters any other way, call
+  // sync_working_copy() (init and load_parameters do).
+  const Tensor& working_parameters() const { return flat_work_; }
+  void sync_working_copy();
   // The parameter (or its gradient) named `name`; ValueError for an unknown name.
   const Tensor& parameter(const std::string& name) const;
   const Tensor& gradient(const std::string& name) const;
@@ -155,7 +166,7 @@ class Model {
   Tensor step(const Tensor& tokens, InferenceState& state);
 
  private:
-  void build_layout();
+  void build_layout(DType master);
   model_detail::Workspace& workspace(int64_t b, int64_t l, std::unique_ptr<model_detail::Workspace>& slot);
   // Checks tokens [b, l + 1] (or [b, l] for logits), the mask and seq_idx, and loads
   // the ids into a workspace; returns it.
@@ -185,7 +196,10 @@ class Model {
   // Index of each sublayer's first parameter (its pre-norm); the last entry is norm_f's.
   std::vector<size_t> layer_first_;
   size_t norm_params_ = 1;  // parameters per norm: weight (+ bias for layernorm1p)
-  Tensor flat_params_, flat_grads_, flat_scratch_, decay_mask_;
+  Tensor flat_params_, flat_grads_, flat_scratch_, decay_mask_, flat_work_;
+  // What the forward reads: per parameter a view of flat_work_, or of the master
+  // buffer for the wide ones (ParamSpec::wide).
+  std::vector<Tensor> compute_;
   std::vector<Tensor> grad_views_, scratch_views_;  // gradient views over flat_grads_ / flat_scratch_
   std::unique_ptr<model_detail::Workspace> train_ws_, prefill_ws_, step_ws_;
 };

@@ -60,9 +60,11 @@ struct AdamWHyper {
 // AdamW over one flat parameter buffer and its gradient buffer (views, not copies:
 // the optimizer updates the model's parameters in place). The moments m and v have the
 // parameters' dtype and device (f32 for training; f64 in tests) and start at zero.
+// params_copy (optional, laid out like params): a working copy in another dtype
+// (the model's bf16 weights on CUDA), rewritten by every step in the same pass.
 class AdamW {
  public:
-  AdamW(Tensor params, Tensor grads, Tensor decay_mask, const AdamWHyper& hyper = {});
+  AdamW(Tensor params, Tensor grads, Tensor decay_mask, const AdamWHyper& hyper = {}, Tensor params_copy = Tensor());
   // One update with learning rate lr: the step count is incremented first, so the
   // first update has bias correction t = 1.
   void step(double lr);
@@ -75,7 +77,7 @@ class AdamW {
   void load_state(const Tensor& exp_avg, const Tensor& exp_avg_sq, int64_t step_count);
 
  private:
-  Tensor params_, grads_, mask_, m_, v_;
+  Tensor params_, grads_, mask_, m_, v_, copy_;
   AdamWHyper hyper_;
   int64_t step_ = 0;
 };

@@ -77,12 +77,13 @@ void TokenGenerator::start(const std::vector<GenerationRequest>& requests, const
   tokens_.clear();
   finished_.clear();
   InferenceState all = model_.new_state(b, max_len), one = model_.new_state(1, max_len);
-  Tensor logits = Tensor::empty({b, vocab}, model_.dtype(), model_.device());
+  // Logits are sampled on the CPU; the model takes CPU token ids on any device.
+  Tensor logits = Tensor::empty({b, vocab}, model_.parameter_dtype());
   for (int64_t i = 0; i < b; ++i) {
     const auto& prompt = requests[size_t(i)].prompt;
     Tensor ids = Tensor::empty({1, int64_t(prompt.size())}, DType::i64);
     std::copy(prompt.begin(), prompt.end(), ids.data<int64_t>());
-    Tensor row = model_.prefill(ids.to(model_.device()), one);
+    Tensor row = model_.prefill(ids, one);
     logits.select(0, i).copy_(row.select(0, 0));
     copy_row(one, all, i);
   }
@@ -120,7 +121,7 @@ std::vector<int64_t> TokenGenerator::next() {
     }
     feed.data<int64_t>()[i] = seq.empty() ? r.prompt.back() : seq.back();
   }
-  if (!done()) logits_ = model_.step(feed.to(model_.device()), state_);
+  if (!done()) logits_ = model_.step(feed, state_).to(Device::cpu());
   return out;
 }
 

@@ -12,7 +12,7 @@ namespace {
 
 class Attention final : public Sublayer {
  public:
-  Attention(const ModelConfig& c, DType dtype, Device device)
+  Attention(const ModelConfig& c, const Precision& prec)
       : d_(c.d_model),
         hq_(c.attention.num_heads),
         hkv_(c.attention.num_kv_heads),
@@ -20,8 +20,7 @@ class Attention final : public Sublayer {
         per_group_(hq_ / hkv_),
         std_(c.init_std),
         out_std_(c.init_std / std::sqrt(2.0 * double(c.num_layers()))),
-        dtype_(dtype),
-        device_(device) {
+        prec_(prec) {
     rope_.rotary_fraction = c.attention.rotary_fraction;
     rope_.base = c.attention.rope_base;
   }
@@ -38,7 +37,7 @@ class Attention final : public Sublayer {
     Tensor qkv = s.get("qkv", {b, l, (hq_ + 2 * hkv_) * p_});
     Tensor q = s.get("q", {b, l, hq_, p_}), k = s.get("k", {b, l, hkv_, p_}), v = s.get("v", {b, l, hkv_, p_});
     project_qkv(x, qkv, q, k, v, b, l, batch.positions);
-    Tensor o = s.get("o", {b, l, hq_, p_}), lse = s.get("lse", {b, hq_, l});
+    Tensor o = s.get("o", {b, l, hq_, p_}), lse = s.wide("lse", {b, hq_, l});
     attention_forward(q, k, v, o, lse, batch.seq_idx);
     if (state) {
       state->k_cache.narrow(1, 0, l).copy_(k);
@@ -52,7 +51,7 @@ class Attention final : public Sublayer {
                 const std::vector<Tensor>& grads) override {
     int64_t b = batch.b, l = batch.l;
     Tensor q = s.get("q", {b, l, hq_, p_}), k = s.get("k", {b, l, hkv_, p_}), v = s.get("v", {b, l, hkv_, p_});
-    Tensor o = s.get("o", {b, l, hq_, p_}), lse = s.get("lse", {b, hq_, l});
+    Tensor o = s.get("o", {b, l, hq_, p_}), lse = s.wide("lse", {b, hq_, l});
     Tensor d_o = s.get("d_o", {b, l, hq_, p_});
     linear_grad_weight(dout, o, grads[kO]);
     linear_grad_input(dout, params_[kO], d_o);
@@ -72,9 +71,9 @@ class Attention final : public Sublayer {
   }
 
   void new_state(int64_t batch, int64_t max_len, InferenceState::Layer& st) const override {
-    st.k_cache = Tensor::zeros({batch, max_len, hkv_, p_}, dtype_, device_);
-    st.v_cache = Tensor::zeros({batch, max_len, hkv_, p_}, dtype_, device_);
-    st.cache_lens = Tensor::zeros({batch}, DType::i32, device_);
+    st.k_cache = Tensor::zeros({batch, max_len, hkv_, p_}, prec_.act, prec_.device);
+    st.v_cache = Tensor::zeros({batch, max_len, hkv_, p_}, prec_.act, prec_.device);
+    st.cache_lens = Tensor::zeros({batch}, DType::i32, prec_.device);
   }
 
   void step(const Tensor& x, Tensor& out, const Tensor& positions, Arena& s, InferenceState::Layer& st) override {
@@ -112,15 +111,14 @@ class Attention final : public Sublayer {
 
   int64_t d_, hq_, hkv_, p_, per_group_;
   double std_, out_std_;
-  DType dtype_;
-  Device device_;
+  Precision prec_;
   RopeOptions rope_;
 };
 
 }  // namespace
 
-std::unique_ptr<Sublayer> make_attention(const ModelConfig& c, DType dtype, Device device) {
-  return std::make_unique<Attention>(c, dtype, device);
+std::unique_ptr<Sublayer> make_attention(const ModelConfig& c, const Precision& p) {
+  return std::make_unique<Attention>(c, p);
 }
 
 }  // namespace mambatron::model_detail

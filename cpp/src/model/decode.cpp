@@ -13,7 +13,7 @@ InferenceState Model::new_state(int64_t batch, int64_t max_len) const {
   InferenceState st;
   st.batch = batch;
   st.max_len = max_len;
-  st.lengths = Tensor::zeros({batch}, DType::i32, device_);
+  st.lengths = Tensor::zeros({batch}, DType::i32);
   st.layers.resize(layers_.size());
   for (size_t i = 0; i < layers_.size(); ++i) layers_[i]->new_state(batch, max_len, st.layers[i]);
   return st;
@@ -37,7 +37,7 @@ Tensor Model::prefill(const Tensor& tokens, InferenceState& state) {
   const int64_t d = config_.d_model;
   Tensor last = ws.arena.get("last", {ws.b, d});
   last.copy_(ws.arena.get("final", {ws.b, ws.l, d}).select(1, ws.l - 1));
-  Tensor out = Tensor::empty({ws.b, config_.vocab_size}, dtype_, device_);
+  Tensor out = Tensor::empty({ws.b, config_.vocab_size}, flat_params_.dtype(), device_);
   model_detail::linear(last, output_weight(), out);
   return out;
 }
@@ -59,9 +59,10 @@ Tensor Model::step(const Tensor& tokens, InferenceState& state) {
   const int64_t b = ws.b, d = config_.d_model;
   Tensor x = ws.arena.get("x", {b, 1, d}), normed = ws.arena.get("normed", {b, 1, d});
   Tensor out = ws.arena.get("sublayer_out", {b, 1, d});
-  Tensor mean = ws.arena.get("mean", {b, 1}), rstd = ws.arena.get("rstd", {b, 1});
-  embedding_forward(params_[0].second, ws.inputs, x);
-  Tensor positions = state.lengths.view({b, 1});
+  Tensor mean = ws.arena.wide("mean", {b, 1}), rstd = ws.arena.wide("rstd", {b, 1});
+  embedding_forward(compute_[0], ws.inputs, x);
+  Tensor positions = ws.arena.get("positions", {b, 1}, DType::i32);
+  positions.copy_(state.lengths.view({b, 1}));
   Tensor n2 = normed.view({b, d}), out2 = out.view({b, d});
   for (size_t i = 0; i < layers_.size(); ++i) {
     norm_forward(layer_first_[i], x, normed, mean, rstd);
@@ -69,7 +70,7 @@ Tensor Model::step(const Tensor& tokens, InferenceState& state) {
     model_detail::add_(x, out);
   }
   norm_forward(layer_first_.back(), x, normed, mean, rstd);
-  Tensor logits = Tensor::empty({b, config_.vocab_size}, dtype_, device_);
+  Tensor logits = Tensor::empty({b, config_.vocab_size}, flat_params_.dtype(), device_);
   model_detail::linear(normed, output_weight(), logits);
   int32_t* len = state.lengths.data<int32_t>();
   for (int64_t i = 0; i < b; ++i) ++len[i];

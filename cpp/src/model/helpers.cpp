@@ -1,6 +1,5 @@
 // Small tensor helpers of the model: projections through gemm, column splits,
-// elementwise sums and the arena. Elementwise loops run on contiguous CPU tensors
-// of one dtype (f32/f64); the model checks its device once at construction.
+// elementwise sums and the arena, on either device.
 #include <cmath>
 
 #include "internal.h"
@@ -9,19 +8,19 @@
 namespace mambatron::model_detail {
 
 Tensor Arena::get(const std::string& name, const Shape& shape, std::optional<DType> dtype) {
-  DType dt = dtype.value_or(dtype_);
+  DType dt = dtype.value_or(prec_.act);
   auto it = buffers_.find(name);
   if (it != buffers_.end() && it->second.dtype() == dt) {
     if (it->second.shape() == shape) return it->second;
     if (it->second.numel() == shape_numel(shape)) return it->second.view(shape);
   }
-  Tensor t = Tensor::empty(shape, dt, device_);
+  Tensor t = Tensor::empty(shape, dt, prec_.device);
   buffers_[name] = t;
   return t;
 }
 
-Workspace::Workspace(int64_t b_, int64_t l_, int64_t layers_count, DType dtype, Device device)
-    : b(b_), l(l_), arena(dtype, device), layers(size_t(layers_count), Arena(dtype, device)) {}
+Workspace::Workspace(int64_t b_, int64_t l_, int64_t layers_count, const Precision& p)
+    : b(b_), l(l_), arena(p), layers(size_t(layers_count), Arena(p)) {}
 
 Tensor as_2d(const Tensor& t, int64_t cols) { return t.view({t.numel() / cols, cols}); }
 
@@ -79,46 +78,24 @@ void join_columns(const std::vector<Tensor>& parts, const Tensor& dst) {
   }
 }
 
-namespace {
-template <class F>
-void elementwise(const Tensor& out, const char* what, F&& f) {
-  visit_f32_f64(out.dtype(), what, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    f(out.data<T>(), tag);
-  });
-}
-}  // namespace
-
 void add_(const Tensor& y, const Tensor& x) {
-  elementwise(y, "add_", [&](auto* py, auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* px = x.data<T>();
-    for (int64_t i = 0, n = y.numel(); i < n; ++i) py[i] += px[i];
-  });
+  Tensor out = y;
+  add(y, x, out);
 }
 
 void sum_into(const Tensor& out, const Tensor& a, const Tensor& b) {
-  elementwise(out, "sum_into", [&](auto* po, auto tag) {
-    using T = typename decltype(tag)::type;
-    const T *pa = a.data<T>(), *pb = b.data<T>();
-    for (int64_t i = 0, n = out.numel(); i < n; ++i) po[i] = pa[i] + pb[i];
-  });
+  Tensor o = out;
+  add(a, b, o);
 }
 
 void neg_exp(const Tensor& a_log, const Tensor& a) {
-  elementwise(a, "neg_exp", [&](auto* pa, auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* pl = a_log.data<T>();
-    for (int64_t i = 0, n = a.numel(); i < n; ++i) pa[i] = -std::exp(pl[i]);
-  });
+  Tensor o = a;
+  mambatron::neg_exp(a_log, o);
 }
 
 void mul_into(const Tensor& out, const Tensor& a, const Tensor& b) {
-  elementwise(out, "mul_into", [&](auto* po, auto tag) {
-    using T = typename decltype(tag)::type;
-    const T *pa = a.data<T>(), *pb = b.data<T>();
-    for (int64_t i = 0, n = out.numel(); i < n; ++i) po[i] = pa[i] * pb[i];
-  });
+  Tensor o = out;
+  mul(a, b, o);
 }
 
 }  // namespace mambatron::model_detail

@@ -69,6 +69,7 @@ void Model::init(uint64_t seed) {
     gen.set_offset(uint64_t(k) << model_detail::kCounterBits);
     init_parameter(params_[k].second, specs_[k].init, gen);
   }
+  sync_working_copy();
 }
 
 }  // namespace mambatron

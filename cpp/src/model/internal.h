@@ -29,7 +29,18 @@ struct ParamSpec {
   std::string name;  // relative to the owner ("mixer.in_proj.weight")
   Shape shape;
   InitRule init;
-  bool decay;  // AdamW weight decay (matrices only)
+  bool decay;         // AdamW weight decay (matrices only)
+  bool wide = false;  // read in the master dtype (f32) on the GPU, not the bf16 copy (MODELS.md §3)
+};
+
+// The dtypes of one model: `act` for activations and the working copy of the
+// matrices (f32/f64 on the CPU, bf16 or f32 on CUDA); `wide` for master weights,
+// gradients, norm statistics, A and the recurrent SSM states (f32 on CUDA, act on
+// the CPU).
+struct Precision {
+  DType act;
+  DType wide;
+  Device device;
 };
 
 void init_parameter(Tensor& p, const InitRule& rule, Generator& gen);
@@ -38,12 +49,14 @@ void init_parameter(Tensor& p, const InitRule& rule, Generator& gen);
 // name is allocated at its first use and the same memory is returned afterwards.
 class Arena {
  public:
-  Arena(DType dtype, Device device) : dtype_(dtype), device_(device) {}
+  explicit Arena(const Precision& p) : prec_(p) {}
+  // In the activation dtype, or `dtype`.
   Tensor get(const std::string& name, const Shape& shape, std::optional<DType> dtype = std::nullopt);
+  // In the wide dtype (statistics, A and its gradient).
+  Tensor wide(const std::string& name, const Shape& shape) { return get(name, shape, prec_.wide); }
 
  private:
-  DType dtype_;
-  Device device_;
+  Precision prec_;
   std::unordered_map<std::string, Tensor> buffers_;
 };
 
@@ -56,10 +69,10 @@ struct Batch {
 
 // Everything one (batch, seq_len) needs, allocated at first use and then reused.
 struct Workspace {
-  Workspace(int64_t b_, int64_t l_, int64_t layers, DType dtype, Device device);
+  Workspace(int64_t b_, int64_t l_, int64_t layers, const Precision& p);
   int64_t b, l;
   Batch batch;                // of the last forward
-  Tensor inputs, targets, mask;  // i32 [b, l], i32 [b·l] and the loss mask [b·l] (or undefined)
+  Tensor inputs, targets, mask;  // i32 [b, l], i32 [b·l] and the loss mask [b·l] (or undefined), on the device
   Arena arena;                // the stack's buffers
   std::vector<Arena> layers;  // each sublayer's saved activations and scratch
 };
@@ -87,14 +100,14 @@ class Sublayer {
   std::vector<Tensor> params_;
 };
 
-std::unique_ptr<Sublayer> make_mamba2(const ModelConfig& config, DType dtype, Device device);
-std::unique_ptr<Sublayer> make_mamba1(const ModelConfig& config, DType dtype, Device device);
-std::unique_ptr<Sublayer> make_attention(const ModelConfig& config, DType dtype, Device device);
-std::unique_ptr<Sublayer> make_mlp(const ModelConfig& config, DType dtype, Device device);
+std::unique_ptr<Sublayer> make_mamba2(const ModelConfig& config, const Precision& p);
+std::unique_ptr<Sublayer> make_mamba1(const ModelConfig& config, const Precision& p);
+std::unique_ptr<Sublayer> make_attention(const ModelConfig& config, const Precision& p);
+std::unique_ptr<Sublayer> make_mlp(const ModelConfig& config, const Precision& p);
 // The mixer of a pattern symbol (M m * -), for a resolved, validated config.
-std::unique_ptr<Sublayer> make_sublayer(char symbol, const ModelConfig& config, DType dtype, Device device);
+std::unique_ptr<Sublayer> make_sublayer(char symbol, const ModelConfig& config, const Precision& p);
 
-// ---- helpers (helpers.cpp): contiguous f32/f64 tensors
+// ---- helpers (helpers.cpp): contiguous tensors on the model's device
 // y[N, out] (+)= x[N, in] · Wᵀ for W [out, in]; x and y are viewed as 2-D.
 void linear(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate = false);
 // dW [out, in] = dyᵀ · x.

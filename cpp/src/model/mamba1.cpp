@@ -13,8 +13,9 @@ namespace {
 
 class Mamba1 final : public Sublayer {
  public:
-  Mamba1(const ModelConfig& c, DType dtype, Device device)
-      : cfg_(c.mamba1),
+  Mamba1(const ModelConfig& c, const Precision& prec)
+      : prec_(prec),
+        cfg_(c.mamba1),
         d_(c.d_model),
         di_(c.mamba1_d_inner()),
         n_(c.mamba1.d_state),
@@ -22,7 +23,7 @@ class Mamba1 final : public Sublayer {
         w_(c.mamba1.d_conv),
         std_(c.init_std),
         out_std_(c.init_std / std::sqrt(2.0 * double(c.num_layers()))),
-        A_(Tensor::empty({di_, n_}, dtype, device)) {
+        A_(Tensor::empty({di_, n_}, prec.wide, prec.device)) {
     opt_.delta_softplus = true;
   }
 
@@ -35,9 +36,9 @@ class Mamba1 final : public Sublayer {
         {"mixer.conv1d.bias", {di_}, {InitRule::uniform, -conv_bound, conv_bound}, false},
         {"mixer.x_proj.weight", {r_ + 2 * n_, di_}, {InitRule::normal, std_}, true},
         {"mixer.dt_proj.weight", {di_, r_}, {InitRule::uniform, -dt_bound, dt_bound}, true},
-        {"mixer.dt_proj.bias", {di_}, {InitRule::dt_bias, cfg_.dt_min, cfg_.dt_max, cfg_.dt_init_floor}, false},
-        {"mixer.A_log", {di_, n_}, {InitRule::s4d_real}, false},
-        {"mixer.D", {di_}, {InitRule::constant, 1.0}, false},
+        {"mixer.dt_proj.bias", {di_}, {InitRule::dt_bias, cfg_.dt_min, cfg_.dt_max, cfg_.dt_init_floor}, false, true},
+        {"mixer.A_log", {di_, n_}, {InitRule::s4d_real}, false, true},
+        {"mixer.D", {di_}, {InitRule::constant, 1.0}, false, true},
         {"mixer.out_proj.weight", {d_, di_}, {InitRule::normal, out_std_}, true},
     };
   }
@@ -71,7 +72,7 @@ class Mamba1 final : public Sublayer {
     linear_grad_input(dout, params_[kOut], dy);
 
     Tensor du = s.get("d_u", {b, l, di_}), ddelta = s.get("d_delta", {b, l, di_}), dz = s.get("d_z", {b, l, di_});
-    Tensor dA = s.get("d_A", {di_, n_}), dB = s.get("d_B", {b, l, 1, n_}), dC = s.get("d_C", {b, l, 1, n_});
+    Tensor dA = s.wide("d_A", {di_, n_}), dB = s.get("d_B", {b, l, 1, n_}), dC = s.get("d_C", {b, l, 1, n_});
     Tensor dD = grads[kD], ddt_bias = grads[kDtBias], no_grad;
     selective_scan_backward(dy, Tensor(), u, delta, A_, B, C, params_[kD], z, params_[kDtBias], Tensor(),
                             batch.seq_idx, du, ddelta, dA, dB, dC, dD, dz, ddt_bias, no_grad, opt_);
@@ -102,8 +103,8 @@ class Mamba1 final : public Sublayer {
   }
 
   void new_state(int64_t batch, int64_t, InferenceState::Layer& st) const override {
-    st.conv_state = Tensor::zeros({batch, di_, w_ - 1}, A_.dtype(), A_.device());
-    st.ssm_state = Tensor::zeros({batch, di_, n_}, A_.dtype(), A_.device());
+    st.conv_state = Tensor::zeros({batch, di_, w_ - 1}, prec_.act, prec_.device);
+    st.ssm_state = Tensor::zeros({batch, di_, n_}, prec_.wide, prec_.device);
   }
 
   void step(const Tensor& x, Tensor& out, const Tensor&, Arena& s, InferenceState::Layer& st) override {
@@ -139,6 +140,7 @@ class Mamba1 final : public Sublayer {
     linear(dtl, params_[kDtW], delta);
   }
 
+  Precision prec_;
   Mamba1Options cfg_;
   int64_t d_, di_, n_, r_, w_;
   double std_, out_std_;
@@ -148,8 +150,8 @@ class Mamba1 final : public Sublayer {
 
 }  // namespace
 
-std::unique_ptr<Sublayer> make_mamba1(const ModelConfig& c, DType dtype, Device device) {
-  return std::make_unique<Mamba1>(c, dtype, device);
+std::unique_ptr<Sublayer> make_mamba1(const ModelConfig& c, const Precision& p) {
+  return std::make_unique<Mamba1>(c, p);
 }
 
 }  // namespace mambatron::model_detail

@@ -13,8 +13,9 @@ namespace {
 
 class Mamba2 final : public Sublayer {
  public:
-  Mamba2(const ModelConfig& c, DType dtype, Device device)
-      : cfg_(c.mamba2),
+  Mamba2(const ModelConfig& c, const Precision& prec)
+      : prec_(prec),
+        cfg_(c.mamba2),
         d_(c.d_model),
         di_(c.mamba2_d_inner()),
         h_(c.mamba2_num_heads()),
@@ -26,7 +27,7 @@ class Mamba2 final : public Sublayer {
         eps_(c.norm_eps),
         std_(c.init_std),
         out_std_(c.init_std / std::sqrt(2.0 * double(c.num_layers()))),
-        A_(Tensor::empty({h_}, dtype, device)) {
+        A_(Tensor::empty({h_}, prec.wide, prec.device)) {
     opt_.chunk_size = cfg_.chunk_size;
     opt_.dt_softplus = true;
   }
@@ -37,10 +38,10 @@ class Mamba2 final : public Sublayer {
         {"mixer.in_proj.weight", {2 * di_ + 2 * g_ * n_ + h_, d_}, {InitRule::normal, std_}, true},
         {"mixer.conv1d.weight", {conv_, 1, w_}, {InitRule::uniform, -conv_bound, conv_bound}, true},
         {"mixer.conv1d.bias", {conv_}, {InitRule::uniform, -conv_bound, conv_bound}, false},
-        {"mixer.dt_bias", {h_}, {InitRule::dt_bias, cfg_.dt_min, cfg_.dt_max, cfg_.dt_init_floor}, false},
-        {"mixer.A_log", {h_}, {InitRule::log_uniform, cfg_.A_init_min, cfg_.A_init_max}, false},
-        {"mixer.D", {h_}, {InitRule::constant, 1.0}, false},
-        {"mixer.norm.weight", {di_}, {InitRule::constant, 1.0}, false},
+        {"mixer.dt_bias", {h_}, {InitRule::dt_bias, cfg_.dt_min, cfg_.dt_max, cfg_.dt_init_floor}, false, true},
+        {"mixer.A_log", {h_}, {InitRule::log_uniform, cfg_.A_init_min, cfg_.A_init_max}, false, true},
+        {"mixer.D", {h_}, {InitRule::constant, 1.0}, false, true},
+        {"mixer.norm.weight", {di_}, {InitRule::constant, 1.0}, false, true},
         {"mixer.out_proj.weight", {d_, di_}, {InitRule::normal, out_std_}, true},
     };
   }
@@ -59,7 +60,7 @@ class Mamba2 final : public Sublayer {
     Tensor y = s.get("y", {b, l, h_, p_});
     Tensor ssm_final = state ? state->ssm_state : Tensor();
     ssd_forward(xs, dt, A_, B, C, params_[kD], params_[kDtBias], Tensor(), batch.seq_idx, y, ssm_final, opt_);
-    Tensor yn = s.get("yn", {b, l, di_}), rstd = s.get("rstd", {b, l, g_});
+    Tensor yn = s.get("yn", {b, l, di_}), rstd = s.wide("rstd", {b, l, g_});
     gated_rmsnorm_forward(y.view({b, l, di_}), z, params_[kNorm], g_, eps_, yn, rstd);
     linear(yn, params_[kOut], out);
   }
@@ -69,7 +70,7 @@ class Mamba2 final : public Sublayer {
     int64_t b = batch.b, l = batch.l;
     Tensor z = s.get("z", {b, l, di_}), xbc = s.get("xbc", {b, l, conv_}), dt = s.get("dt", {b, l, h_});
     Tensor xs = s.get("x", {b, l, h_, p_}), B = s.get("B", {b, l, g_, n_}), C = s.get("C", {b, l, g_, n_});
-    Tensor y = s.get("y", {b, l, h_, p_}), yn = s.get("yn", {b, l, di_}), rstd = s.get("rstd", {b, l, g_});
+    Tensor y = s.get("y", {b, l, h_, p_}), yn = s.get("yn", {b, l, di_}), rstd = s.wide("rstd", {b, l, g_});
 
     Tensor dyn = s.get("d_yn", {b, l, di_});
     linear_grad_weight(dout, yn, grads[kOut]);
@@ -78,7 +79,7 @@ class Mamba2 final : public Sublayer {
     Tensor dy3 = dy.view({b, l, di_}), dnorm = grads[kNorm];
     gated_rmsnorm_backward(dyn, y.view({b, l, di_}), z, params_[kNorm], rstd, g_, dy3, dz, dnorm);
 
-    Tensor dxs = s.get("d_x", {b, l, h_, p_}), ddt = s.get("d_dt", {b, l, h_}), dA = s.get("d_A", {h_});
+    Tensor dxs = s.get("d_x", {b, l, h_, p_}), ddt = s.get("d_dt", {b, l, h_}), dA = s.wide("d_A", {h_});
     Tensor dB = s.get("d_B", {b, l, g_, n_}), dC = s.get("d_C", {b, l, g_, n_});
     Tensor dD = grads[kD], ddt_bias = grads[kDtBias], no_grad;
     ssd_backward(dy, Tensor(), xs, dt, A_, B, C, params_[kD], params_[kDtBias], Tensor(), batch.seq_idx, dxs, ddt,
@@ -102,8 +103,8 @@ class Mamba2 final : public Sublayer {
   }
 
   void new_state(int64_t batch, int64_t, InferenceState::Layer& st) const override {
-    st.conv_state = Tensor::zeros({batch, conv_, w_ - 1}, A_.dtype(), A_.device());
-    st.ssm_state = Tensor::zeros({batch, h_, p_, n_}, A_.dtype(), A_.device());
+    st.conv_state = Tensor::zeros({batch, conv_, w_ - 1}, prec_.act, prec_.device);
+    st.ssm_state = Tensor::zeros({batch, h_, p_, n_}, prec_.wide, prec_.device);
   }
 
   void step(const Tensor& x, Tensor& out, const Tensor&, Arena& s, InferenceState::Layer& st) override {
@@ -117,7 +118,7 @@ class Mamba2 final : public Sublayer {
     neg_exp(params_[kALog], A_);
     Tensor y = s.get("y", {b, h_, p_});
     ssd_step(xs, dt, A_, B, C, params_[kD], params_[kDtBias], st.ssm_state, y, opt_);
-    Tensor yn = s.get("yn", {b, di_}), rstd = s.get("rstd", {b, g_});
+    Tensor yn = s.get("yn", {b, di_}), rstd = s.wide("rstd", {b, g_});
     gated_rmsnorm_forward(y.view({b, di_}), z, params_[kNorm], g_, eps_, yn, rstd);
     linear(yn, params_[kOut], out);
   }
@@ -139,6 +140,7 @@ class Mamba2 final : public Sublayer {
     linear(x, rows(w, di_ + conv_, h_), dt);
   }
 
+  Precision prec_;
   Mamba2Options cfg_;
   int64_t d_, di_, h_, p_, n_, g_, w_, conv_;
   double eps_, std_, out_std_;
@@ -148,8 +150,8 @@ class Mamba2 final : public Sublayer {
 
 }  // namespace
 
-std::unique_ptr<Sublayer> make_mamba2(const ModelConfig& c, DType dtype, Device device) {
-  return std::make_unique<Mamba2>(c, dtype, device);
+std::unique_ptr<Sublayer> make_mamba2(const ModelConfig& c, const Precision& p) {
+  return std::make_unique<Mamba2>(c, p);
 }
 
 }  // namespace mambatron::model_detail

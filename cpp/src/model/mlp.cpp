@@ -10,7 +10,7 @@ namespace {
 
 class Mlp final : public Sublayer {
  public:
-  Mlp(const ModelConfig& c, DType, Device)
+  Mlp(const ModelConfig& c, const Precision&)
       : d_(c.d_model),
         f_(c.mlp.ffn_hidden),
         fc1_(c.mlp.activation == Activation::swiglu ? 2 * f_ : f_),
@@ -77,16 +77,16 @@ class Mlp final : public Sublayer {
 
 }  // namespace
 
-std::unique_ptr<Sublayer> make_mlp(const ModelConfig& c, DType dtype, Device device) {
-  return std::make_unique<Mlp>(c, dtype, device);
+std::unique_ptr<Sublayer> make_mlp(const ModelConfig& c, const Precision& p) {
+  return std::make_unique<Mlp>(c, p);
 }
 
-std::unique_ptr<Sublayer> make_sublayer(char symbol, const ModelConfig& c, DType dtype, Device device) {
+std::unique_ptr<Sublayer> make_sublayer(char symbol, const ModelConfig& c, const Precision& p) {
   switch (symbol) {
-    case 'M': return make_mamba2(c, dtype, device);
-    case 'm': return make_mamba1(c, dtype, device);
-    case '*': return make_attention(c, dtype, device);
-    case '-': return make_mlp(c, dtype, device);
+    case 'M': return make_mamba2(c, p);
+    case 'm': return make_mamba1(c, p);
+    case '*': return make_attention(c, p);
+    case '-': return make_mlp(c, p);
   }
   throw ValueError(detail::cat("model: unknown sublayer symbol '", symbol, "'"));
 }

@@ -15,25 +15,32 @@ using model_detail::Workspace;
 Model::Model(const ModelConfig& config, DType dtype, Device device)
     : config_(config.resolved()), dtype_(dtype), device_(device) {
   config_.validate();
-  MT_CHECK(dtype == DType::f32 || dtype == DType::f64, TypeError, "Model: dtype ", dtype_name(dtype),
-           " is not supported; the model computes in f32 or f64 on the CPU");
-  MT_CHECK(device.is_cpu(), TypeError, "Model: device ", device.str(),
-           " is not supported yet; the model runs on the CPU in this version (its CUDA backend comes later)");
-  for (char c : config_.pattern) layers_.push_back(model_detail::make_sublayer(c, config_, dtype, device));
-  build_layout();
+  if (device.is_cuda()) {
+#ifndef MAMBATRON_WITH_CUDA
+    throw TypeError("Model: device " + device.str() + " needs CUDA, but mambatron was built without it");
+#endif
+    MT_CHECK(dtype == DType::bf16 || dtype == DType::f32, TypeError, "Model: dtype ", dtype_name(dtype),
+             " is not supported on CUDA; use bf16 (mixed precision) or f32");
+  } else {
+    MT_CHECK(dtype == DType::f32 || dtype == DType::f64, TypeError, "Model: dtype ", dtype_name(dtype),
+             " is not supported on the CPU; the model computes in f32 or f64 there");
+  }
+  model_detail::Precision prec{dtype, device.is_cuda() ? DType::f32 : dtype, device};
+  for (char c : config_.pattern) layers_.push_back(model_detail::make_sublayer(c, config_, prec));
+  build_layout(prec.wide);
 }
 
 Model::~Model() = default;
 
-void Model::build_layout() {
+void Model::build_layout(DType master) {
   const int64_t d = config_.d_model, V = config_.vocab_size;
   const double std = config_.init_std;
   bool rms = config_.norm == NormKind::rmsnorm;
   norm_params_ = rms ? 1 : 2;
   auto add_norm = [&](const std::string& prefix) {
     // RMSNorm weight 1; LayerNorm-1p gain offset γ = 0 (w = 1 + γ) and bias β = 0.
-    specs_.push_back({prefix + ".weight", {d}, {InitRule::constant, rms ? 1.0 : 0.0}, false});
-    if (!rms) specs_.push_back({prefix + ".bias", {d}, {InitRule::constant, 0.0}, false});
+    specs_.push_back({prefix + ".weight", {d}, {InitRule::constant, rms ? 1.0 : 0.0}, false, true});
+    if (!rms) specs_.push_back({prefix + ".bias", {d}, {InitRule::constant, 0.0}, false, true});
   };
   specs_.push_back({"embedding.weight", {V, d}, {InitRule::normal, std}, true});
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -54,8 +61,9 @@ void Model::build_layout() {
     offsets_.push_back(total);
     total += shape_numel(s.shape);
   }
-  flat_params_ = Tensor::zeros({total}, dtype_, device_);
-  flat_grads_ = Tensor::zeros({total}, dtype_, device_);
+  flat_params_ = Tensor::zeros({total}, master, device_);
+  flat_grads_ = Tensor::zeros({total}, master, device_);
+  flat_work_ = master == dtype_ ? flat_params_ : Tensor::zeros({total}, dtype_, device_);
   decay_mask_ = Tensor::zeros({total}, DType::u8, device_);
   for (size_t k = 0; k < specs_.size(); ++k) {
     const ParamSpec& s = specs_[k];
@@ -63,12 +71,13 @@ void Model::build_layout() {
     params_.emplace_back(s.name, flat_params_.narrow(0, offsets_[k], n).view(s.shape));
     grads_.emplace_back(s.name, flat_grads_.narrow(0, offsets_[k], n).view(s.shape));
     grad_views_.push_back(grads_.back().second);
+    compute_.push_back(s.wide ? params_.back().second : flat_work_.narrow(0, offsets_[k], n).view(s.shape));
     if (s.decay) decay_mask_.narrow(0, offsets_[k], n).fill_(1.0);
     index_[s.name] = k;
   }
   for (size_t i = 0; i < layers_.size(); ++i) {
     std::vector<Tensor> mixer;
-    for (size_t k = layer_first_[i] + norm_params_; k < layer_first_[i + 1]; ++k) mixer.push_back(params_[k].second);
+    for (size_t k = layer_first_[i] + norm_params_; k < layer_first_[i + 1]; ++k) mixer.push_back(compute_[k]);
     layers_[i]->bind(std::move(mixer));
   }
 }
@@ -105,15 +114,21 @@ void Model::load_parameters(const NamedTensors& named) {
     MT_CHECK(source[k] != nullptr, ValueError, "Model.load_parameters: parameter '", params_[k].first,
              "' is missing (", named.size(), " given, the model has ", params_.size(), ")");
   for (size_t k = 0; k < params_.size(); ++k) params_[k].second.copy_(*source[k]);
+  sync_working_copy();
 }
 
-const Tensor& Model::output_weight() const { return params_[config_.tie_embeddings ? 0 : params_.size() - 1].second; }
+void Model::sync_working_copy() {
+  if (flat_work_.data_ptr() != flat_params_.data_ptr()) flat_work_.copy_(flat_params_);
+}
+
+const Tensor& Model::output_weight() const { return compute_[config_.tie_embeddings ? 0 : compute_.size() - 1]; }
 
 bool Model::has_attention() const { return config_.pattern.find('*') != std::string::npos; }
 
 Workspace& Model::workspace(int64_t b, int64_t l, std::unique_ptr<Workspace>& slot) {
   if (!slot || slot->b != b || slot->l != l)
-    slot = std::make_unique<Workspace>(b, l, int64_t(layers_.size()), dtype_, device_);
+    slot = std::make_unique<Workspace>(b, l, int64_t(layers_.size()),
+                                       model_detail::Precision{dtype_, flat_params_.dtype(), device_});
   return *slot;
 }
 
@@ -158,17 +173,21 @@ Workspace& Model::prepare(std::unique_ptr<Workspace>& slot, const char* op, cons
            with_targets ? "[batch, seq_len + 1] with batch >= 1 and seq_len + 1 >= 2"
                         : "[batch, seq_len] with batch >= 1 and seq_len >= 1");
   Workspace& ws = workspace(b, l, slot);
+  // Ids are formed on the CPU, then moved to the model's device in one copy each.
+  Tensor ids = tokens.to(DType::i32);
   ws.inputs = ws.arena.get("inputs", {b, l}, DType::i32);
-  ws.inputs.copy_(tokens.narrow(1, 0, l));
+  ws.inputs.copy_(ids.narrow(1, 0, l).contiguous());
   if (with_targets) {
     ws.targets = ws.arena.get("targets", {b * l}, DType::i32);
-    ws.targets.view({b, l}).copy_(tokens.narrow(1, 1, l));
+    ws.targets.view({b, l}).copy_(ids.narrow(1, 1, l).contiguous());
   }
   ws.mask = Tensor();
   if (loss_mask.defined()) {
     MT_CHECK(loss_mask.shape() == Shape({b, l}), ValueError, op, ": loss_mask has shape ",
              shape_str(loss_mask.shape()), ", expected [", b, ", ", l, "] (one weight per target)");
-    ws.mask = loss_mask.contiguous().view({b * l});
+    // Weights in the master dtype (f32 on CUDA); a u8 mask stays u8.
+    DType mdt = loss_mask.dtype() == DType::u8 ? DType::u8 : flat_params_.dtype();
+    ws.mask = loss_mask.contiguous().view({b * l}).to(device_, mdt);
   }
   ws.batch = model_detail::Batch{b, l, Tensor(), Tensor()};
   if (seq_idx.defined()) {
@@ -178,10 +197,14 @@ Workspace& Model::prepare(std::unique_ptr<Workspace>& slot, const char* op, cons
              ", expected [", b, ", ", l, "] (one document id per input token)");
     MT_CHECK(seq_idx.device().is_cpu(), TypeError, op, ": seq_idx is on ", seq_idx.device().str(),
              ", expected cpu");
-    ws.batch.seq_idx = seq_idx.contiguous();
+    Tensor host_seq = seq_idx.contiguous();
+    ws.batch.seq_idx = ws.arena.get("seq_idx", {b, l}, DType::i32);
+    ws.batch.seq_idx.copy_(host_seq);
     if (has_attention() && config_.attention.rotary_fraction > 0) {
+      Tensor pos = Tensor::empty({b, l}, DType::i32);
+      positions_from_documents(host_seq, pos);
       ws.batch.positions = ws.arena.get("positions", {b, l}, DType::i32);
-      positions_from_documents(ws.batch.seq_idx, ws.batch.positions);
+      ws.batch.positions.copy_(pos);
     }
   }
   return ws;
@@ -189,19 +212,19 @@ Workspace& Model::prepare(std::unique_ptr<Workspace>& slot, const char* op, cons
 
 void Model::norm_forward(size_t first, const Tensor& x, Tensor out, Tensor mean, Tensor rstd) const {
   if (config_.norm == NormKind::rmsnorm)
-    rmsnorm_forward(x, params_[first].second, config_.norm_eps, out, rstd);
+    rmsnorm_forward(x, compute_[first], config_.norm_eps, out, rstd);
   else
-    layernorm1p_forward(x, params_[first].second, params_[first + 1].second, config_.norm_eps, out, mean, rstd);
+    layernorm1p_forward(x, compute_[first], compute_[first + 1], config_.norm_eps, out, mean, rstd);
 }
 
 void Model::norm_backward(size_t first, const Tensor& dout, const Tensor& x, const Tensor& mean, const Tensor& rstd,
                           Tensor dx, const std::vector<Tensor>& grads) const {
   Tensor dw = grads[first];
   if (config_.norm == NormKind::rmsnorm) {
-    rmsnorm_backward(dout, x, params_[first].second, rstd, dx, dw);
+    rmsnorm_backward(dout, x, compute_[first], rstd, dx, dw);
   } else {
     Tensor db = grads[first + 1];
-    layernorm1p_backward(dout, x, params_[first].second, mean, rstd, dx, dw, db);
+    layernorm1p_backward(dout, x, compute_[first], mean, rstd, dx, dw, db);
   }
 }
 
@@ -209,10 +232,10 @@ void Model::forward_stack(Workspace& ws, InferenceState* state) {
   const int64_t b = ws.b, l = ws.l, d = config_.d_model, L = int64_t(layers_.size());
   Tensor X = ws.arena.get("x", {L + 1, b, l, d});  // the residual stream before each sublayer
   Tensor normed = ws.arena.get("normed", {L, b, l, d});
-  Tensor mean = ws.arena.get("mean", {L + 1, b, l}), rstd = ws.arena.get("rstd", {L + 1, b, l});
+  Tensor mean = ws.arena.wide("mean", {L + 1, b, l}), rstd = ws.arena.wide("rstd", {L + 1, b, l});
   Tensor out = ws.arena.get("sublayer_out", {b, l, d});
   Tensor x0 = X.select(0, 0);
-  embedding_forward(params_[0].second, ws.inputs, x0);
+  embedding_forward(compute_[0], ws.inputs, x0);
   for (int64_t i = 0; i < L; ++i) {
     Tensor xi = X.select(0, i), ni = normed.select(0, i);
     norm_forward(layer_first_[i], xi, ni, mean.select(0, i), rstd.select(0, i));
@@ -226,7 +249,7 @@ void Model::forward_stack(Workspace& ws, InferenceState* state) {
 void Model::backward_stack(Workspace& ws, const Tensor& d_final, const std::vector<Tensor>& grads) {
   const int64_t b = ws.b, l = ws.l, d = config_.d_model, L = int64_t(layers_.size());
   Tensor X = ws.arena.get("x", {L + 1, b, l, d}), normed = ws.arena.get("normed", {L, b, l, d});
-  Tensor mean = ws.arena.get("mean", {L + 1, b, l}), rstd = ws.arena.get("rstd", {L + 1, b, l});
+  Tensor mean = ws.arena.wide("mean", {L + 1, b, l}), rstd = ws.arena.wide("rstd", {L + 1, b, l});
   // d_res: the gradient of the residual stream x_i, carried down the stack.
   Tensor d_res = ws.arena.get("d_res", {b, l, d}), d_normed = ws.arena.get("d_normed", {b, l, d});
   Tensor d_tmp = ws.arena.get("d_tmp", {b, l, d});
@@ -249,7 +272,7 @@ double Model::forward_backward(const Tensor& tokens, const Tensor& loss_mask, co
   const int64_t n = ws.b * ws.l, d = config_.d_model;
   // Accumulation computes into a scratch buffer of the same layout, then adds.
   if (accumulate && !flat_scratch_.defined()) {
-    flat_scratch_ = Tensor::zeros({flat_grads_.numel()}, dtype_, device_);
+    flat_scratch_ = Tensor::zeros({flat_grads_.numel()}, flat_grads_.dtype(), device_);
     for (size_t k = 0; k < specs_.size(); ++k)
       scratch_views_.push_back(
           flat_scratch_.narrow(0, offsets_[k], shape_numel(specs_[k].shape)).view(specs_[k].shape));
@@ -257,7 +280,7 @@ double Model::forward_backward(const Tensor& tokens, const Tensor& loss_mask, co
   const std::vector<Tensor>& grads = accumulate ? scratch_views_ : grad_views_;
   Tensor final_h = ws.arena.get("final", {n, d}), d_final = ws.arena.get("d_final", {n, d});
   // Tied: the output layer's gradient is added to the embedding's after its backward.
-  Tensor d_out_w = config_.tie_embeddings ? ws.arena.get("d_out_w", {config_.vocab_size, d}) : grads.back();
+  Tensor d_out_w = config_.tie_embeddings ? ws.arena.wide("d_out_w", {config_.vocab_size, d}) : grads.back();
   LinearCrossEntropyOptions opt;
   opt.grad_scale = grad_scale;
   double loss = linear_cross_entropy_backward(final_h, output_weight(), ws.targets, ws.mask, d_final, d_out_w, opt);
@@ -277,7 +300,7 @@ double Model::loss(const Tensor& tokens, const Tensor& loss_mask, const Tensor& 
 Tensor Model::logits(const Tensor& tokens, const Tensor& seq_idx) {
   Workspace& ws = prepare(train_ws_, "Model.logits", tokens, false, Tensor(), seq_idx);
   forward_stack(ws, nullptr);
-  Tensor out = Tensor::empty({ws.b, ws.l, config_.vocab_size}, dtype_, device_);
+  Tensor out = Tensor::empty({ws.b, ws.l, config_.vocab_size}, flat_params_.dtype(), device_);
   model_detail::linear(ws.arena.get("final", {ws.b, ws.l, config_.d_model}), output_weight(), out);
   return out;
 }

@@ -7,8 +7,12 @@
 
 namespace mambatron {
 
-AdamW::AdamW(Tensor params, Tensor grads, Tensor decay_mask, const AdamWHyper& hyper)
-    : params_(std::move(params)), grads_(std::move(grads)), mask_(std::move(decay_mask)), hyper_(hyper) {
+AdamW::AdamW(Tensor params, Tensor grads, Tensor decay_mask, const AdamWHyper& hyper, Tensor params_copy)
+    : params_(std::move(params)),
+      grads_(std::move(grads)),
+      mask_(std::move(decay_mask)),
+      copy_(std::move(params_copy)),
+      hyper_(hyper) {
   MT_CHECK(params_.defined() && params_.dim() == 1 && params_.is_contiguous(), ValueError,
            "AdamW: params must be a contiguous 1-D (flat) buffer");
   MT_CHECK(params_.dtype() == DType::f32 || params_.dtype() == DType::f64, TypeError, "AdamW: params have dtype ",
@@ -21,6 +25,9 @@ AdamW::AdamW(Tensor params, Tensor grads, Tensor decay_mask, const AdamWHyper& h
            "AdamW: betas (", hyper_.beta1, ", ", hyper_.beta2, ") must lie in [0, 1)");
   MT_CHECK(hyper_.eps > 0 && hyper_.weight_decay >= 0, ValueError, "AdamW: eps = ", hyper_.eps,
            " must be > 0 and weight_decay = ", hyper_.weight_decay, " >= 0");
+  MT_CHECK(!copy_.defined() || (copy_.shape() == params_.shape() && copy_.device() == params_.device()), ValueError,
+           "AdamW: params_copy must have the params' shape ", shape_str(params_.shape()), " and device ",
+           params_.device().str());
   m_ = Tensor::zeros(params_.shape(), params_.dtype(), params_.device());
   v_ = Tensor::zeros(params_.shape(), params_.dtype(), params_.device());
 }
@@ -34,7 +41,10 @@ void AdamW::step(double lr) {
   o.eps = hyper_.eps;
   o.weight_decay = hyper_.weight_decay;
   o.step = step_ + 1;
-  adamw_update(params_, grads_, m_, v_, mask_, o);
+  if (copy_.defined())
+    adamw_update(params_, grads_, m_, v_, mask_, o, copy_);
+  else
+    adamw_update(params_, grads_, m_, v_, mask_, o);
   step_ = o.step;  // only after a successful update
 }
 

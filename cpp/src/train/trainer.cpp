@@ -18,7 +18,9 @@ const TrainerOptions& TrainerOptions::validate() const {
 Trainer::Trainer(Model& model, const TrainerOptions& options)
     : model_(model),
       opt_(options.validate()),
-      adamw_(model.flat_parameters(), model.flat_gradients(), model.weight_decay_mask(), options.adamw),
+      adamw_(model.flat_parameters(), model.flat_gradients(), model.weight_decay_mask(), options.adamw,
+             model.working_parameters().data_ptr() == model.flat_parameters().data_ptr() ? Tensor()
+                                                                                         : model.working_parameters()),
       grad_list_{model.flat_gradients()} {}
 
 namespace {
