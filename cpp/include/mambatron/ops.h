@@ -122,6 +122,15 @@ double linear_cross_entropy_backward(const Tensor& h, const Tensor& w, const Ten
                                      Tensor* losses = nullptr);
 
 
+// ---------------------------------------------------------------- arithmetic
+// Whole-tensor maps for the model's residual adds and small parameter transforms.
+// Every tensor of one call: same shape, dtype and device, contiguous (f32/f64 on
+// the CPU, bf16/f32 on CUDA; math in f32 or better). out may alias an input.
+void add(const Tensor& a, const Tensor& b, Tensor& out);  // out = a + b
+void mul(const Tensor& a, const Tensor& b, Tensor& out);  // out = a ⊙ b
+void neg_exp(const Tensor& x, Tensor& out);               // out = −exp(x)  (A = −exp(A_log))
+
+
 // ---------------------------------------------------------------- optimizer (AdamW, gradient norm)
 // AdamW on flat buffers, in place. params, grads, exp_avg (m), exp_avg_sq (v): [N], one
 // dtype (f32 or f64); decay_mask: u8 [N] (nonzero: the element decays), or undefined
