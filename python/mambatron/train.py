@@ -245,7 +245,7 @@ def train(args: TrainArgs) -> Dict[str, Any]:
     summary: Dict[str, Any] = {
         "out": out_dir, "checkpoint": last_ckpt, "steps": args.steps, "start_step": start_step,
         "final_loss": last["loss"] if last else None, "eval_loss": eval_loss, "unigram_entropy": baseline,
-        "parameters": model.num_parameters(), "device": str(model.device),
+        "parameters": model.num_parameters(), "device": str(model.device), "dtype": str(model.dtype),
         "tokens_per_s": (trainer.consumed_tokens - start_tokens) / max(train_time, 1e-9), "train_seconds": train_time, "notes": notes}
     # ---- plot and sample
     if args.plot and logs.rows:
@@ -258,9 +258,8 @@ def train(args: TrainArgs) -> Dict[str, Any]:
     if args.sample_tokens > 0 and cfg.vocab_size == 256:
         tok = ByteTokenizer()
         prompt = [int(i) for i in tok.encode(args.prompt)] or [args.eod_id]
-        ids, how = generate_sample(model, prompt, args.sample_tokens)
+        ids = generate_sample(model, prompt, args.sample_tokens)
         summary["sample"] = args.prompt + tok.decode(ids)
-        summary["sample_method"] = how
         with open(os.path.join(out_dir, "sample.txt"), "w", encoding="utf-8") as f:
             f.write(summary["sample"] + "\n")
     elif args.sample_tokens > 0:
@@ -284,7 +283,7 @@ def format_summary(s: Dict[str, Any]) -> str:
     if s.get("plot"):
         lines.append(f"loss curve {s['plot']}")
     if s.get("sample") is not None:
-        lines.append(f"sample ({s['sample_method']}):\n{s['sample']}")
+        lines.append(f"sample (greedy):\n{s['sample']}")
     for n in s.get("notes", []):
         lines.append(f"note: {n}")
     return "\n".join(lines)

@@ -193,32 +193,8 @@ def _raster_plot(train, evals, baseline, path: str, w: int = 640, h: int = 400) 
                 + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
 
 
-def greedy_sample(model, prompt_ids: List[int], max_new_tokens: int) -> List[int]:
-    """Greedy decoding with Model.prefill / Model.step (the first argmax wins ties)."""
-    import numpy as np
+def generate_sample(model, prompt_ids: List[int], max_new_tokens: int) -> List[int]:
+    """Greedy continuation of one prompt (the closing sample of a training run)."""
+    from .generate import generate
 
-    state = model.new_state(1, len(prompt_ids) + max_new_tokens)
-    logits = model.prefill(np.asarray([prompt_ids], dtype=np.int32), state)
-    out = []
-    for _ in range(max_new_tokens):
-        nxt = int(np.argmax(np.asarray(logits.to(device="cpu").numpy())[0]))
-        out.append(nxt)
-        logits = model.step(np.asarray([nxt], dtype=np.int32), state)
-    return out
-
-
-def generate_sample(model, prompt_ids: List[int], max_new_tokens: int) -> tuple[List[int], str]:
-    """Tokens from ``mambatron.generate`` when it offers ``generate(model, prompts, ...)``,
-    else from :func:`greedy_sample`; returns (tokens, which was used)."""
-    try:
-        from .generate import generate  # written separately; used when present
-    except ImportError:
-        generate = None
-    if generate is not None:
-        try:
-            res = generate(model, [prompt_ids], max_new_tokens=max_new_tokens, temperature=0.0)
-            if isinstance(res, list) and res and all(isinstance(t, int) for t in res[0]):
-                return list(res[0]), "mambatron.generate"
-        except (TypeError, ValueError, AttributeError):
-            pass
-    return greedy_sample(model, prompt_ids, max_new_tokens), "greedy (Model.prefill/step)"
+    return list(generate(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=0.0))

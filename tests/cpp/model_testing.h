@@ -42,13 +42,14 @@ inline Tensor random_tokens(int64_t b, int64_t l, int64_t vocab) {
 // Moves every parameter off its tidy init value (norm weights 1, D 1, LayerNorm-1p
 // 0, ...) by a small random amount, so that no gradient path is degenerate.
 inline void perturb_parameters(Model& m, double scale = 0.05) {
-  Tensor noise = randn({m.num_parameters()}, m.dtype(), scale);
+  Tensor noise = randn({m.num_parameters()}, m.parameter_dtype(), scale);
   Tensor flat = m.flat_parameters();
   Tensor sum = flat.to(DType::f64).clone();
   auto n = values(noise);
   double* p = sum.data<double>();
   for (size_t i = 0; i < n.size(); ++i) p[i] += n[i];
   flat.copy_(sum);
+  m.sync_working_copy();
 }
 
 // Columns [start, start + len) of an i32 [b, l] tensor, as a new contiguous tensor.

@@ -1,3 +1,5 @@
+import random
+
 import numpy as np
 import pytest
 
@@ -28,3 +30,16 @@ def assert_within_rule(out, same_precision_cpu, ref64, atol_rel=1e-6, what=""):
     scale = np.abs(ref).max()
     err_out, err_cpu = np.abs(out - ref).max(), np.abs(cpu - ref).max()
     assert err_out <= 2 * err_cpu + atol_rel * scale, f"{what}: error {err_out:.3e} > 2 x {err_cpu:.3e} + atol"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Byte-tokenized documents of a few repeated patterns, so a model can learn them."""
+    prefix = str(tmp_path_factory.mktemp("train_data") / "ds")
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+    gen = random.Random(7)
+    with mt.IndexedDatasetWriter(prefix, 8) as w:
+        for d in range(60):
+            text = " ".join(gen.choice(words) for _ in range(20 + d % 15)) + ".\n"
+            w.add_document(np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64))
+    return prefix

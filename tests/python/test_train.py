@@ -20,19 +20,6 @@ TINY = ["d_model=32", "mlp.ffn_hidden=64", "attention.num_heads=2", "attention.n
         "attention.head_dim=16", "mamba2.head_dim=16", "mamba2.n_groups=1", "mamba2.d_state=8", "mamba1.d_state=4"]
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """Byte-tokenized documents of a few repeated patterns, so a model can learn them."""
-    prefix = str(tmp_path_factory.mktemp("train_data") / "ds")
-    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
-    gen = random.Random(7)
-    with mt.IndexedDatasetWriter(prefix, 8) as w:
-        for d in range(60):
-            text = " ".join(gen.choice(words) for _ in range(20 + d % 15)) + ".\n"
-            w.add_document(np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64))
-    return prefix
-
-
 def args_for(dataset, out, **kw):
     base = dict(model="tiny-hybrid", set=TINY, data=dataset, seq_len=32, micro_batch=4, grad_accum=2, steps=8,
                 lr=1e-2, min_lr=1e-3, warmup=2, eval_every=4, eval_batches=2, eval_fraction=0.1, out=str(out),
