@@ -42,7 +42,8 @@ say "pytest: exit $pytest_rc; $(tail -1 "$OUT/pytest.log")"
 
 bench_rc=0
 if [ $bench -eq 1 ]; then
-  for b in benchmarks/bench_gemm.py benchmarks/bench_cuda_dense.py benchmarks/bench_cuda_loss.py; do
+  # Every GPU benchmark: the gemm beside torch, each CUDA op family, whole-model training.
+  for b in benchmarks/bench_gemm.py benchmarks/bench_cuda_*.py benchmarks/bench_train.py; do
     name=$(basename "$b" .py)
     python3 "$b" --json "$OUT/$name.json" 2>&1 | tee -a "$log"
     rc=${PIPESTATUS[0]}
