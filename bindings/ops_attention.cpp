@@ -20,6 +20,12 @@ Tensor output(py::handle h, const char* op, const char* name, const Shape& shape
   return h.is_none() ? Tensor::empty(shape, ref.dtype(), ref.device()) : as_tensor(h, op, name);
 }
 
+// lse: the given one, or a new one with q's dtype on the CPU and f32 on CUDA.
+Tensor lse_output(py::handle h, const char* op, const Shape& shape, const Tensor& q) {
+  if (!h.is_none()) return as_tensor(h, op, "lse");
+  return Tensor::empty(shape, q.defined() && q.is_cuda() ? DType::f32 : q.dtype(), q.device());
+}
+
 std::optional<double> optional_scale(py::handle h) {
   if (h.is_none()) return std::nullopt;
   return h.cast<double>();
@@ -40,7 +46,7 @@ void bind_attention_ops(py::module_& m) {
         Tensor tq = as_tensor(q, op, "q"), tk = as_tensor(k, op, "k"), tv = as_tensor(v, op, "v");
         Tensor ts = optional_tensor(seq_idx, op, "seq_idx");
         Tensor to = output(out, op, "out", shape_or_empty(tq), tq);
-        Tensor tl = output(lse, op, "lse", {size_or_zero(tq, 0), size_or_zero(tq, 2), size_or_zero(tq, 1)}, tq);
+        Tensor tl = lse_output(lse, op, {size_or_zero(tq, 0), size_or_zero(tq, 2), size_or_zero(tq, 1)}, tq);
         auto scale = optional_scale(softmax_scale);
         {
           py::gil_scoped_release release;
@@ -53,8 +59,9 @@ void bind_attention_ops(py::module_& m) {
       R"(Causal softmax attention with grouped-query sharing. Returns (out, lse).
 
 q: [b, l, hq, p]; k, v: [b, l, hkv, p], hq a multiple of hkv (query head j uses kv head
-j // (hq // hkv)); f32 or f64. seq_idx: optional int32 [b, l] document ids, non-decreasing
-in each row; a token attends only to earlier tokens of its own document.
+j // (hq // hkv)); f32 or f64 (on CUDA bf16 or f32, and lse f32). seq_idx: optional int32
+[b, l] document ids, non-decreasing in each row; a token attends only to earlier tokens of
+its own document.
 softmax_scale: default 1/sqrt(p). out: [b, l, hq, p]; lse: [b, hq, l], the log-sum-exp of
 each query's scaled scores, needed by attention_backward.)");
 
@@ -101,10 +108,11 @@ seq_idx and softmax_scale as given to the forward. dq: [b, l, hq, p]; dk, dv: [b
       py::arg("base") = 10000.0, py::arg("out") = py::none(),
       R"(Rotary position embedding (rotate-half) on the first rotary_fraction·p dims of each head.
 
-x: [b, l, h, p], f32 or f64 (q and k are rotated by separate calls). positions: optional int32
-[b, l], default 0..l-1 in every row. rotary_fraction·p must be an even integer. With r that
-number and i < r/2: θ = pos·base^(-2i/r), out[i] = x[i]cosθ − x[i+r/2]sinθ,
-out[i+r/2] = x[i+r/2]cosθ + x[i]sinθ; other dims are copied. out may be x (in place).)");
+x: [b, l, h, p], f32 or f64 (bf16 or f32 on CUDA; q and k are rotated by separate calls).
+positions: optional int32 [b, l], default 0..l-1 in every row. rotary_fraction·p must be an
+even integer. With r that number and i < r/2: θ = pos·base^(-2i/r),
+out[i] = x[i]cosθ − x[i+r/2]sinθ, out[i+r/2] = x[i+r/2]cosθ + x[i]sinθ; other dims are
+copied. out may be x (in place).)");
 
   m.def(
       "rope_backward",
@@ -137,7 +145,8 @@ out[i+r/2] = x[i+r/2]cosθ + x[i]sinθ; other dims are copied. out may be x (in 
 
 k_cache, v_cache: [b, max_len, hkv, p]; cache_lens: int32 [b], the valid entries of each
 sequence. Writes at position cache_lens[i] of sequence i, then adds 1 to cache_lens[i]
-(also in place); a full cache raises ValueError and changes nothing.)");
+(also in place); a full cache raises ValueError and changes nothing (on CUDA the lengths are
+copied to the host for this check).)");
 
   m.def(
       "attention_decode",
@@ -161,7 +170,9 @@ sequence. Writes at position cache_lens[i] of sequence i, then adds 1 to cache_l
 
 q: [b, hq, p]; k_cache, v_cache: [b, max_len, hkv, p] with hq a multiple of hkv;
 cache_lens: int32 [b], 1 <= cache_lens[i] <= max_len: sequence i attends to its first
-cache_lens[i] entries (append the token's own k, v first). softmax_scale: default 1/sqrt(p).)");
+cache_lens[i] entries (append the token's own k, v first). softmax_scale: default 1/sqrt(p).
+On CUDA cache_lens is not checked (no wait on the device): lengths are clamped to
+[0, max_len] and a sequence with none gets zeros.)");
 }
 
 }  // namespace mambatron::bind

@@ -225,7 +225,7 @@ TEST(AttentionChecks, ForwardRejectsBadArguments) {
   expect_error<ValueError>(fwd(in.q, Tensor(), in.v, out, lse, {}), {"'k'", "undefined"});
   expect_error<TypeError>(fwd(in.q, fake_cuda(in.k), in.v, out, lse, {}), {"'k'", "cuda:0"});
   expect_error<TypeError>(fwd(fake_cuda(in.q), fake_cuda(in.k), fake_cuda(in.v), fake_cuda(out), fake_cuda(lse), {}),
-                          {"attention_forward", "CPU only", "cuda:0"});
+                          {"attention_forward", "'q'", "bf16 or f32 on CUDA"});
   expect_error<ValueError>([&] { mt::attention_forward(in.q, in.k, in.v, out, lse, {}, NAN); }, {"softmax_scale"});
   // Nothing was written by the rejected calls.
   for (double x : values(out)) ASSERT_TRUE(std::isnan(x));

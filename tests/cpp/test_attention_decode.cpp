@@ -227,7 +227,7 @@ TEST(AttentionChecks, AppendRejectsBadArguments) {
   expect_error<ValueError>(app(k, v, kc, vc, Tensor::full({b}, -1, DType::i32)), {"'cache_lens'", "-1"});
   expect_error<TypeError>(app(k, v, fake_cuda(kc), vc, lens), {"'k_cache'", "cuda:0"});
   expect_error<TypeError>(app(fake_cuda(k), fake_cuda(v), fake_cuda(kc), fake_cuda(vc), fake_cuda(lens)),
-                          {"kv_cache_append", "CPU only"});
+                          {"kv_cache_append", "'k'", "bf16 or f32 on CUDA"});
 }
 
 TEST(AttentionChecks, DecodeRejectsBadArguments) {

@@ -153,7 +153,7 @@ TEST(AttentionChecks, RopeRejectsBadArguments) {
   expect_error<ValueError>(fwd(x, out, {}, {1.5, 10000}), {"rotary_fraction", "[0, 1]"});
   expect_error<ValueError>(fwd(x, out, {}, {1.0, -2}), {"base"});
   expect_error<TypeError>(fwd(x, fake_cuda(out), {}, {}), {"'out'", "cuda:0"});
-  expect_error<TypeError>(fwd(fake_cuda(x), fake_cuda(out), {}, {}), {"rope_forward", "CPU only"});
+  expect_error<TypeError>(fwd(fake_cuda(x), fake_cuda(out), {}, {}), {"rope_forward", "'x'", "bf16 or f32 on CUDA"});
   Tensor dx = poisoned({2, 5, 3, 24});
   expect_error<ValueError>([&] { mt::rope_backward(x, dx, Tensor::zeros({5}, DType::i32)); },
                            {"rope_backward", "'positions'", "[2, 5]"});

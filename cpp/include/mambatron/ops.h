@@ -291,7 +291,9 @@ void ssd_step(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& 
 // document ids, non-decreasing within a row: token i attends to tokens j <= i
 // with seq_idx[j] == seq_idx[i]. softmax_scale defaults to 1/sqrt(p).
 // Writes out [b, l, hq, p] and lse [b, hq, l] = log Σ_j exp(scale·q_i·k_j),
-// the log-sum-exp that backward uses. f32 or f64, all the same dtype.
+// the log-sum-exp that backward uses. f32 or f64, all the same dtype; on CUDA the
+// activations are bf16 or f32 (one dtype) and lse is f32, and seq_idx is not checked
+// for order there (it would cost a wait): ids are compared for equality.
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                        const Tensor& seq_idx = Tensor(), std::optional<double> softmax_scale = std::nullopt);
 // Gradients of attention_forward: dout, q, k, v, out, lse as above (out and lse from
@@ -306,8 +308,9 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
 // integer); the other dims pass through. With r = rotary_dim, for i < r/2:
 //   θ = pos · base^(−2i/r), out[i] = x[i]·cos θ − x[i+r/2]·sin θ,
 //   out[i+r/2] = x[i+r/2]·cos θ + x[i]·sin θ.
-// x, out: [b, l, h, p] (out may be x itself). positions: optional int32 [b, l],
-// default 0..l−1 in every row (packed documents pass positions restarting at 0).
+// x, out: [b, l, h, p] (out may be x itself; bf16 or f32 on CUDA). positions:
+// optional int32 [b, l], default 0..l−1 in every row (packed documents pass
+// positions restarting at 0).
 struct RopeOptions {
   double rotary_fraction = 1.0;
   double base = 10000.0;
@@ -319,11 +322,14 @@ void rope_backward(const Tensor& dout, Tensor& dx, const Tensor& positions = Ten
 // KV cache for decoding: k_cache, v_cache [b, max_len, hkv, p]; cache_lens int32 [b]
 // holds the number of valid entries of each sequence (prompts of different lengths
 // share one cache). Writes one token's k, v [b, hkv, p] at position cache_lens[i]
-// of each sequence i and adds 1 to cache_lens[i]; a full cache is an error.
+// of each sequence i and adds 1 to cache_lens[i]; a full cache is an error (on
+// CUDA, cache_lens is copied to the host for that check).
 void kv_cache_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, Tensor& cache_lens);
 // One decode token: q [b, hq, p] attends to the first cache_lens[i] (>= 1) entries of
 // its sequence's cache (grouped-query as in attention_forward) -> out [b, hq, p].
-// After kv_cache_append the new token attends to itself.
+// After kv_cache_append the new token attends to itself. On CUDA cache_lens is
+// not checked (no wait in the decode loop): lengths are clamped to [0, max_len] and
+// a sequence with none gets zeros.
 void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& cache_lens,
                       Tensor& out, std::optional<double> softmax_scale = std::nullopt);
 

@@ -1,9 +1,14 @@
 // Attention family (attention, RoPE, KV cache): argument checks and dispatch.
-// CPU: ops/cpu/attention.cpp and ops/cpu/rope.cpp; no CUDA version yet.
+// CPU: ops/cpu/attention.cpp and ops/cpu/rope.cpp (f32 or f64); CUDA:
+// ops/cuda/attention.cu, attention_backward.cu, attention_decode.cu and rope.cu
+// (activations bf16 or f32, lse f32).
 #include <cmath>
 
 #include "backend.h"
 #include "cpu/attention.h"
+#ifdef MAMBATRON_WITH_CUDA
+#include "cuda/attention.h"
+#endif
 #include "mambatron/check.h"
 #include "mambatron/ops.h"
 
@@ -11,11 +16,16 @@ namespace mambatron {
 
 namespace {
 
-// The first tensor of an op: defined, f32 or f64, `dims` dims laid out as `layout`, contiguous.
+// The first tensor of an op: defined, f32 or f64 on the CPU (bf16 or f32 on CUDA),
+// `dims` dims laid out as `layout`, contiguous.
 void check_leading(const Tensor& t, const char* op, const char* name, int dims, const char* layout) {
   check_defined(t, op, name);
-  MT_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64, TypeError, op, ": argument '", name, "' has dtype ",
-           dtype_name(t.dtype()), ", expected f32 or f64");
+  if (t.is_cuda())
+    MT_CHECK(t.dtype() == DType::bf16 || t.dtype() == DType::f32, TypeError, op, ": argument '", name,
+             "' has dtype ", dtype_name(t.dtype()), ", expected bf16 or f32 on CUDA");
+  else
+    MT_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64, TypeError, op, ": argument '", name,
+             "' has dtype ", dtype_name(t.dtype()), ", expected f32 or f64");
   MT_CHECK(t.dim() == dims, ValueError, op, ": argument '", name, "' has shape ", shape_str(t.shape()),
            ", expected ", dims, " dims ", layout);
   check_contiguous(t, op, name);
@@ -29,6 +39,16 @@ void check_like(const Tensor& t, const Tensor& ref, const char* op, const char* 
   check_same_dtype(t, ref, op, name, ref_name);
   check_shape(t, op, name, shape);
   check_contiguous(t, op, name);
+}
+
+// lse: like `ref` on the CPU, f32 on CUDA.
+void check_lse(const Tensor& t, const Tensor& ref, const char* op, const Shape& shape) {
+  if (!ref.is_cuda()) return check_like(t, ref, op, "lse", "q", shape);
+  check_defined(t, op, "lse");
+  check_same_device(t, ref, op, "lse", "q");
+  check_dtype(t, op, "lse", DType::f32);
+  check_shape(t, op, "lse", shape);
+  check_contiguous(t, op, "lse");
 }
 
 // An int32 index tensor (seq_idx, positions, cache_lens) on `ref`'s device.
@@ -57,6 +77,8 @@ double resolve_scale(std::optional<double> scale, int64_t p, const char* op) {
 }
 
 // Documents of a packed row must be contiguous runs: ids non-decreasing along the row.
+// Checked on the CPU only: on CUDA it would cost a copy to the host and a wait on
+// every call; the CUDA kernels mask by id equality, which is the same for valid ids.
 void check_documents(const Tensor& seq_idx, const char* op) {
   const int32_t* s = seq_idx.data<int32_t>();
   const int64_t b = seq_idx.size(0), l = seq_idx.size(1);
@@ -101,9 +123,8 @@ void rope(const Tensor& x, Tensor& out, const Tensor& positions, const RopeOptio
   check_like(out, x, op, out_name, x_name, x.shape());
   if (positions.defined()) check_index(positions, x, op, "positions", x_name, {x.size(0), x.size(1)});
   const int64_t rd = rotary_dim_of(x, opt, op);
-  require_cpu(x, op);
   if (x.numel() == 0) return;
-  cpu::rope_apply(x, out, positions, rd, opt.base, inverse);
+  MT_DISPATCH(x, rope_apply, x, out, positions, rd, opt.base, inverse);
 }
 
 }  // namespace
@@ -114,12 +135,11 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor
   check_qkv(q, k, v, seq_idx, op);
   const int64_t b = q.size(0), l = q.size(1), hq = q.size(2);
   check_like(out, q, op, "out", "q", q.shape());
-  check_like(lse, q, op, "lse", "q", {b, hq, l});
+  check_lse(lse, q, op, {b, hq, l});
   const double scale = resolve_scale(softmax_scale, q.size(3), op);
-  require_cpu(q, op);
   if (out.numel() == 0) return;
-  if (seq_idx.defined()) check_documents(seq_idx, op);
-  cpu::attention_forward(q, k, v, out, lse, seq_idx, scale);
+  if (seq_idx.defined() && !q.is_cuda()) check_documents(seq_idx, op);
+  MT_DISPATCH(q, attention_forward, q, k, v, out, lse, seq_idx, scale);
 }
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
@@ -130,15 +150,14 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   const int64_t b = q.size(0), l = q.size(1), hq = q.size(2);
   check_like(dout, q, op, "dout", "q", q.shape());
   check_like(out, q, op, "out", "q", q.shape());
-  check_like(lse, q, op, "lse", "q", {b, hq, l});
+  check_lse(lse, q, op, {b, hq, l});
   check_like(dq, q, op, "dq", "q", q.shape());
   check_like(dk, q, op, "dk", "q", k.shape());
   check_like(dv, q, op, "dv", "q", v.shape());
   const double scale = resolve_scale(softmax_scale, q.size(3), op);
-  require_cpu(q, op);
   if (dq.numel() == 0 && dk.numel() == 0) return;
-  if (seq_idx.defined()) check_documents(seq_idx, op);
-  cpu::attention_backward(dout, q, k, v, out, lse, dq, dk, dv, seq_idx, scale);
+  if (seq_idx.defined() && !q.is_cuda()) check_documents(seq_idx, op);
+  MT_DISPATCH(q, attention_backward, dout, q, k, v, out, lse, dq, dk, dv, seq_idx, scale);
 }
 
 void rope_forward(const Tensor& x, Tensor& out, const Tensor& positions, const RopeOptions& opt) {
@@ -161,14 +180,15 @@ void kv_cache_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& 
   check_like(k_cache, k, op, "k_cache", "k", {b, max_len, hkv, p});
   check_like(v_cache, k, op, "v_cache", "k", {b, max_len, hkv, p});
   check_index(cache_lens, k, op, "cache_lens", "k", {b});
-  require_cpu(k, op);
   // Check every sequence before writing any, so that an error leaves the cache as it was.
-  const int32_t* lens = cache_lens.data<int32_t>();
+  // On CUDA the lengths come to the host for this (a small copy and a wait).
+  const Tensor host_lens = cache_lens.is_cuda() ? cache_lens.to(Device::cpu()) : cache_lens;
+  const int32_t* lens = host_lens.data<int32_t>();
   for (int64_t bi = 0; bi < b; ++bi)
     MT_CHECK(lens[bi] >= 0 && lens[bi] < max_len, ValueError, op, ": argument 'cache_lens' has ", lens[bi],
              " at sequence ", bi, ", expected 0 <= cache_lens < max_len = ", max_len,
              lens[bi] >= max_len ? " (the cache is full)" : "");
-  cpu::kv_cache_append(k, v, k_cache, v_cache, cache_lens);
+  MT_DISPATCH(k, kv_cache_append, k, v, k_cache, v_cache, cache_lens);
 }
 
 void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& cache_lens,
@@ -187,14 +207,17 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
   check_index(cache_lens, q, op, "cache_lens", "q", {b});
   check_like(out, q, op, "out", "q", q.shape());
   const double scale = resolve_scale(softmax_scale, p, op);
-  require_cpu(q, op);
-  const int32_t* lens = cache_lens.data<int32_t>();
-  for (int64_t bi = 0; bi < b; ++bi)
-    MT_CHECK(lens[bi] >= 1 && lens[bi] <= max_len, ValueError, op, ": argument 'cache_lens' has ", lens[bi],
-             " at sequence ", bi, ", expected 1 <= cache_lens <= max_len = ", max_len,
-             " (append the token's k and v before attending)");
+  // On CUDA the lengths stay on the device (no wait in the decode loop); the kernel
+  // clamps them to [0, max_len] and gives zeros for an empty sequence.
+  if (!q.is_cuda()) {
+    const int32_t* lens = cache_lens.data<int32_t>();
+    for (int64_t bi = 0; bi < b; ++bi)
+      MT_CHECK(lens[bi] >= 1 && lens[bi] <= max_len, ValueError, op, ": argument 'cache_lens' has ", lens[bi],
+               " at sequence ", bi, ", expected 1 <= cache_lens <= max_len = ", max_len,
+               " (append the token's k and v before attending)");
+  }
   if (out.numel() == 0) return;
-  cpu::attention_decode(q, k_cache, v_cache, cache_lens, out, scale);
+  MT_DISPATCH(q, attention_decode, q, k_cache, v_cache, cache_lens, out, scale);
 }
 
 }  // namespace mambatron

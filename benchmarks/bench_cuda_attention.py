@@ -1,0 +1,120 @@
+"""CUDA attention: causal forward and forward+backward beside PyTorch's SDPA, and decode.
+
+Causal attention at l = 2048 and 8192 with b·l = 16K tokens, 32 query heads of 128
+(32 kv heads, then 8), bf16, timed with CUDA events (median after warm-up) for
+mambatron and for torch.nn.functional.scaled_dot_product_attention(is_causal=True) on
+the same memory in the same run. TFLOP/s counts the causal half: forward
+2·2·b·h·l²·p / 2, forward+backward 3.5 times that (backward = 2.5 forwards). Decode:
+one query per sequence over a 32K-token KV cache; the achieved bandwidth counts
+reading the cache once, set against the 4.07 TB/s of a plain device copy on the H200
+(PERFORMANCE.md). Prints a table; --json PATH writes the numbers. Needs a CUDA device
+and PyTorch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import mambatron as mt
+from gpu_timing import median_ms, require_torch_cuda
+
+COPY_CEILING_TBS = 4.07
+
+
+def attention_rows(torch, tokens, lens, hq, kv_heads, p, reps):
+    dev, bf = "cuda", torch.bfloat16
+    F = torch.nn.functional
+    D = mt.from_dlpack
+    for l in lens:
+        b = max(1, tokens // l)
+        for hkv in kv_heads:
+            q = torch.randn(b, l, hq, p, device=dev, dtype=bf)
+            k = torch.randn(b, l, hkv, p, device=dev, dtype=bf)
+            v = torch.randn(b, l, hkv, p, device=dev, dtype=bf)
+            dout = torch.randn(b, l, hq, p, device=dev, dtype=bf)
+            out, lse = torch.empty_like(q), torch.empty(b, hq, l, device=dev, dtype=torch.float32)
+            dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+            mq, mk, mv, mo, ml, mdo = D(q), D(k), D(v), D(out), D(lse), D(dout)
+            mdq, mdk, mdv = D(dq), D(dk), D(dv)
+
+            def fwd():
+                mt.attention_forward(mq, mk, mv, out=mo, lse=ml)
+
+            def fwd_bwd():
+                fwd()
+                mt.attention_backward(mdo, mq, mk, mv, mo, ml, dq=mdq, dk=mdk, dv=mdv)
+
+            # SDPA takes [b, h, l, p]: the same memory seen through a transpose.
+            tq, tk, tv = (t.transpose(1, 2) for t in (q, k, v))
+            gqa = hkv != hq
+
+            def sdpa():
+                with torch.no_grad():
+                    F.scaled_dot_product_attention(tq, tk, tv, is_causal=True, enable_gqa=gqa)
+
+            tqg, tkg, tvg = (t.detach().clone().requires_grad_(True) for t in (tq, tk, tv))
+            tdo = dout.transpose(1, 2)
+
+            def sdpa_fwd_bwd():
+                o = F.scaled_dot_product_attention(tqg, tkg, tvg, is_causal=True, enable_gqa=gqa)
+                o.backward(tdo)
+
+            flops = 2 * 2 * b * hq * l * l * p / 2
+            for name, fn, ref, fl in (("fwd", fwd, sdpa, flops), ("fwd+bwd", fwd_bwd, sdpa_fwd_bwd, 3.5 * flops)):
+                ms, ref_ms = median_ms(fn, torch, reps), median_ms(ref, torch, reps)
+                yield {"case": f"{name} b={b} l={l} hq={hq} hkv={hkv} p={p}", "pass": name, "b": b, "l": l, "hq": hq,
+                       "hkv": hkv, "p": p, "ms": ms, "tflops": fl / (ms * 1e-3) / 1e12, "sdpa_ms": ref_ms,
+                       "sdpa_tflops": fl / (ref_ms * 1e-3) / 1e12}
+
+
+def decode_rows(torch, context, batches, hq, hkv, p, reps):
+    dev, bf = "cuda", torch.bfloat16
+    D = mt.from_dlpack
+    for b in batches:
+        kc = torch.randn(b, context, hkv, p, device=dev, dtype=bf)
+        vc = torch.randn(b, context, hkv, p, device=dev, dtype=bf)
+        lens = torch.full((b,), context, device=dev, dtype=torch.int32)
+        q = torch.randn(b, hq, p, device=dev, dtype=bf)
+        out = torch.empty_like(q)
+        mq, mkc, mvc, ml, mo = D(q), D(kc), D(vc), D(lens), D(out)
+        ms = median_ms(lambda: mt.attention_decode(mq, mkc, mvc, ml, out=mo), torch, reps)
+        nbytes = 2 * b * context * hkv * p * 2
+        tbs = nbytes / (ms * 1e-3) / 1e12
+        yield {"case": f"decode b={b} ctx={context} hq={hq} hkv={hkv} p={p}", "b": b, "context": context, "hq": hq,
+               "hkv": hkv, "p": p, "ms": ms, "bytes": nbytes, "tb_per_s": tbs, "fraction_of_copy": tbs / COPY_CEILING_TBS}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--lens", type=int, nargs="+", default=[2048, 8192])
+    ap.add_argument("--context", type=int, default=32768)
+    args = ap.parse_args()
+    torch = require_torch_cuda("bench_cuda_attention")
+    if torch is None:
+        return 1
+    torch.manual_seed(0)
+    print(f"causal attention, bf16, b*l = {args.tokens} tokens; TFLOP/s of the causal half")
+    print(f"{'case':<44} {'ms':>9} {'TFLOP/s':>8} {'SDPA ms':>9} {'TFLOP/s':>8}")
+    attn = []
+    for row in attention_rows(torch, args.tokens, args.lens, 32, [32, 8], 128, args.reps):
+        attn.append(row)
+        print(f"{row['case']:<44} {row['ms']:9.3f} {row['tflops']:8.1f} {row['sdpa_ms']:9.3f} {row['sdpa_tflops']:8.1f}")
+    print(f"decode, bf16 cache read once; ceiling {COPY_CEILING_TBS} TB/s (device copy)")
+    print(f"{'case':<44} {'ms':>9} {'GB read':>8} {'TB/s':>6} {'of ceiling':>10}")
+    dec = []
+    for row in decode_rows(torch, args.context, [1, 8], 32, 8, 128, max(args.reps, 20)):
+        dec.append(row)
+        print(f"{row['case']:<44} {row['ms']:9.3f} {row['bytes'] / 1e9:8.3f} {row['tb_per_s']:6.2f} "
+              f"{100 * row['fraction_of_copy']:9.1f}%")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"benchmark": "cuda_attention", "device": torch.cuda.get_device_name(), "tokens": args.tokens,
+                       "copy_ceiling_tb_per_s": COPY_CEILING_TBS, "attention": attn, "decode": dec}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+// The attention family on CUDA (forward, backward, RoPE, KV-cache append, decode)
+// against the CPU ops, within DESIGN.md's rule: the reference is the CPU op in f64
+// on the same (bf16- or f32-rounded) inputs, and the CPU's own error is the CPU op
+// in f32 rounded to the output dtype. Outputs are poisoned first; two CUDA runs must
+// agree bit for bit. Skipped without a GPU.
+#include <cstring>
+#include <random>
+#include <string>
+
+#include "attention_testing.h"
+
+namespace mt = mambatron;
+using mt::Device;
+using mt::DType;
+using mt::Shape;
+using mt::Tensor;
+using mt::testing::expect_error;
+using mt::testing::poisoned;
+
+namespace {
+const Device kGpu = Device::cuda(0);
+
+// One random input, rounded to dt, in the three forms the comparison needs.
+struct Input {
+  Tensor dev, f32, f64;
+};
+Input input(const Shape& s, DType dt, double scale = 1.0) {
+  Tensor r = mt::testing::randn(s, DType::f32, scale).to(dt);
+  return {r.to(kGpu), r.to(DType::f32), r.to(DType::f64)};
+}
+Input from_f32(const Tensor& t, DType dt) {  // an f32 CPU result rounded to dt
+  Tensor r = t.to(dt);
+  return {r.to(kGpu), r.to(DType::f32), r.to(DType::f64)};
+}
+
+Tensor empty(const Shape& s, DType dt) { return Tensor::empty(s, dt); }
+
+// `gpu` against the f64 reference, the CPU's error being `cpu32` rounded to gpu's dtype.
+void check(const Tensor& gpu, const Tensor& cpu32, const Tensor& ref64, const std::string& what) {
+  ASSERT_TRUE(gpu.is_cuda()) << what;
+  Tensor same = cpu32.to(gpu.dtype()).to(DType::f64);
+  mt::testing::expect_within_rule(gpu, same, ref64, what.c_str(), 1e-5);
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  Tensor ca = a.to(Device::cpu()).contiguous(), cb = b.to(Device::cpu()).contiguous();
+  return ca.nbytes() == cb.nbytes() && std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
+}
+
+struct Config {
+  int64_t b, l, hq, hkv, p;
+};
+std::string label(const char* op, DType dt, const Config& c, bool docs) {
+  return mt::detail::cat(op, " ", mt::dtype_name(dt), " b=", c.b, " l=", c.l, " hq=", c.hq, " hkv=", c.hkv,
+                         " p=", c.p, docs ? " documents" : "");
+}
+
+// Tiles of 64 queries and keys; slices of 32/64/128 output columns (p = 160 and 256
+// take two); GQA ratios 1 to 8; odd sizes everywhere.
+const Config kConfigs[] = {{1, 1, 1, 1, 1},     {2, 7, 4, 2, 16},   {1, 64, 2, 2, 64},  {2, 65, 4, 1, 64},
+                           {1, 200, 6, 3, 128}, {2, 130, 2, 2, 96}, {1, 100, 4, 2, 160}, {1, 70, 1, 1, 256},
+                           {1, 129, 3, 3, 33},  {2, 150, 8, 1, 128}, {1, 333, 2, 1, 80}};
+
+struct AttnInputs {
+  Input q, k, v;
+  Tensor seq;  // CPU; seq_dev on the GPU
+  Tensor seq_dev;
+};
+AttnInputs attn_inputs(const Config& c, DType dt, bool docs) {
+  AttnInputs in{input({c.b, c.l, c.hq, c.p}, dt, 2.0), input({c.b, c.l, c.hkv, c.p}, dt),
+                input({c.b, c.l, c.hkv, c.p}, dt), Tensor(), Tensor()};
+  if (docs) {
+    in.seq = mt::testing::attn::random_documents(c.b, c.l);
+    in.seq_dev = in.seq.to(kGpu);
+  }
+  return in;
+}
+}  // namespace
+
+// ---------------------------------------------------------------- forward and backward
+TEST(CudaAttention, ForwardMatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : {DType::bf16, DType::f32}) {
+    for (const Config& c : kConfigs) {
+      for (bool docs : {false, true}) {
+        const std::string what = label("attention_forward", dt, c, docs);
+        AttnInputs in = attn_inputs(c, dt, docs);
+        const Shape os{c.b, c.l, c.hq, c.p}, ls{c.b, c.hq, c.l};
+        Tensor ref = empty(os, DType::f64), lse64 = empty(ls, DType::f64);
+        Tensor cpu = empty(os, DType::f32), lse32 = empty(ls, DType::f32);
+        mt::attention_forward(in.q.f64, in.k.f64, in.v.f64, ref, lse64, in.seq);
+        mt::attention_forward(in.q.f32, in.k.f32, in.v.f32, cpu, lse32, in.seq);
+        Tensor out = poisoned(os, dt, kGpu), lse = poisoned(ls, DType::f32, kGpu);
+        Tensor out2 = poisoned(os, dt, kGpu), lse2 = poisoned(ls, DType::f32, kGpu);
+        mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out, lse, in.seq_dev);
+        mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out2, lse2, in.seq_dev);
+        check(out, cpu, ref, what + " out");
+        check(lse, lse32, lse64, what + " lse");
+        EXPECT_TRUE(same_bits(out, out2) && same_bits(lse, lse2)) << what << ": two runs differ";
+      }
+    }
+  }
+}
+
+TEST(CudaAttention, ForwardWithScaleMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const Config c{2, 90, 4, 2, 48};
+  for (DType dt : {DType::bf16, DType::f32}) {
+    const std::string what = label("attention_forward scale 0.37", dt, c, false);
+    AttnInputs in = attn_inputs(c, dt, false);
+    const Shape os{c.b, c.l, c.hq, c.p}, ls{c.b, c.hq, c.l};
+    Tensor ref = empty(os, DType::f64), lse64 = empty(ls, DType::f64);
+    Tensor cpu = empty(os, DType::f32), lse32 = empty(ls, DType::f32);
+    mt::attention_forward(in.q.f64, in.k.f64, in.v.f64, ref, lse64, {}, 0.37);
+    mt::attention_forward(in.q.f32, in.k.f32, in.v.f32, cpu, lse32, {}, 0.37);
+    Tensor out = poisoned(os, dt, kGpu), lse = poisoned(ls, DType::f32, kGpu);
+    mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out, lse, {}, 0.37);
+    check(out, cpu, ref, what + " out");
+    check(lse, lse32, lse64, what + " lse");
+  }
+}
+
+// The backward takes the CPU's f32 forward (out rounded to the dtype, lse in f32)
+// everywhere, so only the backward itself differs.
+TEST(CudaAttention, BackwardMatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : {DType::bf16, DType::f32}) {
+    for (const Config& c : kConfigs) {
+      for (bool docs : {false, true}) {
+        const std::string what = label("attention_backward", dt, c, docs);
+        AttnInputs in = attn_inputs(c, dt, docs);
+        const Shape qs{c.b, c.l, c.hq, c.p}, ks{c.b, c.l, c.hkv, c.p}, ls{c.b, c.hq, c.l};
+        Tensor o32 = empty(qs, DType::f32), lse32 = empty(ls, DType::f32);
+        mt::attention_forward(in.q.f32, in.k.f32, in.v.f32, o32, lse32, in.seq);
+        Input out = from_f32(o32, dt), dout = input(qs, dt);
+        Tensor lse64 = lse32.to(DType::f64), lse_dev = lse32.to(kGpu);
+
+        Tensor dq64 = empty(qs, DType::f64), dk64 = empty(ks, DType::f64), dv64 = empty(ks, DType::f64);
+        Tensor dq32 = empty(qs, DType::f32), dk32 = empty(ks, DType::f32), dv32 = empty(ks, DType::f32);
+        mt::attention_backward(dout.f64, in.q.f64, in.k.f64, in.v.f64, out.f64, lse64, dq64, dk64, dv64, in.seq);
+        mt::attention_backward(dout.f32, in.q.f32, in.k.f32, in.v.f32, out.f32, lse32, dq32, dk32, dv32, in.seq);
+        Tensor dq = poisoned(qs, dt, kGpu), dk = poisoned(ks, dt, kGpu), dv = poisoned(ks, dt, kGpu);
+        Tensor dq2 = poisoned(qs, dt, kGpu), dk2 = poisoned(ks, dt, kGpu), dv2 = poisoned(ks, dt, kGpu);
+        mt::attention_backward(dout.dev, in.q.dev, in.k.dev, in.v.dev, out.dev, lse_dev, dq, dk, dv, in.seq_dev);
+        mt::attention_backward(dout.dev, in.q.dev, in.k.dev, in.v.dev, out.dev, lse_dev, dq2, dk2, dv2,
+                               in.seq_dev);
+        check(dq, dq32, dq64, what + " dq");
+        check(dk, dk32, dk64, what + " dk");
+        check(dv, dv32, dv64, what + " dv");
+        EXPECT_TRUE(same_bits(dq, dq2) && same_bits(dk, dk2) && same_bits(dv, dv2)) << what << ": two runs differ";
+      }
+    }
+  }
+}
+
+TEST(CudaAttention, RejectsBadDtypesAndDevices) {
+  SKIP_WITHOUT_GPU();
+  using mt::TypeError;
+  const Shape qs{2, 5, 4, 8}, ks{2, 5, 2, 8}, ls{2, 4, 5};
+  Tensor q = Tensor::zeros(qs, DType::bf16, kGpu), k = Tensor::zeros(ks, DType::bf16, kGpu);
+  Tensor v = Tensor::zeros(ks, DType::bf16, kGpu), out = Tensor::zeros(qs, DType::bf16, kGpu);
+  Tensor lse = Tensor::zeros(ls, DType::f32, kGpu);
+  expect_error<TypeError>([&] {
+    Tensor o = out.to(DType::f64), s = lse;
+    mt::attention_forward(q.to(DType::f64), k.to(DType::f64), v.to(DType::f64), o, s);
+  }, {"attention_forward", "'q'", "bf16 or f32 on CUDA"});
+  expect_error<TypeError>([&] {
+    Tensor s = lse.to(DType::bf16);
+    mt::attention_forward(q, k, v, out, s);
+  }, {"attention_forward", "'lse'", "f32"});
+  expect_error<TypeError>([&] { mt::attention_forward(q, k.to(DType::f32), v, out, lse); }, {"'k'", "bf16"});
+  expect_error<TypeError>([&] { mt::attention_forward(q, k, v, out, lse, Tensor::zeros({2, 5}, DType::i32)); },
+                          {"'seq_idx'", "cpu"});
+  expect_error<TypeError>([&] {
+    Tensor dq = out, dk = k.clone(), dv = v.clone();
+    mt::attention_backward(out, q, k, v, out, lse.to(DType::bf16), dq, dk, dv);
+  }, {"attention_backward", "'lse'", "f32"});
+  expect_error<TypeError>([&] {
+    Tensor o = out.clone();
+    mt::rope_forward(q.to(DType::f64), o);
+  }, {"rope_forward", "'x'", "bf16 or f32 on CUDA"});
+  Tensor kc = Tensor::zeros({2, 6, 2, 8}, DType::bf16, kGpu), vc = kc.clone();
+  Tensor lens = Tensor::zeros({2}, DType::i32);
+  expect_error<TypeError>([&] { mt::kv_cache_append(k.narrow(1, 0, 1).reshape({2, 2, 8}).clone(),
+                                                    v.narrow(1, 0, 1).reshape({2, 2, 8}).clone(), kc, vc, lens); },
+                          {"kv_cache_append", "'cache_lens'", "cpu"});
+  Tensor qd = poisoned({2, 4, 8}, DType::bf16, kGpu);
+  expect_error<TypeError>([&] { mt::attention_decode(qd, kc, vc.to(DType::f32), lens.to(kGpu), qd); },
+                          {"attention_decode", "'v_cache'"});
+}
+
+// ---------------------------------------------------------------- RoPE
+TEST(CudaRope, MatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    Shape s;
+    double fraction;
+    bool positions;
+  };
+  const Case cases[] = {{{1, 1, 1, 2}, 1.0, false},   {{2, 7, 3, 24}, 0.5, true},  {{2, 33, 4, 64}, 1.0, false},
+                        {{1, 300, 8, 128}, 1.0, true}, {{3, 5, 2, 10}, 0.4, false}, {{2, 9, 3, 16}, 0.0, true}};
+  for (DType dt : {DType::bf16, DType::f32}) {
+    for (const Case& c : cases) {
+      const std::string what = mt::detail::cat("rope ", mt::dtype_name(dt), " ", mt::shape_str(c.s), " fraction ",
+                                               c.fraction, c.positions ? " positions" : "");
+      const mt::RopeOptions opt{c.fraction, 10000.0};
+      Tensor pos;
+      if (c.positions) {
+        pos = Tensor::empty({c.s[0], c.s[1]}, DType::i32);
+        std::mt19937_64 rng(mt::testing::fresh_seed());
+        for (int64_t i = 0; i < pos.numel(); ++i) pos.data<int32_t>()[i] = int32_t(rng() % 100000);
+      }
+      Tensor pos_dev = c.positions ? pos.to(kGpu) : Tensor();
+      Input x = input(c.s, dt);
+      for (bool inverse : {false, true}) {
+        const std::string w = what + (inverse ? " backward" : " forward");
+        auto run = [&](const Tensor& in, Tensor& out, const Tensor& ps) {
+          if (inverse) mt::rope_backward(in, out, ps, opt);
+          else mt::rope_forward(in, out, ps, opt);
+        };
+        Tensor ref = empty(c.s, DType::f64), cpu = empty(c.s, DType::f32);
+        run(x.f64, ref, pos);
+        run(x.f32, cpu, pos);
+        Tensor out = poisoned(c.s, dt, kGpu), out2 = poisoned(c.s, dt, kGpu);
+        run(x.dev, out, pos_dev);
+        run(x.dev, out2, pos_dev);
+        check(out, cpu, ref, w);
+        EXPECT_TRUE(same_bits(out, out2)) << w << ": two runs differ";
+        Tensor in_place = x.dev.clone();
+        run(in_place, in_place, pos_dev);
+        EXPECT_TRUE(same_bits(in_place, out)) << w << ": in place differs";
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- KV cache and decode
+TEST(CudaKvCache, AppendWritesAtEachLengthAndRefusesAFullCache) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : {DType::bf16, DType::f32}) {
+    const int64_t b = 3, max_len = 7, hkv = 2, p = 12;
+    Tensor kc = mt::testing::randn({b, max_len, hkv, p}, DType::f32).to(kGpu, dt);
+    Tensor vc = mt::testing::randn({b, max_len, hkv, p}, DType::f32).to(kGpu, dt);
+    Tensor kc_cpu = kc.to(Device::cpu(), DType::f32).clone(), vc_cpu = vc.to(Device::cpu(), DType::f32).clone();
+    Tensor lens_cpu = Tensor::empty({b}, DType::i32);
+    const int32_t start[] = {0, 3, 6};
+    std::memcpy(lens_cpu.data<int32_t>(), start, sizeof(start));
+    Tensor lens = lens_cpu.clone().to(kGpu);
+    Input k = input({b, hkv, p}, dt), v = input({b, hkv, p}, dt);
+    mt::kv_cache_append(k.dev, v.dev, kc, vc, lens);
+    mt::kv_cache_append(k.f32, v.f32, kc_cpu, vc_cpu, lens_cpu);
+    EXPECT_TRUE(same_bits(kc.to(Device::cpu(), DType::f32), kc_cpu)) << mt::dtype_name(dt);
+    EXPECT_TRUE(same_bits(vc.to(Device::cpu(), DType::f32), vc_cpu)) << mt::dtype_name(dt);
+    EXPECT_EQ(mt::testing::values(lens), (std::vector<double>{1, 4, 7}));
+    // Sequence 2 is now full: the next append changes nothing and names it.
+    Tensor before = kc.clone();
+    expect_error<mt::ValueError>([&] { mt::kv_cache_append(k.dev, v.dev, kc, vc, lens); },
+                                 {"kv_cache_append", "'cache_lens'", "sequence 2", "full"});
+    EXPECT_TRUE(same_bits(kc, before));
+    EXPECT_EQ(mt::testing::values(lens), (std::vector<double>{1, 4, 7}));
+  }
+}
+
+TEST(CudaAttention, DecodeMatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int64_t b, max_len, hq, hkv, p;
+  };
+  // One split and many; 16-byte loads (p a multiple of 8) and scalar ones (p = 100, 13);
+  // head groups of 1, 3, 4 and 16 (two blocks of 8 heads).
+  const Case cases[] = {{1, 1, 1, 1, 8},      {3, 5, 4, 2, 13},    {2, 129, 12, 4, 64}, {3, 1000, 32, 8, 128},
+                        {2, 5000, 16, 1, 128}, {1, 700, 4, 4, 100}, {5, 300, 8, 8, 96},  {1, 40000, 8, 2, 64}};
+  for (DType dt : {DType::bf16, DType::f32}) {
+    for (const Case& c : cases) {
+      const std::string what = mt::detail::cat("attention_decode ", mt::dtype_name(dt), " b=", c.b, " max_len=",
+                                               c.max_len, " hq=", c.hq, " hkv=", c.hkv, " p=", c.p);
+      // Entries past each length are NaN, so reading one fails the comparison.
+      Tensor lens = Tensor::empty({c.b}, DType::i32);
+      std::mt19937_64 rng(mt::testing::fresh_seed());
+      Tensor k = mt::testing::randn({c.b, c.max_len, c.hkv, c.p}, DType::f32).to(dt).to(DType::f32);
+      Tensor v = mt::testing::randn({c.b, c.max_len, c.hkv, c.p}, DType::f32).to(dt).to(DType::f32);
+      for (int64_t bi = 0; bi < c.b; ++bi) {
+        const int32_t n = bi == 0 ? int32_t(c.max_len) : 1 + int32_t(rng() % c.max_len);
+        lens.data<int32_t>()[bi] = n;
+        for (Tensor* t : {&k, &v}) t->narrow(0, bi, 1).narrow(1, n, c.max_len - n).fill_(NAN);
+      }
+      Input q = input({c.b, c.hq, c.p}, dt, 2.0);
+      Tensor ref = empty({c.b, c.hq, c.p}, DType::f64), cpu = empty({c.b, c.hq, c.p}, DType::f32);
+      mt::attention_decode(q.f64, k.to(DType::f64), v.to(DType::f64), lens, ref);
+      mt::attention_decode(q.f32, k, v, lens, cpu);
+      Tensor kd = k.to(kGpu, dt), vd = v.to(kGpu, dt), ld = lens.to(kGpu);
+      Tensor out = poisoned({c.b, c.hq, c.p}, dt, kGpu), out2 = poisoned({c.b, c.hq, c.p}, dt, kGpu);
+      mt::attention_decode(q.dev, kd, vd, ld, out);
+      mt::attention_decode(q.dev, kd, vd, ld, out2);
+      check(out, cpu, ref, what);
+      EXPECT_TRUE(same_bits(out, out2)) << what << ": two runs differ";
+    }
+  }
+}
+
+// Decoding token by token through the cache gives the forward's rows.
+TEST(CudaAttention, DecodeTokenByTokenMatchesForward) {
+  SKIP_WITHOUT_GPU();
+  const int64_t b = 2, l = 77, hq = 8, hkv = 2, p = 64;
+  const DType dt = DType::f32;
+  Input q = input({b, l, hq, p}, dt), k = input({b, l, hkv, p}, dt), v = input({b, l, hkv, p}, dt);
+  Tensor out = poisoned({b, l, hq, p}, dt, kGpu), lse = poisoned({b, hq, l}, DType::f32, kGpu);
+  mt::attention_forward(q.dev, k.dev, v.dev, out, lse);
+  Tensor kc = Tensor::zeros({b, l, hkv, p}, dt, kGpu), vc = Tensor::zeros({b, l, hkv, p}, dt, kGpu);
+  Tensor lens = Tensor::zeros({b}, DType::i32, kGpu);
+  Tensor step_out = poisoned({b, l, hq, p}, dt);
+  for (int64_t t = 0; t < l; ++t) {
+    mt::kv_cache_append(k.dev.narrow(1, t, 1).reshape({b, hkv, p}).contiguous(),
+                        v.dev.narrow(1, t, 1).reshape({b, hkv, p}).contiguous(), kc, vc, lens);
+    Tensor o = poisoned({b, hq, p}, dt, kGpu);
+    mt::attention_decode(q.dev.narrow(1, t, 1).reshape({b, hq, p}).contiguous(), kc, vc, lens, o);
+    step_out.narrow(1, t, 1).copy_(o.to(Device::cpu()).reshape({b, 1, hq, p}));
+  }
+  EXPECT_LE(mt::testing::max_rel_error(step_out, out.to(Device::cpu())), 1e-5);
+}

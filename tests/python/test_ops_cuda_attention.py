@@ -1,0 +1,96 @@
+"""The attention family's bindings on CUDA: outputs they allocate live on the input's
+device with the dtypes the CUDA ops take (activations like q, lse f32), and the results
+agree with the CPU op within the rule. The kernels themselves are tested in
+tests/cpp/test_cuda_attention.cpp. Skipped without a GPU."""
+import numpy as np
+import pytest
+
+import mambatron as mt
+
+from conftest import assert_within_rule
+
+pytestmark = pytest.mark.gpu
+
+
+def host(t):
+    return t.to(device="cpu", dtype="f64").numpy()
+
+
+def rounded(rng, shape, dtype, scale=1.0):
+    """A random CPU tensor rounded to dtype, with its f32 and f64 copies."""
+    t = mt.tensor(rng.standard_normal(shape) * scale, dtype=dtype)
+    return t, t.to("f32"), t.to("f64")
+
+
+def documents(rng, b, l):
+    steps = (rng.random((b, l)) < 0.2).astype(np.int32)
+    steps[:, 0] = 0
+    return np.cumsum(steps, axis=1).astype(np.int32) + 2
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_attention_forward_and_backward_on_the_device(dtype, packed, rng):
+    b, l, hq, hkv, p = 2, 97, 8, 2, 64
+    q, q32, q64 = rounded(rng, (b, l, hq, p), dtype, 2.0)
+    k, k32, k64 = rounded(rng, (b, l, hkv, p), dtype)
+    v, v32, v64 = rounded(rng, (b, l, hkv, p), dtype)
+    seq = mt.tensor(documents(rng, b, l), dtype="i32") if packed else None
+    seq_d = seq.cuda() if packed else None
+    out, lse = mt.attention_forward(q.cuda(), k.cuda(), v.cuda(), seq_idx=seq_d)
+    assert out.is_cuda and out.dtype == q.dtype and lse.is_cuda and lse.dtype == mt.float32
+    assert lse.shape == (b, hq, l)
+    ref, ref_lse = mt.attention_forward(q64, k64, v64, seq_idx=seq)
+    cpu, cpu_lse = mt.attention_forward(q32, k32, v32, seq_idx=seq)
+    assert_within_rule(host(out), host(cpu.to(dtype)), host(ref), 1e-5, f"out {dtype}")
+    assert_within_rule(host(lse), host(cpu_lse), host(ref_lse), 1e-5, f"lse {dtype}")
+
+    # The backward from the CPU's f32 forward, on every side.
+    o = cpu.to(dtype)
+    d, d32, d64 = rounded(rng, (b, l, hq, p), dtype)
+    grads = mt.attention_backward(d.cuda(), q.cuda(), k.cuda(), v.cuda(), o.cuda(), cpu_lse.cuda(), seq_idx=seq_d)
+    ref_g = mt.attention_backward(d64, q64, k64, v64, o.to("f64"), cpu_lse.to("f64"), seq_idx=seq)
+    cpu_g = mt.attention_backward(d32, q32, k32, v32, o.to("f32"), cpu_lse, seq_idx=seq)
+    for name, g, r, c in zip(("dq", "dk", "dv"), grads, ref_g, cpu_g):
+        assert g.is_cuda and g.dtype == q.dtype
+        assert_within_rule(host(g), host(c.to(dtype)), host(r), 1e-5, f"{name} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+def test_rope_on_the_device(dtype, rng):
+    x, x32, x64 = rounded(rng, (2, 9, 3, 32), dtype)
+    pos = mt.tensor(rng.integers(0, 5000, size=(2, 9)), dtype="i32")
+    for fwd in (mt.rope_forward, mt.rope_backward):
+        out = fwd(x.cuda(), positions=pos.cuda(), rotary_fraction=0.5)
+        assert out.is_cuda and out.dtype == x.dtype
+        ref = fwd(x64, positions=pos, rotary_fraction=0.5)
+        cpu = fwd(x32, positions=pos, rotary_fraction=0.5)
+        assert_within_rule(host(out), host(cpu.to(dtype)), host(ref), 1e-5, f"{fwd.__name__} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+def test_kv_cache_append_and_decode_on_the_device(dtype, rng):
+    b, max_len, hq, hkv, p = 3, 40, 8, 4, 32
+    kc, kc32, _ = rounded(rng, (b, max_len, hkv, p), dtype)
+    vc, vc32, _ = rounded(rng, (b, max_len, hkv, p), dtype)
+    k, k32, _ = rounded(rng, (b, hkv, p), dtype)
+    v, v32, _ = rounded(rng, (b, hkv, p), dtype)
+    lens = np.array([5, 39, 17], dtype=np.int32)
+    kcd, vcd, lensd = kc.cuda(), vc.cuda(), mt.tensor(lens, dtype="i32").cuda()
+    mt.kv_cache_append(k.cuda(), v.cuda(), kcd, vcd, lensd)
+    lens_cpu = mt.tensor(lens, dtype="i32")
+    mt.kv_cache_append(k32, v32, kc32, vc32, lens_cpu)
+    assert np.array_equal(host(lensd), lens + 1)
+    assert np.array_equal(host(kcd), host(kc32)) and np.array_equal(host(vcd), host(vc32))
+
+    q, q32, q64 = rounded(rng, (b, hq, p), dtype, 2.0)
+    out = mt.attention_decode(q.cuda(), kcd, vcd, lensd)
+    assert out.is_cuda and out.dtype == q.dtype and out.shape == (b, hq, p)
+    ref = mt.attention_decode(q64, kc32.to("f64"), vc32.to("f64"), lens_cpu)
+    cpu = mt.attention_decode(q32, kc32, vc32, lens_cpu)
+    assert_within_rule(host(out), host(cpu.to(dtype)), host(ref), 1e-5, f"decode {dtype}")
+
+    # Sequence 1 is full now: the append is refused and changes nothing.
+    with pytest.raises(ValueError, match="full"):
+        mt.kv_cache_append(k.cuda(), v.cuda(), kcd, vcd, lensd)
+    assert np.array_equal(host(lensd), lens + 1)
