@@ -153,6 +153,37 @@ TEST(CudaAttention, BackwardMatchesCpuWithinRule) {
   }
 }
 
+// One small packed case through forward and backward: quick, and small enough for
+// compute-sanitizer (racecheck, memcheck).
+TEST(CudaAttention, SmallPackedForwardBackward) {
+  SKIP_WITHOUT_GPU();
+  const Config c{2, 130, 4, 2, 64};
+  const DType dt = DType::bf16;
+  const std::string what = label("attention small", dt, c, true);
+  AttnInputs in = attn_inputs(c, dt, true);
+  const Shape qs{c.b, c.l, c.hq, c.p}, ks{c.b, c.l, c.hkv, c.p}, ls{c.b, c.hq, c.l};
+  Tensor ref = empty(qs, DType::f64), lse64 = empty(ls, DType::f64);
+  Tensor o32 = empty(qs, DType::f32), lse32 = empty(ls, DType::f32);
+  mt::attention_forward(in.q.f64, in.k.f64, in.v.f64, ref, lse64, in.seq);
+  mt::attention_forward(in.q.f32, in.k.f32, in.v.f32, o32, lse32, in.seq);
+  Tensor out = poisoned(qs, dt, kGpu), lse = poisoned(ls, DType::f32, kGpu);
+  mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out, lse, in.seq_dev);
+  check(out, o32, ref, what + " out");
+  check(lse, lse32, lse64, what + " lse");
+
+  Input o = from_f32(o32, dt), dout = input(qs, dt);
+  Tensor dq64 = empty(qs, DType::f64), dk64 = empty(ks, DType::f64), dv64 = empty(ks, DType::f64);
+  Tensor dq32 = empty(qs, DType::f32), dk32 = empty(ks, DType::f32), dv32 = empty(ks, DType::f32);
+  mt::attention_backward(dout.f64, in.q.f64, in.k.f64, in.v.f64, o.f64, lse32.to(DType::f64), dq64, dk64, dv64,
+                         in.seq);
+  mt::attention_backward(dout.f32, in.q.f32, in.k.f32, in.v.f32, o.f32, lse32, dq32, dk32, dv32, in.seq);
+  Tensor dq = poisoned(qs, dt, kGpu), dk = poisoned(ks, dt, kGpu), dv = poisoned(ks, dt, kGpu);
+  mt::attention_backward(dout.dev, in.q.dev, in.k.dev, in.v.dev, o.dev, lse32.to(kGpu), dq, dk, dv, in.seq_dev);
+  check(dq, dq32, dq64, what + " dq");
+  check(dk, dk32, dk64, what + " dk");
+  check(dv, dv32, dv64, what + " dv");
+}
+
 TEST(CudaAttention, RejectsBadDtypesAndDevices) {
   SKIP_WITHOUT_GPU();
   using mt::TypeError;
