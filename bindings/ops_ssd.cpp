@@ -19,6 +19,15 @@ Tensor out_or_new(py::handle given, const char* op, const char* name, const Shap
   return Tensor::empty(shape, like.dtype(), like.device());
 }
 
+// The dtype of states and per-head parameter gradients: x's on the CPU, f32 on CUDA.
+DType state_dtype(const Tensor& x) { return x.is_cuda() ? DType::f32 : x.dtype(); }
+
+// `given`, or a new state-like tensor of `shape` on x's device.
+Tensor state_or_new(py::handle given, const char* op, const char* name, const Shape& shape, const Tensor& x) {
+  if (!given.is_none()) return as_tensor(given, op, name);
+  return Tensor::empty(shape, state_dtype(x), x.device());
+}
+
 // [b, h, p, n] from x [b, l, h, p] (or [b, h, p]) and B [..., g, n]; any shape when
 // they are malformed, since the op then reports x or B before looking at the state.
 Shape state_shape(const Tensor& x, const Tensor& B) {
@@ -64,7 +73,9 @@ x: [b, l, h, p]; dt: [b, l, h]; A: [h] (negative); B, C: [b, l, g, n] (g divides
 D, dt_bias: [h] or None; initial_state: [b, h, p, n] or None; seq_idx: int32 [b, l]
 document ids, non-decreasing per row (the state resets where it changes), or None.
 chunk_size 0 runs the sequential recurrence, Q > 0 the chunked SSD form (any l).
-dt_min / dt_max clamp Δ when given. f32 or f64, one dtype for all float arguments.
+dt_min / dt_max clamp Δ when given. CPU: f32 or f64, one dtype for all float arguments.
+CUDA: x, dt, B, C bf16 or f32 (one dtype); A, D, dt_bias and the states f32; chunk_size
+0 runs the default chunk length there, and chunks above 128 tokens run as 128.
 Returns y [b, l, h, p] and final_state [b, h, p, n] (into out / final_state when given).)";
 
 constexpr const char* kBackwardDoc = R"(Gradients of ssd_forward (same inputs and options).
@@ -73,13 +84,15 @@ dy: [b, l, h, p]; d_final_state: [b, h, p, n] or None.
 Returns (dx, ddt, dA, dB, dC, dD, ddt_bias, d_initial_state) with the shapes of their
 inputs; dD, ddt_bias and d_initial_state are None when their input is None and no
 output tensor is given for them (given one, it receives the gradient at zero).
-ddt is the gradient with respect to dt itself (through dt_bias, softplus and clamp).)";
+ddt is the gradient with respect to dt itself (through dt_bias, softplus and clamp).
+On CUDA dA, dD, ddt_bias and d_initial_state are f32 like their inputs.)";
 
 constexpr const char* kStepDoc = R"(One decode token of the SSD scan: advances state in place, returns y.
 
 x: [b, h, p]; dt: [b, h]; A: [h]; B, C: [b, g, n]; state: [b, h, p, n] (updated in
 place: pass a mambatron tensor or a writable array); D, dt_bias: [h] or None.
-Returns y [b, h, p] (into out when given). Same Δ options as ssd_forward.)";
+Returns y [b, h, p] (into out when given). Same Δ options as ssd_forward.
+On CUDA: x, dt, B, C bf16 or f32; A, D, dt_bias and state f32.)";
 
 }  // namespace
 
@@ -93,7 +106,7 @@ void bind_ssd_ops(py::module_& m) {
         Inputs in(op, x, dt, A, B, C, D, dt_bias, initial_state, seq_idx);
         SsdOptions opt = make_options(chunk_size, dt_softplus, dt_min, dt_max);
         Tensor y = out_or_new(out, op, "out", in.x.shape(), in.x);
-        Tensor fs = out_or_new(final_state, op, "final_state", state_shape(in.x, in.B), in.x);
+        Tensor fs = state_or_new(final_state, op, "final_state", state_shape(in.x, in.B), in.x);
         {
           py::gil_scoped_release release;
           ssd_forward(in.x, in.dt, in.A, in.B, in.C, in.D, in.dt_bias, in.initial_state, in.seq_idx, y, fs, opt);
@@ -119,12 +132,12 @@ void bind_ssd_ops(py::module_& m) {
         SsdOptions opt = make_options(chunk_size, dt_softplus, dt_min, dt_max);
         const Tensor& x0 = in.x;
         Tensor gx = out_or_new(dx, op, "dx", x0.shape(), x0), gdt = out_or_new(ddt, op, "ddt", in.dt.shape(), x0),
-               gA = out_or_new(dA, op, "dA", in.A.shape(), x0), gB = out_or_new(dB, op, "dB", in.B.shape(), x0),
+               gA = state_or_new(dA, op, "dA", in.A.shape(), x0), gB = out_or_new(dB, op, "dB", in.B.shape(), x0),
                gC = out_or_new(dC, op, "dC", in.C.shape(), x0);
         // The optional gradients: wanted when their input is given or an output is passed.
         auto optional_out = [&](py::handle given, const Tensor& input, const char* name, const Shape& shape) {
           if (!given.is_none()) return as_tensor(given, op, name);
-          return input.defined() ? Tensor::empty(shape, x0.dtype(), x0.device()) : Tensor();
+          return input.defined() ? Tensor::empty(shape, state_dtype(x0), x0.device()) : Tensor();
         };
         Tensor gD = optional_out(dD, in.D, "dD", in.A.shape());
         Tensor gbias = optional_out(ddt_bias, in.dt_bias, "ddt_bias", in.A.shape());

@@ -95,7 +95,7 @@ TEST(SsdChecks, ForwardRejectsBadArguments) {
       {{"dt_min above dt_max", Kind::Value, {"dt_min", "dt_max"}},
        [](Forward& f) { f.opt.dt_min = 0.5, f.opt.dt_max = 0.1; }},
       {{"dt on another device", Kind::Type, {"'dt'", "cuda:0"}}, [](Forward& f) { f.in.dt = fake_cuda(f.in.dt); }},
-      {{"all on CUDA", Kind::Type, {"ssd_forward", "CPU only"}},
+      {{"all on CUDA in f64", Kind::Type, {"ssd_forward", "'x'", "bf16 or f32 on CUDA"}},
        [](Forward& f) {
          for (Tensor* t : {&f.in.x, &f.in.dt, &f.in.A, &f.in.B, &f.in.C, &f.in.D, &f.in.dt_bias, &f.in.initial_state,
                            &f.in.seq_idx, &f.y, &f.final_state})
@@ -142,7 +142,7 @@ TEST(SsdChecks, BackwardRejectsBadArguments) {
       {{"x dtype", Kind::Type, {"'x'", "f32 or f64"}}, [](Backward& b) { b.f.in.x = b.f.in.x.to(DType::f16); }},
       {{"seq_idx decreasing", Kind::Value, {"'seq_idx'"}}, [](Backward& b) { b.f.in.seq_idx.data<int32_t>()[1] = -5; }},
       {{"dy on another device", Kind::Type, {"'dy'", "cuda:0"}}, [](Backward& b) { b.dy = fake_cuda(b.dy); }},
-      {{"all on CUDA", Kind::Type, {"ssd_backward", "CPU only"}},
+      {{"all on CUDA in f64", Kind::Type, {"ssd_backward", "'x'", "bf16 or f32 on CUDA"}},
        [](Backward& b) {
          Inputs& in = b.f.in;
          for (Tensor* t : {&in.x, &in.dt, &in.A, &in.B, &in.C, &in.D, &in.dt_bias, &in.initial_state, &in.seq_idx,
@@ -186,7 +186,7 @@ TEST(SsdChecks, StepRejectsBadArguments) {
       {{"y shape", Kind::Value, {"'y'", "[2, 4, 3]"}}, [](Step& s) { s.y = poisoned({4, 3}); }},
       {{"dt_max", Kind::Value, {"dt_max"}}, [](Step& s) { s.opt.dt_max = -1.0; }},
       {{"state on another device", Kind::Type, {"'state'", "cuda:0"}}, [](Step& s) { s.state = fake_cuda(s.state); }},
-      {{"all on CUDA", Kind::Type, {"ssd_step", "CPU only"}},
+      {{"all on CUDA in f64", Kind::Type, {"ssd_step", "'x'", "bf16 or f32 on CUDA"}},
        [](Step& s) {
          for (Tensor* t : {&s.x, &s.dt, &s.A, &s.B, &s.C, &s.D, &s.dt_bias, &s.state, &s.y}) *t = fake_cuda(*t);
        }},

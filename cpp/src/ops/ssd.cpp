@@ -1,10 +1,16 @@
-// ssd (Mamba-2 scan): argument checks and dispatch. CPU: ops/cpu/ssd*.cpp.
+// ssd (Mamba-2 scan): argument checks and dispatch. CPU: ops/cpu/ssd*.cpp; CUDA:
+// ops/cuda/ssd*.cu. On the CPU every float tensor has x's dtype (f32 or f64); on CUDA
+// the activations share x's dtype (bf16 or f32) while A, D, dt_bias, the states and
+// their gradients are f32.
 #include <cmath>
 
 #include "mambatron/check.h"
 #include "mambatron/ops.h"
 #include "backend.h"
 #include "cpu/ssd.h"
+#ifdef MAMBATRON_WITH_CUDA
+#include "cuda/ssd.h"
+#endif
 
 namespace mambatron {
 
@@ -30,11 +36,31 @@ void check_optional_float(const Tensor& t, const Tensor& ref, const char* op, co
   if (t.defined()) check_float(t, ref, op, name, ref_name, shape);
 }
 
-// The tensor that fixes the dtype: f32 or f64 (the CPU reference computes in these only).
+// A per-head parameter, a state or a gradient of one: like x on the CPU, f32 on CUDA.
+void check_f32_on_cuda(const Tensor& t, const Tensor& x, const char* op, const char* name, const Shape& shape) {
+  if (!x.is_cuda()) return check_float(t, x, op, name, "x", shape);
+  check_defined(t, op, name);
+  check_same_device(t, x, op, name, "x");
+  check_dtype(t, op, name, DType::f32);
+  check_shape(t, op, name, shape);
+  check_contiguous(t, op, name);
+}
+
+void check_optional_f32_on_cuda(const Tensor& t, const Tensor& x, const char* op, const char* name,
+                                const Shape& shape) {
+  if (t.defined()) check_f32_on_cuda(t, x, op, name, shape);
+}
+
+// The tensor that fixes the activation dtype: f32 or f64 on the CPU (the reference
+// computes in these only), bf16 or f32 on CUDA.
 void check_x(const Tensor& x, const char* op, const char* name, int dims, const char* layout) {
   check_defined(x, op, name);
-  MT_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64, TypeError, op, ": argument '", name,
-           "' has dtype ", dtype_name(x.dtype()), ", expected f32 or f64");
+  if (x.is_cuda())
+    MT_CHECK(x.dtype() == DType::bf16 || x.dtype() == DType::f32, TypeError, op, ": argument '", name,
+             "' has dtype ", dtype_name(x.dtype()), ", expected bf16 or f32 on CUDA");
+  else
+    MT_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64, TypeError, op, ": argument '", name,
+             "' has dtype ", dtype_name(x.dtype()), ", expected f32 or f64");
   MT_CHECK(x.dim() == dims, ValueError, op, ": argument '", name, "' has shape ", shape_str(x.shape()),
            ", expected ", dims, " dims ", layout);
   check_contiguous(x, op, name);
@@ -95,12 +121,12 @@ Dims check_inputs(const char* op, const Tensor& x, const Tensor& dt, const Tenso
   check_x(x, op, "x", 4, "[b, l, h, p]");
   Dims d{x.size(0), x.size(1), x.size(2), x.size(3), 0, 0};
   check_float(dt, x, op, "dt", "x", {d.b, d.l, d.h});
-  check_float(A, x, op, "A", "x", {d.h});
+  check_f32_on_cuda(A, x, op, "A", {d.h});
   check_groups(B, x, op, {d.b, d.l}, d.h, &d.g, &d.n);
   check_float(C, x, op, "C", "x", {d.b, d.l, d.g, d.n});
-  check_optional_float(D, x, op, "D", "x", {d.h});
-  check_optional_float(dt_bias, x, op, "dt_bias", "x", {d.h});
-  check_optional_float(initial_state, x, op, "initial_state", "x", {d.b, d.h, d.p, d.n});
+  check_optional_f32_on_cuda(D, x, op, "D", {d.h});
+  check_optional_f32_on_cuda(dt_bias, x, op, "dt_bias", {d.h});
+  check_optional_f32_on_cuda(initial_state, x, op, "initial_state", {d.b, d.h, d.p, d.n});
   check_seq_idx(seq_idx, x, op, d.b, d.l);
   check_options(opt, op, true);
   return d;
@@ -114,9 +140,8 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
   const char* op = "ssd_forward";
   Dims d = check_inputs(op, x, dt, A, B, C, D, dt_bias, initial_state, seq_idx, opt);
   check_float(y, x, op, "y", "x", {d.b, d.l, d.h, d.p});
-  check_optional_float(final_state, x, op, "final_state", "x", {d.b, d.h, d.p, d.n});
-  require_cpu(x, op);
-  cpu::ssd_forward(x, dt, A, B, C, D, dt_bias, initial_state, seq_idx, y, final_state, opt);
+  check_optional_f32_on_cuda(final_state, x, op, "final_state", {d.b, d.h, d.p, d.n});
+  MT_DISPATCH(x, ssd_forward, x, dt, A, B, C, D, dt_bias, initial_state, seq_idx, y, final_state, opt);
 }
 
 void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x, const Tensor& dt, const Tensor& A,
@@ -127,18 +152,17 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
   Dims d = check_inputs(op, x, dt, A, B, C, D, dt_bias, initial_state, seq_idx, opt);
   Shape state = {d.b, d.h, d.p, d.n};
   check_float(dy, x, op, "dy", "x", {d.b, d.l, d.h, d.p});
-  check_optional_float(d_final_state, x, op, "d_final_state", "x", state);
+  check_optional_f32_on_cuda(d_final_state, x, op, "d_final_state", state);
   check_float(dx, x, op, "dx", "x", x.shape());
   check_float(ddt, x, op, "ddt", "x", dt.shape());
-  check_float(dA, x, op, "dA", "x", A.shape());
+  check_f32_on_cuda(dA, x, op, "dA", A.shape());
   check_float(dB, x, op, "dB", "x", B.shape());
   check_float(dC, x, op, "dC", "x", C.shape());
-  check_optional_float(dD, x, op, "dD", "x", {d.h});
-  check_optional_float(ddt_bias, x, op, "ddt_bias", "x", {d.h});
-  check_optional_float(d_initial_state, x, op, "d_initial_state", "x", state);
-  require_cpu(x, op);
-  cpu::ssd_backward(dy, d_final_state, x, dt, A, B, C, D, dt_bias, initial_state, seq_idx, dx, ddt, dA, dB, dC, dD,
-                    ddt_bias, d_initial_state, opt);
+  check_optional_f32_on_cuda(dD, x, op, "dD", {d.h});
+  check_optional_f32_on_cuda(ddt_bias, x, op, "ddt_bias", {d.h});
+  check_optional_f32_on_cuda(d_initial_state, x, op, "d_initial_state", state);
+  MT_DISPATCH(x, ssd_backward, dy, d_final_state, x, dt, A, B, C, D, dt_bias, initial_state, seq_idx, dx, ddt, dA,
+              dB, dC, dD, ddt_bias, d_initial_state, opt);
 }
 
 void ssd_step(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& D,
@@ -147,16 +171,15 @@ void ssd_step(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& 
   check_x(x, op, "x", 3, "[b, h, p]");
   int64_t b = x.size(0), h = x.size(1), p = x.size(2), g = 0, n = 0;
   check_float(dt, x, op, "dt", "x", {b, h});
-  check_float(A, x, op, "A", "x", {h});
+  check_f32_on_cuda(A, x, op, "A", {h});
   check_groups(B, x, op, {b}, h, &g, &n);
   check_float(C, x, op, "C", "x", {b, g, n});
-  check_optional_float(D, x, op, "D", "x", {h});
-  check_optional_float(dt_bias, x, op, "dt_bias", "x", {h});
-  check_float(state, x, op, "state", "x", {b, h, p, n});
+  check_optional_f32_on_cuda(D, x, op, "D", {h});
+  check_optional_f32_on_cuda(dt_bias, x, op, "dt_bias", {h});
+  check_f32_on_cuda(state, x, op, "state", {b, h, p, n});
   check_float(y, x, op, "y", "x", {b, h, p});
   check_options(opt, op, false);
-  require_cpu(x, op);
-  cpu::ssd_step(x, dt, A, B, C, D, dt_bias, state, y, opt);
+  MT_DISPATCH(x, ssd_step, x, dt, A, B, C, D, dt_bias, state, y, opt);
 }
 
 }  // namespace mambatron

@@ -1,0 +1,219 @@
+// SSD backward on CUDA, per (row, group, chunk, 64 columns of n): dB and dC, the
+// sums over the heads of the group. With PW_j = (dY_j·X_jᵀ ⊙ W_j)·diag(Δ_j):
+//   dC = (Σ_j PW_j)·B + Σ_j diag(e_j)·dY_j·H_in,j
+//   dB = (Σ_j PW_j)ᵀ·C + Σ_j diag(f_j ⊙ Δ_j)·X_j·Ĥ_j
+// The heads run in order inside the block: Σ_j PW_j collects in shared memory (each
+// element owned by one warp), the second terms in accumulator tiles, so the sums
+// need no atomics and no per-head scratch.
+#include "ssd_backward.h"
+
+namespace mambatron::cuda::ssd {
+
+namespace {
+
+template <class T, int kQ>
+struct BcLayout {
+  static constexpr int kT = kQ / 16, kWarps = kT, kThreads = 32 * kWarps;
+  static constexpr int kN = 64, kNC = kN / 16;       // columns of dB, dC per block
+  static constexpr int kPK = kTensorCores<T> ? 64 : 32;  // p per operand chunk
+  static constexpr int kTri = (kT * (kT + 1) / 2 + kWarps - 1) / kWarps;
+  static constexpr int kTiles = kT * kNC / kWarps;    // dB (and dC) tiles per warp
+  static constexpr int ldK = kQ + 4, ldP = pitch<T>(kPK), ldN = pitch<T>(kN);
+  static constexpr size_t pw = 0, region = align128(size_t(kQ) * ldK * sizeof(float));
+  static constexpr size_t dys = region, xs = dys + align128(size_t(kQ) * ldP * sizeof(T));
+  static constexpr size_t hs = xs + align128(size_t(kQ) * ldP * sizeof(T)), dhs = hs + operand_bytes<T, 2>(kPK, ldN);
+  static constexpr size_t ops_end = dhs + operand_bytes<T, 2>(kPK, ldN);
+  // After the heads: B and C columns of this block.
+  static constexpr size_t fb = region, fc = fb + align128(size_t(kQ) * ldN * sizeof(T));
+  static constexpr size_t fin_end = fc + align128(size_t(kQ) * ldN * sizeof(T));
+  static constexpr size_t stage = ops_end > fin_end ? ops_end : fin_end;
+  static constexpr size_t S = stage + align128(size_t(kWarps) * 256 * sizeof(float));
+  static constexpr size_t f32s = S + align128(kQ * sizeof(double));  // Δ, e, f⊙Δ
+  static constexpr size_t doc = f32s + align128(size_t(3) * kQ * sizeof(float));
+  static constexpr size_t bytes = doc + align128(kQ * sizeof(int));
+  static_assert(bytes <= kMaxSmem, "ssd dB/dC kernel: too much shared memory");
+};
+
+template <class T, int kQ>
+__global__ void __launch_bounds__(BcLayout<T, kQ>::kThreads)
+    bc_kernel(Dims d, BackwardArgs<T> a) {
+  using Lay = BcLayout<T, kQ>;
+  constexpr int kWarps = Lay::kWarps, kThreads = Lay::kThreads, kN = Lay::kN, kNC = Lay::kNC, kPK = Lay::kPK;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  float* pw = reinterpret_cast<float*>(smem + Lay::pw);
+  const Smem<T> dys{reinterpret_cast<T*>(smem + Lay::dys), Lay::ldP, 0};
+  const Smem<T> xs{reinterpret_cast<T*>(smem + Lay::xs), Lay::ldP, 0};
+  const Smem<T> hs{reinterpret_cast<T*>(smem + Lay::hs), Lay::ldN, part_stride<T>(kPK, Lay::ldN)};
+  const Smem<T> dhs{reinterpret_cast<T*>(smem + Lay::dhs), Lay::ldN, part_stride<T>(kPK, Lay::ldN)};
+  const Smem<T> fb{reinterpret_cast<T*>(smem + Lay::fb), Lay::ldN, 0};
+  const Smem<T> fc{reinterpret_cast<T*>(smem + Lay::fc), Lay::ldN, 0};
+  float* stage = reinterpret_cast<float*>(smem + Lay::stage) + warp * 256;
+  double* Ss = reinterpret_cast<double*>(smem + Lay::S);
+  float* dls = reinterpret_cast<float*>(smem + Lay::f32s);
+  float* es = dls + kQ;
+  float* fds = es + kQ;
+  int* docs = reinterpret_cast<int*>(smem + Lay::doc);
+
+  const int64_t ntiles = (d.n + kN - 1) / kN;
+  int64_t id = blockIdx.x;
+  const int64_t nt = id % ntiles;
+  id /= ntiles;
+  const int64_t c = id % d.nc;
+  id /= d.nc;
+  const int64_t gi = id % d.g, bi = id / d.g, k0 = nt * kN, heads = d.h / d.g;
+  const int64_t t0 = c * d.Q;
+  const int L = int(d.l - t0 < d.Q ? d.l - t0 : d.Q), Lt = (L + 15) / 16, Lp = 16 * Lt, ntri = Lt * (Lt + 1) / 2;
+
+  for (int e = tid; e < kQ * Lay::ldK; e += kThreads) pw[e] = 0.f;
+  Acc<T> accC[Lay::kTiles], accB[Lay::kTiles];
+#pragma unroll
+  for (int q = 0; q < Lay::kTiles; ++q) accC[q].zero(), accB[q].zero();
+
+  // acc += diag(scale)·tmp for tile row tt (through this warp's stage).
+  auto add_scaled = [&](Acc<T>& acc, Acc<T>& tmp, const float* scale, int tt) {
+    tmp.store(stage, 16);
+    __syncwarp();
+    for (int e = lane; e < 256; e += 32) stage[e] *= scale[16 * tt + (e >> 4)];
+    __syncwarp();
+    tmp.load(stage, 16);
+    acc.add(tmp);
+    __syncwarp();
+  };
+
+  for (int64_t hh = 0; hh < heads; ++hh) {
+    const int64_t j = gi * heads + hh;
+    const Chunk ch = make_chunk(d, a.S, a.seq, bi, j, c);
+    __syncthreads();  // the previous head is done with the scalars
+    for (int t = tid; t < kQ; t += kThreads) {
+      Ss[t] = 0, dls[t] = es[t] = fds[t] = 0.f, docs[t] = 0;
+      if (t < L) {
+        const int64_t tok = t0 + t;
+        Ss[t] = a.S[d.so(bi, j, tok)];
+        dls[t] = a.delta[d.so(bi, j, tok)];
+        docs[t] = doc_at(a.seq, d, bi, tok);
+        es[t] = docs[t] == ch.doc_in ? float(exp(Ss[t])) : 0.f;
+        fds[t] = docs[t] == ch.doc_last ? float(exp(ch.S_last - Ss[t]) * double(dls[t])) : 0.f;
+      }
+    }
+    __syncthreads();
+    const float* Hin = a.hin + d.co(bi, j, c);
+    const float* Hout = a.dhout + d.co(bi, j, c);
+    Acc<T> accP[Lay::kTri];
+#pragma unroll
+    for (int q = 0; q < Lay::kTri; ++q) accP[q].zero();
+    for (int64_t p0 = 0; p0 < d.p; p0 += kPK) {
+      const int pk = int(d.p - p0 < kPK ? d.p - p0 : kPK), pks = (pk + 15) / 16, pkp = 16 * pks;
+      __syncthreads();  // the previous chunk of p is no longer read
+      for (int e = tid; e < Lp * pkp; e += kThreads) {
+        const int t = e / pkp, ii = e % pkp;
+        const bool ok = t < L && ii < pk;
+        const int64_t off = d.xo(bi, t0 + t, j) + p0 + ii;
+        put(dys, t * Lay::ldP + ii, ok ? a.dy[off] : T(0.f));
+        put(xs, t * Lay::ldP + ii, ok ? a.x[off] : T(0.f));
+      }
+      for (int e = tid; e < pkp * kN; e += kThreads) {
+        const int ii = e / kN, kk = e % kN;
+        const bool ok = ii < pk && k0 + kk < d.n;
+        const int64_t off = (p0 + ii) * d.n + k0 + kk;
+        put_split<2>(hs, ii * Lay::ldN + kk, ok ? Hin[off] : 0.f);
+        put_split<2>(dhs, ii * Lay::ldN + kk, ok ? Hout[off] : 0.f);
+      }
+      __syncthreads();
+#pragma unroll
+      for (int q = 0; q < Lay::kTri; ++q) {
+        const int qq = warp + q * kWarps;
+        if (qq >= ntri) continue;
+        int tt, ss;
+        tri_tile(qq, &tt, &ss);
+        for (int ks = 0; ks < pks; ++ks)
+          mma_tile<Row, Col, 1, 1>(accP[q], dys, 16 * tt, 16 * ks, xs, 16 * ks, 16 * ss);
+      }
+#pragma unroll
+      for (int q = 0; q < Lay::kTiles; ++q) {
+        const int zt = warp + q * kWarps, tt = zt / kNC, nc = zt % kNC;
+        if (tt >= Lt) continue;
+        Acc<T> tmp;
+        tmp.zero();
+        for (int ks = 0; ks < pks; ++ks) mma_tile<Row, Row, 1, 2>(tmp, dys, 16 * tt, 16 * ks, hs, 16 * ks, 16 * nc);
+        add_scaled(accC[q], tmp, es, tt);
+        tmp.zero();
+        for (int ks = 0; ks < pks; ++ks) mma_tile<Row, Row, 1, 2>(tmp, xs, 16 * tt, 16 * ks, dhs, 16 * ks, 16 * nc);
+        add_scaled(accB[q], tmp, fds, tt);
+      }
+    }
+    // PW += (Pm ⊙ W)·diag(Δ) on this warp's causal tiles.
+#pragma unroll
+    for (int q = 0; q < Lay::kTri; ++q) {
+      const int qq = warp + q * kWarps;
+      if (qq >= ntri) continue;
+      int tt, ss;
+      tri_tile(qq, &tt, &ss);
+      accP[q].store(stage, 16);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int t = 16 * tt + (e >> 4), s = 16 * ss + (e & 15);
+        if (s <= t && t < L && docs[s] == docs[t])
+          pw[t * Lay::ldK + s] += stage[e] * decay<T>(Ss[t] - Ss[s]) * dls[s];
+      }
+      __syncwarp();
+    }
+  }
+  __syncthreads();
+
+  // Split Σ PW in place, row by row; stage this block's columns of B and C.
+  for (int t = warp; t < Lp; t += kWarps) {
+    float m[kQ / 32];
+#pragma unroll
+    for (int u = 0; u < kQ / 32; ++u) m[u] = pw[t * Lay::ldK + lane + 32 * u];
+    __syncwarp();
+#pragma unroll
+    for (int u = 0; u < kQ / 32; ++u) write_split_row<T>(pw, Lay::ldK, kQ, t, lane + 32 * u, m[u]);
+  }
+  for (int e = tid; e < Lp * kN; e += kThreads) {
+    const int t = e / kN, kk = e % kN;
+    const bool ok = t < L && k0 + kk < d.n;
+    const int64_t off = d.bco(bi, t0 + t, gi) + k0 + kk;
+    put(fb, t * Lay::ldN + kk, ok ? a.B[off] : T(0.f));
+    put(fc, t * Lay::ldN + kk, ok ? a.C[off] : T(0.f));
+  }
+  __syncthreads();
+  const Smem<T> PW = split_rows<T>(pw, Lay::ldK, kQ);
+  auto write = [&](const Acc<T>& acc, T* out, int tt, int nc) {
+    acc.store(stage, 16);
+    __syncwarp();
+    for (int e = lane; e < 256; e += 32) {
+      const int t = 16 * tt + (e >> 4);
+      const int64_t k = k0 + 16 * nc + (e & 15);
+      if (t < L && k < d.n) out[d.bco(bi, t0 + t, gi) + k] = from_f32<T>(stage[e]);
+    }
+    __syncwarp();
+  };
+#pragma unroll
+  for (int q = 0; q < Lay::kTiles; ++q) {
+    const int zt = warp + q * kWarps, tt = zt / kNC, nc = zt % kNC;
+    if (tt >= Lt) continue;
+    for (int ss = 0; ss <= tt; ++ss) mma_tile<Row, Row, 2, 1>(accC[q], PW, 16 * tt, 16 * ss, fb, 16 * ss, 16 * nc);
+    write(accC[q], a.dC, tt, nc);
+    for (int ss = tt; ss < Lt; ++ss) mma_tile<Col, Row, 2, 1>(accB[q], PW, 16 * tt, 16 * ss, fc, 16 * ss, 16 * nc);
+    write(accB[q], a.dB, tt, nc);
+  }
+}
+
+}  // namespace
+
+template <class T>
+void launch_bc(const Dims& d, const BackwardArgs<T>& a, cudaStream_t s) {
+  with_chunk_tiles(d.Q, [&](auto kq) {
+    constexpr int kQ = decltype(kq)::value;
+    using Lay = BcLayout<T, kQ>;
+    const int64_t blocks = d.b * d.g * d.nc * ((d.n + Lay::kN - 1) / Lay::kN);
+    if (blocks == 0) return;
+    launch_big(bc_kernel<T, kQ>, unsigned(blocks), Lay::kThreads, Lay::bytes, s, d, a);
+  });
+}
+
+template void launch_bc<float>(const Dims&, const BackwardArgs<float>&, cudaStream_t);
+template void launch_bc<bf16>(const Dims&, const BackwardArgs<bf16>&, cudaStream_t);
+
+}  // namespace mambatron::cuda::ssd

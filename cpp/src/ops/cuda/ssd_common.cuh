@@ -1,0 +1,140 @@
+// What the SSD kernels share: sizes and 64-bit offsets of one problem, the Δ
+// transform, the per-token scalars of a chunk, and the launchers of the stages that
+// forward and backward both run (ssd_states.cu).
+//
+// Notation (as in cpu/ssd_chunked.cpp), chunk of L tokens (t, s local), head j:
+//   S_t = Σ_{u ≤ t} Δ_u·A_j (f64, from the chunk start), doc_t the document id,
+//   doc_in that of the token before the chunk (of token 0 for the first chunk),
+//   e_t = exp(S_t)·[doc_t = doc_in], f_t = exp(S_last − S_t)·[doc_t = doc_last],
+//   E = exp(S_last)·[doc_last = doc_in], W_ts = exp(S_t − S_s)·[s ≤ t, doc_s = doc_t].
+#pragma once
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include "ssd.h"
+#include "ssd_tile.cuh"
+#include "mambatron/ops.h"
+
+namespace mambatron::cuda::ssd {
+
+struct Dims {
+  int64_t b, l, h, p, g, n;
+  int64_t Q, nc;  // chunk length, chunks per row
+  __host__ __device__ int64_t group(int64_t j) const { return j / (h / g); }
+  // x, y, dy, dx [b, l, h, p]: element (bi, t, j, 0).
+  __host__ __device__ int64_t xo(int64_t bi, int64_t t, int64_t j) const { return ((bi * l + t) * h + j) * p; }
+  // dt, ddt [b, l, h].
+  __host__ __device__ int64_t dto(int64_t bi, int64_t t, int64_t j) const { return (bi * l + t) * h + j; }
+  // B, C, dB, dC [b, l, g, n]: element (bi, t, gi, 0).
+  __host__ __device__ int64_t bco(int64_t bi, int64_t t, int64_t gi) const { return ((bi * l + t) * g + gi) * n; }
+  // Per-token scalars [b, h, l].
+  __host__ __device__ int64_t so(int64_t bi, int64_t j, int64_t t) const { return (bi * h + j) * l + t; }
+  // States of chunks [b, h, nc, p, n]: the (p, n) matrix of chunk c.
+  __host__ __device__ int64_t co(int64_t bi, int64_t j, int64_t c) const { return ((bi * h + j) * nc + c) * p * n; }
+  // Initial/final states [b, h, p, n].
+  __host__ __device__ int64_t sto(int64_t bi, int64_t j) const { return (bi * h + j) * p * n; }
+};
+
+// Δ = clamp(softplus?(v)), v = dt + dt_bias, and dΔ/dv (0 where clamped), in f64 as on the CPU.
+struct DeltaOpt {
+  bool softplus, has_min, has_max;
+  double min, max;
+};
+DeltaOpt delta_opt(const SsdOptions& opt);
+
+struct DeltaSlope {
+  double value, slope;
+};
+__device__ __forceinline__ DeltaSlope delta_of(double v, const DeltaOpt& o) {
+  double d = v, s = 1.0;
+  if (o.softplus && v <= 20.0) {
+    d = log1p(exp(v));
+    s = 1.0 / (1.0 + exp(-v));
+  }
+  if (o.has_min && d < o.min) d = o.min, s = 0.0;
+  if (o.has_max && d > o.max) d = o.max, s = 0.0;
+  return {d, s};
+}
+
+// exp(S_t − S_s) of W: in f32 for the bf16 form, in f64 (rounded once) for the f32 form as on the CPU.
+template <class T>
+__device__ __forceinline__ float decay(double diff) {
+  if constexpr (kTensorCores<T>) return expf(float(diff));
+  else return float(exp(diff));
+}
+
+// The chunk a block works on, and its document ids at the edges.
+struct Chunk {
+  int64_t bi, j, c, t0;
+  int L;        // tokens in the chunk
+  int Lt;       // ⌈L / 16⌉ tiles
+  int doc_in, doc_last;
+  double S_last;
+};
+
+__device__ __forceinline__ int doc_at(const int32_t* seq, const Dims& d, int64_t bi, int64_t t) {
+  return seq ? seq[bi * d.l + t] : 0;
+}
+
+__device__ __forceinline__ Chunk make_chunk(const Dims& d, const double* S, const int32_t* seq, int64_t bi, int64_t j,
+                                            int64_t c) {
+  Chunk k;
+  k.bi = bi, k.j = j, k.c = c, k.t0 = c * d.Q;
+  const int64_t rest = d.l - k.t0;
+  k.L = int(rest < d.Q ? rest : d.Q);
+  k.Lt = (k.L + 15) / 16;
+  k.doc_in = doc_at(seq, d, bi, k.t0 > 0 ? k.t0 - 1 : 0);
+  k.doc_last = doc_at(seq, d, bi, k.t0 + k.L - 1);
+  k.S_last = S[d.so(bi, j, k.t0 + k.L - 1)];
+  return k;
+}
+
+// The chunk length and sizes of one call: x [b, l, h, p], B [b, l, g, n].
+inline Dims make_dims(const Tensor& x, const Tensor& B, const SsdOptions& opt) {
+  Dims d;
+  d.b = x.size(0), d.l = x.size(1), d.h = x.size(2), d.p = x.size(3), d.g = B.size(2), d.n = B.size(3);
+  d.Q = opt.chunk_size == 0 ? kSsdDefaultChunk : (opt.chunk_size < kSsdMaxChunk ? opt.chunk_size : kSsdMaxChunk);
+  d.nc = (d.l + d.Q - 1) / d.Q;
+  return d;
+}
+
+// f(std::integral_constant<int, kQ>) with the tile height kQ (64 or 128) that holds a chunk.
+template <class F>
+void with_chunk_tiles(int64_t Q, F&& f) {
+  if (Q <= 64) f(std::integral_constant<int, 64>{});
+  else f(std::integral_constant<int, 128>{});
+}
+
+// A launch with `smem` bytes of dynamic shared memory (above the default 48 KiB limit).
+template <class... P, class... A>
+void launch_big(void (*kernel)(P...), unsigned blocks, int threads, size_t smem, cudaStream_t s, A&&... args) {
+  MT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<blocks, threads, smem, s>>>(std::forward<A>(args)...);
+  MT_CUDA_LAUNCH_CHECK();
+}
+
+// Shared memory one block may use on sm_80/sm_90.
+constexpr size_t kMaxSmem = 227 * 1024;
+
+// The data pointer of an optional tensor, or null.
+template <class X>
+X* ptr_or_null(const Tensor& t) {
+  return t.defined() ? static_cast<X*>(t.data_ptr()) : nullptr;
+}
+
+// ---------------------------------------------------------------- shared stages (ssd_states.cu)
+// Δ (f32) and S (f64) of every token: [b, h, l] each.
+template <class T>
+void launch_chunk_scalars(const Dims& d, const T* dt, const float* dt_bias, const float* A, const DeltaOpt& o,
+                          float* delta, double* S, cudaStream_t s);
+
+// The state passed along the chunks, one block per (row, head, p-tile, n-tile):
+//   forward: states[c] = H entering chunk c; H ← E·H + Xᵀ·diag(f⊙Δ)·B (X = x, Bm = B)
+//   reverse: states[c] = Ĥ leaving chunk c;  Ĥ ← E·Ĥ + dYᵀ·diag(e)·C  (X = dy, Bm = C)
+// starting from `init` (or 0) and ending in `last` (when given).
+template <class T>
+void launch_state_pass(const Dims& d, bool reverse, const T* X, const T* Bm, const float* delta, const double* S,
+                       const int32_t* seq, const float* init, float* states, float* last, cudaStream_t s);
+
+}  // namespace mambatron::cuda::ssd

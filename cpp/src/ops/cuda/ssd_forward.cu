@@ -1,0 +1,223 @@
+// SSD forward on CUDA: per-token scalars, the state pass (ssd_states.cu), then one
+// block per (row, head, chunk, 64 columns of p) for the outputs
+//   Y = (K ⊙ W)·diag(Δ)·X + diag(e)·C·H_inᵀ + D·X,  K = C·Bᵀ,
+// with K and C·H_inᵀ accumulated over chunks of n, only the causal tiles of K formed,
+// and the masked matrix split in place into hi/lo bf16 rows for the last product.
+#include "ssd_common.cuh"
+
+namespace mambatron::cuda::ssd {
+
+namespace {
+
+template <class T, int kQ>
+struct OutLayout {
+  static constexpr int kT = kQ / 16, kWarps = kT, kThreads = 32 * kWarps;
+  static constexpr int kP = 64, kPC = kP / 16, kNK = 64;
+  static constexpr int kTri = (kT * (kT + 1) / 2 + kWarps - 1) / kWarps;  // K tiles per warp
+  static constexpr int kZ = kT * kPC / kWarps;                            // output tiles per warp
+  static constexpr int ldK = kQ + 4, ldC = pitch<T>(kNK), ldX = pitch<T>(kP);
+  // Region 0: the operands of the n loop, then K / the masked matrix.
+  static constexpr size_t cs = 0, bs = cs + align128(size_t(kQ) * ldC * sizeof(T));
+  static constexpr size_t hs = bs + align128(size_t(kQ) * ldC * sizeof(T));
+  static constexpr size_t ops_end = hs + operand_bytes<T, 2>(kP, ldC);
+  static constexpr size_t kf_end = align128(size_t(kQ) * ldK * sizeof(float));
+  static constexpr size_t xs = ops_end > kf_end ? ops_end : kf_end;
+  static constexpr size_t stage = xs + align128(size_t(kQ) * ldX * sizeof(T));
+  static constexpr size_t S = stage + align128(size_t(kWarps) * 256 * sizeof(float));
+  static constexpr size_t delta = S + align128(kQ * sizeof(double));
+  static constexpr size_t e = delta + align128(kQ * sizeof(float));
+  static constexpr size_t doc = e + align128(kQ * sizeof(float));
+  static constexpr size_t bytes = doc + align128(kQ * sizeof(int));
+  static_assert(bytes <= kMaxSmem, "ssd output kernel: too much shared memory");
+};
+
+template <class T, int kQ>
+__global__ void __launch_bounds__(OutLayout<T, kQ>::kThreads)
+    output_kernel(Dims d, const T* __restrict__ x, const T* __restrict__ Bm, const T* __restrict__ Cm,
+                  const float* __restrict__ Dp, const double* __restrict__ S, const float* __restrict__ delta,
+                  const int32_t* __restrict__ seq, const float* __restrict__ states, T* __restrict__ y) {
+  using Lay = OutLayout<T, kQ>;
+  constexpr int kWarps = Lay::kWarps, kThreads = Lay::kThreads, kP = Lay::kP, kPC = Lay::kPC, kNK = Lay::kNK;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const Smem<T> cs{reinterpret_cast<T*>(smem + Lay::cs), Lay::ldC, 0};
+  const Smem<T> bs{reinterpret_cast<T*>(smem + Lay::bs), Lay::ldC, 0};
+  const Smem<T> hs{reinterpret_cast<T*>(smem + Lay::hs), Lay::ldC, part_stride<T>(kP, Lay::ldC)};
+  const Smem<T> xs{reinterpret_cast<T*>(smem + Lay::xs), Lay::ldX, 0};
+  float* kf = reinterpret_cast<float*>(smem);
+  float* stage = reinterpret_cast<float*>(smem + Lay::stage) + warp * 256;
+  double* Ss = reinterpret_cast<double*>(smem + Lay::S);
+  float* dls = reinterpret_cast<float*>(smem + Lay::delta);
+  float* es = reinterpret_cast<float*>(smem + Lay::e);
+  int* docs = reinterpret_cast<int*>(smem + Lay::doc);
+
+  const int64_t ptiles = (d.p + kP - 1) / kP;
+  int64_t id = blockIdx.x;
+  const int64_t pt = id % ptiles;
+  id /= ptiles;
+  const int64_t c = id % d.nc;
+  id /= d.nc;
+  const int64_t j = id % d.h, bi = id / d.h, gi = d.group(j), i0 = pt * kP;
+  const Chunk ch = make_chunk(d, S, seq, bi, j, c);
+  const int L = ch.L, Lt = ch.Lt, Lp = 16 * Lt;
+
+  for (int t = tid; t < kQ; t += kThreads) {
+    if (t < L) {
+      const int64_t tok = ch.t0 + t;
+      Ss[t] = S[d.so(bi, j, tok)];
+      dls[t] = delta[d.so(bi, j, tok)];
+      docs[t] = doc_at(seq, d, bi, tok);
+      es[t] = docs[t] == ch.doc_in ? float(exp(Ss[t])) : 0.f;
+    } else {
+      Ss[t] = 0, dls[t] = 0.f, es[t] = 0.f, docs[t] = 0;
+    }
+  }
+  for (int e = tid; e < Lp * kP; e += kThreads) {
+    const int t = e / kP, r = e % kP;
+    const int64_t i = i0 + r;
+    put(xs, t * Lay::ldX + r, (t < L && i < d.p) ? x[d.xo(bi, ch.t0 + t, j) + i] : T(0.f));
+  }
+
+  // K = C·Bᵀ (causal tiles) and Z = C·H_inᵀ, over chunks of n.
+  Acc<T> accK[Lay::kTri], accZ[Lay::kZ];
+#pragma unroll
+  for (int q = 0; q < Lay::kTri; ++q) accK[q].zero();
+#pragma unroll
+  for (int q = 0; q < Lay::kZ; ++q) accZ[q].zero();
+  const int ntri = Lt * (Lt + 1) / 2;
+  const float* H = states + d.co(bi, j, c);
+  for (int64_t n0 = 0; n0 < d.n; n0 += kNK) {
+    const int nk = int(d.n - n0 < kNK ? d.n - n0 : kNK), nks = (nk + 15) / 16, nkp = 16 * nks;
+    __syncthreads();  // the previous chunk's products are done with cs, bs, hs
+    for (int e = tid; e < Lp * nkp; e += kThreads) {
+      const int t = e / nkp, kk = e % nkp;
+      const bool ok = t < L && kk < nk;
+      const int64_t off = d.bco(bi, ch.t0 + t, gi) + n0 + kk;
+      put(cs, t * Lay::ldC + kk, ok ? Cm[off] : T(0.f));
+      put(bs, t * Lay::ldC + kk, ok ? Bm[off] : T(0.f));
+    }
+    for (int e = tid; e < kP * nkp; e += kThreads) {
+      const int r = e / nkp, kk = e % nkp;
+      const int64_t i = i0 + r;
+      put_split<2>(hs, r * Lay::ldC + kk, (i < d.p && kk < nk) ? H[i * d.n + n0 + kk] : 0.f);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < Lay::kTri; ++q) {
+      const int qq = warp + q * kWarps;
+      if (qq >= ntri) continue;
+      int tt, ss;
+      tri_tile(qq, &tt, &ss);
+      for (int ks = 0; ks < nks; ++ks)
+        mma_tile<Row, Col, 1, 1>(accK[q], cs, 16 * tt, 16 * ks, bs, 16 * ks, 16 * ss);
+    }
+#pragma unroll
+    for (int q = 0; q < Lay::kZ; ++q) {
+      const int zt = warp + q * kWarps, tt = zt / kPC, pc = zt % kPC;
+      if (tt >= Lt) continue;
+      for (int ks = 0; ks < nks; ++ks)
+        mma_tile<Row, Col, 1, 2>(accZ[q], cs, 16 * tt, 16 * ks, hs, 16 * ks, 16 * pc);
+    }
+  }
+  __syncthreads();  // K overwrites the operands
+#pragma unroll
+  for (int q = 0; q < Lay::kTri; ++q) {
+    const int qq = warp + q * kWarps;
+    if (qq >= ntri) continue;
+    int tt, ss;
+    tri_tile(qq, &tt, &ss);
+    accK[q].store(kf + 16 * tt * Lay::ldK + 16 * ss, Lay::ldK);
+  }
+  __syncthreads();
+
+  // M = K ⊙ W·diag(Δ), row by row: a warp reads its row, then writes it back (split).
+  for (int t = warp; t < Lp; t += kWarps) {
+    float m[kQ / 32];
+#pragma unroll
+    for (int u = 0; u < kQ / 32; ++u) {
+      const int s = lane + 32 * u;
+      m[u] = 0.f;
+      if (s <= t && t < L && docs[s] == docs[t]) m[u] = kf[t * Lay::ldK + s] * decay<T>(Ss[t] - Ss[s]) * dls[s];
+    }
+    __syncwarp();
+#pragma unroll
+    for (int u = 0; u < kQ / 32; ++u) write_split_row<T>(kf, Lay::ldK, kQ, t, lane + 32 * u, m[u]);
+  }
+  __syncthreads();
+
+  // Y tiles: (e ⊙ Z + D·X) as the start, then += M·X over the causal tiles.
+  const Smem<T> M = split_rows<T>(kf, Lay::ldK, kQ);
+  const float Dj = Dp ? Dp[j] : 0.f;
+#pragma unroll
+  for (int q = 0; q < Lay::kZ; ++q) {
+    const int zt = warp + q * kWarps, tt = zt / kPC, pc = zt % kPC;
+    if (tt >= Lt) continue;
+    accZ[q].store(stage, 16);
+    __syncwarp();
+    for (int e = lane; e < 256; e += 32) {
+      const int t = 16 * tt + (e >> 4), cc = 16 * pc + (e & 15);
+      stage[e] = es[t] * stage[e] + Dj * to_f32(xs.p[t * Lay::ldX + cc]);
+    }
+    __syncwarp();
+    Acc<T> acc;
+    acc.load(stage, 16);
+    for (int ss = 0; ss <= tt; ++ss) mma_tile<Row, Row, 2, 1>(acc, M, 16 * tt, 16 * ss, xs, 16 * ss, 16 * pc);
+    acc.store(stage, 16);
+    __syncwarp();
+    for (int e = lane; e < 256; e += 32) {
+      const int t = 16 * tt + (e >> 4);
+      const int64_t i = i0 + 16 * pc + (e & 15);
+      if (t < L && i < d.p) y[d.xo(bi, ch.t0 + t, j) + i] = from_f32<T>(stage[e]);
+    }
+    __syncwarp();
+  }
+}
+
+template <class T>
+void launch_output(const Dims& d, const T* x, const T* B, const T* C, const float* D, const double* S,
+                   const float* delta, const int32_t* seq, const float* states, T* y, cudaStream_t s) {
+  with_chunk_tiles(d.Q, [&](auto kq) {
+    constexpr int kQ = decltype(kq)::value;
+    using Lay = OutLayout<T, kQ>;
+    const int64_t blocks = d.b * d.h * d.nc * ((d.p + Lay::kP - 1) / Lay::kP);
+    if (blocks == 0) return;
+    launch_big(output_kernel<T, kQ>, unsigned(blocks), Lay::kThreads, Lay::bytes, s, d, x, B, C, D, S, delta, seq,
+               states, y);
+  });
+}
+
+}  // namespace
+}  // namespace mambatron::cuda::ssd
+
+namespace mambatron::cuda {
+
+void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& B, const Tensor& C,
+                 const Tensor& D, const Tensor& dt_bias, const Tensor& initial_state, const Tensor& seq_idx,
+                 Tensor& y, Tensor& final_state, const SsdOptions& opt) {
+  using namespace ssd;
+  const int dev = x.device().index;
+  DeviceGuard guard(dev);
+  cudaStream_t s = stream(dev);
+  const Dims d = make_dims(x, B, opt);
+  const int64_t tokens = d.b * d.h * d.l, state_elems = d.b * d.h * d.nc * d.p * d.n;
+  Tensor delta = Tensor::empty({tokens > 0 ? tokens : 1}, DType::f32, x.device());
+  Tensor S = Tensor::empty({tokens > 0 ? tokens : 1}, DType::f64, x.device());
+  Tensor states = Tensor::empty({state_elems > 0 ? state_elems : 1}, DType::f32, x.device());
+  float* pdelta = static_cast<float*>(delta.data_ptr());
+  double* pS = static_cast<double*>(S.data_ptr());
+  float* pstates = static_cast<float*>(states.data_ptr());
+  const int32_t* seq = ptr_or_null<const int32_t>(seq_idx);
+  visit_bf16_f32(x.dtype(), "ssd_forward", "x", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T *px = static_cast<const T*>(x.data_ptr()), *pB = static_cast<const T*>(B.data_ptr()),
+            *pC = static_cast<const T*>(C.data_ptr());
+    launch_chunk_scalars<T>(d, static_cast<const T*>(dt.data_ptr()), ptr_or_null<const float>(dt_bias),
+                            static_cast<const float*>(A.data_ptr()), delta_opt(opt), pdelta, pS, s);
+    launch_state_pass<T>(d, false, px, pB, pdelta, pS, seq, ptr_or_null<const float>(initial_state), pstates,
+                         ptr_or_null<float>(final_state), s);
+    launch_output<T>(d, px, pB, pC, ptr_or_null<const float>(D), pS, pdelta, seq, pstates,
+                     static_cast<T*>(y.data_ptr()), s);
+  });
+}
+
+}  // namespace mambatron::cuda
