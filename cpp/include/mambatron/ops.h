@@ -247,8 +247,10 @@ void selective_scan_step(const Tensor& u, const Tensor& delta, const Tensor& A, 
 //   y_t = H_t·C_t[γ] + D_j·x_t
 // Shapes: x, y [b, l, h, p]; dt [b, l, h]; A [h] (negative; callers pass −exp(A_log));
 // B, C [b, l, g, n] with g dividing h; D, dt_bias [h]; initial_state, final_state
-// [b, h, p, n]; seq_idx int32 [b, l]. All float tensors share one dtype (f32 or f64
-// on the CPU). Optional tensors (D, dt_bias, initial_state, seq_idx, final_state and
+// [b, h, p, n]; seq_idx int32 [b, l]. All float tensors share one dtype (f32 or f64)
+// on the CPU. On CUDA x, dt, B, C, y and their gradients are bf16 or f32 (one dtype),
+// and A, D, dt_bias, the states and their gradients f32; seq_idx's order is not
+// checked there. Optional tensors (D, dt_bias, initial_state, seq_idx, final_state and
 // the optional gradients) are passed undefined (Tensor()) when absent; an absent D,
 // dt_bias or initial_state acts as zeros.
 // seq_idx: a document id per token, non-decreasing along each row; the state resets
@@ -257,6 +259,8 @@ void selective_scan_step(const Tensor& u, const Tensor& delta, const Tensor& A, 
 struct SsdOptions {
   // 0: the sequential recurrence. Q > 0: the chunked SSD form (intra-chunk matrices,
   // chunk states, state passing, inter-chunk) with chunks of Q tokens; any l.
+  // CUDA always runs the chunked form: 0 picks its default length (128) and longer
+  // chunks run as 128 tokens, the same numbers up to rounding.
   int64_t chunk_size = 0;
   bool dt_softplus = false;  // softplus(v) = log1p(exp(v)), v > 20 → v
   // When set, Δ (after softplus) is clamped from below / above; its gradient is 0
