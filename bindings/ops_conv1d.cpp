@@ -52,6 +52,7 @@ void bind_conv1d_ops(py::module_& m) {
       R"(Causal depthwise conv1d: out[t, c] = (SiLU of) bias[c] + Σ_k weight[c, k] · x[t − (w−1) + k, c].
 
 x: [b, l, c] f32/f64 (token-major); weight: [c, w] with w in 2..4; bias: [c] or None.
+On CUDA: x and the states bf16/f32, weight and bias bf16/f32 of their own.
 initial_state: [b, c, w−1] (the w−1 inputs before position 0, oldest first) or None (zeros).
 seq_idx: int32 [b, l] document ids, non-decreasing along each row, or None: taps never cross a
 document boundary (the initial state feeds the row's first document only).
@@ -69,8 +70,9 @@ final_state is given; final_state holds the last w−1 inputs of the last docume
                ts = optional(seq_idx, op, "seq_idx"), tdf = optional(d_final_state, op, "d_final_state");
         bool ok = ranks_ok(tx, 3, tw);
         Tensor gx = out_or_new(dx, op, "dx", ok, tx.shape(), tx);
-        Tensor gw = out_or_new(dweight, op, "dweight", ok, ok ? tw.shape() : Shape{}, tx);
-        Tensor gb = tb.defined() || !dbias.is_none() ? out_or_new(dbias, op, "dbias", ok, {ok ? tx.size(2) : 0}, tx)
+        // Parameter gradients like their parameter (on the CPU that is x's dtype).
+        Tensor gw = out_or_new(dweight, op, "dweight", ok, ok ? tw.shape() : Shape{}, tw);
+        Tensor gb = tb.defined() || !dbias.is_none() ? out_or_new(dbias, op, "dbias", ok, {ok ? tx.size(2) : 0}, tw)
                                                      : Tensor();
         Tensor gi = ti.defined() || !d_initial_state.is_none()
                         ? out_or_new(d_initial_state, op, "d_initial_state", ok, ok ? state_shape(tx, tw) : Shape{}, tx)
@@ -88,7 +90,8 @@ final_state is given; final_state holds the last w−1 inputs of the last docume
       R"(Gradients of conv1d_forward (same inputs and options) given dout [b, l, c] and optionally
 d_final_state [b, c, w−1]. Returns (dx [b, l, c], dweight [c, w], dbias [c] or None,
 d_initial_state [b, c, w−1] or None); dbias / d_initial_state are computed when bias /
-initial_state (or the output buffer) is given. Given buffers are overwritten.)");
+initial_state (or the output buffer) is given. Given buffers are overwritten. dweight and dbias
+are allocated like weight (on CUDA bf16 or f32, the dtype of their own).)");
 
   m.def(
       "conv1d_step",

@@ -309,14 +309,15 @@ TEST(Conv1d, RejectsBadArguments) {
   expect_error<VE>([&] { fwd(in.x, in.weight, none, none, none, out_t, fin); }, "'out'", "not contiguous");
   Tensor fin_bad = T::poisoned({2, 37, 4});
   expect_error<VE>([&] { fwd(in.x, in.weight, none, none, none, out, fin_bad); }, "'final_state'", "[2, 37, 3]");
-  // Devices: a tensor labelled CUDA (never read) next to CPU tensors, then all of them on CUDA.
+  // Devices: a tensor labelled CUDA (never read) next to CPU tensors, then all of them on CUDA
+  // in f64, which the CUDA op does not take.
   auto on_cuda = [](const Tensor& t) {
     return Tensor::from_blob(t.data_ptr(), t.shape(), t.strides(), t.dtype(), mt::Device::cuda(0), t.storage());
   };
   expect_error<TE>([&] { fwd(in.x, on_cuda(in.weight), none, none, none, out, fin); }, "'weight'", "cuda");
   Tensor out_c = on_cuda(out);
   expect_error<TE>([&] { fwd(on_cuda(in.x), on_cuda(in.weight), none, none, none, out_c, none); },
-                          "conv1d_forward", "CPU only");
+                          "conv1d_forward", "bf16 or f32 on CUDA");
 
   // Backward: the gradients' shapes.
   Tensor dout = T::randn({2, 13, 37}), dx = T::poisoned({2, 13, 37}), dw = T::poisoned({37, 4});

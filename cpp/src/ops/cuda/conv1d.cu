@@ -1,0 +1,153 @@
+// Causal depthwise conv1d on CUDA: launchers of the kernels in conv1d.cuh.
+#include <type_traits>
+
+#include "conv1d.cuh"
+#include "conv1d.h"
+
+namespace mambatron::cuda {
+
+namespace {
+using conv::ConvArgs;
+constexpr int kThreads = 256;  // elementwise kernels (final state, step, parameter sums)
+
+template <class T> const T* cptr(const Tensor& t) { return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr; }
+template <class T> T* mptr(const Tensor& t) { return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr; }
+
+// f(integral_constant<int, w>) for the widths 2..4 the op allows.
+template <class F>
+void visit_width(int64_t w, F&& f) {
+  if (w == 2) f(std::integral_constant<int, 2>{});
+  else if (w == 3) f(std::integral_constant<int, 3>{});
+  else f(std::integral_constant<int, 4>{});
+}
+
+// Channels per thread: `vec` when c and every row pointer allow vector accesses of vec elements.
+int channels_per_thread(int vec, int64_t c, size_t elem, std::initializer_list<const void*> rows) {
+  if (c % vec != 0) return 1;
+  for (const void* p : rows)
+    if (reinterpret_cast<uintptr_t>(p) % (size_t(vec) * elem) != 0) return 1;
+  return vec;
+}
+
+dim3 tile_grid(int64_t b, int64_t l, int64_t c, int v) {
+  const int64_t units = b * conv::tiles_per_row(l);
+  return dim3(unsigned((c + conv::kLanes * v - 1) / (conv::kLanes * v)),
+              unsigned(units < conv::kMaxUnits ? units : conv::kMaxUnits));
+}
+
+size_t ids_bytes(int w) { return size_t(conv::window_size(w) + 2) * sizeof(int32_t); }
+
+template <class T, class P>
+ConvArgs<T, P> make_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& initial_state,
+                         const Tensor& seq_idx, bool silu) {
+  ConvArgs<T, P> a{};
+  a.x = cptr<T>(x);
+  a.weight = cptr<P>(weight);
+  a.bias = cptr<P>(bias);
+  a.init = cptr<T>(initial_state);
+  a.seq = cptr<int32_t>(seq_idx);
+  a.b = x.size(0);
+  a.l = x.size(1);
+  a.c = x.size(2);
+  a.silu = silu;
+  return a;
+}
+
+// f(T, P) for the activation dtype of x and the dtype of weight.
+template <class F>
+void visit_conv(const char* op, const Tensor& x, const Tensor& weight, F&& f) {
+  visit_bf16_f32(x.dtype(), op, "x", [&](auto t) {
+    visit_bf16_f32(weight.dtype(), op, "weight", [&](auto p) { f(t, p); });
+  });
+}
+}  // namespace
+
+void conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& initial_state,
+                    const Tensor& seq_idx, Tensor& out, Tensor& final_state, const Conv1dOptions& opt) {
+  const char* op = "conv1d_forward";
+  const int dev = x.device().index;
+  DeviceGuard guard(dev);
+  cudaStream_t s = stream(dev);
+  const int64_t b = x.size(0), l = x.size(1), c = x.size(2), w = weight.size(1);
+  visit_conv(op, x, weight, [&](auto t, auto p) {
+    using T = typename decltype(t)::type;
+    using P = typename decltype(p)::type;
+    ConvArgs<T, P> a = make_args<T, P>(x, weight, bias, initial_state, seq_idx, opt.silu);
+    a.out = mptr<T>(out);
+    if (b > 0 && l > 0 && c > 0) {
+      const int v = channels_per_thread(16 / int(sizeof(T)), c, sizeof(T), {a.x, a.out});
+      visit_width(w, [&](auto wc) {
+        constexpr int W = decltype(wc)::value;
+        constexpr int VEC = 16 / int(sizeof(T));
+        const dim3 grid = tile_grid(b, l, c, v), block(conv::kLanes, conv::kGroups);
+        if (v == VEC) conv::conv_fwd_kernel<T, P, W, VEC><<<grid, block, ids_bytes(W), s>>>(a);
+        else conv::conv_fwd_kernel<T, P, W, 1><<<grid, block, ids_bytes(W), s>>>(a);
+        MT_CUDA_LAUNCH_CHECK();
+      });
+    }
+    if (final_state.defined() && b * c > 0) {
+      conv::conv_final_state_kernel<T><<<grid_for(b * c * (w - 1), kThreads), kThreads, 0, s>>>(
+          a.x, a.init, a.seq, mptr<T>(final_state), b, l, c, int(w));
+      MT_CUDA_LAUNCH_CHECK();
+    }
+  });
+}
+
+void conv1d_backward(const Tensor& dout, const Tensor& d_final_state, const Tensor& x, const Tensor& weight,
+                     const Tensor& bias, const Tensor& initial_state, const Tensor& seq_idx, Tensor& dx,
+                     Tensor& dweight, Tensor& dbias, Tensor& d_initial_state, const Conv1dOptions& opt) {
+  const char* op = "conv1d_backward";
+  const int dev = x.device().index;
+  DeviceGuard guard(dev);
+  cudaStream_t s = stream(dev);
+  const int64_t b = x.size(0), l = x.size(1), c = x.size(2), w = weight.size(1);
+  if (c == 0) return;
+  const int64_t units = b * conv::tiles_per_row(l);
+  Tensor partial = Tensor::empty({units > 0 ? units * (w + 1) * c : 1}, DType::f32, x.device());
+  visit_conv(op, x, weight, [&](auto t, auto p) {
+    using T = typename decltype(t)::type;
+    using P = typename decltype(p)::type;
+    ConvArgs<T, P> a = make_args<T, P>(x, weight, bias, initial_state, seq_idx, opt.silu);
+    a.dout = cptr<T>(dout);
+    a.dfinal = cptr<T>(d_final_state);
+    a.dx = mptr<T>(dx);
+    a.dinit = mptr<T>(d_initial_state);
+    a.partial = mptr<float>(partial);
+    if (units > 0) {
+      constexpr int VEC = 4;
+      const int v = channels_per_thread(VEC, c, sizeof(T), {a.x, a.dout, a.dx});
+      visit_width(w, [&](auto wc) {
+        constexpr int W = decltype(wc)::value;
+        const dim3 grid = tile_grid(b, l, c, v), block(conv::kLanes, conv::kGroups);
+        const size_t smem = size_t(conv::kGroups) * (W + 1) * conv::kLanes * v * sizeof(float) + ids_bytes(W);
+        if (v == VEC) conv::conv_bwd_kernel<T, P, W, VEC><<<grid, block, smem, s>>>(a);
+        else conv::conv_bwd_kernel<T, P, W, 1><<<grid, block, smem, s>>>(a);
+        MT_CUDA_LAUNCH_CHECK();
+      });
+    }
+    visit_bf16_f32(dweight.dtype(), op, "dweight", [&](auto g) {
+      using G = typename decltype(g)::type;
+      conv::conv_param_finish_kernel<G><<<grid_for((w + 1) * c, kThreads), kThreads, 0, s>>>(
+          a.partial, units, c, int(w), mptr<G>(dweight), mptr<G>(dbias));
+      MT_CUDA_LAUNCH_CHECK();
+    });
+  });
+}
+
+void conv1d_step(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& conv_state, Tensor& out,
+                 const Conv1dOptions& opt) {
+  const char* op = "conv1d_step";
+  const int dev = x.device().index;
+  DeviceGuard guard(dev);
+  const int64_t b = x.size(0), c = x.size(1), w = weight.size(1);
+  if (b * c == 0) return;
+  visit_conv(op, x, weight, [&](auto t, auto p) {
+    using T = typename decltype(t)::type;
+    using P = typename decltype(p)::type;
+    conv::conv_step_kernel<T, P><<<grid_for(b * c, kThreads), kThreads, 0, stream(dev)>>>(
+        cptr<T>(x), cptr<P>(weight), cptr<P>(bias), mptr<T>(conv_state), mptr<T>(out), b, c, int(w), opt.silu);
+    MT_CUDA_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace mambatron::cuda
