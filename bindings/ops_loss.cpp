@@ -15,6 +15,9 @@ Tensor optional_tensor(py::handle h, const char* op, const char* name) {
 // Rows of h, or 0 when h has no dims (the op then reports the shape of h).
 int64_t rows_of(const Tensor& h) { return h.dim() >= 1 ? h.size(0) : 0; }
 
+// Per-token losses: h's dtype on the CPU, f32 on CUDA.
+DType losses_dtype(const Tensor& h) { return h.is_cuda() ? DType::f32 : h.dtype(); }
+
 }  // namespace
 
 void bind_loss_ops(py::module_& m) {
@@ -29,7 +32,7 @@ void bind_loss_ops(py::module_& m) {
         const bool want = return_losses || !losses.is_none();
         Tensor tl;
         if (!losses.is_none()) tl = as_tensor(losses, op, "losses");
-        else if (want) tl = Tensor::empty({rows_of(th)}, th.dtype(), th.device());
+        else if (want) tl = Tensor::empty({rows_of(th)}, losses_dtype(th), th.device());
         double loss;
         {
           py::gil_scoped_release release;
@@ -44,8 +47,9 @@ void bind_loss_ops(py::module_& m) {
       R"(Mean cross-entropy of the logits h @ w.T against targets, without holding all logits.
 
 h: [n, d] f32/f64; w: [V, d] like h; targets: [n] int32/int64; mask: optional [n] uint8
-(nonzero includes) or f32/f64 weights (0 excludes). Positions whose target equals
-ignore_index are excluded. loss = sum(m_i * l_i) / sum(m_i) over included positions, where
+(nonzero includes) or f32/f64 weights (0 excludes); on CUDA h is bf16/f32, w bf16/f32 of its
+own, the mask uint8/f32 and losses f32. Positions whose target equals ignore_index are
+excluded. loss = sum(m_i * l_i) / sum(m_i) over included positions, where
 l_i = logsumexp(logits_i) - logits_i[target_i]; 0 when none is included. Rows go chunk_size
 at a time and the vocabulary vocab_chunk_size at a time (0: all of it).
 Returns the loss (a float), or (loss, losses) when return_losses is set or `losses` [n] is
@@ -65,7 +69,7 @@ given: losses holds l_i at included positions and 0 elsewhere.)");
         const bool want = return_losses || !losses.is_none();
         Tensor tl;
         if (!losses.is_none()) tl = as_tensor(losses, op, "losses");
-        else if (want) tl = Tensor::empty({rows_of(th)}, th.dtype(), th.device());
+        else if (want) tl = Tensor::empty({rows_of(th)}, losses_dtype(th), th.device());
         double loss;
         {
           py::gil_scoped_release release;
@@ -82,7 +86,8 @@ given: losses holds l_i at included positions and 0 elsewhere.)");
 
 Same arguments as the forward. Returns (loss, dh [n, d], dw [V, d]) where dh and dw are the
 gradients of grad_scale * loss (overwritten when given; rows of dh at excluded positions are
-0), and (loss, dh, dw, losses) when return_losses is set or `losses` [n] is given.)");
+0), and (loss, dh, dw, losses) when return_losses is set or `losses` [n] is given. dh has h's
+dtype; dw, when not given, w's (on CUDA it may be given as f32 for a bf16 w).)");
 }
 
 }  // namespace mambatron::bind

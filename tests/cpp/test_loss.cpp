@@ -340,14 +340,14 @@ TEST(LossLinearCrossEntropy, RejectsBadArguments) {
                            "'dh' has shape [6, 6], expected [6, 5]");
   expect_error<TypeError>([&] { mt::linear_cross_entropy_backward(h, w, targets, Tensor(), dh, dw_bad, opt); },
                           "'dw'");
-  // Devices: mixed devices name the argument; CUDA tensors are refused until the kernel exists.
+  // Devices: mixed devices name the argument; f64 is refused on CUDA (before any kernel runs).
   expect_error<TypeError>([&] { fwd(h, on_cuda(w), targets, Tensor()); }, "'w' is on cuda:0");
   expect_error<TypeError>([&] { fwd(h, w, on_cuda(targets), Tensor()); }, "'targets' is on cuda:0");
-  expect_error<TypeError>([&] { fwd(on_cuda(h), on_cuda(w), on_cuda(targets), Tensor()); }, "CPU only");
+  expect_error<TypeError>([&] { fwd(on_cuda(h), on_cuda(w), on_cuda(targets), Tensor()); }, "'h'", "on CUDA");
   Tensor cdh = on_cuda(dh), cdw = on_cuda(dw);
   expect_error<TypeError>([&] { mt::linear_cross_entropy_backward(h, w, targets, Tensor(), cdh, dw, opt); },
                           "'dh' is on cuda:0");
   expect_error<TypeError>(
       [&] { mt::linear_cross_entropy_backward(on_cuda(h), on_cuda(w), on_cuda(targets), Tensor(), cdh, cdw, opt); },
-      "CPU only");
+      "'h'", "on CUDA");
 }
