@@ -165,6 +165,16 @@ TEST(CudaSsd, ForwardBackwardMatchCpuWithinRule) {
   }
 }
 
+// One small packed case in both dtypes: quick enough for compute-sanitizer.
+TEST(CudaSsd, SmallPackedCase) {
+  SKIP_WITHOUT_GPU();
+  for (DType act : {DType::bf16, DType::f32}) {
+    Inputs in = random_inputs({2, 100, 2, 16, 1, 40});
+    in.seq_idx = seq_idx_from_lengths({{30, 1, 69}, {100}}, 100);
+    expect_case_within_rule(make_case(in, act), options(32), true);
+  }
+}
+
 // A batch row of 512K tokens (offsets past 2^31 bytes in the state scratch of a real
 // model are the same code); the CPU runs its sequential form here, which is cheaper.
 TEST(CudaSsd, LongSequenceMatchesCpuWithinRule) {
