@@ -19,7 +19,7 @@ say() { echo "$*" | tee -a "$log"; }
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) NCCL_NVLS_ENABLE=0
 export PATH=/usr/local/cuda/bin:$PATH
 
-say "== $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || cat COMMIT 2>/dev/null || echo unknown)"
+say "== $(date -u +%FT%TZ) commit $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv >> "$log" 2>&1
 
 t0=$(date +%s)
@@ -39,6 +39,8 @@ python3 -m pytest ${PYTEST_ARGS:-tests/python} -q -rs --durations=10 > "$OUT/pyt
 pytest_rc=$?
 say "pytest: exit $pytest_rc; $(tail -1 "$OUT/pytest.log")"
 [ $pytest_rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error" "$OUT/pytest.log" | head -30 | tee -a "$log"
+# The GPU-vs-CPU training curve's numbers (the test prints them).
+python3 -m pytest tests/python/test_train_gpu.py -q -s -k follows 2>&1 | grep "window means" | tee -a "$log"
 
 bench_rc=0
 if [ $bench -eq 1 ]; then

@@ -44,7 +44,7 @@ inline Tensor random_tokens(int64_t b, int64_t l, int64_t vocab) {
 inline void perturb_parameters(Model& m, double scale = 0.05) {
   Tensor noise = randn({m.num_parameters()}, m.parameter_dtype(), scale);
   Tensor flat = m.flat_parameters();
-  Tensor sum = flat.to(DType::f64).clone();
+  Tensor sum = flat.to(Device::cpu(), DType::f64).clone();
   auto n = values(noise);
   double* p = sum.data<double>();
   for (size_t i = 0; i < n.size(); ++i) p[i] += n[i];

@@ -62,6 +62,7 @@ TEST(CudaCore, CopiesAcrossDevicesDtypesAndStrides) {
 TEST(CudaCore, CachingAllocatorCountsAndReuses) {
   SKIP_WITHOUT_GPU();
   mt::synchronize(kGpu);
+  mt::empty_cache(kGpu);  // blocks cached by earlier tests could serve the request below instead
   size_t before = mt::memory_allocated(kGpu);
   void* first;
   {
