@@ -5,14 +5,18 @@
 # printed are a summary.
 #   scripts/gpu_check.sh            build + tests + benchmarks
 #   scripts/gpu_check.sh --no-bench build + tests
+#   scripts/gpu_check.sh --jobs     build + the user-facing jobs on the GPU: the main job
+#                                   (`mambatron train`, timed) and notebooks/paper_findings.ipynb
+#                                   in its full setting (figure and numbers into $OUT)
 # GTEST_FILTER and PYTEST_ARGS (e.g. "tests/python/test_ops_ssd.py -k cuda")
 # narrow the tests to one area while a kernel is being written.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
-bench=1
+bench=1 tests=1 jobs=0
 [ "${1:-}" = "--no-bench" ] && bench=0
+[ "${1:-}" = "--jobs" ] && bench=0 tests=0 jobs=1
 log="$OUT/gpu_check.log"
 : > "$log"
 say() { echo "$*" | tee -a "$log"; }
@@ -29,6 +33,21 @@ build_rc=$?
 say "build: exit $build_rc in $(( $(date +%s) - t0 )) s"
 if [ $build_rc -ne 0 ]; then tail -40 "$OUT/build.log"; exit 1; fi
 grep -E "mambatron: CUDA backend" "$OUT/build.log" | tee -a "$log"
+
+if [ $jobs -eq 1 ]; then
+  job_rc=0
+  t0=$(date +%s)
+  (cd "$OUT" && python3 -m mambatron train) > "$OUT/main_job.log" 2>&1 || job_rc=1
+  say "main job (mambatron train): exit $job_rc in $(( $(date +%s) - t0 )) s"
+  tail -12 "$OUT/main_job.log" | tee -a "$log"
+  t0=$(date +%s)
+  MAMBATRON_PAPER_FIGURE="$OUT/paper_findings.png" MAMBATRON_PAPER_RESULTS="$OUT/paper_findings.json" \
+    python3 scripts/run_notebook.py notebooks/paper_findings.ipynb > "$OUT/paper_findings.log" 2>&1 || job_rc=1
+  say "paper_findings notebook: exit $job_rc in $(( $(date +%s) - t0 )) s"
+  grep -A6 "^model " "$OUT/paper_findings.log" | tee -a "$log"
+  tail -3 "$OUT/paper_findings.log" | tee -a "$log"
+  exit $job_rc
+fi
 
 build/gpu/mambatron_tests --gtest_filter="${GTEST_FILTER:-*}" --gtest_output=xml:"$OUT/gtest.xml" > "$OUT/gtest.log" 2>&1
 gtest_rc=$?
