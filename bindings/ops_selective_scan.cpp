@@ -19,6 +19,12 @@ Tensor out_or_new(py::handle given, const char* op, const char* name, bool known
   return known ? Tensor::empty(shape, like.dtype(), like.device()) : Tensor();
 }
 py::object or_none(const Tensor& t) { return t.defined() ? py::cast(t) : py::none(); }
+// A, D, delta_bias, their gradients and the states: like u on the CPU, f32 on CUDA.
+Tensor f32_out_or_new(py::handle given, const char* op, const char* name, bool known, const Shape& shape,
+                      const Tensor& u) {
+  if (!given.is_none()) return as_tensor(given, op, name);
+  return known ? Tensor::empty(shape, u.is_cuda() ? DType::f32 : u.dtype(), u.device()) : Tensor();
+}
 
 // The sizes the outputs need: u [b, (l,) d], A [d, n], B [b, (l,) g, n].
 struct Sizes {
@@ -60,7 +66,7 @@ void bind_selective_scan_ops(py::module_& m) {
         Sizes s = sizes(in.u, in.A, in.B, 3);
         Tensor ty = out_or_new(out, op, "y", s.ok, in.u.shape(), in.u);
         bool want_final = return_final_state || !final_state.is_none();
-        Tensor tf = want_final ? out_or_new(final_state, op, "final_state", s.ok, s.state, in.u) : Tensor();
+        Tensor tf = want_final ? f32_out_or_new(final_state, op, "final_state", s.ok, s.state, in.u) : Tensor();
         {
           py::gil_scoped_release release;
           selective_scan_forward(in.u, in.delta, in.A, in.B, in.C, in.D, in.z, in.delta_bias, in.initial_state,
@@ -78,6 +84,7 @@ void bind_selective_scan_ops(py::module_& m) {
 y_t = (h_t·C_t[γ] + D·u_t) · SiLU(z_t) (the gate only with z).
 
 u, delta, z: [b, l, d] f32/f64; A: [d, n]; B, C: [b, l, g, n] (g divides d); D, delta_bias: [d].
+On CUDA: u, delta, B, C, z bf16/f32 (one dtype); A, D, delta_bias and the states f32; n <= 64.
 initial_state: [b, d, n] or None (zeros). seq_idx: int32 [b, l] document ids, non-decreasing along
 each row: the state resets to 0 where the id changes.
 Returns y [b, l, d], or (y, final_state [b, d, n]) when return_final_state is set or final_state
@@ -96,16 +103,17 @@ is given.)");
         const Tensor& r = in.u;
         Tensor gu = out_or_new(du, op, "du", s.ok, r.shape(), r);
         Tensor gdelta = out_or_new(ddelta, op, "ddelta", s.ok, r.shape(), r);
-        Tensor gA = out_or_new(dA, op, "dA", s.ok, s.A, r);
+        Tensor gA = f32_out_or_new(dA, op, "dA", s.ok, s.A, r);
         Tensor gB = out_or_new(dB, op, "dB", s.ok, s.B, r), gC = out_or_new(dC, op, "dC", s.ok, s.B, r);
-        auto when = [&](bool wanted, py::handle given, const char* name, const Shape& shape) {
-          return wanted || !given.is_none() ? out_or_new(given, op, name, s.ok, shape, r) : Tensor();
+        auto when = [&](bool wanted, py::handle given, const char* name, const Shape& shape, bool f32) {
+          if (!wanted && given.is_none()) return Tensor();
+          return f32 ? f32_out_or_new(given, op, name, s.ok, shape, r) : out_or_new(given, op, name, s.ok, shape, r);
         };
         Shape width = {s.ok ? r.size(2) : 0};
-        Tensor gD = when(in.D.defined(), dD, "dD", width);
-        Tensor gz = when(in.z.defined(), dz, "dz", r.shape());
-        Tensor gbias = when(in.delta_bias.defined(), ddelta_bias, "ddelta_bias", width);
-        Tensor ginit = when(in.initial_state.defined(), d_initial_state, "d_initial_state", s.state);
+        Tensor gD = when(in.D.defined(), dD, "dD", width, true);
+        Tensor gz = when(in.z.defined(), dz, "dz", r.shape(), false);
+        Tensor gbias = when(in.delta_bias.defined(), ddelta_bias, "ddelta_bias", width, true);
+        Tensor ginit = when(in.initial_state.defined(), d_initial_state, "d_initial_state", s.state, true);
         {
           py::gil_scoped_release release;
           selective_scan_backward(tdy, tdf, in.u, in.delta, in.A, in.B, in.C, in.D, in.z, in.delta_bias,
@@ -124,7 +132,7 @@ is given.)");
 d_final_state [b, d, n]. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, d_initial_state)
 shaped like their inputs; dD, dz, ddelta_bias, d_initial_state are None when the input (and the
 output buffer) is absent. ddelta is the gradient with respect to delta itself. Given buffers are
-overwritten.)");
+overwritten. On CUDA dA, dD, ddelta_bias and d_initial_state are f32.)");
 
   m.def(
       "selective_scan_step",

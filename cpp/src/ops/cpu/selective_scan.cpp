@@ -296,7 +296,7 @@ void backward_typed(const Scan<T>& s, const Grads<T>& gd, T* dA, T* dB, T* dC, T
   const bool parallel = b * l * d * n >= kParallelWork;
 #pragma omp parallel if (parallel)
   {
-    Work<T> w(n, nchunks);
+    Work<T> w(n, std::max<int64_t>(nchunks, 1));  // l = 0 still loads the initial state
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < ntasks; ++k) {
       const Task tk = bl.task(k, g);

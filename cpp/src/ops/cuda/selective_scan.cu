@@ -1,0 +1,160 @@
+// Mamba-1 selective scan on CUDA: launchers of the kernels in selective_scan.cuh.
+#include "selective_scan.cuh"
+#include "selective_scan.h"
+
+namespace mambatron::cuda {
+
+namespace {
+using scan::ScanArgs;
+constexpr int kThreads = 128;  // forward, checkpoints, sums
+
+template <class T> const T* cptr(const Tensor& t) { return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr; }
+template <class T> T* mptr(const Tensor& t) { return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr; }
+
+// f(integral_constant<int, NS>) for the state slots that hold n.
+template <class F>
+void visit_state(int64_t n, F&& f) {
+  if (n <= 16) f(std::integral_constant<int, 16>{});
+  else if (n <= 32) f(std::integral_constant<int, 32>{});
+  else f(std::integral_constant<int, 64>{});
+}
+
+// A flat scratch tensor of n elements (at least one, so that it has an address).
+Tensor scratch(int64_t n, DType dt, Device device) { return Tensor::empty(Shape{n > 0 ? n : 1}, dt, device); }
+
+template <class T>
+ScanArgs<T> make_args(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                      const Tensor& D, const Tensor& z, const Tensor& delta_bias, const Tensor& init,
+                      const Tensor& seq_idx, bool softplus) {
+  ScanArgs<T> a{};
+  a.u = cptr<T>(u);
+  a.delta = cptr<T>(delta);
+  a.B = cptr<T>(B);
+  a.C = cptr<T>(C);
+  a.z = cptr<T>(z);
+  a.A = cptr<float>(A);
+  a.D = cptr<float>(D);
+  a.bias = cptr<float>(delta_bias);
+  a.init = cptr<float>(init);
+  a.seq = cptr<int32_t>(seq_idx);
+  a.b = u.size(0);
+  a.l = u.dim() == 3 ? u.size(1) : 1;
+  a.d = u.size(-1);
+  a.g = B.size(-2);
+  a.n = A.size(1);
+  a.softplus = softplus;
+  return a;
+}
+
+template <class T, int NS>
+void launch_forward(const ScanArgs<T>& a, cudaStream_t s) {
+  const int64_t threads = a.b * a.d;
+  if (threads == 0) return;
+  scan::scan_fwd_kernel<T, NS><<<unsigned((threads + kThreads - 1) / kThreads), kThreads, 0, s>>>(a);
+  MT_CUDA_LAUNCH_CHECK();
+}
+}  // namespace
+
+void selective_scan_forward(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                            const Tensor& D, const Tensor& z, const Tensor& delta_bias, const Tensor& initial_state,
+                            const Tensor& seq_idx, Tensor& y, Tensor& final_state, const SelectiveScanOptions& opt) {
+  const char* op = "selective_scan_forward";
+  const int dev = u.device().index;
+  DeviceGuard guard(dev);
+  visit_bf16_f32(u.dtype(), op, "u", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    ScanArgs<T> a = make_args<T>(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, opt.delta_softplus);
+    a.y = mptr<T>(y);
+    a.final_state = mptr<float>(final_state);
+    visit_state(a.n, [&](auto ns) { launch_forward<T, decltype(ns)::value>(a, stream(dev)); });
+  });
+}
+
+void selective_scan_step(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                         const Tensor& D, const Tensor& z, const Tensor& delta_bias, Tensor& state, Tensor& y,
+                         const SelectiveScanOptions& opt) {
+  const int dev = u.device().index;
+  DeviceGuard guard(dev);
+  visit_bf16_f32(u.dtype(), "selective_scan_step", "u", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    // A scan of one token that starts from `state` and ends in it.
+    ScanArgs<T> a = make_args<T>(u, delta, A, B, C, D, z, delta_bias, state, Tensor(), opt.delta_softplus);
+    a.y = mptr<T>(y);
+    a.final_state = mptr<float>(state);
+    visit_state(a.n, [&](auto ns) { launch_forward<T, decltype(ns)::value>(a, stream(dev)); });
+  });
+}
+
+void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& u, const Tensor& delta,
+                             const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& D, const Tensor& z,
+                             const Tensor& delta_bias, const Tensor& initial_state, const Tensor& seq_idx,
+                             Tensor& du, Tensor& ddelta, Tensor& dA, Tensor& dB, Tensor& dC, Tensor& dD, Tensor& dz,
+                             Tensor& ddelta_bias, Tensor& d_initial_state, const SelectiveScanOptions& opt) {
+  const char* op = "selective_scan_backward";
+  const int dev = u.device().index;
+  const Device device = u.device();
+  DeviceGuard guard(dev);
+  cudaStream_t s = stream(dev);
+  visit_bf16_f32(u.dtype(), op, "u", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    ScanArgs<T> a = make_args<T>(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, opt.delta_softplus);
+    a.dy = cptr<T>(dy);
+    a.dfinal = cptr<float>(d_final_state);
+    a.du = mptr<T>(du);
+    a.ddelta = mptr<T>(ddelta);
+    a.dz = mptr<T>(dz);
+    a.dB = mptr<T>(dB);
+    a.dC = mptr<T>(dC);
+    a.dinit = mptr<float>(d_initial_state);
+    const int64_t b = a.b, l = a.l, d = a.d, g = a.g, n = a.n;
+    if (d == 0) {  // no channel contributes
+      MT_CUDA_CHECK(cudaMemsetAsync(a.dB, 0, size_t(dB.nbytes()), s));
+      MT_CUDA_CHECK(cudaMemsetAsync(a.dC, 0, size_t(dC.nbytes()), s));
+      return;
+    }
+    visit_state(n, [&](auto ns) {
+      constexpr int NS = decltype(ns)::value;
+      using PL = scan::Plan<NS>;
+      const int64_t nseg = (l + PL::kSegment - 1) / PL::kSegment;
+      a.cpg = d / g;
+      if (a.cpg >= PL::kThreads) {
+        a.per_group = (a.cpg + PL::kThreads - 1) / PL::kThreads;
+        a.gpb = 1;
+        a.blocks_per_row = g * a.per_group;
+      } else {
+        a.per_group = 1;
+        a.gpb = PL::kThreads / a.cpg;
+        a.blocks_per_row = (g + a.gpb - 1) / a.gpb;
+      }
+      Tensor ckpt = scratch(b * nseg * n * d, DType::f32, device);
+      Tensor part = scratch(a.per_group > 1 ? 2 * b * g * a.per_group * l * n : 0, DType::f32, device);
+      Tensor dA_rows = scratch(b * d * n, DType::f64, device);
+      Tensor dD_rows = scratch(b * d, DType::f64, device), dbias_rows = scratch(b * d, DType::f64, device);
+      a.ckpt = mptr<float>(ckpt);
+      a.part = mptr<float>(part);
+      a.dA_rows = mptr<double>(dA_rows);
+      a.dD_rows = mptr<double>(dD_rows);
+      a.dbias_rows = mptr<double>(dbias_rows);
+      if (b > 0) {
+        if (l > 0) {
+          scan::scan_checkpoint_kernel<T, NS><<<unsigned((b * d + kThreads - 1) / kThreads), kThreads, 0, s>>>(a, nseg);
+          MT_CUDA_LAUNCH_CHECK();
+        }
+        auto kernel = scan::scan_bwd_kernel<T, NS>;
+        MT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(PL::kSmemBytes)));
+        kernel<<<unsigned(b * a.blocks_per_row), PL::kThreads, PL::kSmemBytes, s>>>(a, nseg);
+        MT_CUDA_LAUNCH_CHECK();
+        if (a.per_group > 1 && l > 0) {
+          scan::scan_group_sum_kernel<T><<<grid_for(2 * b * l * g * n, kThreads * 2), kThreads * 2, 0, s>>>(
+              a.part, b, l, g, n, a.per_group, a.dB, a.dC);
+          MT_CUDA_LAUNCH_CHECK();
+        }
+      }
+      scan::scan_param_sum_kernel<<<grid_for(d * n + d, kThreads * 2), kThreads * 2, 0, s>>>(
+          a.dA_rows, a.dD_rows, a.dbias_rows, b, d, n, mptr<float>(dA), mptr<float>(dD), mptr<float>(ddelta_bias));
+      MT_CUDA_LAUNCH_CHECK();
+    });
+  });
+}
+
+}  // namespace mambatron::cuda

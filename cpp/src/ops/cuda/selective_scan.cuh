@@ -1,0 +1,388 @@
+// Kernels of the CUDA Mamba-1 selective scan (launched by selective_scan.cu).
+//
+// One thread per (batch row, channel) walks the tokens in order with the channel's
+// state h[n] in registers (NS >= n slots; the slots past n stay zero). Forward reads
+// each token's inputs one token ahead, so the loads overlap the previous token's work.
+//
+// Backward never stores per-token states: a first kernel keeps the state entering
+// every kSegment-th token (a coarse checkpoint, [b, l/K2, n, d] floats); the backward
+// kernel walks the segments in reverse, recomputes the segment forward to keep the
+// state entering each chunk of K tokens in shared memory, then for each chunk in
+// reverse recomputes the chunk's states into shared memory and runs the reverse
+// recurrence over it. Sums over the channels of a group (dB, dC) are made per token
+// in shared memory, per block, in a fixed order (four running sums over the channels
+// taken in turn, then added); a group wider than a block gets per-block partials that
+// a last kernel adds in block order. dA, dD, ddelta_bias are
+// summed per batch row in f64 (f32 within a segment) and then over rows in order.
+// No atomics: the same bits on every run.
+#pragma once
+#include <cstdint>
+
+#include "dense.cuh"
+
+namespace mambatron::cuda::scan {
+
+// Shared-memory plan of the backward kernel for NS state slots: threads per block,
+// tokens per chunk (K), chunks per segment (M).
+template <int NS>
+struct Plan {
+  static constexpr int kThreads = NS <= 16 ? 64 : 32;
+  static constexpr int kChunk = NS <= 32 ? 8 : 4;
+  static constexpr int kChunks = 8;
+  static constexpr int kSegment = kChunk * kChunks;
+  // One thread's dB and dC terms of a token: a row of 2·NS + 1 floats (the odd
+  // stride keeps both the row writes and the column sums free of bank conflicts).
+  static constexpr int kTermRow = 2 * NS + 1;
+  // floats: chunk-entry states [M][NS][threads], token-entry states [K][NS][threads],
+  // the dB and dC terms [threads][kTermRow]
+  static constexpr size_t kSmemBytes = (size_t(kChunks + kChunk) * NS + kTermRow) * kThreads * sizeof(float);
+};
+
+template <class T>
+struct ScanArgs {
+  const T *u, *delta, *B, *C, *z;  // z may be null
+  const float *A, *D, *bias;       // D, bias may be null
+  const float* init;               // [b, d, n], may be null
+  const int32_t* seq;              // [b, l], may be null
+  int64_t b, l, d, g, n;
+  bool softplus;
+  // forward
+  T* y;
+  float* final_state;  // may be null (may be init itself: a decode step)
+  // backward
+  const T* dy;
+  const float* dfinal;  // may be null
+  T *du, *ddelta, *dz;  // dz exactly when z
+  T *dB, *dC;           // written directly when a group fits in one block
+  float* dinit;         // may be null
+  float* ckpt;          // [b, nseg, n, d]
+  float* part;          // [2, b, g, per_group, l, n] when per_group > 1
+  double *dA_rows, *dD_rows, *dbias_rows;  // [b, d, n], [b, d], [b, d]
+  // channel blocks of a row (backward): groups of cpg channels; a group spans
+  // per_group blocks (cpg > threads), or a block holds gpb whole groups
+  int64_t cpg, per_group, gpb, blocks_per_row;
+};
+
+__device__ __forceinline__ float sigmoid(float x) {
+  if (x >= 0.f) return 1.f / (1.f + expf(-x));
+  const float e = expf(x);
+  return e / (1.f + e);
+}
+
+// One token's inputs for one channel.
+template <int NS>
+struct Token {
+  float u, v, z;  // input, delta + bias, gate input
+  bool reset;     // a new document starts here
+  float B[NS], C[NS];
+};
+
+template <class T, int NS>
+__device__ __forceinline__ void load_token(const ScanArgs<T>& a, int64_t i, int64_t t, int64_t c, int64_t gr,
+                                           float bias, bool with_c, Token<NS>& o) {
+  const int64_t tok = i * a.l + t, idx = tok * a.d + c;
+  o.u = to_f32(a.u[idx]);
+  o.v = to_f32(a.delta[idx]) + bias;
+  o.z = a.z ? to_f32(a.z[idx]) : 0.f;
+  o.reset = a.seq && t > 0 && a.seq[tok] != a.seq[tok - 1];
+  const T* Bt = a.B + (tok * a.g + gr) * a.n;
+  const T* Ct = a.C + (tok * a.g + gr) * a.n;
+#pragma unroll
+  for (int j = 0; j < NS; ++j) {
+    o.B[j] = j < a.n ? to_f32(Bt[j]) : 0.f;
+    o.C[j] = with_c && j < a.n ? to_f32(Ct[j]) : 0.f;
+  }
+}
+
+// Δ from v = delta + bias: softplus(v) = log1p(exp(v)), v itself past 20.
+__device__ __forceinline__ float step_size(float v, bool softplus) {
+  return softplus && v <= 20.f ? log1pf(expf(v)) : v;
+}
+
+// h ← exp(Δ·A) ⊙ h + Δ·u·B (from zero at a document start).
+template <int NS>
+__device__ __forceinline__ void advance(float (&h)[NS], const float (&Ar)[NS], const Token<NS>& k, float dt) {
+  const float du = dt * k.u;
+#pragma unroll
+  for (int j = 0; j < NS; ++j) h[j] = expf(dt * Ar[j]) * (k.reset ? 0.f : h[j]) + du * k.B[j];
+}
+
+template <class T, int NS>
+__device__ __forceinline__ void load_channel(const ScanArgs<T>& a, int64_t c, bool active, float (&Ar)[NS]) {
+#pragma unroll
+  for (int j = 0; j < NS; ++j) Ar[j] = active && j < a.n ? a.A[c * a.n + j] : 0.f;
+}
+
+// ---------------------------------------------------------------- forward (and decode step)
+template <class T, int NS>
+__global__ void scan_fwd_kernel(ScanArgs<T> a) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= a.b * a.d) return;
+  const int64_t i = e / a.d, c = e % a.d, gr = c / (a.d / a.g);
+  float Ar[NS], h[NS];
+  load_channel<T, NS>(a, c, true, Ar);
+#pragma unroll
+  for (int j = 0; j < NS; ++j) h[j] = a.init && j < a.n ? a.init[e * a.n + j] : 0.f;
+  const float Dc = a.D ? a.D[c] : 0.f, bc = a.bias ? a.bias[c] : 0.f;
+  Token<NS> next;
+  if (a.l > 0) load_token<T, NS>(a, i, 0, c, gr, bc, true, next);
+  for (int64_t t = 0; t < a.l; ++t) {
+    const Token<NS> k = next;
+    if (t + 1 < a.l) load_token<T, NS>(a, i, t + 1, c, gr, bc, true, next);
+    const float dt = step_size(k.v, a.softplus);
+    advance<NS>(h, Ar, k, dt);
+    float y = 0.f;
+#pragma unroll
+    for (int j = 0; j < NS; ++j) y += h[j] * k.C[j];
+    y += Dc * k.u;
+    if (a.z) y *= k.z * sigmoid(k.z);
+    a.y[(i * a.l + t) * a.d + c] = from_f32<T>(y);
+  }
+  if (a.final_state)
+    for (int j = 0; j < NS; ++j)
+      if (j < a.n) a.final_state[e * a.n + j] = h[j];
+}
+
+// ---------------------------------------------------------------- backward
+// The state entering token s·K2 of every segment s: ckpt[i, s, j, c].
+template <class T, int NS>
+__global__ void scan_checkpoint_kernel(ScanArgs<T> a, int64_t nseg) {
+  constexpr int K2 = Plan<NS>::kSegment;
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= a.b * a.d) return;
+  const int64_t i = e / a.d, c = e % a.d, gr = c / (a.d / a.g);
+  float Ar[NS], h[NS];
+  load_channel<T, NS>(a, c, true, Ar);
+#pragma unroll
+  for (int j = 0; j < NS; ++j) h[j] = a.init && j < a.n ? a.init[e * a.n + j] : 0.f;
+  const float bc = a.bias ? a.bias[c] : 0.f;
+  Token<NS> next;
+  if (a.l > 0) load_token<T, NS>(a, i, 0, c, gr, bc, false, next);
+  for (int64_t t = 0; t < a.l; ++t) {
+    const Token<NS> k = next;
+    if (t + 1 < a.l) load_token<T, NS>(a, i, t + 1, c, gr, bc, false, next);
+    if (t % K2 == 0)
+      for (int j = 0; j < NS; ++j)
+        if (j < a.n) a.ckpt[((i * nseg + t / K2) * a.n + j) * a.d + c] = h[j];
+    advance<NS>(h, Ar, k, step_size(k.v, a.softplus));
+  }
+}
+
+// Block k of row i: channels [c0, c1) holding ngr groups from g0 (several whole
+// groups, or a slice p of one group when a group is wider than a block).
+struct Span {
+  int64_t i, c0, c1, g0, ngr, p, width;  // width: channels per group within the block
+};
+
+template <class T>
+__device__ __forceinline__ Span block_span(const ScanArgs<T>& a, int64_t blk, int threads) {
+  Span s;
+  s.i = blk / a.blocks_per_row;
+  const int64_t k = blk % a.blocks_per_row;
+  if (a.cpg >= threads) {
+    s.g0 = k / a.per_group;
+    s.p = k % a.per_group;
+    s.c0 = s.g0 * a.cpg + s.p * threads;
+    s.c1 = s.c0 + threads < (s.g0 + 1) * a.cpg ? s.c0 + threads : (s.g0 + 1) * a.cpg;
+    s.ngr = 1;
+    s.width = s.c1 - s.c0;
+  } else {
+    s.g0 = k * a.gpb;
+    s.ngr = s.g0 + a.gpb < a.g ? a.gpb : a.g - s.g0;
+    s.p = 0;
+    s.c0 = s.g0 * a.cpg;
+    s.c1 = s.c0 + s.ngr * a.cpg;
+    s.width = a.cpg;
+  }
+  return s;
+}
+
+template <class T, int NS>
+__global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T> a, int64_t nseg) {
+  using PL = Plan<NS>;
+  constexpr int BC = PL::kThreads, K = PL::kChunk, M = PL::kChunks, K2 = PL::kSegment, R = PL::kTermRow;
+  extern __shared__ float4 scan_smem[];
+  float* fk = reinterpret_cast<float*>(scan_smem);  // [M][NS][BC]
+  float* hs = fk + M * NS * BC;                      // [K][NS][BC]
+  float* red = hs + K * NS * BC;                     // [BC][R]: dB terms, then dC terms
+  const int tid = threadIdx.x;
+  const Span sp = block_span(a, blockIdx.x, BC);
+  const int64_t i = sp.i, c = sp.c0 + tid;
+  const bool active = c < sp.c1;
+  const int64_t gr = active ? c / a.cpg : sp.g0;
+  float Ar[NS], G[NS];
+  load_channel<T, NS>(a, c, active, Ar);
+#pragma unroll
+  for (int j = 0; j < NS; ++j) G[j] = active && a.dfinal && j < a.n ? a.dfinal[(i * a.d + c) * a.n + j] : 0.f;
+  const float Dc = active && a.D ? a.D[c] : 0.f, bc = active && a.bias ? a.bias[c] : 0.f;
+  double dD_acc = 0, dbias_acc = 0;
+  const int outputs = int(sp.ngr * 2 * a.n);  // per token: (dB | dC, group, state)
+  const int spread = outputs > 0 && outputs < BC ? BC / outputs : 1;
+  const bool direct = a.per_group == 1;
+
+  for (int64_t seg = nseg - 1; seg >= 0; --seg) {
+    const int64_t ts0 = seg * K2, ts1 = ts0 + K2 < a.l ? ts0 + K2 : a.l;
+    const int nck = int((ts1 - ts0 + K - 1) / K);
+    float dA_seg[NS], h[NS];
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      dA_seg[j] = 0.f;
+      h[j] = active && j < a.n ? a.ckpt[((i * nseg + seg) * a.n + j) * a.d + c] : 0.f;
+    }
+    // The state entering each chunk of the segment (inputs read one token ahead).
+    Token<NS> next;
+    if (active) load_token<T, NS>(a, i, ts0, c, gr, bc, false, next);
+    for (int64_t t = ts0; t < ts1; ++t) {
+      if ((t - ts0) % K == 0)
+#pragma unroll
+        for (int j = 0; j < NS; ++j) fk[((t - ts0) / K * NS + j) * BC + tid] = h[j];
+      if (!active) continue;
+      const Token<NS> k = next;
+      if (t + 1 < ts1) load_token<T, NS>(a, i, t + 1, c, gr, bc, false, next);
+      advance<NS>(h, Ar, k, step_size(k.v, a.softplus));
+    }
+    for (int m = nck - 1; m >= 0; --m) {
+      const int64_t t0 = ts0 + int64_t(m) * K, t1 = t0 + K < ts1 ? t0 + K : ts1;
+      // The state entering each token of the chunk (before a document reset).
+#pragma unroll
+      for (int j = 0; j < NS; ++j) h[j] = fk[(m * NS + j) * BC + tid];
+      if (active) {
+        load_token<T, NS>(a, i, t0, c, gr, bc, false, next);
+        for (int64_t t = t0; t < t1; ++t) {
+#pragma unroll
+          for (int j = 0; j < NS; ++j) hs[((t - t0) * NS + j) * BC + tid] = h[j];
+          const Token<NS> k = next;
+          if (t + 1 < t1) load_token<T, NS>(a, i, t + 1, c, gr, bc, false, next);
+          advance<NS>(h, Ar, k, step_size(k.v, a.softplus));
+        }
+        load_token<T, NS>(a, i, t1 - 1, c, gr, bc, true, next);
+      }
+      // The reverse recurrence over the chunk, token t − 1's inputs read during token t.
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        if (active) {
+          const Token<NS> k = next;
+          if (t > t0) load_token<T, NS>(a, i, t - 1, c, gr, bc, true, next);
+          const int64_t idx = (i * a.l + t) * a.d + c;
+          const float dt = step_size(k.v, a.softplus);
+          const float dsp = !a.softplus || k.v > 20.f ? 1.f : sigmoid(k.v);  // dΔ/dv
+          float hp[NS], E[NS], hc[NS];
+          float ypre = 0.f;
+#pragma unroll
+          for (int j = 0; j < NS; ++j) {
+            hp[j] = k.reset ? 0.f : hs[((t - t0) * NS + j) * BC + tid];
+            E[j] = expf(dt * Ar[j]);
+            hc[j] = E[j] * hp[j] + dt * k.u * k.B[j];
+            ypre += hc[j] * k.C[j];
+          }
+          float dyc = to_f32(a.dy[idx]);  // gradient of the output before the gate
+          if (a.z) {
+            const float sg = sigmoid(k.z);
+            ypre += Dc * k.u;
+            a.dz[idx] = from_f32<T>(dyc * ypre * sg * (1.f + k.z * (1.f - sg)));
+            dyc *= k.z * sg;
+          }
+          dD_acc += double(dyc) * double(k.u);
+          float gB = 0.f, gEHA = 0.f;
+          const float dtu = dt * k.u;
+#pragma unroll
+          for (int j = 0; j < NS; ++j) {
+            const float gj = G[j] + dyc * k.C[j];  // total gradient of h_t
+            red[tid * R + j] = dtu * gj;           // dB
+            red[tid * R + NS + j] = dyc * hc[j];  // dC
+            gB += gj * k.B[j];
+            const float geh = gj * E[j] * hp[j];
+            dA_seg[j] += dt * geh;
+            gEHA += geh * Ar[j];
+            G[j] = k.reset ? 0.f : gj * E[j];  // nothing flows into a previous document
+          }
+          a.du[idx] = from_f32<T>(dt * gB + Dc * dyc);
+          const float dd = (gEHA + k.u * gB) * dsp;
+          a.ddelta[idx] = from_f32<T>(dd);
+          dbias_acc += double(dd);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 2 * NS; ++j) red[tid * R + j] = 0.f;
+        }
+        __syncthreads();
+        // Sums over each group's channels of the block, in channel order.
+        if (tid % spread == 0) {
+          for (int o = tid / spread; o < outputs; o += BC / spread) {
+            const int which = o / int(sp.ngr * a.n), gl = (o / int(a.n)) % int(sp.ngr), j = o % int(a.n);
+            const float* col = red + gl * sp.width * R + which * NS + j;
+            // Four running sums (channels q mod 4), added in a fixed order at the end.
+            float s4[4] = {0.f, 0.f, 0.f, 0.f};
+            int64_t q = 0;
+            for (; q + 4 <= sp.width; q += 4)
+#pragma unroll
+              for (int r = 0; r < 4; ++r) s4[r] += col[(q + r) * R];
+            for (; q < sp.width; ++q) s4[q % 4] += col[q * R];
+            const float s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+            if (direct) {
+              T* out = which == 0 ? a.dB : a.dC;
+              out[((i * a.l + t) * a.g + sp.g0 + gl) * a.n + j] = from_f32<T>(s);
+            } else {
+              const int64_t half = a.b * a.g * a.per_group * a.l * a.n;
+              a.part[which * half + (((i * a.g + sp.g0) * a.per_group + sp.p) * a.l + t) * a.n + j] = s;
+            }
+          }
+        }
+        __syncthreads();
+      }
+    }
+    if (active)
+      for (int j = 0; j < NS; ++j)
+        if (j < a.n) {
+          double* r = a.dA_rows + (i * a.d + c) * a.n + j;
+          *r = (seg == nseg - 1 ? 0.0 : *r) + double(dA_seg[j]);
+        }
+  }
+  if (!active) return;
+  if (nseg == 0)
+    for (int j = 0; j < NS; ++j)
+      if (j < a.n) a.dA_rows[(i * a.d + c) * a.n + j] = 0.0;
+  a.dD_rows[i * a.d + c] = dD_acc;
+  a.dbias_rows[i * a.d + c] = dbias_acc;
+  if (a.dinit)  // the gradient after token 0 (never a reset)
+    for (int j = 0; j < NS; ++j)
+      if (j < a.n) a.dinit[(i * a.d + c) * a.n + j] = G[j];
+}
+
+// dB, dC [b, l, g, n] = Σ_p part[·, i, γ, p, t, j], p in order.
+template <class T>
+__global__ void scan_group_sum_kernel(const float* __restrict__ part, int64_t b, int64_t l, int64_t g, int64_t n,
+                                      int64_t per_group, T* __restrict__ dB, T* __restrict__ dC) {
+  const int64_t half = b * l * g * n;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < 2 * half; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t which = e / half, r = e % half;
+    const int64_t j = r % n, gr = (r / n) % g, t = (r / (n * g)) % l, i = r / (n * g * l);
+    const float* p = part + which * half * per_group + ((i * g + gr) * per_group * l + t) * n + j;
+    float s = 0.f;
+    for (int64_t q = 0; q < per_group; ++q) s += p[q * l * n];
+    (which == 0 ? dB : dC)[r] = from_f32<T>(s);
+  }
+}
+
+// dA [d, n] = Σ_i dA_rows[i], dD and ddelta_bias [d] likewise, rows in order, f64.
+__global__ void scan_param_sum_kernel(const double* __restrict__ dA_rows, const double* __restrict__ dD_rows,
+                                      const double* __restrict__ dbias_rows, int64_t b, int64_t d, int64_t n,
+                                      float* __restrict__ dA, float* __restrict__ dD, float* __restrict__ dbias) {
+  const int64_t dn = d * n;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < dn + d; e += int64_t(gridDim.x) * blockDim.x) {
+    if (e < dn) {
+      double s = 0;
+      for (int64_t i = 0; i < b; ++i) s += dA_rows[i * dn + e];
+      dA[e] = float(s);
+    } else {
+      const int64_t c = e - dn;
+      double sD = 0, sb = 0;
+      for (int64_t i = 0; i < b; ++i) {
+        sD += dD_rows[i * d + c];
+        sb += dbias_rows[i * d + c];
+      }
+      if (dD) dD[c] = float(sD);
+      if (dbias) dbias[c] = float(sb);
+    }
+  }
+}
+
+}  // namespace mambatron::cuda::scan

@@ -1,0 +1,33 @@
+// CUDA Mamba-1 selective scan (see ops.h). u, delta, B, C, z, y and their gradients
+// are bf16 or f32 with one dtype; A, D, delta_bias and their gradients are f32; the
+// states (initial_state, final_state, d_final_state, d_initial_state and the decode
+// state) are f32. Arithmetic is f32; n is at most 64. Backward recomputes the forward
+// from checkpoints and allocates scratch: the state entering every 64th token,
+// b·l·d·n/64 floats (every 32nd, b·l·d·n/32, for n > 32); when a group has more
+// channels than a block (64 for n <= 16, else 32), per-block dB/dC sums of about
+// 2·b·l·d·n/64 floats (resp. /32); and per-row dA, dD, ddelta_bias sums, b·d·(n + 2)
+// doubles. At the Mamba-1 8B shape (d 8192, n 16, one group) that is about 24 KB
+// per token (0.4 GB for 16K tokens). Parameter sums run in a fixed order: the same
+// bits on every run. seq_idx is not checked for order (that would cost a wait): the
+// state resets wherever the id changes.
+#pragma once
+#include "mambatron/ops.h"
+
+namespace mambatron::cuda {
+
+// The largest state size the CUDA kernels take.
+constexpr int64_t kSelectiveScanMaxState = 64;
+
+void selective_scan_forward(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                            const Tensor& D, const Tensor& z, const Tensor& delta_bias, const Tensor& initial_state,
+                            const Tensor& seq_idx, Tensor& y, Tensor& final_state, const SelectiveScanOptions& opt);
+void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& u, const Tensor& delta,
+                             const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& D, const Tensor& z,
+                             const Tensor& delta_bias, const Tensor& initial_state, const Tensor& seq_idx,
+                             Tensor& du, Tensor& ddelta, Tensor& dA, Tensor& dB, Tensor& dC, Tensor& dD, Tensor& dz,
+                             Tensor& ddelta_bias, Tensor& d_initial_state, const SelectiveScanOptions& opt);
+void selective_scan_step(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                         const Tensor& D, const Tensor& z, const Tensor& delta_bias, Tensor& state, Tensor& y,
+                         const SelectiveScanOptions& opt);
+
+}  // namespace mambatron::cuda
