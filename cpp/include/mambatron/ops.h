@@ -179,7 +179,10 @@ double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm);
 // decoding continues from. Shapes: x, out [b, l, c]; weight [c, w]; bias [c].
 // Optional tensors (bias, initial_state, seq_idx, final_state, the optional
 // gradients) are passed undefined (Tensor()) when absent; absent inputs act as zeros.
-// All float tensors share one dtype (f32 or f64 on the CPU).
+// All float tensors share one dtype (f32 or f64 on the CPU). On CUDA: x, out, the
+// states and their gradients bf16 or f32 (one dtype); weight and bias bf16 or f32 of
+// their own; dweight and dbias bf16 or f32 of their own again; seq_idx is not checked
+// for order there (a tap counts when its id equals the token's).
 struct Conv1dOptions {
   bool silu = false;
 };
@@ -206,7 +209,10 @@ void conv1d_step(const Tensor& x, const Tensor& weight, const Tensor& bias, Tens
 //   y_t[c] = (h_t·C_t[γ] + D[c]·u_t[c]) · SiLU(z_t[c])       (the gate only when z is given)
 // Shapes: u, delta, z, y [b, l, d]; A [d, n]; B, C [b, l, g, n] with g dividing d;
 // D, delta_bias [d]; initial_state, final_state [b, d, n]; seq_idx int32 [b, l].
-// All float tensors share one dtype (f32 or f64 on the CPU). Optional tensors (D, z,
+// All float tensors share one dtype (f32 or f64 on the CPU). On CUDA: u, delta, B,
+// C, z, y and their gradients bf16 or f32 (one dtype); A, D, delta_bias, their
+// gradients and every state f32; n <= 64; seq_idx is not checked for order there
+// (the state resets wherever the id changes). Optional tensors (D, z,
 // delta_bias, initial_state, seq_idx, final_state and the optional gradients) are
 // passed undefined (Tensor()) when absent; an absent D, delta_bias or initial_state
 // acts as zeros. seq_idx: a document id per token, non-decreasing along each row; the
@@ -226,7 +232,9 @@ void selective_scan_forward(const Tensor& u, const Tensor& delta, const Tensor& 
 // the input is absent). ddelta is the gradient with respect to delta itself (through
 // bias and softplus). States are recomputed from checkpoints every 64 tokens, so
 // forward saves nothing; backward's extra memory is O(b·d·n) plus, when a group has
-// more than 32 channels, partial sums of dB and dC of about b·l·d·n/32 elements each.
+// more than 32 channels, partial sums of dB and dC of about b·l·d·n/32 elements each
+// (on CUDA: checkpoints of b·l·d·n/64 floats, and dB/dC partials of 2·b·l·d·n/64
+// floats when a group has more than 64 channels; cuda/selective_scan.h has the rest).
 void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& u, const Tensor& delta,
                              const Tensor& A, const Tensor& B, const Tensor& C, const Tensor& D, const Tensor& z,
                              const Tensor& delta_bias, const Tensor& initial_state, const Tensor& seq_idx,
