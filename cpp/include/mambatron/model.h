@@ -89,6 +89,8 @@ struct InferenceState {
   std::vector<Layer> layers;  // one per sublayer; MLP entries hold nothing
 };
 
+struct LinearCrossEntropyOptions;  // ops.h
+
 namespace model_detail {
 class Sublayer;
 struct Workspace;
@@ -182,6 +184,7 @@ class Model {
   void norm_backward(size_t first, const Tensor& dout, const Tensor& x, const Tensor& mean, const Tensor& rstd,
                      Tensor dx, const std::vector<Tensor>& grads) const;
   const Tensor& output_weight() const;
+  LinearCrossEntropyOptions loss_options() const;
   bool has_attention() const;
   void check_state(const InferenceState& state, const char* op) const;
 

@@ -121,6 +121,17 @@ void Model::sync_working_copy() {
   if (flat_work_.data_ptr() != flat_params_.data_ptr()) flat_work_.copy_(flat_params_);
 }
 
+LinearCrossEntropyOptions Model::loss_options() const {
+  LinearCrossEntropyOptions opt;
+  if (device_.is_cuda()) {
+    // The whole vocabulary per block: backward then needs no second pass of logits
+    // (1024 rows · V f32 logits, 1 GiB at V = 256000).
+    opt.chunk_size = 1024;
+    opt.vocab_chunk_size = 0;
+  }
+  return opt;
+}
+
 const Tensor& Model::output_weight() const { return compute_[config_.tie_embeddings ? 0 : compute_.size() - 1]; }
 
 bool Model::has_attention() const { return config_.pattern.find('*') != std::string::npos; }
@@ -281,7 +292,7 @@ double Model::forward_backward(const Tensor& tokens, const Tensor& loss_mask, co
   Tensor final_h = ws.arena.get("final", {n, d}), d_final = ws.arena.get("d_final", {n, d});
   // Tied: the output layer's gradient is added to the embedding's after its backward.
   Tensor d_out_w = config_.tie_embeddings ? ws.arena.wide("d_out_w", {config_.vocab_size, d}) : grads.back();
-  LinearCrossEntropyOptions opt;
+  LinearCrossEntropyOptions opt = loss_options();
   opt.grad_scale = grad_scale;
   double loss = linear_cross_entropy_backward(final_h, output_weight(), ws.targets, ws.mask, d_final, d_out_w, opt);
   backward_stack(ws, d_final.view({ws.b, ws.l, d}), grads);
@@ -294,7 +305,7 @@ double Model::loss(const Tensor& tokens, const Tensor& loss_mask, const Tensor& 
   Workspace& ws = prepare(train_ws_, "Model.loss", tokens, true, loss_mask, seq_idx);
   forward_stack(ws, nullptr);
   Tensor final_h = ws.arena.get("final", {ws.b * ws.l, config_.d_model});
-  return linear_cross_entropy_forward(final_h, output_weight(), ws.targets, ws.mask);
+  return linear_cross_entropy_forward(final_h, output_weight(), ws.targets, ws.mask, loss_options());
 }
 
 Tensor Model::logits(const Tensor& tokens, const Tensor& seq_idx) {
