@@ -31,11 +31,6 @@ void check_float(const Tensor& t, const Tensor& ref, const char* op, const char*
   check_contiguous(t, op, name);
 }
 
-void check_optional_float(const Tensor& t, const Tensor& ref, const char* op, const char* name,
-                          const char* ref_name, const Shape& shape) {
-  if (t.defined()) check_float(t, ref, op, name, ref_name, shape);
-}
-
 // A per-head parameter, a state or a gradient of one: like x on the CPU, f32 on CUDA.
 void check_f32_on_cuda(const Tensor& t, const Tensor& x, const char* op, const char* name, const Shape& shape) {
   if (!x.is_cuda()) return check_float(t, x, op, name, "x", shape);

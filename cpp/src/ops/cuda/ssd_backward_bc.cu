@@ -62,6 +62,7 @@ __global__ void __launch_bounds__(BcLayout<T, kQ>::kThreads)
   const int64_t c = id % d.nc;
   id /= d.nc;
   const int64_t gi = id % d.g, bi = id / d.g, k0 = nt * kN, heads = d.h / d.g;
+  const int valid_n = int(d.n - k0 < kN ? d.n - k0 : kN);
   const int64_t t0 = c * d.Q;
   const int L = int(d.l - t0 < d.Q ? d.l - t0 : d.Q), Lt = (L + 15) / 16, Lp = 16 * Lt, ntri = Lt * (Lt + 1) / 2;
 
@@ -105,20 +106,10 @@ __global__ void __launch_bounds__(BcLayout<T, kQ>::kThreads)
     for (int64_t p0 = 0; p0 < d.p; p0 += kPK) {
       const int pk = int(d.p - p0 < kPK ? d.p - p0 : kPK), pks = (pk + 15) / 16, pkp = 16 * pks;
       __syncthreads();  // the previous chunk of p is no longer read
-      for (int e = tid; e < Lp * pkp; e += kThreads) {
-        const int t = e / pkp, ii = e % pkp;
-        const bool ok = t < L && ii < pk;
-        const int64_t off = d.xo(bi, t0 + t, j) + p0 + ii;
-        put(dys, t * Lay::ldP + ii, ok ? a.dy[off] : T(0.f));
-        put(xs, t * Lay::ldP + ii, ok ? a.x[off] : T(0.f));
-      }
-      for (int e = tid; e < pkp * kN; e += kThreads) {
-        const int ii = e / kN, kk = e % kN;
-        const bool ok = ii < pk && k0 + kk < d.n;
-        const int64_t off = (p0 + ii) * d.n + k0 + kk;
-        put_split<2>(hs, ii * Lay::ldN + kk, ok ? Hin[off] : 0.f);
-        put_split<2>(dhs, ii * Lay::ldN + kk, ok ? Hout[off] : 0.f);
-      }
+      stage_exact(dys, a.dy + d.xo(bi, t0, j) + p0, d.h * d.p, Lp, pkp, L, pk);
+      stage_exact(xs, a.x + d.xo(bi, t0, j) + p0, d.h * d.p, Lp, pkp, L, pk);
+      stage_split<2>(hs, Hin + p0 * d.n + k0, d.n, pkp, kN, pk, valid_n);
+      stage_split<2>(dhs, Hout + p0 * d.n + k0, d.n, pkp, kN, pk, valid_n);
       __syncthreads();
 #pragma unroll
       for (int q = 0; q < Lay::kTri; ++q) {
@@ -170,13 +161,8 @@ __global__ void __launch_bounds__(BcLayout<T, kQ>::kThreads)
 #pragma unroll
     for (int u = 0; u < kQ / 32; ++u) write_split_row<T>(pw, Lay::ldK, kQ, t, lane + 32 * u, m[u]);
   }
-  for (int e = tid; e < Lp * kN; e += kThreads) {
-    const int t = e / kN, kk = e % kN;
-    const bool ok = t < L && k0 + kk < d.n;
-    const int64_t off = d.bco(bi, t0 + t, gi) + k0 + kk;
-    put(fb, t * Lay::ldN + kk, ok ? a.B[off] : T(0.f));
-    put(fc, t * Lay::ldN + kk, ok ? a.C[off] : T(0.f));
-  }
+  stage_exact(fb, a.B + d.bco(bi, t0, gi) + k0, d.g * d.n, Lp, kN, L, valid_n);
+  stage_exact(fc, a.C + d.bco(bi, t0, gi) + k0, d.g * d.n, Lp, kN, L, valid_n);
   __syncthreads();
   const Smem<T> PW = split_rows<T>(pw, Lay::ldK, kQ);
   auto write = [&](const Acc<T>& acc, T* out, int tt, int nc) {

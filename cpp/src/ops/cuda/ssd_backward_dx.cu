@@ -105,13 +105,8 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
     for (int64_t k0 = 0; k0 < inner; k0 += kNK) {
       const int nk = int(inner - k0 < kNK ? inner - k0 : kNK), nks = (nk + 15) / 16, nkp = 16 * nks;
       __syncthreads();
-      for (int e = tid; e < Lp * nkp; e += kThreads) {
-        const int t = e / nkp, kk = e % nkp;
-        const bool ok = t < L && kk < nk;
-        const int64_t off = (t0 + t) * row_stride + k0 + kk;
-        put(A0, t * Lay::ldA + kk, ok ? P[off] : T(0.f));
-        put(A1, t * Lay::ldA + kk, ok ? R[off] : T(0.f));
-      }
+      stage_exact(A0, P + t0 * row_stride + k0, row_stride, Lp, nkp, L, nk);
+      stage_exact(A1, R + t0 * row_stride + k0, row_stride, Lp, nkp, L, nk);
       __syncthreads();
 #pragma unroll
       for (int q = 0; q < Lay::kTri; ++q) {
@@ -173,13 +168,9 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
   const float* Hout = a.dhout + d.co(bi, j, c);
   for (int64_t i0 = 0; i0 < d.p; i0 += kP) {
     __syncthreads();  // Pm (first pass) or the previous columns are no longer read
-    for (int e = tid; e < Lp * kP; e += kThreads) {
-      const int t = e / kP, r = e % kP;
-      const bool ok = t < L && i0 + r < d.p;
-      const int64_t off = d.xo(bi, t0 + t, j) + i0 + r;
-      put(dyp, t * Lay::ldP + r, ok ? a.dy[off] : T(0.f));
-      put(xp, t * Lay::ldP + r, ok ? a.x[off] : T(0.f));
-    }
+    const int valid_p = int(d.p - i0 < kP ? d.p - i0 : kP);
+    stage_exact(dyp, a.dy + d.xo(bi, t0, j) + i0, d.h * d.p, Lp, kP, L, valid_p);
+    stage_exact(xp, a.x + d.xo(bi, t0, j) + i0, d.h * d.p, Lp, kP, L, valid_p);
     __syncthreads();
     // T1 = B·Ĥᵀ and U = C·H_inᵀ for these columns, over chunks of n.
     Acc<T> t1[kPC], uu[kPC];
@@ -188,20 +179,11 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
     for (int64_t n0 = 0; n0 < d.n; n0 += kNK) {
       const int nk = int(d.n - n0 < kNK ? d.n - n0 : kNK), nks = (nk + 15) / 16, nkp = 16 * nks;
       __syncthreads();
-      for (int e = tid; e < Lp * nkp; e += kThreads) {
-        const int t = e / nkp, kk = e % nkp;
-        const bool ok = t < L && kk < nk;
-        const int64_t off = d.bco(bi, t0 + t, gi) + n0 + kk;
-        put(A0, t * Lay::ldA + kk, ok ? a.B[off] : T(0.f));
-        put(A1, t * Lay::ldA + kk, ok ? a.C[off] : T(0.f));
-      }
-      for (int e = tid; e < kP * nkp; e += kThreads) {
-        const int r = e / nkp, kk = e % nkp;
-        const bool ok = i0 + r < d.p && kk < nk;
-        const int64_t off = (i0 + r) * d.n + n0 + kk;
-        put_split<3>(H0, r * Lay::ldA + kk, ok ? Hout[off] : 0.f);
-        put_split<3>(H1, r * Lay::ldA + kk, ok ? Hin[off] : 0.f);
-      }
+      const int64_t bc0 = d.bco(bi, t0, gi) + n0;
+      stage_exact(A0, a.B + bc0, d.g * d.n, Lp, nkp, L, nk);
+      stage_exact(A1, a.C + bc0, d.g * d.n, Lp, nkp, L, nk);
+      stage_split<3>(H0, Hout + i0 * d.n + n0, d.n, kP, nkp, valid_p, nk);
+      stage_split<3>(H1, Hin + i0 * d.n + n0, d.n, kP, nkp, valid_p, nk);
       __syncthreads();
 #pragma unroll
       for (int q = 0; q < kPC; ++q) {

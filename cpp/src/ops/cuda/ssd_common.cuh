@@ -123,6 +123,63 @@ X* ptr_or_null(const Tensor& t) {
   return t.defined() ? static_cast<X*>(t.data_ptr()) : nullptr;
 }
 
+// ---------------------------------------------------------------- staging into shared memory
+// Reads a rows × cols block of a row-major global matrix (row r at g + r·stride;
+// rows ≥ valid_rows and columns ≥ valid_cols read as 0) in groups of V = 16 bytes of
+// consecutive columns, and hands each group to put(r, c, Pack). The whole block
+// takes part; each thread loads kInFlight groups before it stores any, so the loads
+// overlap. A group is one 16-byte load when the valid columns come in whole groups
+// and every row start is 16-byte aligned, else V element loads. cols: a multiple of V.
+template <class G, class Put>
+__device__ __forceinline__ void read_block(const G* g, int64_t stride, int rows, int cols, int valid_rows,
+                                           int valid_cols, Put&& put) {
+  constexpr int V = Pack<G>::N, kInFlight = 4;
+  const int groups = cols / V, total = rows * groups, step = int(blockDim.x);
+  const bool vec = valid_cols % V == 0 && reinterpret_cast<uintptr_t>(g) % 16 == 0 && (stride * sizeof(G)) % 16 == 0;
+  for (int e0 = threadIdx.x; e0 < total; e0 += kInFlight * step) {
+    Pack<G> v[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int e = e0 + u * step, r = e / groups, c = (e - r * groups) * V;
+      if (e < total && r < valid_rows && c < valid_cols) {
+        const G* src = g + r * stride + c;
+        if (vec) {
+          v[u] = *reinterpret_cast<const Pack<G>*>(src);
+        } else {
+#pragma unroll
+          for (int k = 0; k < V; ++k) v[u].v[k] = c + k < valid_cols ? src[k] : G(0.f);
+        }
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[u].v[k] = G(0.f);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int e = e0 + u * step, r = e / groups;
+      if (e < total) put(r, (e - r * groups) * V, v[u]);
+    }
+  }
+}
+
+// An input block into an exact operand (rows of pitch m.ld; 16-byte stores).
+template <class T>
+__device__ __forceinline__ void stage_exact(const Smem<T>& m, const T* g, int64_t stride, int rows, int cols,
+                                            int valid_rows, int valid_cols) {
+  read_block(g, stride, rows, cols, valid_rows, valid_cols,
+             [&](int r, int c, const Pack<T>& v) { *reinterpret_cast<Pack<T>*>(m.p + r * m.ld + c) = v; });
+}
+
+// An f32 block (a state) into an operand split in N parts.
+template <int N, class T>
+__device__ __forceinline__ void stage_split(const Smem<T>& m, const float* g, int64_t stride, int rows, int cols,
+                                            int valid_rows, int valid_cols) {
+  read_block(g, stride, rows, cols, valid_rows, valid_cols, [&](int r, int c, const Pack<float>& v) {
+#pragma unroll
+    for (int k = 0; k < Pack<float>::N; ++k) put_split<N>(m, r * m.ld + c + k, v.v[k]);
+  });
+}
+
 // ---------------------------------------------------------------- shared stages (ssd_states.cu)
 // Δ (f32) and S (f64) of every token: [b, h, l] each.
 template <class T>

@@ -72,11 +72,8 @@ __global__ void __launch_bounds__(OutLayout<T, kQ>::kThreads)
       Ss[t] = 0, dls[t] = 0.f, es[t] = 0.f, docs[t] = 0;
     }
   }
-  for (int e = tid; e < Lp * kP; e += kThreads) {
-    const int t = e / kP, r = e % kP;
-    const int64_t i = i0 + r;
-    put(xs, t * Lay::ldX + r, (t < L && i < d.p) ? x[d.xo(bi, ch.t0 + t, j) + i] : T(0.f));
-  }
+  const int valid_p = int(d.p - i0 < kP ? d.p - i0 : kP);
+  stage_exact(xs, x + d.xo(bi, ch.t0, j) + i0, d.h * d.p, Lp, kP, L, valid_p);
 
   // K = C·Bᵀ (causal tiles) and Z = C·H_inᵀ, over chunks of n.
   Acc<T> accK[Lay::kTri], accZ[Lay::kZ];
@@ -89,18 +86,10 @@ __global__ void __launch_bounds__(OutLayout<T, kQ>::kThreads)
   for (int64_t n0 = 0; n0 < d.n; n0 += kNK) {
     const int nk = int(d.n - n0 < kNK ? d.n - n0 : kNK), nks = (nk + 15) / 16, nkp = 16 * nks;
     __syncthreads();  // the previous chunk's products are done with cs, bs, hs
-    for (int e = tid; e < Lp * nkp; e += kThreads) {
-      const int t = e / nkp, kk = e % nkp;
-      const bool ok = t < L && kk < nk;
-      const int64_t off = d.bco(bi, ch.t0 + t, gi) + n0 + kk;
-      put(cs, t * Lay::ldC + kk, ok ? Cm[off] : T(0.f));
-      put(bs, t * Lay::ldC + kk, ok ? Bm[off] : T(0.f));
-    }
-    for (int e = tid; e < kP * nkp; e += kThreads) {
-      const int r = e / nkp, kk = e % nkp;
-      const int64_t i = i0 + r;
-      put_split<2>(hs, r * Lay::ldC + kk, (i < d.p && kk < nk) ? H[i * d.n + n0 + kk] : 0.f);
-    }
+    const int64_t bc0 = d.bco(bi, ch.t0, gi) + n0;
+    stage_exact(cs, Cm + bc0, d.g * d.n, Lp, nkp, L, nk);
+    stage_exact(bs, Bm + bc0, d.g * d.n, Lp, nkp, L, nk);
+    stage_split<2>(hs, H + i0 * d.n + n0, d.n, kP, nkp, valid_p, nk);
     __syncthreads();
 #pragma unroll
     for (int q = 0; q < Lay::kTri; ++q) {

@@ -74,6 +74,8 @@ __global__ void __launch_bounds__(kStateWarps * 32)
   id /= ptiles;
   const int64_t j = id % d.h, bi = id / d.h, gi = d.group(j);
   const int64_t i0 = pt * kStateP, k0 = nt * kStateN;
+  const int valid_p = int(d.p - i0 < kStateP ? d.p - i0 : kStateP);
+  const int valid_n = int(d.n - k0 < kStateN ? d.n - k0 : kStateN);
 
   // The state tile through `stage`, from or to [p, n] memory at `base` (rows of n).
   auto stage_in = [&](const float* base) {
@@ -116,17 +118,13 @@ __global__ void __launch_bounds__(kStateWarps * 32)
     __syncthreads();
     stage_out(states + d.co(bi, j, c));
     const int Lp = ch.Lt * 16;
-    for (int e = tid; e < Lp * kStateP; e += kThreads) {
-      const int t = e / kStateP, r = e % kStateP;
-      const int64_t i = i0 + r;
-      const float v = (t < ch.L && i < d.p) ? to_f32(X[d.xo(bi, ch.t0 + t, j) + i]) * scale[t] : 0.f;
-      put_split<3>(xs, t * Lay::ldX + r, v);
-    }
-    for (int e = tid; e < Lp * kStateN; e += kThreads) {
-      const int t = e / kStateN, cc = e % kStateN;
-      const int64_t k = k0 + cc;
-      put(bs, t * Lay::ldB + cc, (t < ch.L && k < d.n) ? Bm[d.bco(bi, ch.t0 + t, gi) + k] : T(0.f));
-    }
+    read_block(X + d.xo(bi, ch.t0, j) + i0, d.h * d.p, Lp, kStateP, ch.L, valid_p,
+               [&](int t, int r, const Pack<T>& v) {
+                 const float sc = t < ch.L ? scale[t] : 0.f;
+#pragma unroll
+                 for (int k = 0; k < Pack<T>::N; ++k) put_split<3>(xs, t * Lay::ldX + r + k, to_f32(v.v[k]) * sc);
+               });
+    stage_exact(bs, Bm + d.bco(bi, ch.t0, gi) + k0, d.g * d.n, Lp, kStateN, ch.L, valid_n);
     __syncthreads();
     const float E = ch.doc_last == ch.doc_in ? float(exp(ch.S_last)) : 0.f;
 #pragma unroll
