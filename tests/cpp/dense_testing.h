@@ -39,11 +39,6 @@ inline double rel_error(const Tensor& t, const std::vector<double>& ref) {
   return err / scale;
 }
 
-// Whether two tensors hold the same bytes.
-inline bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.nbytes() == b.nbytes() && std::memcmp(a.data_ptr(), b.data_ptr(), a.nbytes()) == 0;
-}
-
 // Runs f with `n` OpenMP threads, then restores the previous count.
 template <class F>
 void with_threads(int n, F&& f) {

@@ -15,23 +15,14 @@ using mt::DType;
 using mt::Shape;
 using mt::Tensor;
 using mt::testing::expect_error;
+using mt::testing::Input;
+using mt::testing::input;
 using mt::testing::poisoned;
+using mt::testing::same_bits;
 
 namespace {
 const Device kGpu = Device::cuda(0);
 
-// One random input, rounded to dt, in the three forms the comparison needs.
-struct Input {
-  Tensor dev, f32, f64;
-};
-Input input(const Shape& s, DType dt, double scale = 1.0) {
-  Tensor r = mt::testing::randn(s, DType::f32, scale).to(dt);
-  return {r.to(kGpu), r.to(DType::f32), r.to(DType::f64)};
-}
-Input from_f32(const Tensor& t, DType dt) {  // an f32 CPU result rounded to dt
-  Tensor r = t.to(dt);
-  return {r.to(kGpu), r.to(DType::f32), r.to(DType::f64)};
-}
 
 Tensor empty(const Shape& s, DType dt) { return Tensor::empty(s, dt); }
 
@@ -40,11 +31,6 @@ void check(const Tensor& gpu, const Tensor& cpu32, const Tensor& ref64, const st
   ASSERT_TRUE(gpu.is_cuda()) << what;
   Tensor same = cpu32.to(gpu.dtype()).to(DType::f64);
   mt::testing::expect_within_rule(gpu, same, ref64, what.c_str(), 1e-5);
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  Tensor ca = a.to(Device::cpu()).contiguous(), cb = b.to(Device::cpu()).contiguous();
-  return ca.nbytes() == cb.nbytes() && std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
 }
 
 struct Config {
@@ -132,7 +118,7 @@ TEST(CudaAttention, BackwardMatchesCpuWithinRule) {
         const Shape qs{c.b, c.l, c.hq, c.p}, ks{c.b, c.l, c.hkv, c.p}, ls{c.b, c.hq, c.l};
         Tensor o32 = empty(qs, DType::f32), lse32 = empty(ls, DType::f32);
         mt::attention_forward(in.q.f32, in.k.f32, in.v.f32, o32, lse32, in.seq);
-        Input out = from_f32(o32, dt), dout = input(qs, dt);
+        Input out = mt::testing::input_from(o32, dt), dout = input(qs, dt);
         Tensor lse64 = lse32.to(DType::f64), lse_dev = lse32.to(kGpu);
 
         Tensor dq64 = empty(qs, DType::f64), dk64 = empty(ks, DType::f64), dv64 = empty(ks, DType::f64);
@@ -171,7 +157,7 @@ TEST(CudaAttention, SmallPackedForwardBackward) {
   check(out, o32, ref, what + " out");
   check(lse, lse32, lse64, what + " lse");
 
-  Input o = from_f32(o32, dt), dout = input(qs, dt);
+  Input o = mt::testing::input_from(o32, dt), dout = input(qs, dt);
   Tensor dq64 = empty(qs, DType::f64), dk64 = empty(ks, DType::f64), dv64 = empty(ks, DType::f64);
   Tensor dq32 = empty(qs, DType::f32), dk32 = empty(ks, DType::f32), dv32 = empty(ks, DType::f32);
   mt::attention_backward(dout.f64, in.q.f64, in.k.f64, in.v.f64, o.f64, lse32.to(DType::f64), dq64, dk64, dv64,

@@ -15,19 +15,14 @@ using mt::DType;
 using mt::Shape;
 using mt::Tensor;
 using mt::testing::expect_error;
+using mt::testing::Input;
+using mt::testing::input;
 using mt::testing::poisoned;
+using mt::testing::same_bits;
 
 namespace {
 const Device kGpu = Device::cuda(0);
 
-// One random input rounded to dt, in the three forms the comparison needs.
-struct Input {
-  Tensor dev, f32, f64;
-};
-Input input(const Shape& s, DType dt, double scale = 1.0) {
-  Tensor r = mt::testing::randn(s, DType::f32, scale).to(dt);
-  return {r.to(kGpu), r.to(DType::f32), r.to(DType::f64)};
-}
 Input none() { return {}; }
 Tensor opt(const Input& in, Tensor Input::*form) { return in.*form; }
 
@@ -35,12 +30,6 @@ void check(const Tensor& gpu, const Tensor& cpu32, const Tensor& ref64, const st
   ASSERT_TRUE(gpu.is_cuda()) << what;
   Tensor same = cpu32.to(gpu.dtype()).to(DType::f64);
   mt::testing::expect_within_rule(gpu, same, ref64, what.c_str(), 1e-5);
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  if (!a.defined() || !b.defined()) return a.defined() == b.defined();
-  Tensor ca = a.to(Device::cpu()).contiguous(), cb = b.to(Device::cpu()).contiguous();
-  return ca.nbytes() == cb.nbytes() && std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
 }
 
 Tensor seq_ids(int64_t b, int64_t l) {

@@ -14,20 +14,15 @@ using mt::Device;
 using mt::DType;
 using mt::Shape;
 using mt::Tensor;
+using mt::testing::Input;
+using mt::testing::input;
 using mt::testing::poisoned;
+using mt::testing::same_bits;
 
 namespace {
 const Device kGpu = Device::cuda(0);
 constexpr double kEps = 1e-5;
 
-// One random input, rounded to dt, in the three forms the comparison needs.
-struct Input {
-  Tensor dev, f32, f64;
-};
-Input input(const Shape& s, DType dt, double scale = 1.0) {
-  Tensor r = mt::testing::randn(s, DType::f32, scale).to(dt);
-  return {r.to(kGpu), r.to(DType::f32), r.to(DType::f64)};
-}
 
 Tensor empty(const Shape& s, DType dt) { return Tensor::empty(s, dt); }
 
@@ -48,11 +43,6 @@ double term_scale(std::initializer_list<Tensor> ts) {
     p *= m;
   }
   return p;
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  Tensor ca = a.to(Device::cpu()).contiguous(), cb = b.to(Device::cpu()).contiguous();
-  return ca.nbytes() == cb.nbytes() && std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
 }
 
 std::string label(const char* op, DType dt, const Shape& s) {

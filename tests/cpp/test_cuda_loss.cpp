@@ -21,21 +21,16 @@ using mt::LinearCrossEntropyOptions;
 using mt::Shape;
 using mt::Tensor;
 using mt::testing::expect_error;
+using mt::testing::Input;
+using mt::testing::input;
 using mt::testing::poisoned;
+using mt::testing::same_bits;
 using mt::testing::values;
 
 namespace {
 const Device kGpu = Device::cuda(0);
 constexpr int64_t kIgnore = -100;
 
-// One random input, rounded to dt, in the three forms the comparison needs.
-struct Input {
-  Tensor dev, f32, f64;
-};
-Input input(const Shape& s, DType dt, double scale) {
-  Tensor r = mt::testing::randn(s, DType::f32, scale).to(dt);
-  return {r.to(kGpu), r.to(DType::f32), r.to(DType::f64)};
-}
 
 // Targets in [0, V) as dt, with every seventh position (from 2) set to kIgnore.
 Tensor random_targets(int64_t n, int64_t V, DType dt) {
@@ -60,11 +55,6 @@ Tensor random_mask(int64_t n, int kind) {
 }
 
 Tensor to_gpu(const Tensor& t) { return t.defined() ? t.to(kGpu) : Tensor(); }
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  Tensor ca = a.to(Device::cpu()).contiguous(), cb = b.to(Device::cpu()).contiguous();
-  return ca.nbytes() == cb.nbytes() && std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
-}
 
 // `gpu` against the f64 reference; `cpu` is the same-precision result, rounded here to gpu's dtype.
 void check(const Tensor& gpu, const Tensor& cpu, const Tensor& ref64, const std::string& what) {

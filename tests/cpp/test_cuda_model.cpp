@@ -32,11 +32,6 @@ struct Data {
 
 Tensor f64_cpu(const Tensor& t) { return t.to(Device::cpu(), DType::f64); }
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  Tensor ca = a.to(Device::cpu()).contiguous(), cb = b.to(Device::cpu()).contiguous();
-  return ca.nbytes() == cb.nbytes() && std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
-}
-
 // Relative L2 distance |a − b| / |b| of two tensors of one size.
 double rel_l2(const Tensor& a, const Tensor& b) {
   auto va = values(a), vb = values(b);

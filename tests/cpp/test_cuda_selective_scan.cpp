@@ -15,32 +15,20 @@ using mt::DType;
 using mt::Shape;
 using mt::Tensor;
 using mt::testing::expect_error;
+using mt::testing::Input;
+using mt::testing::input;
 using mt::testing::poisoned;
+using mt::testing::same_bits;
 
 namespace {
 const Device kGpu = Device::cuda(0);
 
-// One input rounded to dt, in the three forms the comparison needs.
-struct Input {
-  Tensor dev, f32, f64;
-};
-Input from(const Tensor& values, DType dt) {
-  Tensor r = values.to(dt);
-  return {r.to(kGpu), r.to(DType::f32), r.to(DType::f64)};
-}
-Input input(const Shape& s, DType dt, double scale = 1.0) { return from(mt::testing::randn(s, DType::f32, scale), dt); }
 Tensor opt(const Input& in, Tensor Input::*form) { return in.*form; }
 
 void check(const Tensor& gpu, const Tensor& cpu32, const Tensor& ref64, const std::string& what) {
   ASSERT_TRUE(gpu.is_cuda()) << what;
   Tensor same = cpu32.to(gpu.dtype()).to(DType::f64);
   mt::testing::expect_within_rule(gpu, same, ref64, what.c_str(), 1e-5);
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  if (!a.defined() || !b.defined()) return a.defined() == b.defined();
-  Tensor ca = a.to(Device::cpu()).contiguous(), cb = b.to(Device::cpu()).contiguous();
-  return ca.nbytes() == cb.nbytes() && std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
 }
 
 Tensor seq_ids(int64_t b, int64_t l) {
@@ -99,14 +87,14 @@ Scan make(const Case& k, DType at) {
                             : mt::testing::uniform({k.b, k.l, k.d}, 0.05, 1.0);
   if (k.softplus)
     for (int64_t e = 7; e < delta.numel(); e += 101) delta.data<double>()[e] = 20.5 + 0.01 * double(e % 13);
-  s.delta = from(delta, at);
-  s.A = from(mt::testing::uniform({k.d, k.n}, -2.0, -0.3), DType::f32);
+  s.delta = mt::testing::input_from(delta, at);
+  s.A = mt::testing::input_from(mt::testing::uniform({k.d, k.n}, -2.0, -0.3), DType::f32);
   s.B = input({k.b, k.l, k.g, k.n}, at);
   s.C = input({k.b, k.l, k.g, k.n}, at);
   if (k.D) s.D = input({k.d}, DType::f32);
   if (k.z) s.z = input({k.b, k.l, k.d}, at);
   if (k.bias)
-    s.bias = k.softplus ? input({k.d}, DType::f32, 0.5) : from(mt::testing::uniform({k.d}, 0.0, 0.3), DType::f32);
+    s.bias = k.softplus ? input({k.d}, DType::f32, 0.5) : mt::testing::input_from(mt::testing::uniform({k.d}, 0.0, 0.3), DType::f32);
   if (k.init) s.init = input({k.b, k.d, k.n}, DType::f32);
   s.dy = input({k.b, k.l, k.d}, at);
   if (k.dfinal) s.dfinal = input({k.b, k.d, k.n}, DType::f32);
@@ -238,7 +226,7 @@ TEST(CudaSelectiveScan, HalfMillionTokenRow) {
   auto big = [&](const Shape& s) { return Tensor::randn(s, DType::bf16, kGpu, &gen); };
   Tensor u = big({1, l, d}), z = big({1, l, d}), dy = big({1, l, d}), B = big({1, l, g, n}), C = big({1, l, g, n});
   Tensor delta = Tensor::rand({1, l, d}, DType::bf16, kGpu, &gen);  // in [0, 1): softplus of it below
-  Input A = from(mt::testing::uniform({d, n}, -2.0, -0.3), DType::f32), D = input({d}, DType::f32);
+  Input A = mt::testing::input_from(mt::testing::uniform({d, n}, -2.0, -0.3), DType::f32), D = input({d}, DType::f32);
   Input bias = input({d}, DType::f32, 0.5);
   const mt::SelectiveScanOptions o{true};
   Tensor y = poisoned({1, l, d}, DType::bf16, kGpu), fin = poisoned({1, d, n}, DType::f32, kGpu), none;

@@ -77,11 +77,6 @@ Gradients gpu_backward(const Case& c, const Tensor& dy, const Tensor& dfs, const
   return r;
 }
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  Tensor ca = a.to(Device::cpu()).contiguous(), cb = b.to(Device::cpu()).contiguous();
-  return ca.nbytes() == cb.nbytes() && std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
-}
-
 // `gpu` against the f64 reference; the CPU's error is `cpu32` rounded to gpu's dtype.
 void check(const Tensor& gpu, const Tensor& cpu32, const Tensor& ref64, const std::string& what) {
   ASSERT_TRUE(gpu.is_cuda()) << what;

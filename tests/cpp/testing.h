@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
@@ -124,6 +125,26 @@ void expect_error(F&& f, const S&... parts) {
 inline bool has_gpu() { return cuda_available(); }
 #define SKIP_WITHOUT_GPU() \
   if (!::mambatron::testing::has_gpu()) GTEST_SKIP() << "no CUDA device visible"
+
+// Whether two tensors hold the same bytes (on any device; two undefined ones are equal).
+inline bool same_bits(const Tensor& a, const Tensor& b) {
+  if (!a.defined() || !b.defined()) return a.defined() == b.defined();
+  Tensor ca = a.to(Device::cpu()).contiguous(), cb = b.to(Device::cpu()).contiguous();
+  return ca.nbytes() == cb.nbytes() && std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
+}
+
+// An input of a CUDA-vs-CPU test: values rounded to dt, on the GPU and as the f32 and
+// f64 CPU copies that DESIGN.md's rule compares against.
+struct Input {
+  Tensor dev, f32, f64;
+};
+inline Input input_from(const Tensor& values, DType dt) {
+  Tensor r = values.to(dt);
+  return {r.to(Device::cuda(0)), r.to(DType::f32), r.to(DType::f64)};
+}
+inline Input input(const Shape& s, DType dt, double scale = 1.0) {
+  return input_from(randn(s, DType::f32, scale), dt);
+}
 
 }  // namespace mambatron::testing
 
