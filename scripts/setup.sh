@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a fresh Debian/Ubuntu machine needs, then mambatron itself:
-# system packages (Eigen, GoogleTest, ninja, ccache), Python build tools, and
-# `pip install` of this checkout (with CUDA when nvcc is found, and the C++ tests).
+# system packages (Eigen, GoogleTest, ninja, ccache), Python build tools and test
+# packages (the lm-evaluation-harness among them), and `pip install` of this checkout
+# (with CUDA when nvcc is found, and the C++ tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,8 @@ if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then export 
 
 python3 -m pip install -q --upgrade "pip>=23" >/dev/null
 python3 -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=1.24" "cmake>=3.24" \
-  "pytest>=7" nbclient nbformat ipykernel safetensors tokenizers tqdm matplotlib
+  "pytest>=7" nbclient nbformat ipykernel safetensors tokenizers tqdm matplotlib \
+  "lm_eval>=0.4.13"  # the harness for `lm_eval --model mambatron` and its test (no torch: about 2 min, 0.7 GB)
 echo "setup: building mambatron ($(command -v nvcc >/dev/null && echo 'CPU + CUDA' || echo 'CPU only'))"
 MAMBATRON_BUILD_TESTS=ON python3 -m pip install -q --no-build-isolation -C build-dir=build/pip . \
   || { echo "setup: build failed; rerun with 'pip install -v --no-build-isolation .' to see why" >&2; exit 1; }

@@ -186,6 +186,39 @@ def test_adapter_loglikelihood_equals_direct_computation():
         assert lm.loglikelihood([("abc", chr(nxt))])[0][1]
 
 
+def test_adapter_splits_context_and_continuation_as_the_harness_does():
+    """Whitespace that ends the context is scored with the continuation (the harness's
+    causal models do the same), the whole text is encoded once, and an empty context is EOD."""
+    model = tiny_model()
+    lm = MambatronLM(model)
+    assert lm._encode_pair("A: ", "4") == (list(b"A:"), list(b" 4"))
+    assert lm._encode_pair("", "ab") == ([0], list(b"ab"))
+    assert lm._encode_pair(" \n", "ab") == ([0], list(b" \nab"))
+    (lp, greedy), = lm.loglikelihood([("The answer is \n ", "4")])
+    want = direct_scores(model, "The answer is", " \n 4")
+    assert lp == pytest.approx(want[0], rel=1e-5, abs=1e-5) and greedy == want[1]
+
+
+class _PrefixTokenizer:
+    """Bytes after a start marker on every call, as sentencepiece's dummy prefix does."""
+    name, vocab_size, eod_id = "prefixed bytes", 256, 0
+
+    def encode(self, text):
+        return [1] + list(text.encode())
+
+
+def test_adapter_encodes_the_whole_text_then_splits():
+    """A tokenizer that marks the start of each text marks the context's, not the
+    continuation's: the whole text is encoded and cut after the context's tokens."""
+    model = tiny_model()
+    lm = MambatronLM(model, tokenizer=_PrefixTokenizer())
+    assert lm._encode_pair("ab", " c") == ([1, *b"ab"], list(b" c"))
+    (lp, _), = lm.loglikelihood([("ab", " cd")])
+    ids = [1, *b"ab cd"]
+    logp = log_softmax(np.asarray(model.logits(np.array([ids[:-1]], np.int32)).numpy())[0])
+    assert lp == pytest.approx(sum(logp[t - 1, ids[t]] for t in range(3, 6)), rel=1e-5)
+
+
 def test_adapter_rolling_and_generate_until():
     model = tiny_model()
     text = "a rolling text of some length, scored in windows."
