@@ -27,6 +27,14 @@ def test_python_example_runs():
     assert "gemm relative error" in out.stdout
 
 
+def test_python_training_example_learns_and_generates():
+    out = subprocess.run([sys.executable, "-c", block("python-train")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    loss = float(re.search(r"loss ([0-9.]+) after 60 steps", out.stdout).group(1))
+    assert loss < 0.5, out.stdout  # the repeated sentence is learned
+    assert "fox" in out.stdout.splitlines()[-1], out.stdout
+
+
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
 def test_cpp_example_builds_against_installed_package_and_runs(tmp_path):
     if not os.path.isfile(os.path.join(mt.cmake_dir(), "mambatronConfig.cmake")):
