@@ -34,12 +34,6 @@ void memcpy(void* dst, Device dst_device, const void* src, Device src_device, si
 
 #undef MT_BACKEND_OPS
 
-// For ops whose CUDA kernel does not exist yet: a clear error instead of a crash.
-inline void require_cpu(const Tensor& t, const char* op) {
-  MT_CHECK(!t.is_cuda(), TypeError, op, ": runs on the CPU only in this version; got a tensor on ",
-           t.device().str(), " (move it with .cpu())");
-}
-
 // Calls cpu::F or cuda::F by the device of `t`; a CPU-only build names the problem.
 #ifdef MAMBATRON_WITH_CUDA
 #define MT_DISPATCH(t, F, ...) ((t).is_cuda() ? cuda::F(__VA_ARGS__) : cpu::F(__VA_ARGS__))
