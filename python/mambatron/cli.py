@@ -282,7 +282,19 @@ def _add_generate_parser(sub) -> None:
     g.add_argument("--tokenizer", default=None, metavar="byte|PATH",
                    help="'byte', a tokenizer.json, a sentencepiece .model, or a folder holding one (default: the "
                         "checkpoint folder's tokenizer if it has one, else byte)")
-    g.add_argument("--dtype", default="f32", help="compute dtype on the CPU: f32 or f64 (default: f32)")
+    g.add_argument("--device", default="auto", help="auto (the best found), cpu or cuda[:N] (default: auto)")
+    g.add_argument("--dtype", default="auto",
+                   help="auto (bf16 on CUDA, f32 on the CPU), f32, f64 (CPU) or bf16 (CUDA) (default: auto)")
+
+
+def _load_on_device(path: str, device: str, dtype: str):
+    """A checkpoint's model on `device` ("auto": the best found) in `dtype` ("auto": bf16 on CUDA, f32 on the CPU)."""
+    from . import best_device
+    from .hf import load_model
+    from .train import compute_dtype
+
+    device = best_device() if device == "auto" else device
+    return load_model(path, dtype=compute_dtype(dtype, device), device=device)
 
 
 def _generate(args) -> int:
@@ -290,7 +302,6 @@ def _generate(args) -> int:
     import os
 
     from .generate import Generator
-    from .hf import load_model
     from .tokenizers import load_tokenizer
 
     try:
@@ -298,7 +309,7 @@ def _generate(args) -> int:
         if tok is None:
             has = any(os.path.exists(os.path.join(args.checkpoint, f)) for f in ("tokenizer.json", "tokenizer.model"))
             tok = args.checkpoint if has else "byte"
-        gen = Generator(load_model(args.checkpoint, dtype=args.dtype), tokenizer=load_tokenizer(tok))
+        gen = Generator(_load_on_device(args.checkpoint, args.device, args.dtype), tokenizer=load_tokenizer(tok))
         pieces = gen.stream(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed)
         sys.stdout.write(args.prompt)
@@ -339,8 +350,9 @@ def _add_eval_parser(sub) -> None:
                    help="perplexity: read the last fraction of the documents, as training holds out (default: 0)")
     e.add_argument("--tokenizer", default="byte", metavar="byte|PATH",
                    help="perplexity: the tokenizer, for bits per byte (default: byte)")
-    e.add_argument("--dtype", default="f32", help="compute dtype (default: f32)")
-    e.add_argument("--device", default="cpu", help="cpu or cuda:N (default: cpu)")
+    e.add_argument("--device", default="auto", help="auto (the best found), cpu or cuda[:N] (default: auto)")
+    e.add_argument("--dtype", default="auto",
+                   help="auto (bf16 on CUDA, f32 on the CPU), f32, f64 (CPU) or bf16 (CUDA) (default: auto)")
     e.add_argument("--json", default=None, metavar="OUT", help="also write the result as JSON to OUT")
     e.add_argument("--plot", default=None, metavar="PNG",
                    help="with --lengths: plot accuracy against length to PNG (needs matplotlib)")
@@ -351,7 +363,6 @@ def _eval(args) -> int:
     import json
 
     from .eval import evaluate_task, perplexity, plot_accuracy, save_json
-    from .hf import load_model
 
     try:
         size = {}
@@ -360,7 +371,7 @@ def _eval(args) -> int:
             if not sep:
                 raise ValueError(f"--size {item!r}: expected KEY=VALUE")
             size[key.strip()] = json.loads(value) if value.strip() not in ("None", "none") else None
-        model = load_model(args.model, dtype=args.dtype, device=args.device)
+        model = _load_on_device(args.model, args.device, args.dtype)
         if args.task == "perplexity":
             if args.data is None:
                 raise ValueError("perplexity needs --data PREFIX")
