@@ -43,6 +43,8 @@ def cases(torch, rows, d, vocab):
     yield "silu bwd", lambda: mt.silu_backward(mg, mx, dx=mdx), 3 * n * 2
     yield "squared_relu fwd", lambda: mt.squared_relu_forward(mx, out=mo), 2 * n * 2
     yield "squared_relu bwd", lambda: mt.squared_relu_backward(mg, mx, dx=mdx), 3 * n * 2
+    yield "add (residual)", lambda: mt.add(mx, mg, out=mo), 3 * n * 2
+    yield "mul", lambda: mt.mul(mx, mg, out=mo), 3 * n * 2
 
     # SwiGLU: x [rows, d] read as [rows, 2f] with f = d / 2, so out has n / 2 elements.
     half = torch.empty(rows, d // 2, device=dev, dtype=bf)

@@ -37,6 +37,7 @@ void bind_adamw_ops(py::module_& m);
 void bind_embedding_ops(py::module_& m);
 void bind_norm_ops(py::module_& m);
 void bind_activation_ops(py::module_& m);
+void bind_arith_ops(py::module_& m);
 void bind_attention_ops(py::module_& m);
 
 }  // namespace mambatron::bind

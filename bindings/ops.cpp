@@ -37,6 +37,7 @@ fp32 accumulation. out_dtype picks the result's dtype when out is not given.)");
   bind_embedding_ops(m);
   bind_norm_ops(m);
   bind_activation_ops(m);
+  bind_arith_ops(m);
   bind_loss_ops(m);
   bind_adamw_ops(m);
   bind_conv1d_ops(m);
