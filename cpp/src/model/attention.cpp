@@ -47,21 +47,21 @@ class Attention final : public Sublayer {
     linear(o, params_[kO], out);
   }
 
-  void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s,
+  void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s, Arena& scratch,
                 const std::vector<Tensor>& grads) override {
     int64_t b = batch.b, l = batch.l;
     Tensor q = s.get("q", {b, l, hq_, p_}), k = s.get("k", {b, l, hkv_, p_}), v = s.get("v", {b, l, hkv_, p_});
     Tensor o = s.get("o", {b, l, hq_, p_}), lse = s.wide("lse", {b, hq_, l});
-    Tensor d_o = s.get("d_o", {b, l, hq_, p_});
+    Tensor d_o = scratch.get("d_o", {b, l, hq_, p_});
     linear_grad_weight(dout, o, grads[kO]);
     linear_grad_input(dout, params_[kO], d_o);
-    Tensor dq = s.get("d_q", {b, l, hq_, p_}), dk = s.get("d_k", {b, l, hkv_, p_}), dv = s.get("d_v", {b, l, hkv_, p_});
+    Tensor dq = scratch.get("d_q", {b, l, hq_, p_}), dk = scratch.get("d_k", {b, l, hkv_, p_}), dv = scratch.get("d_v", {b, l, hkv_, p_});
     attention_backward(d_o, q, k, v, o, lse, dq, dk, dv, batch.seq_idx);
     if (rope_.rotary_fraction > 0) {
       rope_backward(dq, dq, batch.positions, rope_);
       rope_backward(dk, dk, batch.positions, rope_);
     }
-    Tensor dqkv = s.get("d_qkv", {b, l, (hq_ + 2 * hkv_) * p_});
+    Tensor dqkv = scratch.get("d_qkv", {b, l, (hq_ + 2 * hkv_) * p_});
     Tensor packed = grouped(dqkv, b, l);
     packed.narrow(3, 0, per_group_).copy_(dq.view({b, l, hkv_, per_group_, p_}));
     packed.narrow(3, per_group_, 1).copy_(dk.view({b, l, hkv_, 1, p_}));

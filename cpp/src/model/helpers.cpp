@@ -20,7 +20,7 @@ Tensor Arena::get(const std::string& name, const Shape& shape, std::optional<DTy
 }
 
 Workspace::Workspace(int64_t b_, int64_t l_, int64_t layers_count, const Precision& p)
-    : b(b_), l(l_), arena(p), layers(size_t(layers_count), Arena(p)) {}
+    : b(b_), l(l_), prec(p), arena(p), layers(size_t(layers_count), Arena(p)) {}
 
 Tensor as_2d(const Tensor& t, int64_t cols) { return t.view({t.numel() / cols, cols}); }
 

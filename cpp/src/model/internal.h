@@ -70,11 +70,17 @@ struct Batch {
 // Everything one (batch, seq_len) needs, allocated at first use and then reused.
 struct Workspace {
   Workspace(int64_t b_, int64_t l_, int64_t layers, const Precision& p);
+  // The backward temporaries of the sublayers of one kind (pattern symbol).
+  Arena& scratch(char kind) { return scratch_.try_emplace(kind, prec).first->second; }
   int64_t b, l;
+  Precision prec;
   Batch batch;                // of the last forward
   Tensor inputs, targets, mask;  // i32 [b, l], i32 [b·l] and the loss mask [b·l] (or undefined), on the device
   Arena arena;                // the stack's buffers
-  std::vector<Arena> layers;  // each sublayer's saved activations and scratch
+  std::vector<Arena> layers;  // each sublayer's saved activations (and its decode scratch)
+
+ private:
+  std::unordered_map<char, Arena> scratch_;
 };
 
 // One mixer (the part after the pre-norm). Parameters are views in specs() order.
@@ -88,9 +94,10 @@ class Sublayer {
   virtual void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& saved,
                        InferenceState::Layer* state) = 0;
   // After forward with the same arguments: dout [b, l, d] -> dx [b, l, d] and the
-  // parameter gradients (views in specs() order), all overwritten.
+  // parameter gradients (views in specs() order), all overwritten. `scratch` holds the
+  // backward's temporaries; every layer of one kind shares it (they run one at a time).
   virtual void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& saved,
-                        const std::vector<Tensor>& grads) = 0;
+                        Arena& scratch, const std::vector<Tensor>& grads) = 0;
   virtual void new_state(int64_t batch, int64_t max_len, InferenceState::Layer& st) const = 0;
   // One token per sequence: x [b, d] -> out [b, d]; positions i32 [b, 1] (RoPE).
   virtual void step(const Tensor& x, Tensor& out, const Tensor& positions, Arena& scratch,

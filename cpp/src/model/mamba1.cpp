@@ -60,26 +60,26 @@ class Mamba1 final : public Sublayer {
     linear(y, params_[kOut], out);
   }
 
-  void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s,
+  void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s, Arena& scratch,
                 const std::vector<Tensor>& grads) override {
     int64_t b = batch.b, l = batch.l;
     Tensor xin = s.get("xin", {b, l, di_}), z = s.get("z", {b, l, di_}), u = s.get("u", {b, l, di_});
     Tensor dtl = s.get("dt_low", {b, l, r_}), B = s.get("B", {b, l, 1, n_}), C = s.get("C", {b, l, 1, n_});
     Tensor delta = s.get("delta", {b, l, di_}), y = s.get("y", {b, l, di_});
 
-    Tensor dy = s.get("d_y", {b, l, di_});
+    Tensor dy = scratch.get("d_y", {b, l, di_});
     linear_grad_weight(dout, y, grads[kOut]);
     linear_grad_input(dout, params_[kOut], dy);
 
-    Tensor du = s.get("d_u", {b, l, di_}), ddelta = s.get("d_delta", {b, l, di_}), dz = s.get("d_z", {b, l, di_});
-    Tensor dA = s.wide("d_A", {di_, n_}), dB = s.get("d_B", {b, l, 1, n_}), dC = s.get("d_C", {b, l, 1, n_});
+    Tensor du = scratch.get("d_u", {b, l, di_}), ddelta = scratch.get("d_delta", {b, l, di_}), dz = scratch.get("d_z", {b, l, di_});
+    Tensor dA = scratch.wide("d_A", {di_, n_}), dB = scratch.get("d_B", {b, l, 1, n_}), dC = scratch.get("d_C", {b, l, 1, n_});
     Tensor dD = grads[kD], ddt_bias = grads[kDtBias], no_grad;
     selective_scan_backward(dy, Tensor(), u, delta, A_, B, C, params_[kD], z, params_[kDtBias], Tensor(),
                             batch.seq_idx, du, ddelta, dA, dB, dC, dD, dz, ddt_bias, no_grad, opt_);
     mul_into(grads[kALog], dA, A_);  // A = −exp(A_log): dA_log = dA · A
 
     // delta = dt_low · W_dtᵀ, then [dt_low | B | C] = u · W_xᵀ.
-    Tensor ddtl = s.get("d_dt_low", {b, l, r_});
+    Tensor ddtl = scratch.get("d_dt_low", {b, l, r_});
     linear_grad_weight(ddelta, dtl, grads[kDtW]);
     linear_grad_input(ddelta, params_[kDtW], ddtl);
     const Tensor &wx = params_[kX], &dwx = grads[kX];
@@ -90,7 +90,7 @@ class Mamba1 final : public Sublayer {
     linear_grad_input(dB, rows(wx, r_, n_), du, true);
     linear_grad_input(dC, rows(wx, r_ + n_, n_), du, true);
 
-    Tensor dxin = s.get("d_xin", {b, l, di_});
+    Tensor dxin = scratch.get("d_xin", {b, l, di_});
     Tensor dconv_w = conv_weight(grads), dconv_b = grads[kConvB];
     conv1d_backward(du, Tensor(), xin, conv_weight(params_), params_[kConvB], Tensor(), batch.seq_idx, dxin, dconv_w,
                     dconv_b, no_grad, silu());

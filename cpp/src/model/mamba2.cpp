@@ -65,28 +65,28 @@ class Mamba2 final : public Sublayer {
     linear(yn, params_[kOut], out);
   }
 
-  void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s,
+  void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s, Arena& scratch,
                 const std::vector<Tensor>& grads) override {
     int64_t b = batch.b, l = batch.l;
     Tensor z = s.get("z", {b, l, di_}), xbc = s.get("xbc", {b, l, conv_}), dt = s.get("dt", {b, l, h_});
     Tensor xs = s.get("x", {b, l, h_, p_}), B = s.get("B", {b, l, g_, n_}), C = s.get("C", {b, l, g_, n_});
     Tensor y = s.get("y", {b, l, h_, p_}), yn = s.get("yn", {b, l, di_}), rstd = s.wide("rstd", {b, l, g_});
 
-    Tensor dyn = s.get("d_yn", {b, l, di_});
+    Tensor dyn = scratch.get("d_yn", {b, l, di_});
     linear_grad_weight(dout, yn, grads[kOut]);
     linear_grad_input(dout, params_[kOut], dyn);
-    Tensor dy = s.get("d_y", {b, l, h_, p_}), dz = s.get("d_z", {b, l, di_});
+    Tensor dy = scratch.get("d_y", {b, l, h_, p_}), dz = scratch.get("d_z", {b, l, di_});
     Tensor dy3 = dy.view({b, l, di_}), dnorm = grads[kNorm];
     gated_rmsnorm_backward(dyn, y.view({b, l, di_}), z, params_[kNorm], rstd, g_, dy3, dz, dnorm);
 
-    Tensor dxs = s.get("d_x", {b, l, h_, p_}), ddt = s.get("d_dt", {b, l, h_}), dA = s.wide("d_A", {h_});
-    Tensor dB = s.get("d_B", {b, l, g_, n_}), dC = s.get("d_C", {b, l, g_, n_});
+    Tensor dxs = scratch.get("d_x", {b, l, h_, p_}), ddt = scratch.get("d_dt", {b, l, h_}), dA = scratch.wide("d_A", {h_});
+    Tensor dB = scratch.get("d_B", {b, l, g_, n_}), dC = scratch.get("d_C", {b, l, g_, n_});
     Tensor dD = grads[kD], ddt_bias = grads[kDtBias], no_grad;
     ssd_backward(dy, Tensor(), xs, dt, A_, B, C, params_[kD], params_[kDtBias], Tensor(), batch.seq_idx, dxs, ddt,
                  dA, dB, dC, dD, ddt_bias, no_grad, opt_);
     mul_into(grads[kALog], dA, A_);  // A = −exp(A_log): dA_log = dA · A
 
-    Tensor dxbc_act = s.get("d_xbc_act", {b, l, conv_}), dxbc = s.get("d_xbc", {b, l, conv_});
+    Tensor dxbc_act = scratch.get("d_xbc_act", {b, l, conv_}), dxbc = scratch.get("d_xbc", {b, l, conv_});
     join_columns({dxs, dB, dC}, dxbc_act);
     Tensor dconv_w = conv_weight(grads), dconv_b = grads[kConvB];
     conv1d_backward(dxbc_act, Tensor(), xbc, conv_weight(params_), params_[kConvB], Tensor(), batch.seq_idx, dxbc,

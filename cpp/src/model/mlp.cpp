@@ -29,11 +29,11 @@ class Mlp final : public Sublayer {
     run(x, out, {batch.b, batch.l}, s);
   }
 
-  void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s,
+  void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s, Arena& scratch,
                 const std::vector<Tensor>& grads) override {
     Shape lead = {batch.b, batch.l};
     Tensor h = s.get("h", with(lead, fc1_)), a = s.get("a", with(lead, f_));
-    Tensor da = s.get("d_a", with(lead, f_)), dh = s.get("d_h", with(lead, fc1_));
+    Tensor da = scratch.get("d_a", with(lead, f_)), dh = scratch.get("d_h", with(lead, fc1_));
     linear_grad_weight(dout, a, grads[kFc2]);
     linear_grad_input(dout, params_[kFc2], da);
     switch (act_) {

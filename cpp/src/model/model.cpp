@@ -268,7 +268,8 @@ void Model::backward_stack(Workspace& ws, const Tensor& d_final, const std::vect
   for (int64_t i = L - 1; i >= 0; --i) {
     std::vector<Tensor> mixer(grads.begin() + int64_t(layer_first_[i] + norm_params_),
                               grads.begin() + int64_t(layer_first_[i + 1]));
-    layers_[i]->backward(d_res, normed.select(0, i), d_normed, ws.batch, ws.layers[i], mixer);
+    layers_[i]->backward(d_res, normed.select(0, i), d_normed, ws.batch, ws.layers[i], ws.scratch(config_.pattern[size_t(i)]),
+                         mixer);
     norm_backward(layer_first_[i], d_normed, X.select(0, i), mean.select(0, i), rstd.select(0, i), d_tmp, grads);
     model_detail::add_(d_res, d_tmp);
   }
