@@ -32,9 +32,10 @@ class Attention final : public Sublayer {
     };
   }
 
-  void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& s, InferenceState::Layer* state) override {
+  void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& s, Arena& scratch,
+               InferenceState::Layer* state) override {
     int64_t b = batch.b, l = batch.l;
-    Tensor qkv = s.get("qkv", {b, l, (hq_ + 2 * hkv_) * p_});
+    Tensor qkv = scratch.get("qkv", {b, l, (hq_ + 2 * hkv_) * p_});
     Tensor q = s.get("q", {b, l, hq_, p_}), k = s.get("k", {b, l, hkv_, p_}), v = s.get("v", {b, l, hkv_, p_});
     project_qkv(x, qkv, q, k, v, b, l, batch.positions);
     Tensor o = s.get("o", {b, l, hq_, p_}), lse = s.wide("lse", {b, hq_, l});

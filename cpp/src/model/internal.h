@@ -90,8 +90,9 @@ class Sublayer {
   virtual std::vector<ParamSpec> specs() const = 0;
   void bind(std::vector<Tensor> params) { params_ = std::move(params); }
   // x: the normed input [b, l, d]; out [b, l, d] is overwritten. With `state`
-  // (prefill), the layer's decoding state is filled too.
-  virtual void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& saved,
+  // (prefill), the layer's decoding state is filled too. `saved` keeps what backward
+  // needs; `scratch` (shared by the layers of one kind) takes the rest.
+  virtual void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& saved, Arena& scratch,
                        InferenceState::Layer* state) = 0;
   // After forward with the same arguments: dout [b, l, d] -> dx [b, l, d] and the
   // parameter gradients (views in specs() order), all overwritten. `scratch` holds the

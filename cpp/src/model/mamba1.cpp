@@ -43,7 +43,8 @@ class Mamba1 final : public Sublayer {
     };
   }
 
-  void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& s, InferenceState::Layer* state) override {
+  void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& s, Arena&,
+               InferenceState::Layer* state) override {
     int64_t b = batch.b, l = batch.l;
     Tensor xin = s.get("xin", {b, l, di_}), z = s.get("z", {b, l, di_}), u = s.get("u", {b, l, di_});
     linear(x, rows(params_[kIn], 0, di_), xin);

@@ -46,11 +46,12 @@ class Mamba2 final : public Sublayer {
     };
   }
 
-  void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& s, InferenceState::Layer* state) override {
+  void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& s, Arena& scratch,
+               InferenceState::Layer* state) override {
     int64_t b = batch.b, l = batch.l;
     Tensor z = s.get("z", {b, l, di_}), xbc = s.get("xbc", {b, l, conv_}), dt = s.get("dt", {b, l, h_});
     project_in(x, z, xbc, dt);
-    Tensor xbc_act = s.get("xbc_act", {b, l, conv_});
+    Tensor xbc_act = scratch.get("xbc_act", {b, l, conv_});
     Tensor conv_final = state ? state->conv_state : Tensor();
     conv1d_forward(xbc, conv_weight(params_), params_[kConvB], Tensor(), batch.seq_idx, xbc_act, conv_final,
                    silu());

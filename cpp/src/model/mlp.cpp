@@ -25,7 +25,7 @@ class Mlp final : public Sublayer {
     };
   }
 
-  void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& s, InferenceState::Layer*) override {
+  void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& s, Arena&, InferenceState::Layer*) override {
     run(x, out, {batch.b, batch.l}, s);
   }
 

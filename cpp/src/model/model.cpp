@@ -250,7 +250,8 @@ void Model::forward_stack(Workspace& ws, InferenceState* state) {
   for (int64_t i = 0; i < L; ++i) {
     Tensor xi = X.select(0, i), ni = normed.select(0, i);
     norm_forward(layer_first_[i], xi, ni, mean.select(0, i), rstd.select(0, i));
-    layers_[i]->forward(ni, out, ws.batch, ws.layers[i], state ? &state->layers[i] : nullptr);
+    layers_[i]->forward(ni, out, ws.batch, ws.layers[i], ws.scratch(config_.pattern[size_t(i)]),
+                        state ? &state->layers[i] : nullptr);
     model_detail::sum_into(X.select(0, i + 1), xi, out);
   }
   norm_forward(layer_first_[L], X.select(0, L), ws.arena.get("final", {b, l, d}), mean.select(0, L),
