@@ -17,6 +17,7 @@ using mt::Tensor;
 using mt::testing::expect_error;
 using mt::testing::Input;
 using mt::testing::input;
+using mt::testing::check_cuda;
 using mt::testing::poisoned;
 using mt::testing::same_bits;
 
@@ -25,13 +26,6 @@ const Device kGpu = Device::cuda(0);
 
 
 Tensor empty(const Shape& s, DType dt) { return Tensor::empty(s, dt); }
-
-// `gpu` against the f64 reference, the CPU's error being `cpu32` rounded to gpu's dtype.
-void check(const Tensor& gpu, const Tensor& cpu32, const Tensor& ref64, const std::string& what) {
-  ASSERT_TRUE(gpu.is_cuda()) << what;
-  Tensor same = cpu32.to(gpu.dtype()).to(DType::f64);
-  mt::testing::expect_within_rule(gpu, same, ref64, what.c_str(), 1e-5);
-}
 
 struct Config {
   int64_t b, l, hq, hkv, p;
@@ -80,8 +74,8 @@ TEST(CudaAttention, ForwardMatchesCpuWithinRule) {
         Tensor out2 = poisoned(os, dt, kGpu), lse2 = poisoned(ls, DType::f32, kGpu);
         mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out, lse, in.seq_dev);
         mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out2, lse2, in.seq_dev);
-        check(out, cpu, ref, what + " out");
-        check(lse, lse32, lse64, what + " lse");
+        check_cuda(out, cpu, ref, what + " out");
+        check_cuda(lse, lse32, lse64, what + " lse");
         EXPECT_TRUE(same_bits(out, out2) && same_bits(lse, lse2)) << what << ": two runs differ";
       }
     }
@@ -101,8 +95,8 @@ TEST(CudaAttention, ForwardWithScaleMatchesCpu) {
     mt::attention_forward(in.q.f32, in.k.f32, in.v.f32, cpu, lse32, {}, 0.37);
     Tensor out = poisoned(os, dt, kGpu), lse = poisoned(ls, DType::f32, kGpu);
     mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out, lse, {}, 0.37);
-    check(out, cpu, ref, what + " out");
-    check(lse, lse32, lse64, what + " lse");
+    check_cuda(out, cpu, ref, what + " out");
+    check_cuda(lse, lse32, lse64, what + " lse");
   }
 }
 
@@ -130,9 +124,9 @@ TEST(CudaAttention, BackwardMatchesCpuWithinRule) {
         mt::attention_backward(dout.dev, in.q.dev, in.k.dev, in.v.dev, out.dev, lse_dev, dq, dk, dv, in.seq_dev);
         mt::attention_backward(dout.dev, in.q.dev, in.k.dev, in.v.dev, out.dev, lse_dev, dq2, dk2, dv2,
                                in.seq_dev);
-        check(dq, dq32, dq64, what + " dq");
-        check(dk, dk32, dk64, what + " dk");
-        check(dv, dv32, dv64, what + " dv");
+        check_cuda(dq, dq32, dq64, what + " dq");
+        check_cuda(dk, dk32, dk64, what + " dk");
+        check_cuda(dv, dv32, dv64, what + " dv");
         EXPECT_TRUE(same_bits(dq, dq2) && same_bits(dk, dk2) && same_bits(dv, dv2)) << what << ": two runs differ";
       }
     }
@@ -154,8 +148,8 @@ TEST(CudaAttention, SmallPackedForwardBackward) {
   mt::attention_forward(in.q.f32, in.k.f32, in.v.f32, o32, lse32, in.seq);
   Tensor out = poisoned(qs, dt, kGpu), lse = poisoned(ls, DType::f32, kGpu);
   mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out, lse, in.seq_dev);
-  check(out, o32, ref, what + " out");
-  check(lse, lse32, lse64, what + " lse");
+  check_cuda(out, o32, ref, what + " out");
+  check_cuda(lse, lse32, lse64, what + " lse");
 
   Input o = mt::testing::input_from(o32, dt), dout = input(qs, dt);
   Tensor dq64 = empty(qs, DType::f64), dk64 = empty(ks, DType::f64), dv64 = empty(ks, DType::f64);
@@ -165,9 +159,9 @@ TEST(CudaAttention, SmallPackedForwardBackward) {
   mt::attention_backward(dout.f32, in.q.f32, in.k.f32, in.v.f32, o.f32, lse32, dq32, dk32, dv32, in.seq);
   Tensor dq = poisoned(qs, dt, kGpu), dk = poisoned(ks, dt, kGpu), dv = poisoned(ks, dt, kGpu);
   mt::attention_backward(dout.dev, in.q.dev, in.k.dev, in.v.dev, o.dev, lse32.to(kGpu), dq, dk, dv, in.seq_dev);
-  check(dq, dq32, dq64, what + " dq");
-  check(dk, dk32, dk64, what + " dk");
-  check(dv, dv32, dv64, what + " dv");
+  check_cuda(dq, dq32, dq64, what + " dq");
+  check_cuda(dk, dk32, dk64, what + " dk");
+  check_cuda(dv, dv32, dv64, what + " dv");
 }
 
 TEST(CudaAttention, RejectsBadDtypesAndDevices) {
@@ -241,7 +235,7 @@ TEST(CudaRope, MatchesCpuWithinRule) {
         Tensor out = poisoned(c.s, dt, kGpu), out2 = poisoned(c.s, dt, kGpu);
         run(x.dev, out, pos_dev);
         run(x.dev, out2, pos_dev);
-        check(out, cpu, ref, w);
+        check_cuda(out, cpu, ref, w);
         EXPECT_TRUE(same_bits(out, out2)) << w << ": two runs differ";
         Tensor in_place = x.dev.clone();
         run(in_place, in_place, pos_dev);
@@ -309,7 +303,7 @@ TEST(CudaAttention, DecodeMatchesCpuWithinRule) {
       Tensor out = poisoned({c.b, c.hq, c.p}, dt, kGpu), out2 = poisoned({c.b, c.hq, c.p}, dt, kGpu);
       mt::attention_decode(q.dev, kd, vd, ld, out);
       mt::attention_decode(q.dev, kd, vd, ld, out2);
-      check(out, cpu, ref, what);
+      check_cuda(out, cpu, ref, what);
       EXPECT_TRUE(same_bits(out, out2)) << what << ": two runs differ";
     }
   }

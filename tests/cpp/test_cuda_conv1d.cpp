@@ -17,33 +17,16 @@ using mt::Tensor;
 using mt::testing::expect_error;
 using mt::testing::Input;
 using mt::testing::input;
+using mt::testing::opt;
+using mt::testing::check_cuda;
 using mt::testing::poisoned;
+using mt::testing::random_doc_ids;
 using mt::testing::same_bits;
 
 namespace {
 const Device kGpu = Device::cuda(0);
 
 Input none() { return {}; }
-Tensor opt(const Input& in, Tensor Input::*form) { return in.*form; }
-
-void check(const Tensor& gpu, const Tensor& cpu32, const Tensor& ref64, const std::string& what) {
-  ASSERT_TRUE(gpu.is_cuda()) << what;
-  Tensor same = cpu32.to(gpu.dtype()).to(DType::f64);
-  mt::testing::expect_within_rule(gpu, same, ref64, what.c_str(), 1e-5);
-}
-
-Tensor seq_ids(int64_t b, int64_t l) {
-  std::mt19937_64 rng(mt::testing::fresh_seed());
-  Tensor s = Tensor::empty({b, l}, DType::i32);
-  for (int64_t i = 0; i < b; ++i) {
-    int32_t id = int32_t(rng() % 5);
-    for (int64_t t = 0; t < l; ++t) {
-      if (t > 0 && rng() % 6 == 0) id += 1 + int32_t(rng() % 2);
-      s.data<int32_t>()[i * l + t] = id;
-    }
-  }
-  return s;
-}
 
 struct Case {
   int64_t b, l, c, w;
@@ -79,7 +62,7 @@ Conv make(const Case& k, DType at, DType pt) {
   cv.dout = input({k.b, k.l, k.c}, at);
   if (k.dfinal) cv.dfinal = input({k.b, k.c, k.w - 1}, at);
   if (k.seq) {
-    cv.seq = seq_ids(k.b, k.l);
+    cv.seq = random_doc_ids(k.b, k.l, 6);
     cv.seq_gpu = cv.seq.to(kGpu);
   }
   return cv;
@@ -121,17 +104,17 @@ TEST(CudaConv1d, MatchesCpuWithinRule) {
         Fwd r64 = forward(cv, k, &Input::f64, DType::f64, Device::cpu());
         Fwd r32 = forward(cv, k, &Input::f32, DType::f32, Device::cpu());
         Fwd g1 = forward(cv, k, &Input::dev, at, kGpu), g2 = forward(cv, k, &Input::dev, at, kGpu);
-        check(g1.out, r32.out, r64.out, what + " out");
-        check(g1.fin, r32.fin, r64.fin, what + " final_state");
+        check_cuda(g1.out, r32.out, r64.out, what + " out");
+        check_cuda(g1.fin, r32.fin, r64.fin, what + " final_state");
         EXPECT_TRUE(same_bits(g1.out, g2.out) && same_bits(g1.fin, g2.fin)) << what << ": two forward runs differ";
 
         Bwd b64 = backward(cv, k, &Input::f64, DType::f64, DType::f64, Device::cpu());
         Bwd b32 = backward(cv, k, &Input::f32, DType::f32, DType::f32, Device::cpu());
         Bwd h1 = backward(cv, k, &Input::dev, at, gt, kGpu), h2 = backward(cv, k, &Input::dev, at, gt, kGpu);
-        check(h1.dx, b32.dx, b64.dx, what + " dx");
-        check(h1.dw, b32.dw, b64.dw, what + " dweight");
-        if (k.bias) check(h1.db, b32.db, b64.db, what + " dbias");
-        if (k.dinit) check(h1.dinit, b32.dinit, b64.dinit, what + " d_initial_state");
+        check_cuda(h1.dx, b32.dx, b64.dx, what + " dx");
+        check_cuda(h1.dw, b32.dw, b64.dw, what + " dweight");
+        if (k.bias) check_cuda(h1.db, b32.db, b64.db, what + " dbias");
+        if (k.dinit) check_cuda(h1.dinit, b32.dinit, b64.dinit, what + " d_initial_state");
         EXPECT_TRUE(same_bits(h1.dx, h2.dx) && same_bits(h1.dw, h2.dw) && same_bits(h1.db, h2.db) &&
                     same_bits(h1.dinit, h2.dinit))
             << what << ": two backward runs differ";
@@ -156,7 +139,7 @@ TEST(CudaConv1d, StepsContinueTheForward) {
           mt::conv1d_step(xt, cv.weight.f64, cv.bias.f64, st64, o64, {k.silu});
           mt::conv1d_step(xt.to(DType::f32), cv.weight.f32, cv.bias.f32, st32, o32, {k.silu});
           mt::conv1d_step(xt.to(kGpu, at), cv.weight.dev, cv.bias.dev, st, o, {k.silu});
-          check(o, o32, o64, what + " step " + std::to_string(t));
+          check_cuda(o, o32, o64, what + " step " + std::to_string(t));
         }
         Fwd full = forward(cv, k, &Input::dev, at, kGpu);
         EXPECT_TRUE(same_bits(st, full.fin)) << what << ": the state after the steps is not the final_state";
@@ -215,7 +198,7 @@ TEST(CudaConv1d, HalfMillionTokenRow) {
     Tensor o64 = Tensor::empty({1, l, 8}, DType::f64), o32 = Tensor::empty({1, l, 8}, DType::f32);
     mt::conv1d_forward(xs.to(DType::f64), ws64, bs64, none, none, o64, none, {true});
     mt::conv1d_forward(xs.to(DType::f32), ws64.to(DType::f32), bs64.to(DType::f32), none, none, o32, none, {true});
-    check(out.narrow(2, c0, 8).contiguous(), o32, o64, what + " out");
+    check_cuda(out.narrow(2, c0, 8).contiguous(), o32, o64, what + " out");
     Tensor dx64 = Tensor::empty({1, l, 8}, DType::f64), dw64 = Tensor::empty({8, w}, DType::f64);
     Tensor db64 = Tensor::empty({8}, DType::f64);
     Tensor dx32 = Tensor::empty({1, l, 8}, DType::f32), dw32 = Tensor::empty({8, w}, DType::f32);
@@ -224,9 +207,9 @@ TEST(CudaConv1d, HalfMillionTokenRow) {
                         {true});
     mt::conv1d_backward(gs.to(DType::f32), none, xs.to(DType::f32), ws64.to(DType::f32), bs64.to(DType::f32), none,
                         none, dx32, dw32, db32, none, {true});
-    check(dx.narrow(2, c0, 8).contiguous(), dx32, dx64, what + " dx");
-    check(dw.narrow(0, c0, 8).contiguous(), dw32, dw64, what + " dweight");
-    check(db.narrow(0, c0, 8).contiguous(), db32, db64, what + " dbias");
+    check_cuda(dx.narrow(2, c0, 8).contiguous(), dx32, dx64, what + " dx");
+    check_cuda(dw.narrow(0, c0, 8).contiguous(), dw32, dw64, what + " dweight");
+    check_cuda(db.narrow(0, c0, 8).contiguous(), db32, db64, what + " dbias");
   }
 }
 

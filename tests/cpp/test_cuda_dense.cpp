@@ -16,6 +16,7 @@ using mt::Shape;
 using mt::Tensor;
 using mt::testing::Input;
 using mt::testing::input;
+using mt::testing::check_cuda;
 using mt::testing::poisoned;
 using mt::testing::same_bits;
 
@@ -25,14 +26,6 @@ constexpr double kEps = 1e-5;
 
 
 Tensor empty(const Shape& s, DType dt) { return Tensor::empty(s, dt); }
-
-// `gpu` against the f64 reference, the CPU's error being `cpu32` rounded to gpu's dtype.
-// `floor`: the size of the terms an output is the difference of, where they can cancel.
-void check(const Tensor& gpu, const Tensor& cpu32, const Tensor& ref64, const std::string& what, double floor = 0.0) {
-  ASSERT_TRUE(gpu.is_cuda()) << what;
-  Tensor same = cpu32.to(gpu.dtype()).to(DType::f64);
-  mt::testing::expect_within_rule(gpu, same, ref64, what.c_str(), 1e-5, floor);
-}
 
 // The product of the largest magnitudes of some tensors (a size for `floor` above).
 double term_scale(std::initializer_list<Tensor> ts) {
@@ -77,7 +70,7 @@ TEST(CudaActivation, UnaryMatchCpuWithinRule) {
         Tensor out = poisoned(s, dt, kGpu), out2 = poisoned(s, dt, kGpu);
         u.fwd(x.dev, out);
         u.fwd(x.dev, out2);
-        check(out, cpu, ref, what + " forward");
+        check_cuda(out, cpu, ref, what + " forward");
         EXPECT_TRUE(same_bits(out, out2)) << what;
 
         Tensor gref = empty(s, DType::f64), gcpu = empty(s, DType::f32);
@@ -86,7 +79,7 @@ TEST(CudaActivation, UnaryMatchCpuWithinRule) {
         Tensor dx = poisoned(s, dt, kGpu), dx2 = poisoned(s, dt, kGpu);
         u.bwd(g.dev, x.dev, dx);
         u.bwd(g.dev, x.dev, dx2);
-        check(dx, gcpu, gref, what + " backward");
+        check_cuda(dx, gcpu, gref, what + " backward");
         EXPECT_TRUE(same_bits(dx, dx2)) << what;
 
         // In place, as ops.h allows: out into x, dx into dout.
@@ -131,7 +124,7 @@ TEST(CudaActivation, SwigluMatchesCpuWithinRule) {
       Tensor out = poisoned(half, dt, kGpu), out2 = poisoned(half, dt, kGpu);
       mt::swiglu_forward(x.dev, out);
       mt::swiglu_forward(x.dev, out2);
-      check(out, cpu, ref, what + " forward");
+      check_cuda(out, cpu, ref, what + " forward");
       EXPECT_TRUE(same_bits(out, out2)) << what;
 
       Tensor gref = empty(full, DType::f64), gcpu = empty(full, DType::f32);
@@ -140,7 +133,7 @@ TEST(CudaActivation, SwigluMatchesCpuWithinRule) {
       Tensor dx = poisoned(full, dt, kGpu), dx2 = poisoned(full, dt, kGpu);
       mt::swiglu_backward(g.dev, x.dev, dx);
       mt::swiglu_backward(g.dev, x.dev, dx2);
-      check(dx, gcpu, gref, what + " backward");
+      check_cuda(dx, gcpu, gref, what + " backward");
       EXPECT_TRUE(same_bits(dx, dx2)) << what;
     }
   }
@@ -174,8 +167,8 @@ TEST(CudaNorm, RmsnormMatchesCpuWithinRule) {
         mt::rmsnorm_forward(x.f32, w.f32, kEps, cpu, r32);
         Tensor out = poisoned(s, dt, kGpu), rs = stat_gpu(rows_of(s));
         mt::rmsnorm_forward(x.dev, w.dev, kEps, out, rs);
-        check(out, cpu, ref, what + " out");
-        check(rs, r32, r64, what + " rstd");
+        check_cuda(out, cpu, ref, what + " out");
+        check_cuda(rs, r32, r64, what + " rstd");
 
         // The backward takes the CPU's f32 rstd everywhere, so only the backward differs.
         Tensor dx64 = empty(s, DType::f64), dw64 = empty({d}, DType::f64);
@@ -188,8 +181,8 @@ TEST(CudaNorm, RmsnormMatchesCpuWithinRule) {
         mt::rmsnorm_backward(g.dev, x.dev, w.dev, rg, dx, dw);
         mt::rmsnorm_backward(g.dev, x.dev, w.dev, rg, dxb, dwb);
         // dx = r (g − x r² mean(g x)) cancels when d is small: its terms are |dy · w · r|.
-        check(dx, dx32, dx64, what + " dx", term_scale({g.f64, w.f64, r32}));
-        check(dw, dw32, dw64, what + " dweight");
+        check_cuda(dx, dx32, dx64, what + " dx", term_scale({g.f64, w.f64, r32}));
+        check_cuda(dw, dw32, dw64, what + " dweight");
         EXPECT_TRUE(same_bits(dx, dxb) && same_bits(dw, dwb)) << what << ": two runs differ";
       }
     }
@@ -211,9 +204,9 @@ TEST(CudaNorm, Layernorm1pMatchesCpuWithinRule) {
         mt::layernorm1p_forward(x.f32, ga.f32, be.f32, kEps, cpu, m32, r32);
         Tensor out = poisoned(s, dt, kGpu), mean = stat_gpu(rs_shape), rs = stat_gpu(rs_shape);
         mt::layernorm1p_forward(x.dev, ga.dev, be.dev, kEps, out, mean, rs);
-        check(out, cpu, ref, what + " out");
-        check(mean, m32, m64, what + " mean", term_scale({x.f64}));  // a sum that cancels
-        check(rs, r32, r64, what + " rstd");
+        check_cuda(out, cpu, ref, what + " out");
+        check_cuda(mean, m32, m64, what + " mean", term_scale({x.f64}));  // a sum that cancels
+        check_cuda(rs, r32, r64, what + " rstd");
 
         Tensor dx64 = empty(s, DType::f64), dg64 = empty({d}, DType::f64), db64 = empty({d}, DType::f64);
         Tensor dx32 = empty(s, DType::f32), dg32 = empty({d}, DType::f32), db32 = empty({d}, DType::f32);
@@ -226,9 +219,9 @@ TEST(CudaNorm, Layernorm1pMatchesCpuWithinRule) {
         mt::layernorm1p_backward(g.dev, x.dev, ga.dev, mg, rg, dxb, dgb, dbb);
         Tensor one_plus_gamma = ga.f64.clone();
         for (int64_t j = 0; j < d; ++j) one_plus_gamma.data<double>()[j] += 1.0;
-        check(dx, dx32, dx64, what + " dx", term_scale({g.f64, one_plus_gamma, r32}));
-        check(dg, dg32, dg64, what + " dgamma");
-        check(db, db32, db64, what + " dbeta");
+        check_cuda(dx, dx32, dx64, what + " dx", term_scale({g.f64, one_plus_gamma, r32}));
+        check_cuda(dg, dg32, dg64, what + " dgamma");
+        check_cuda(db, db32, db64, what + " dbeta");
         EXPECT_TRUE(same_bits(dx, dxb) && same_bits(dg, dgb) && same_bits(db, dbb)) << what << ": two runs differ";
       }
     }
@@ -255,8 +248,8 @@ TEST(CudaNorm, GatedRmsnormMatchesCpuWithinRule) {
         mt::gated_rmsnorm_forward(y.f32, z.f32, w.f32, c.groups, kEps, cpu, r32);
         Tensor out = poisoned(s, dt, kGpu), rs = stat_gpu(rs_shape);
         mt::gated_rmsnorm_forward(y.dev, z.dev, w.dev, c.groups, kEps, out, rs);
-        check(out, cpu, ref, what + " out");
-        check(rs, r32, r64, what + " rstd");
+        check_cuda(out, cpu, ref, what + " out");
+        check_cuda(rs, r32, r64, what + " rstd");
 
         Tensor dy64 = empty(s, DType::f64), dz64 = empty(s, DType::f64), dw64 = empty({d}, DType::f64);
         Tensor dy32 = empty(s, DType::f32), dz32 = empty(s, DType::f32), dw32 = empty({d}, DType::f32);
@@ -270,9 +263,9 @@ TEST(CudaNorm, GatedRmsnormMatchesCpuWithinRule) {
         // du cancels like RMSNorm's dx; dy and dz scale it by silu(z) (|silu(z)| < |z| + 0.3)
         // and y · silu'(z) (silu' < 1.1).
         const double du = term_scale({g.f64, w.f64, r32});
-        check(dy, dy32, dy64, what + " dy", du * (term_scale({z.f64}) + 0.3));
-        check(dz, dz32, dz64, what + " dz", du * term_scale({y.f64}) * 1.1);
-        check(dw, dw32, dw64, what + " dweight");
+        check_cuda(dy, dy32, dy64, what + " dy", du * (term_scale({z.f64}) + 0.3));
+        check_cuda(dz, dz32, dz64, what + " dz", du * term_scale({y.f64}) * 1.1);
+        check_cuda(dw, dw32, dw64, what + " dweight");
         EXPECT_TRUE(same_bits(dy, dyb) && same_bits(dz, dzb) && same_bits(dw, dwb)) << what << ": two runs differ";
       }
     }
@@ -322,7 +315,7 @@ TEST(CudaEmbedding, MatchesCpuWithinRule) {
           mt::embedding_forward(w.f32, ids, cpu);
           Tensor out = poisoned(os, at, kGpu);
           mt::embedding_forward(w.dev, ids_gpu, out);
-          check(out, cpu, ref, what + " forward");
+          check_cuda(out, cpu, ref, what + " forward");
 
           Tensor dw64 = empty({c.vocab, c.d}, DType::f64), dw32 = empty({c.vocab, c.d}, DType::f32);
           mt::embedding_backward(g.f64, ids, dw64);
@@ -330,7 +323,7 @@ TEST(CudaEmbedding, MatchesCpuWithinRule) {
           Tensor dw = poisoned({c.vocab, c.d}, wt, kGpu), dwb = poisoned({c.vocab, c.d}, wt, kGpu);
           mt::embedding_backward(g.dev, ids_gpu, dw);
           mt::embedding_backward(g.dev, ids_gpu, dwb);
-          check(dw, dw32, dw64, what + " backward");
+          check_cuda(dw, dw32, dw64, what + " backward");
           EXPECT_TRUE(same_bits(dw, dwb)) << what << ": two runs differ";
         }
       }
@@ -388,9 +381,9 @@ TEST(CudaAdamW, MatchesCpuWithinRuleAndWritesTheCopy) {
         mt::adamw_update(p32, g.f32, m32, vv32, mask_cpu, o);
         mt::adamw_update(pg, g.dev, mg, vg, mask_gpu, o, copy);
       }
-      check(pg, p32, p64, what + " params");
-      check(mg, m32, m64, what + " exp_avg");
-      check(vg, vv32, v64, what + " exp_avg_sq");
+      check_cuda(pg, p32, p64, what + " params");
+      check_cuda(mg, m32, m64, what + " exp_avg");
+      check_cuda(vg, vv32, v64, what + " exp_avg_sq");
       EXPECT_TRUE(same_bits(copy, pg.to(DType::bf16))) << what << ": the bf16 copy is not the rounded params";
     }
   }
@@ -419,7 +412,7 @@ TEST(CudaGradNorm, MatchesCpuIsDeterministicAndClips) {
     mt::clip_grad_norm(g32, max_norm);
     EXPECT_EQ(mt::clip_grad_norm(gg, max_norm), gpu);
     for (size_t i = 0; i < gg.size(); ++i)
-      check(gg[i], g32[i], g64[i], std::string("clip ") + mt::dtype_name(dt) + " part " + std::to_string(i));
+      check_cuda(gg[i], g32[i], g64[i], std::string("clip ") + mt::dtype_name(dt) + " part " + std::to_string(i));
 
     // A NaN anywhere gives NaN; an infinite element gives inf and leaves the gradients alone.
     Tensor inf_gpu = Tensor::full({5}, INFINITY, dt, kGpu);

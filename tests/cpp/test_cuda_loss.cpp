@@ -23,6 +23,7 @@ using mt::Tensor;
 using mt::testing::expect_error;
 using mt::testing::Input;
 using mt::testing::input;
+using mt::testing::check_cuda;
 using mt::testing::poisoned;
 using mt::testing::same_bits;
 using mt::testing::values;
@@ -55,13 +56,6 @@ Tensor random_mask(int64_t n, int kind) {
 }
 
 Tensor to_gpu(const Tensor& t) { return t.defined() ? t.to(kGpu) : Tensor(); }
-
-// `gpu` against the f64 reference; `cpu` is the same-precision result, rounded here to gpu's dtype.
-void check(const Tensor& gpu, const Tensor& cpu, const Tensor& ref64, const std::string& what) {
-  ASSERT_TRUE(gpu.is_cuda()) << what;
-  Tensor same = cpu.to(gpu.dtype()).to(DType::f64);
-  mt::testing::expect_within_rule(gpu, same, ref64, what.c_str(), 1e-5);
-}
 
 void check_loss(double gpu, double cpu, double ref, const std::string& what) {
   EXPECT_LE(std::fabs(gpu - ref), 2 * std::fabs(cpu - ref) + 1e-5 * std::fabs(ref))
@@ -135,7 +129,7 @@ void compare(const Case& c, DType at, DType wt, DType gt, DType it, int mask_kin
   Tensor losses = poisoned({c.n}, DType::f32, kGpu);
   const double fwd = mt::linear_cross_entropy_forward(h.dev, w.dev, targets_gpu, mask_gpu, opt, &losses);
   check_loss(fwd, cpu, ref, what + " loss");
-  check(losses, l32, l64, what + " losses");
+  check_cuda(losses, l32, l64, what + " losses");
 
   Tensor dh = poisoned({c.n, c.d}, at, kGpu), dw = poisoned({c.V, c.d}, gt, kGpu);
   Tensor losses_b = poisoned({c.n}, DType::f32, kGpu);
@@ -144,11 +138,11 @@ void compare(const Case& c, DType at, DType wt, DType gt, DType it, int mask_kin
   EXPECT_TRUE(same_bits(losses_b, losses)) << what << ": forward and backward per-token losses differ";
   if (at == DType::bf16 && wt == DType::bf16) {
     Grads same = grads_with_bf16_softmax_gradient(h.f64, w.f64, targets, mask, grad_scale);
-    check(dh, same.dh, dh64, what + " dh");
-    check(dw, same.dw, dw64, what + " dw");
+    check_cuda(dh, same.dh, dh64, what + " dh");
+    check_cuda(dw, same.dw, dw64, what + " dw");
   } else {
-    check(dh, dh32, dh64, what + " dh");
-    check(dw, dw32, dw64, what + " dw");
+    check_cuda(dh, dh32, dh64, what + " dh");
+    check_cuda(dw, dw32, dw64, what + " dw");
   }
 
   Tensor dh2 = poisoned({c.n, c.d}, at, kGpu), dw2 = poisoned({c.V, c.d}, gt, kGpu);

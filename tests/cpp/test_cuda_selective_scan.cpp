@@ -17,32 +17,15 @@ using mt::Tensor;
 using mt::testing::expect_error;
 using mt::testing::Input;
 using mt::testing::input;
+using mt::testing::opt;
+using mt::testing::check_cuda;
 using mt::testing::poisoned;
+using mt::testing::random_doc_ids;
 using mt::testing::same_bits;
 
 namespace {
 const Device kGpu = Device::cuda(0);
 
-Tensor opt(const Input& in, Tensor Input::*form) { return in.*form; }
-
-void check(const Tensor& gpu, const Tensor& cpu32, const Tensor& ref64, const std::string& what) {
-  ASSERT_TRUE(gpu.is_cuda()) << what;
-  Tensor same = cpu32.to(gpu.dtype()).to(DType::f64);
-  mt::testing::expect_within_rule(gpu, same, ref64, what.c_str(), 1e-5);
-}
-
-Tensor seq_ids(int64_t b, int64_t l) {
-  std::mt19937_64 rng(mt::testing::fresh_seed());
-  Tensor s = Tensor::empty({b, l}, DType::i32);
-  for (int64_t i = 0; i < b; ++i) {
-    int32_t id = int32_t(rng() % 5);
-    for (int64_t t = 0; t < l; ++t) {
-      if (t > 0 && rng() % 11 == 0) id += 1 + int32_t(rng() % 2);
-      s.data<int32_t>()[i * l + t] = id;
-    }
-  }
-  return s;
-}
 
 struct Case {
   int64_t b, l, d, n, g;
@@ -99,7 +82,7 @@ Scan make(const Case& k, DType at) {
   s.dy = input({k.b, k.l, k.d}, at);
   if (k.dfinal) s.dfinal = input({k.b, k.d, k.n}, DType::f32);
   if (k.seq) {
-    s.seq = seq_ids(k.b, k.l);
+    s.seq = random_doc_ids(k.b, k.l, 11);
     s.seq_gpu = s.seq.to(kGpu);
   }
   return s;
@@ -148,15 +131,15 @@ bool same_grads(const Bwd& a, const Bwd& b) {
 }
 
 void check_grads(const Bwd& gpu, const Bwd& b32, const Bwd& b64, const Case& k, const std::string& what) {
-  check(gpu.du, b32.du, b64.du, what + " du");
-  check(gpu.ddelta, b32.ddelta, b64.ddelta, what + " ddelta");
-  check(gpu.dA, b32.dA, b64.dA, what + " dA");
-  check(gpu.dB, b32.dB, b64.dB, what + " dB");
-  check(gpu.dC, b32.dC, b64.dC, what + " dC");
-  if (k.D) check(gpu.dD, b32.dD, b64.dD, what + " dD");
-  if (k.z) check(gpu.dz, b32.dz, b64.dz, what + " dz");
-  if (k.bias) check(gpu.dbias, b32.dbias, b64.dbias, what + " ddelta_bias");
-  check(gpu.dinit, b32.dinit, b64.dinit, what + " d_initial_state");
+  check_cuda(gpu.du, b32.du, b64.du, what + " du");
+  check_cuda(gpu.ddelta, b32.ddelta, b64.ddelta, what + " ddelta");
+  check_cuda(gpu.dA, b32.dA, b64.dA, what + " dA");
+  check_cuda(gpu.dB, b32.dB, b64.dB, what + " dB");
+  check_cuda(gpu.dC, b32.dC, b64.dC, what + " dC");
+  if (k.D) check_cuda(gpu.dD, b32.dD, b64.dD, what + " dD");
+  if (k.z) check_cuda(gpu.dz, b32.dz, b64.dz, what + " dz");
+  if (k.bias) check_cuda(gpu.dbias, b32.dbias, b64.dbias, what + " ddelta_bias");
+  check_cuda(gpu.dinit, b32.dinit, b64.dinit, what + " d_initial_state");
 }
 }  // namespace
 
@@ -169,8 +152,8 @@ TEST(CudaSelectiveScan, MatchesCpuWithinRule) {
       Fwd r64 = forward(s, k, &Input::f64, DType::f64, Device::cpu());
       Fwd r32 = forward(s, k, &Input::f32, DType::f32, Device::cpu());
       Fwd g1 = forward(s, k, &Input::dev, at, kGpu), g2 = forward(s, k, &Input::dev, at, kGpu);
-      check(g1.y, r32.y, r64.y, what + " y");
-      check(g1.fin, r32.fin, r64.fin, what + " final_state");
+      check_cuda(g1.y, r32.y, r64.y, what + " y");
+      check_cuda(g1.fin, r32.fin, r64.fin, what + " final_state");
       EXPECT_TRUE(same_bits(g1.y, g2.y) && same_bits(g1.fin, g2.fin)) << what << ": two forward runs differ";
 
       Bwd b64 = backward(s, k, &Input::f64, DType::f64, Device::cpu());
@@ -206,13 +189,13 @@ TEST(CudaSelectiveScan, StepsContinueTheForward) {
         mt::selective_scan_step(token(s.u, &Input::dev, t), token(s.delta, &Input::dev, t), s.A.dev,
                                 token(s.B, &Input::dev, t), token(s.C, &Input::dev, t), s.D.dev,
                                 token(s.z, &Input::dev, t), s.bias.dev, st, y, {k.softplus});
-        check(y, y32, y64, what + " step " + std::to_string(t));
+        check_cuda(y, y32, y64, what + " step " + std::to_string(t));
       }
-      check(st, st32, st64, what + " state after the steps");
+      check_cuda(st, st32, st64, what + " state after the steps");
       Fwd full = forward(s, k, &Input::dev, at, kGpu);
       Fwd r64 = forward(s, k, &Input::f64, DType::f64, Device::cpu());
-      check(st, st32, r64.fin, what + " state against the forward's final_state");
-      check(full.fin, st32, r64.fin, what + " forward final_state");
+      check_cuda(st, st32, r64.fin, what + " state against the forward's final_state");
+      check_cuda(full.fin, st32, r64.fin, what + " forward final_state");
     }
 }
 
@@ -261,16 +244,16 @@ TEST(CudaSelectiveScan, HalfMillionTokenRow) {
       return r;
     };
     Ref r64 = ref(DType::f64), r32 = ref(DType::f32);
-    check(chans(y), r32.y, r64.y, what + " y");
-    check(fin.narrow(1, c0, 8).contiguous(), r32.fin, r64.fin, what + " final_state");
-    check(chans(du), r32.du, r64.du, what + " du");
-    check(chans(ddelta), r32.ddelta, r64.ddelta, what + " ddelta");
-    check(chans(dz), r32.dz, r64.dz, what + " dz");
-    check(group(dB), r32.dB, r64.dB, what + " dB");
-    check(group(dC), r32.dC, r64.dC, what + " dC");
-    check(dA.narrow(0, c0, 8).contiguous(), r32.dA, r64.dA, what + " dA");
-    check(dD.narrow(0, c0, 8).contiguous(), r32.dD, r64.dD, what + " dD");
-    check(dbias.narrow(0, c0, 8).contiguous(), r32.dbias, r64.dbias, what + " ddelta_bias");
+    check_cuda(chans(y), r32.y, r64.y, what + " y");
+    check_cuda(fin.narrow(1, c0, 8).contiguous(), r32.fin, r64.fin, what + " final_state");
+    check_cuda(chans(du), r32.du, r64.du, what + " du");
+    check_cuda(chans(ddelta), r32.ddelta, r64.ddelta, what + " ddelta");
+    check_cuda(chans(dz), r32.dz, r64.dz, what + " dz");
+    check_cuda(group(dB), r32.dB, r64.dB, what + " dB");
+    check_cuda(group(dC), r32.dC, r64.dC, what + " dC");
+    check_cuda(dA.narrow(0, c0, 8).contiguous(), r32.dA, r64.dA, what + " dA");
+    check_cuda(dD.narrow(0, c0, 8).contiguous(), r32.dD, r64.dD, what + " dD");
+    check_cuda(dbias.narrow(0, c0, 8).contiguous(), r32.dbias, r64.dbias, what + " ddelta_bias");
   }
 }
 

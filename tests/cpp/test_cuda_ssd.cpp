@@ -77,13 +77,6 @@ Gradients gpu_backward(const Case& c, const Tensor& dy, const Tensor& dfs, const
   return r;
 }
 
-// `gpu` against the f64 reference; the CPU's error is `cpu32` rounded to gpu's dtype.
-void check(const Tensor& gpu, const Tensor& cpu32, const Tensor& ref64, const std::string& what) {
-  ASSERT_TRUE(gpu.is_cuda()) << what;
-  Tensor same = cpu32.to(gpu.dtype()).to(DType::f64);
-  expect_within_rule(gpu, same, ref64, what.c_str(), 1e-5);
-}
-
 std::string label(const Sizes& s, DType act, const SsdOptions& opt) {
   return std::string(mt::dtype_name(act)) + " b" + std::to_string(s.b) + " l" + std::to_string(s.l) + " h" +
          std::to_string(s.h) + " p" + std::to_string(s.p) + " g" + std::to_string(s.g) + " n" +
@@ -100,8 +93,8 @@ void expect_case_within_rule(const Case& c, const SsdOptions& opt, bool with_d_f
 
   Outputs ref = forward(c.f64, cpu_opt), cpu = forward(c.f32, cpu_opt);
   Outputs g1 = gpu_forward(c, opt), g2 = gpu_forward(c, opt);
-  check(g1.y, cpu.y, ref.y, what + " y");
-  check(g1.final_state, cpu.final_state, ref.final_state, what + " final_state");
+  check_cuda(g1.y, cpu.y, ref.y, what + " y");
+  check_cuda(g1.final_state, cpu.final_state, ref.final_state, what + " final_state");
   EXPECT_TRUE(same_bits(g1.y, g2.y)) << what << " y bits";
   EXPECT_TRUE(same_bits(g1.final_state, g2.final_state)) << what << " final_state bits";
 
@@ -113,7 +106,7 @@ void expect_case_within_rule(const Case& c, const SsdOptions& opt, bool with_d_f
   Gradients a = gpu_backward(c, dy_gpu, dfs_gpu, opt), b = gpu_backward(c, dy_gpu, dfs_gpu, opt);
   auto na = a.named(), nb = b.named(), nref = gref.named(), ncpu = gcpu.named();
   for (size_t i = 0; i < na.size(); ++i) {
-    check(na[i].second, ncpu[i].second, nref[i].second, what + " " + na[i].first);
+    check_cuda(na[i].second, ncpu[i].second, nref[i].second, what + " " + na[i].first);
     EXPECT_TRUE(same_bits(na[i].second, nb[i].second)) << what << " " << na[i].first << " bits";
   }
 }
@@ -226,8 +219,8 @@ TEST(CudaSsd, StepMatchesCpuWithinRule) {
                      gpu32(bias), sg, y, opt);
         mt::ssd_step(x.to(kGpu, act), dt.to(kGpu, act), gpu32(A), B.to(kGpu, act), C.to(kGpu, act), gpu32(D),
                      gpu32(bias), again, y2, opt);
-        check(y, y32, y64, what + " y step " + std::to_string(step));
-        check(sg, s32, s64, what + " state step " + std::to_string(step));
+        check_cuda(y, y32, y64, what + " y step " + std::to_string(step));
+        check_cuda(sg, s32, s64, what + " state step " + std::to_string(step));
         EXPECT_TRUE(same_bits(y, y2) && same_bits(sg, again)) << what << " bits";
         EXPECT_FALSE(same_bits(sg, before)) << what << " state not advanced";
       }

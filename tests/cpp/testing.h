@@ -145,6 +145,8 @@ inline Input input_from(const Tensor& values, DType dt) {
 inline Input input(const Shape& s, DType dt, double scale = 1.0) {
   return input_from(randn(s, DType::f32, scale), dt);
 }
+// One form of an optional input (an undefined tensor when the input is absent).
+inline Tensor opt(const Input& in, Tensor Input::*form) { return in.*form; }
 
 }  // namespace mambatron::testing
 
@@ -172,6 +174,30 @@ inline void expect_within_rule(const Tensor& cuda_out, const Tensor& cpu_same_pr
   double err_cuda = max_abs_diff(cuda_out, ref64), err_cpu = max_abs_diff(cpu_same_precision, ref64);
   EXPECT_LE(err_cuda, 2 * err_cpu + atol_rel * scale)
       << what << ": CUDA error " << err_cuda << ", CPU error " << err_cpu << ", scale " << scale;
+}
+
+// A CUDA result `gpu` against the f64 reference, the CPU's own error being `cpu32`
+// (the CPU op in f32) rounded to gpu's dtype. `floor`: the size of terms that cancel.
+inline void check_cuda(const Tensor& gpu, const Tensor& cpu32, const Tensor& ref64, const std::string& what,
+                       double floor = 0.0) {
+  ASSERT_TRUE(gpu.is_cuda()) << what;
+  Tensor same = cpu32.to(gpu.dtype()).to(DType::f64);
+  expect_within_rule(gpu, same, ref64, what.c_str(), 1e-5, floor);
+}
+
+// Random document ids i32 [b, l], non-decreasing along each row: a new document starts
+// at any token with probability 1 / one_in (ids may skip, as packed data allows).
+inline Tensor random_doc_ids(int64_t b, int64_t l, int one_in) {
+  std::mt19937_64 rng(fresh_seed());
+  Tensor s = Tensor::empty({b, l}, DType::i32);
+  for (int64_t i = 0; i < b; ++i) {
+    int32_t id = int32_t(rng() % 5);
+    for (int64_t t = 0; t < l; ++t) {
+      if (t > 0 && rng() % uint64_t(one_in) == 0) id += 1 + int32_t(rng() % 2);
+      s.data<int32_t>()[i * l + t] = id;
+    }
+  }
+  return s;
 }
 
 }  // namespace mambatron::testing
