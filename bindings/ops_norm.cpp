@@ -53,19 +53,22 @@ On CUDA: x bf16/f32, weight f32/bf16, rstd f32 (and gradients like their paramet
 
   m.def(
       "rmsnorm_backward",
-      [](py::handle dout, py::handle x, py::handle weight, py::handle rstd, py::handle dx, py::handle dweight) {
+      [](py::handle dout, py::handle x, py::handle weight, py::handle rstd, py::handle dx, py::handle dweight,
+         py::handle dresidual) {
         const char* op = "rmsnorm_backward";
         Tensor tg = as_tensor(dout, op, "dout"), tx = as_tensor(x, op, "x"), tw = as_tensor(weight, op, "weight"),
                tr = as_tensor(rstd, op, "rstd");
         Tensor gx = out_or_new(dx, op, "dx", tx.shape(), tx), gw = out_or_new(dweight, op, "dweight", width_of(tx), tw);
+        Tensor res = dresidual.is_none() ? Tensor() : as_tensor(dresidual, op, "dresidual");
         py::gil_scoped_release release;
-        rmsnorm_backward(tg, tx, tw, tr, gx, gw);
+        rmsnorm_backward(tg, tx, tw, tr, gx, gw, res);
         return std::make_pair(gx, gw);
       },
       py::arg("dout"), py::arg("x"), py::arg("weight"), py::arg("rstd"), py::kw_only(), py::arg("dx") = py::none(),
-      py::arg("dweight") = py::none(),
+      py::arg("dweight") = py::none(), py::arg("dresidual") = py::none(),
       R"(Gradients of RMSNorm. dout, x: [..., d]; weight: [d]; rstd: [...] from the forward.
-Returns (dx [..., d], dweight [d]), both overwritten when given.)");
+Returns (dx [..., d], dweight [d]), both overwritten when given. dresidual (like x): the
+gradient reaching x along the residual stream, added into dx in the same pass (may be dx).)");
 
   m.def(
       "layernorm1p_forward",
@@ -89,21 +92,23 @@ On CUDA: x bf16/f32, gamma and beta f32/bf16, mean and rstd f32.)");
   m.def(
       "layernorm1p_backward",
       [](py::handle dout, py::handle x, py::handle gamma, py::handle mean, py::handle rstd, py::handle dx,
-         py::handle dgamma, py::handle dbeta) {
+         py::handle dgamma, py::handle dbeta, py::handle dresidual) {
         const char* op = "layernorm1p_backward";
         Tensor tg = as_tensor(dout, op, "dout"), tx = as_tensor(x, op, "x"), tga = as_tensor(gamma, op, "gamma"),
                tm = as_tensor(mean, op, "mean"), tr = as_tensor(rstd, op, "rstd");
         Tensor gx = out_or_new(dx, op, "dx", tx.shape(), tx),
                gg = out_or_new(dgamma, op, "dgamma", width_of(tx), tga),
                gb = out_or_new(dbeta, op, "dbeta", width_of(tx), tga);
+        Tensor res = dresidual.is_none() ? Tensor() : as_tensor(dresidual, op, "dresidual");
         py::gil_scoped_release release;
-        layernorm1p_backward(tg, tx, tga, tm, tr, gx, gg, gb);
+        layernorm1p_backward(tg, tx, tga, tm, tr, gx, gg, gb, res);
         return std::make_tuple(gx, gg, gb);
       },
       py::arg("dout"), py::arg("x"), py::arg("gamma"), py::arg("mean"), py::arg("rstd"), py::kw_only(),
       py::arg("dx") = py::none(), py::arg("dgamma") = py::none(), py::arg("dbeta") = py::none(),
+      py::arg("dresidual") = py::none(),
       R"(Gradients of LayerNorm-1p. dout, x: [..., d]; gamma: [d]; mean, rstd: [...] from the forward.
-Returns (dx [..., d], dgamma [d], dbeta [d]).)");
+Returns (dx [..., d], dgamma [d], dbeta [d]); dresidual as in rmsnorm_backward.)");
 
   m.def(
       "gated_rmsnorm_forward",

@@ -103,6 +103,34 @@ TEST(CudaGemm, MatchesCpuWithinRule) {
   }
 }
 
+// The residual epilogue: c = op(a) @ op(b) + addend, addend a separate tensor or c itself.
+TEST(CudaGemm, AddendEpilogueMatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  for (int64_t m : {1, 77, 512}) {
+    for (DType in : {DType::bf16, DType::f32}) {
+      const int64_t k = 96, n = 130;
+      Tensor a = mt::testing::randn({m, k}, in), b = mt::testing::randn({n, k}, in);
+      Tensor r = mt::testing::randn({m, n}, in, 4.0);
+      mt::GemmOptions o{false, true, 1.0f, 1.0f};
+      o.addend = r.to(DType::f64);
+      Tensor ref = Tensor::empty({m, n}, DType::f64);
+      mt::gemm(a.to(DType::f64), b.to(DType::f64), ref, o);
+      o.addend = r;
+      Tensor cpu = Tensor::empty({m, n}, in);
+      mt::gemm(a, b, cpu, o);
+      Tensor gpu = mt::testing::poisoned({m, n}, in, kGpu);
+      o.addend = r.to(kGpu);
+      mt::gemm(a.to(kGpu), b.to(kGpu), gpu, o);
+      std::string what = "gemm + addend m " + std::to_string(m) + " " + mt::dtype_name(in);
+      mt::testing::expect_within_rule(gpu, cpu, ref, what.c_str(), 1e-6);
+      Tensor inplace = r.to(kGpu);
+      o.addend = inplace;
+      mt::gemm(a.to(kGpu), b.to(kGpu), inplace, o);
+      EXPECT_TRUE(mt::testing::same_bits(inplace, gpu)) << what << ": in place differs";
+    }
+  }
+}
+
 TEST(CudaGemm, RejectsMixedDevicesAndF64) {
   SKIP_WITHOUT_GPU();
   Tensor a = mt::testing::randn({4, 5}, DType::f32), b = mt::testing::randn({5, 3}, DType::f32);

@@ -184,6 +184,15 @@ TEST(CudaNorm, RmsnormMatchesCpuWithinRule) {
         check_cuda(dx, dx32, dx64, what + " dx", term_scale({g.f64, w.f64, r32}));
         check_cuda(dw, dw32, dw64, what + " dweight");
         EXPECT_TRUE(same_bits(dx, dxb) && same_bits(dw, dwb)) << what << ": two runs differ";
+        // The residual stream's gradient added in the same pass, in place as the model does.
+        Input res = input(s, dt);
+        Tensor sum32 = empty(s, DType::f32), sum64 = empty(s, DType::f64);
+        mt::add(dx32, res.f32, sum32);
+        mt::add(dx64, res.f64, sum64);
+        Tensor dxr = res.dev.clone();
+        mt::rmsnorm_backward(g.dev, x.dev, w.dev, rg, dxr, dwb, dxr);
+        check_cuda(dxr, sum32, sum64, what + " dx + dresidual", term_scale({g.f64, w.f64, r32}));
+        EXPECT_TRUE(same_bits(dw, dwb)) << what << ": dweight changed with dresidual";
       }
     }
   }
@@ -223,6 +232,13 @@ TEST(CudaNorm, Layernorm1pMatchesCpuWithinRule) {
         check_cuda(dg, dg32, dg64, what + " dgamma");
         check_cuda(db, db32, db64, what + " dbeta");
         EXPECT_TRUE(same_bits(dx, dxb) && same_bits(dg, dgb) && same_bits(db, dbb)) << what << ": two runs differ";
+        Input res = input(s, dt);
+        Tensor sum32 = empty(s, DType::f32), sum64 = empty(s, DType::f64);
+        mt::add(dx32, res.f32, sum32);
+        mt::add(dx64, res.f64, sum64);
+        Tensor dxr = res.dev.clone();
+        mt::layernorm1p_backward(g.dev, x.dev, ga.dev, mg, rg, dxr, dgb, dbb, dxr);
+        check_cuda(dxr, sum32, sum64, what + " dx + dresidual", term_scale({g.f64, one_plus_gamma, r32}));
       }
     }
   }

@@ -60,6 +60,31 @@ TEST(Gemm, BetaAccumulatesAndBroadcastsA2D) {
   for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(got[i], ref[i], 1e-11);
 }
 
+TEST(Gemm, AddendReplacesTheBetaTermAndMayBeC) {
+  Tensor a = mt::testing::randn({2, 7, 9}), b = mt::testing::randn({5, 9});  // b used transposed
+  Tensor r = mt::testing::randn({2, 7, 5});
+  mt::GemmOptions o{false, true, 0.5f, 1.0f};
+  o.addend = r;
+  Tensor c = mt::testing::poisoned({2, 7, 5});  // not read
+  mt::gemm(a, b, c, o);
+  auto ref = naive_gemm(a, b, &r, o);
+  auto got = mt::testing::values(c);
+  for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(got[i], ref[i], 1e-12) << i;
+  // In place (the residual stream updated by its projection), and bf16 rounded once.
+  Tensor inplace = r.clone();
+  o.addend = inplace;
+  mt::gemm(a, b, inplace, o);
+  EXPECT_TRUE(mt::testing::same_bits(inplace, c));
+  Tensor a16 = a.to(DType::bf16), b16 = b.to(DType::bf16), r16 = r.to(DType::bf16);
+  o.addend = r16;
+  Tensor c16 = Tensor::empty({2, 7, 5}, DType::bf16);
+  mt::gemm(a16, b16, c16, o);
+  o.addend = r16.to(DType::f32);  // 16-bit: computed in f32, rounded once
+  Tensor ref16 = Tensor::empty({2, 7, 5}, DType::f32);
+  mt::gemm(a16.to(DType::f32), b16.to(DType::f32), ref16, o);
+  EXPECT_TRUE(mt::testing::same_bits(c16, ref16.to(DType::bf16)));
+}
+
 TEST(Gemm, F32AndBf16AgainstF64) {
   Tensor a = mt::testing::randn({33, 65}), b = mt::testing::randn({65, 17});
   Tensor ref = mt::gemm(a, b);
@@ -94,6 +119,18 @@ TEST(Gemm, RejectsBadArguments) {
   throws_with([&] { mt::gemm(Tensor::empty({2, 3, 4, 5}), b); }, "expected 2 dims [m, k] or 3 dims");
   throws_with([&] { mt::gemm(mt::testing::randn({2, 4, 5}), mt::testing::randn({3, 5, 3})); }, "batch sizes differ");
   throws_with([&] { Tensor c = Tensor::empty({4, 3}, DType::bf16); mt::gemm(a, b, c); }, "argument 'c' has dtype bf16, expected f64");
+  throws_with([&] {
+    mt::GemmOptions o;
+    o.addend = Tensor::empty({4, 3}, DType::f32);
+    Tensor c = Tensor::empty({4, 3}, DType::f64);
+    mt::gemm(a, b, c, o);
+  }, "argument 'addend' has dtype f32, expected c's dtype f64");
+  throws_with([&] {
+    mt::GemmOptions o;
+    o.addend = Tensor::empty({3, 4}, DType::f64);
+    Tensor c = Tensor::empty({4, 3}, DType::f64);
+    mt::gemm(a, b, c, o);
+  }, "argument 'addend' has shape [3, 4], expected [4, 3]");
   EXPECT_THROW(mt::gemm(a, a), mt::ValueError);
   EXPECT_THROW(mt::gemm(a.to(DType::f32), b), mt::TypeError);
 }

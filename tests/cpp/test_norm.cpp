@@ -300,6 +300,44 @@ TEST(NormGated, RejectsBadArguments) {
 // ---------------------------------------------------------------- all three
 
 // Parameter gradients are sums over rows; their bits must not depend on the threads.
+// The residual stream's gradient is added in the norm's own pass: a separate add's
+// result up to rounding (the sum may be contracted into one fma), the same bits when
+// dresidual is dx itself; the parameter gradients do not change.
+TEST(NormResidual, BackwardAddsTheResidualGradientLikeASeparateAdd) {
+  for (DType dt : {DType::f32, DType::f64}) {
+    const double tol = dt == DType::f32 ? 1e-6 : 1e-15;
+    Tensor x = randn(kShape, dt), w = randn({37}, dt), beta = randn({37}, dt), g = randn(kShape, dt);
+    Tensor dres = randn(kShape, dt);
+    Rms r = rms(x, w);
+    Tensor dx = poisoned(kShape, dt), dw = poisoned({37}, dt);
+    mt::rmsnorm_backward(g, x, w, r.rstd, dx, dw);
+    Tensor expected = poisoned(kShape, dt);
+    mt::add(dres, dx, expected);
+    Tensor fused = poisoned(kShape, dt), fused_dw = poisoned({37}, dt);
+    mt::rmsnorm_backward(g, x, w, r.rstd, fused, fused_dw, dres);
+    EXPECT_CLOSE(fused, expected, tol);
+    EXPECT_TRUE(same_bits(fused_dw, dw));
+    Tensor inplace = dres.clone();
+    mt::rmsnorm_backward(g, x, w, r.rstd, inplace, fused_dw, inplace);
+    EXPECT_TRUE(same_bits(inplace, fused));
+
+    Ln l = ln(x, w, beta);
+    Tensor dg = poisoned({37}, dt), db = poisoned({37}, dt);
+    mt::layernorm1p_backward(g, x, w, l.mean, l.rstd, dx, dg, db);
+    mt::add(dres, dx, expected);
+    inplace = dres.clone();
+    Tensor dg2 = poisoned({37}, dt), db2 = poisoned({37}, dt);
+    mt::layernorm1p_backward(g, x, w, l.mean, l.rstd, inplace, dg2, db2, inplace);
+    EXPECT_CLOSE(inplace, expected, tol);
+    EXPECT_TRUE(same_bits(dg2, dg));
+    EXPECT_TRUE(same_bits(db2, db));
+  }
+  Tensor x = randn(kShape), w = randn({37}), g = randn(kShape), dx = poisoned(kShape), dw = poisoned({37});
+  Tensor rstd = rms(x, w).rstd;
+  EXPECT_THROW(mt::rmsnorm_backward(g, x, w, rstd, dx, dw, randn({2, 13, 36})), mt::ValueError);
+  EXPECT_THROW(mt::rmsnorm_backward(g, x, w, rstd, dx, dw, randn(kShape, DType::f32)), mt::TypeError);
+}
+
 TEST(NormParamGrads, BitsDoNotDependOnThreadCount) {
   const Shape shape = {5, 301, 96};  // above the threshold where the loops go parallel
   for (DType dt : {DType::f32, DType::f64}) {

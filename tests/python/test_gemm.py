@@ -37,6 +37,17 @@ def test_out_beta_and_broadcast(rng):
     np.testing.assert_allclose(out.numpy(), 2.0 * (a @ b) - c0, rtol=1e-12, atol=1e-12)
 
 
+def test_addend_is_added_in_the_same_pass(rng):
+    a, b, r = rng.standard_normal((5, 6)), rng.standard_normal((4, 6)), rng.standard_normal((5, 4))
+    got = mt.gemm(a, b, trans_b=True, beta=1.0, addend=r).numpy()
+    np.testing.assert_allclose(got, a @ b.T + r, rtol=1e-12, atol=1e-12)
+    stream = mt.tensor(r)  # the residual stream updated in place
+    mt.gemm(a, b, trans_b=True, beta=1.0, addend=stream, out=stream)
+    np.testing.assert_array_equal(stream.numpy(), got)
+    with pytest.raises(ValueError, match="argument 'addend' has shape \\[4, 5\\], expected \\[5, 4\\]"):
+        mt.gemm(a, b, trans_b=True, beta=1.0, addend=r.T.copy())
+
+
 def test_bf16_on_cpu_rounds_output(rng):
     a = mt.tensor(rng.standard_normal((9, 17)), dtype="bf16")
     b = mt.tensor(rng.standard_normal((17, 5)), dtype="bf16")
@@ -84,6 +95,19 @@ def test_cuda_matches_cpu_reference_within_rule(m, n, k, dtype, ta, tb, rng):
         got = out.to(device="cpu", dtype="f64").numpy()
         assert_within_rule(got, cpu, ref, atol_rel=1e-5 if out_dtype == "f32" else 1e-6,
                            what=f"{m}x{n}x{k} {dtype}->{out_dtype} ta={ta} tb={tb}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+def test_cuda_addend_epilogue_within_rule(dtype, rng):
+    a = mt.tensor(rng.standard_normal((300, 64)), dtype=dtype)
+    b = mt.tensor(rng.standard_normal((96, 64)), dtype=dtype)
+    r = mt.tensor(4 * rng.standard_normal((300, 96)), dtype=dtype)
+    ref = mt.gemm(a.to("f64"), b.to("f64"), trans_b=True, beta=1.0, addend=r.to("f64")).numpy()
+    cpu = mt.gemm(a, b, trans_b=True, beta=1.0, addend=r).to("f64").numpy()
+    got = mt.gemm(a.cuda(), b.cuda(), trans_b=True, beta=1.0, addend=r.cuda())
+    assert got.dtype == r.dtype
+    assert_within_rule(got.to(device="cpu", dtype="f64").numpy(), cpu, ref, atol_rel=1e-6, what=f"addend {dtype}")
 
 
 @pytest.mark.gpu

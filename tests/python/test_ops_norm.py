@@ -22,6 +22,12 @@ def test_rmsnorm_matches_numpy(rng):
     ref_dx = r * (gw - x * r * r * (gw * x).mean(-1, keepdims=True))
     np.testing.assert_allclose(np.asarray(dx), ref_dx, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(np.asarray(dw), (g * x * r).sum((0, 1)), rtol=1e-12, atol=1e-13)
+    # The residual stream's gradient, added in the same pass (here in place).
+    res = mt.tensor(rng.standard_normal((2, 13, 37)))
+    before = res.numpy().copy()
+    dx2, _ = mt.rmsnorm_backward(g, x, w, rstd, dx=res, dresidual=res)
+    assert dx2.data_ptr() == res.data_ptr()
+    np.testing.assert_allclose(res.numpy(), before + np.asarray(dx), rtol=1e-14, atol=1e-14)
 
 
 def test_layernorm1p_matches_numpy(rng):
@@ -40,6 +46,9 @@ def test_layernorm1p_matches_numpy(rng):
     np.testing.assert_allclose(np.asarray(dx), ref_dx, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(np.asarray(dgamma), (g * xhat).sum((0, 1)), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(np.asarray(dbeta), g.sum((0, 1)), rtol=1e-12, atol=1e-13)
+    res = rng.standard_normal((2, 13, 37))
+    dx2, _, _ = mt.layernorm1p_backward(g, x, gamma, mean, rstd, dresidual=res)
+    np.testing.assert_allclose(np.asarray(dx2), res + np.asarray(dx), rtol=1e-14, atol=1e-14)
 
 
 @pytest.mark.parametrize("groups", [1, 3])

@@ -181,8 +181,9 @@ class Model {
   // From the gradient of the final norm's output [b, l, d] down to the embedding.
   void backward_stack(model_detail::Workspace& ws, const Tensor& d_final, const std::vector<Tensor>& grads);
   void norm_forward(size_t first, const Tensor& x, Tensor out, Tensor mean, Tensor rstd) const;
+  // dx = dresidual (when given) + the norm's input gradient.
   void norm_backward(size_t first, const Tensor& dout, const Tensor& x, const Tensor& mean, const Tensor& rstd,
-                     Tensor dx, const std::vector<Tensor>& grads) const;
+                     Tensor dx, const std::vector<Tensor>& grads, const Tensor& dresidual = Tensor()) const;
   const Tensor& output_weight() const;
   LinearCrossEntropyOptions loss_options() const;
   bool has_attention() const;

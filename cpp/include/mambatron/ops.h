@@ -20,6 +20,10 @@ struct GemmOptions {
   bool trans_b = false;
   float alpha = 1.0f;
   float beta = 0.0f;
+  // When defined (c's shape and dtype, contiguous): c = alpha · op(a) @ op(b) + beta ·
+  // addend, and c's old contents are not read. A projection followed by a residual add
+  // is then one pass (the epilogue adds; addend may be c itself).
+  Tensor addend;
 };
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& opt = {});
 Tensor gemm(const Tensor& a, const Tensor& b, const GemmOptions& opt = {},
@@ -51,15 +55,19 @@ void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweigh
 //
 // RMSNorm: out = x · rstd · weight, rstd = 1 / sqrt(mean(x²) + eps).
 void rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps, Tensor& out, Tensor& rstd);
-// dout, dx: like x; dweight: [d].
+// dout, dx: like x; dweight: [d]. dresidual (optional, like x): the gradient that
+// reaches x along the residual stream; then dx = dresidual + the norm's own input
+// gradient, in the same pass (dresidual may be dx itself).
 void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor& dx,
-                      Tensor& dweight);
+                      Tensor& dweight, const Tensor& dresidual = Tensor());
 // LayerNorm with zero-centred gain: out = (x − mean) · rstd · (1 + gamma) + beta,
 // rstd = 1 / sqrt(var + eps) with the biased variance.
 void layernorm1p_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps, Tensor& out,
                          Tensor& mean, Tensor& rstd);
+// dresidual as in rmsnorm_backward.
 void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gamma, const Tensor& mean,
-                          const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta);
+                          const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta,
+                          const Tensor& dresidual = Tensor());
 // Gated grouped RMSNorm (Mamba-2, norm after the gate): u = y · silu(z); the d
 // channels form `groups` groups of d / groups consecutive channels, each normalised
 // on its own: out = u · rstd[..., k] · weight, rstd[..., k] = 1 / sqrt(mean_k(u²) + eps).

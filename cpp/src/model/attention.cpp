@@ -32,7 +32,7 @@ class Attention final : public Sublayer {
     };
   }
 
-  void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& s, Arena& scratch,
+  void forward(const Tensor& x, const Tensor& residual, Tensor& out, const Batch& batch, Arena& s, Arena& scratch,
                InferenceState::Layer* state) override {
     int64_t b = batch.b, l = batch.l;
     Tensor qkv = scratch.get("qkv", {b, l, (hq_ + 2 * hkv_) * p_});
@@ -45,7 +45,7 @@ class Attention final : public Sublayer {
       state->v_cache.narrow(1, 0, l).copy_(v);
       state->cache_lens.fill_(double(l));
     }
-    linear(o, params_[kO], out);
+    linear_add(o, params_[kO], residual, out);
   }
 
   void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s, Arena& scratch,
@@ -77,7 +77,8 @@ class Attention final : public Sublayer {
     st.cache_lens = Tensor::zeros({batch}, DType::i32, prec_.device);
   }
 
-  void step(const Tensor& x, Tensor& out, const Tensor& positions, Arena& s, InferenceState::Layer& st) override {
+  void step(const Tensor& x, const Tensor& residual, Tensor& out, const Tensor& positions, Arena& s,
+            InferenceState::Layer& st) override {
     int64_t b = x.size(0);
     Tensor qkv = s.get("qkv", {b, 1, (hq_ + 2 * hkv_) * p_});
     Tensor q = s.get("q", {b, 1, hq_, p_}), k = s.get("k", {b, 1, hkv_, p_}), v = s.get("v", {b, 1, hkv_, p_});
@@ -85,7 +86,7 @@ class Attention final : public Sublayer {
     kv_cache_append(k.view({b, hkv_, p_}), v.view({b, hkv_, p_}), st.k_cache, st.v_cache, st.cache_lens);
     Tensor o = s.get("o", {b, hq_, p_});
     attention_decode(q.view({b, hq_, p_}), st.k_cache, st.v_cache, st.cache_lens, o);
-    linear(o, params_[kO], out);
+    linear_add(o, params_[kO], residual, out);
   }
 
  private:

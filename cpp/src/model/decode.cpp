@@ -58,16 +58,14 @@ Tensor Model::step(const Tensor& tokens, InferenceState& state) {
   Workspace& ws = prepare(step_ws_, op, tokens.reshape({state.batch, 1}), false, Tensor(), Tensor());
   const int64_t b = ws.b, d = config_.d_model;
   Tensor x = ws.arena.get("x", {b, 1, d}), normed = ws.arena.get("normed", {b, 1, d});
-  Tensor out = ws.arena.get("sublayer_out", {b, 1, d});
   Tensor mean = ws.arena.wide("mean", {b, 1}), rstd = ws.arena.wide("rstd", {b, 1});
   embedding_forward(compute_[0], ws.inputs, x);
   Tensor positions = ws.arena.get("positions", {b, 1}, DType::i32);
   positions.copy_(state.lengths.view({b, 1}));
-  Tensor n2 = normed.view({b, d}), out2 = out.view({b, d});
+  Tensor n2 = normed.view({b, d}), x2 = x.view({b, d});
   for (size_t i = 0; i < layers_.size(); ++i) {
     norm_forward(layer_first_[i], x, normed, mean, rstd);
-    layers_[i]->step(n2, out2, positions, ws.layers[i], state.layers[i]);
-    model_detail::add_(x, out);
+    layers_[i]->step(n2, x2, x2, positions, ws.layers[i], state.layers[i]);  // x += mixer(norm(x))
   }
   norm_forward(layer_first_.back(), x, normed, mean, rstd);
   Tensor logits = Tensor::empty({b, config_.vocab_size}, flat_params_.dtype(), device_);

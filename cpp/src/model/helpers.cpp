@@ -32,6 +32,15 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) 
   gemm(as_2d(x, w.size(1)), w, out, opt);
 }
 
+void linear_add(const Tensor& x, const Tensor& w, const Tensor& residual, const Tensor& y) {
+  Tensor out = as_2d(y, w.size(0));
+  GemmOptions opt;
+  opt.trans_b = true;
+  opt.beta = 1.0f;
+  opt.addend = as_2d(residual, w.size(0));
+  gemm(as_2d(x, w.size(1)), w, out, opt);
+}
+
 void linear_grad_weight(const Tensor& dy, const Tensor& x, const Tensor& dw) {
   Tensor out = dw;
   GemmOptions opt;
@@ -81,11 +90,6 @@ void join_columns(const std::vector<Tensor>& parts, const Tensor& dst) {
 void add_(const Tensor& y, const Tensor& x) {
   Tensor out = y;
   add(y, x, out);
-}
-
-void sum_into(const Tensor& out, const Tensor& a, const Tensor& b) {
-  Tensor o = out;
-  add(a, b, o);
 }
 
 void neg_exp(const Tensor& a_log, const Tensor& a) {

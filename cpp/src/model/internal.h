@@ -89,19 +89,21 @@ class Sublayer {
   virtual ~Sublayer() = default;
   virtual std::vector<ParamSpec> specs() const = 0;
   void bind(std::vector<Tensor> params) { params_ = std::move(params); }
-  // x: the normed input [b, l, d]; out [b, l, d] is overwritten. With `state`
+  // x: the normed input [b, l, d]; out [b, l, d] = residual + the mixer's output (the
+  // add rides in the out projection's epilogue; out may be residual). With `state`
   // (prefill), the layer's decoding state is filled too. `saved` keeps what backward
   // needs; `scratch` (shared by the layers of one kind) takes the rest.
-  virtual void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& saved, Arena& scratch,
-                       InferenceState::Layer* state) = 0;
+  virtual void forward(const Tensor& x, const Tensor& residual, Tensor& out, const Batch& batch, Arena& saved,
+                       Arena& scratch, InferenceState::Layer* state) = 0;
   // After forward with the same arguments: dout [b, l, d] -> dx [b, l, d] and the
   // parameter gradients (views in specs() order), all overwritten. `scratch` holds the
   // backward's temporaries; every layer of one kind shares it (they run one at a time).
   virtual void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& saved,
                         Arena& scratch, const std::vector<Tensor>& grads) = 0;
   virtual void new_state(int64_t batch, int64_t max_len, InferenceState::Layer& st) const = 0;
-  // One token per sequence: x [b, d] -> out [b, d]; positions i32 [b, 1] (RoPE).
-  virtual void step(const Tensor& x, Tensor& out, const Tensor& positions, Arena& scratch,
+  // One token per sequence: x [b, d] -> out [b, d] = residual + the mixer's output;
+  // positions i32 [b, 1] (RoPE).
+  virtual void step(const Tensor& x, const Tensor& residual, Tensor& out, const Tensor& positions, Arena& scratch,
                     InferenceState::Layer& st) = 0;
 
  protected:
@@ -118,6 +120,8 @@ std::unique_ptr<Sublayer> make_sublayer(char symbol, const ModelConfig& config, 
 // ---- helpers (helpers.cpp): contiguous tensors on the model's device
 // y[N, out] (+)= x[N, in] · Wᵀ for W [out, in]; x and y are viewed as 2-D.
 void linear(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate = false);
+// y = residual + x · Wᵀ in one pass (the gemm's epilogue adds; y may be residual).
+void linear_add(const Tensor& x, const Tensor& w, const Tensor& residual, const Tensor& y);
 // dW [out, in] = dyᵀ · x.
 void linear_grad_weight(const Tensor& dy, const Tensor& x, const Tensor& dw);
 // dx [N, in] (+)= dy · W.
@@ -131,7 +135,6 @@ Tensor as_2d(const Tensor& t, int64_t cols);
 void split_columns(const Tensor& src, const std::vector<Tensor>& parts);
 void join_columns(const std::vector<Tensor>& parts, const Tensor& dst);
 void add_(const Tensor& y, const Tensor& x);                      // y += x
-void sum_into(const Tensor& out, const Tensor& a, const Tensor& b);  // out = a + b
 void neg_exp(const Tensor& a_log, const Tensor& a);                // a = −exp(a_log)
 void mul_into(const Tensor& out, const Tensor& a, const Tensor& b);  // out = a ⊙ b
 

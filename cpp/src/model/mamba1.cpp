@@ -43,7 +43,7 @@ class Mamba1 final : public Sublayer {
     };
   }
 
-  void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& s, Arena&,
+  void forward(const Tensor& x, const Tensor& residual, Tensor& out, const Batch& batch, Arena& s, Arena&,
                InferenceState::Layer* state) override {
     int64_t b = batch.b, l = batch.l;
     Tensor xin = s.get("xin", {b, l, di_}), z = s.get("z", {b, l, di_}), u = s.get("u", {b, l, di_});
@@ -58,7 +58,7 @@ class Mamba1 final : public Sublayer {
     Tensor ssm_final = state ? state->ssm_state : Tensor();
     selective_scan_forward(u, delta, A_, B, C, params_[kD], z, params_[kDtBias], Tensor(), batch.seq_idx, y,
                            ssm_final, opt_);
-    linear(y, params_[kOut], out);
+    linear_add(y, params_[kOut], residual, out);
   }
 
   void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s, Arena& scratch,
@@ -108,7 +108,8 @@ class Mamba1 final : public Sublayer {
     st.ssm_state = Tensor::zeros({batch, di_, n_}, prec_.wide, prec_.device);
   }
 
-  void step(const Tensor& x, Tensor& out, const Tensor&, Arena& s, InferenceState::Layer& st) override {
+  void step(const Tensor& x, const Tensor& residual, Tensor& out, const Tensor&, Arena& s,
+            InferenceState::Layer& st) override {
     int64_t b = x.size(0);
     Tensor xin = s.get("xin", {b, di_}), z = s.get("z", {b, di_}), u = s.get("u", {b, di_});
     linear(x, rows(params_[kIn], 0, di_), xin);
@@ -119,7 +120,7 @@ class Mamba1 final : public Sublayer {
     project_x(u, dtl, B, C, delta);
     neg_exp(params_[kALog], A_);
     selective_scan_step(u, delta, A_, B, C, params_[kD], z, params_[kDtBias], st.ssm_state, y, opt_);
-    linear(y, params_[kOut], out);
+    linear_add(y, params_[kOut], residual, out);
   }
 
  private:

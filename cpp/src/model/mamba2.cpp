@@ -46,7 +46,7 @@ class Mamba2 final : public Sublayer {
     };
   }
 
-  void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& s, Arena& scratch,
+  void forward(const Tensor& x, const Tensor& residual, Tensor& out, const Batch& batch, Arena& s, Arena& scratch,
                InferenceState::Layer* state) override {
     int64_t b = batch.b, l = batch.l;
     Tensor z = s.get("z", {b, l, di_}), xbc = s.get("xbc", {b, l, conv_}), dt = s.get("dt", {b, l, h_});
@@ -63,7 +63,7 @@ class Mamba2 final : public Sublayer {
     ssd_forward(xs, dt, A_, B, C, params_[kD], params_[kDtBias], Tensor(), batch.seq_idx, y, ssm_final, opt_);
     Tensor yn = s.get("yn", {b, l, di_}), rstd = s.wide("rstd", {b, l, g_});
     gated_rmsnorm_forward(y.view({b, l, di_}), z, params_[kNorm], g_, eps_, yn, rstd);
-    linear(yn, params_[kOut], out);
+    linear_add(yn, params_[kOut], residual, out);
   }
 
   void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s, Arena& scratch,
@@ -108,7 +108,8 @@ class Mamba2 final : public Sublayer {
     st.ssm_state = Tensor::zeros({batch, h_, p_, n_}, prec_.wide, prec_.device);
   }
 
-  void step(const Tensor& x, Tensor& out, const Tensor&, Arena& s, InferenceState::Layer& st) override {
+  void step(const Tensor& x, const Tensor& residual, Tensor& out, const Tensor&, Arena& s,
+            InferenceState::Layer& st) override {
     int64_t b = x.size(0);
     Tensor z = s.get("z", {b, di_}), xbc = s.get("xbc", {b, conv_}), dt = s.get("dt", {b, h_});
     project_in(x, z, xbc, dt);
@@ -121,7 +122,7 @@ class Mamba2 final : public Sublayer {
     ssd_step(xs, dt, A_, B, C, params_[kD], params_[kDtBias], st.ssm_state, y, opt_);
     Tensor yn = s.get("yn", {b, di_}), rstd = s.wide("rstd", {b, g_});
     gated_rmsnorm_forward(y.view({b, di_}), z, params_[kNorm], g_, eps_, yn, rstd);
-    linear(yn, params_[kOut], out);
+    linear_add(yn, params_[kOut], residual, out);
   }
 
  private:

@@ -25,8 +25,9 @@ class Mlp final : public Sublayer {
     };
   }
 
-  void forward(const Tensor& x, Tensor& out, const Batch& batch, Arena& s, Arena&, InferenceState::Layer*) override {
-    run(x, out, {batch.b, batch.l}, s);
+  void forward(const Tensor& x, const Tensor& residual, Tensor& out, const Batch& batch, Arena& s, Arena&,
+               InferenceState::Layer*) override {
+    run(x, residual, out, {batch.b, batch.l}, s);
   }
 
   void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s, Arena& scratch,
@@ -47,8 +48,9 @@ class Mlp final : public Sublayer {
 
   void new_state(int64_t, int64_t, InferenceState::Layer&) const override {}
 
-  void step(const Tensor& x, Tensor& out, const Tensor&, Arena& s, InferenceState::Layer&) override {
-    run(x, out, {x.size(0)}, s);
+  void step(const Tensor& x, const Tensor& residual, Tensor& out, const Tensor&, Arena& s,
+            InferenceState::Layer&) override {
+    run(x, residual, out, {x.size(0)}, s);
   }
 
  private:
@@ -59,7 +61,7 @@ class Mlp final : public Sublayer {
     return lead;
   }
 
-  void run(const Tensor& x, Tensor& out, const Shape& lead, Arena& s) const {
+  void run(const Tensor& x, const Tensor& residual, Tensor& out, const Shape& lead, Arena& s) const {
     Tensor h = s.get("h", with(lead, fc1_)), a = s.get("a", with(lead, f_));
     linear(x, params_[kFc1], h);
     switch (act_) {
@@ -67,7 +69,7 @@ class Mlp final : public Sublayer {
       case Activation::squared_relu: squared_relu_forward(h, a); break;
       case Activation::swiglu: swiglu_forward(h, a); break;
     }
-    linear(a, params_[kFc2], out);
+    linear_add(a, params_[kFc2], residual, out);
   }
 
   int64_t d_, f_, fc1_;

@@ -229,13 +229,13 @@ void Model::norm_forward(size_t first, const Tensor& x, Tensor out, Tensor mean,
 }
 
 void Model::norm_backward(size_t first, const Tensor& dout, const Tensor& x, const Tensor& mean, const Tensor& rstd,
-                          Tensor dx, const std::vector<Tensor>& grads) const {
+                          Tensor dx, const std::vector<Tensor>& grads, const Tensor& dresidual) const {
   Tensor dw = grads[first];
   if (config_.norm == NormKind::rmsnorm) {
-    rmsnorm_backward(dout, x, compute_[first], rstd, dx, dw);
+    rmsnorm_backward(dout, x, compute_[first], rstd, dx, dw, dresidual);
   } else {
     Tensor db = grads[first + 1];
-    layernorm1p_backward(dout, x, compute_[first], mean, rstd, dx, dw, db);
+    layernorm1p_backward(dout, x, compute_[first], mean, rstd, dx, dw, db, dresidual);
   }
 }
 
@@ -244,15 +244,14 @@ void Model::forward_stack(Workspace& ws, InferenceState* state) {
   Tensor X = ws.arena.get("x", {L + 1, b, l, d});  // the residual stream before each sublayer
   Tensor normed = ws.arena.get("normed", {L, b, l, d});
   Tensor mean = ws.arena.wide("mean", {L + 1, b, l}), rstd = ws.arena.wide("rstd", {L + 1, b, l});
-  Tensor out = ws.arena.get("sublayer_out", {b, l, d});
   Tensor x0 = X.select(0, 0);
   embedding_forward(compute_[0], ws.inputs, x0);
   for (int64_t i = 0; i < L; ++i) {
     Tensor xi = X.select(0, i), ni = normed.select(0, i);
     norm_forward(layer_first_[i], xi, ni, mean.select(0, i), rstd.select(0, i));
-    layers_[i]->forward(ni, out, ws.batch, ws.layers[i], ws.scratch(config_.pattern[size_t(i)]),
+    Tensor next = X.select(0, i + 1);  // x_{i+1} = x_i + mixer(norm(x_i))
+    layers_[i]->forward(ni, xi, next, ws.batch, ws.layers[i], ws.scratch(config_.pattern[size_t(i)]),
                         state ? &state->layers[i] : nullptr);
-    model_detail::sum_into(X.select(0, i + 1), xi, out);
   }
   norm_forward(layer_first_[L], X.select(0, L), ws.arena.get("final", {b, l, d}), mean.select(0, L),
                rstd.select(0, L));
@@ -264,15 +263,15 @@ void Model::backward_stack(Workspace& ws, const Tensor& d_final, const std::vect
   Tensor mean = ws.arena.wide("mean", {L + 1, b, l}), rstd = ws.arena.wide("rstd", {L + 1, b, l});
   // d_res: the gradient of the residual stream x_i, carried down the stack.
   Tensor d_res = ws.arena.get("d_res", {b, l, d}), d_normed = ws.arena.get("d_normed", {b, l, d});
-  Tensor d_tmp = ws.arena.get("d_tmp", {b, l, d});
   norm_backward(layer_first_[L], d_final, X.select(0, L), mean.select(0, L), rstd.select(0, L), d_res, grads);
   for (int64_t i = L - 1; i >= 0; --i) {
     std::vector<Tensor> mixer(grads.begin() + int64_t(layer_first_[i] + norm_params_),
                               grads.begin() + int64_t(layer_first_[i + 1]));
     layers_[i]->backward(d_res, normed.select(0, i), d_normed, ws.batch, ws.layers[i], ws.scratch(config_.pattern[size_t(i)]),
                          mixer);
-    norm_backward(layer_first_[i], d_normed, X.select(0, i), mean.select(0, i), rstd.select(0, i), d_tmp, grads);
-    model_detail::add_(d_res, d_tmp);
+    // d_res += the norm's input gradient, in the norm's own pass.
+    norm_backward(layer_first_[i], d_normed, X.select(0, i), mean.select(0, i), rstd.select(0, i), d_res, grads,
+                  d_res);
   }
   Tensor d_embedding = grads[0];
   embedding_backward(d_res, ws.inputs, d_embedding);

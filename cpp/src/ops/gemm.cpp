@@ -47,6 +47,13 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& opt) {
   check_contiguous(a, op, "a");
   check_contiguous(b, op, "b");
   check_contiguous(c, op, "c");
+  if (opt.addend.defined()) {
+    check_same_device(opt.addend, a, op, "addend", "a");
+    MT_CHECK(opt.addend.dtype() == out, TypeError, op, ": argument 'addend' has dtype ", dtype_name(opt.addend.dtype()),
+             ", expected c's dtype ", dtype_name(out));
+    check_shape(opt.addend, op, "addend", expected);
+    check_contiguous(opt.addend, op, "addend");
+  }
   if (c.numel() == 0) return;
   MT_DISPATCH(a, gemm, a, b, c, opt);
 }

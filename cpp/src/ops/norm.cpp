@@ -46,7 +46,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps, Tensor& 
 }
 
 void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor& dx,
-                      Tensor& dweight) {
+                      Tensor& dweight, const Tensor& dresidual) {
   const char* op = "rmsnorm_backward";
   int64_t d = check_rows_input(x, op, "x");
   check_float_like(dout, x, op, "dout", "x", x.shape());
@@ -54,7 +54,8 @@ void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight,
   check_stat(rstd, x, op, "rstd", "x", leading_shape(x.shape()));
   check_float_like(dx, x, op, "dx", "x", x.shape());
   check_param_like(dweight, x, weight, op, "dweight", "x", "weight", {d});
-  MT_DISPATCH(x, rmsnorm_backward, dout, x, weight, rstd, dx, dweight);
+  if (dresidual.defined()) check_float_like(dresidual, x, op, "dresidual", "x", x.shape());
+  MT_DISPATCH(x, rmsnorm_backward, dout, x, weight, rstd, dx, dweight, dresidual);
 }
 
 void layernorm1p_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps, Tensor& out,
@@ -71,7 +72,7 @@ void layernorm1p_forward(const Tensor& x, const Tensor& gamma, const Tensor& bet
 }
 
 void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gamma, const Tensor& mean,
-                          const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta) {
+                          const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta, const Tensor& dresidual) {
   const char* op = "layernorm1p_backward";
   int64_t d = check_rows_input(x, op, "x");
   check_float_like(dout, x, op, "dout", "x", x.shape());
@@ -81,7 +82,8 @@ void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gam
   check_float_like(dx, x, op, "dx", "x", x.shape());
   check_param_like(dgamma, x, gamma, op, "dgamma", "x", "gamma", {d});
   check_param_like(dbeta, x, gamma, op, "dbeta", "x", "gamma", {d});
-  MT_DISPATCH(x, layernorm1p_backward, dout, x, gamma, mean, rstd, dx, dgamma, dbeta);
+  if (dresidual.defined()) check_float_like(dresidual, x, op, "dresidual", "x", x.shape());
+  MT_DISPATCH(x, layernorm1p_backward, dout, x, gamma, mean, rstd, dx, dgamma, dbeta, dresidual);
 }
 
 void gated_rmsnorm_forward(const Tensor& y, const Tensor& z, const Tensor& weight, int64_t groups, double eps,

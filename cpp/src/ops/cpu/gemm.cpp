@@ -11,7 +11,7 @@ template <class T>
 using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 template <class T>
-void gemm_typed(const T* a, const T* b, T* c, int64_t batch, int64_t a_batch_stride, int64_t b_batch_stride,
+void gemm_typed(const T* a, const T* b, const T* addend, T* c, int64_t batch, int64_t a_batch_stride, int64_t b_batch_stride,
                 int64_t m, int64_t n, int64_t k, const GemmOptions& opt) {
   for (int64_t i = 0; i < batch; ++i) {
     // Stored shapes: a is [m, k] or [k, m]; b is [k, n] or [n, k].
@@ -20,6 +20,7 @@ void gemm_typed(const T* a, const T* b, T* c, int64_t batch, int64_t a_batch_str
     Eigen::Map<RowMat<T>> C(c + i * m * n, m, n);
     T alpha = T(opt.alpha), beta = T(opt.beta);
     if (beta == T(0)) C.setZero();  // never read c when beta is 0: it may hold anything
+    else if (addend) C = beta * Eigen::Map<const RowMat<T>>(addend + i * m * n, m, n);
     else C *= beta;
     if (!opt.trans_a && !opt.trans_b) C.noalias() += alpha * A * B;
     else if (opt.trans_a && !opt.trans_b) C.noalias() += alpha * A.transpose() * B;
@@ -37,14 +38,16 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& opt) {
   if (a.dtype() == DType::f32 || a.dtype() == DType::f64) {
     visit_f32_f64(a.dtype(), "gemm", [&](auto tag) {
       using T = typename decltype(tag)::type;
-      gemm_typed<T>(a.data<T>(), b.data<T>(), c.data<T>(), batch, sa, sb, m, n, k, opt);
+      const T* addend = opt.addend.defined() ? opt.addend.data<T>() : nullptr;
+      gemm_typed<T>(a.data<T>(), b.data<T>(), addend, c.data<T>(), batch, sa, sb, m, n, k, opt);
     });
     return;
   }
   // 16-bit inputs: compute in f32, then round into c.
   Tensor a32 = a.to(DType::f32), b32 = b.to(DType::f32);
-  Tensor c32 = opt.beta != 0.0f ? c.to(DType::f32).clone() : Tensor::empty(c.shape(), DType::f32);
-  gemm_typed<float>(a32.data<float>(), b32.data<float>(), c32.data<float>(), batch, sa, sb, m, n, k, opt);
+  const Tensor& source = opt.addend.defined() ? opt.addend : c;
+  Tensor c32 = opt.beta != 0.0f ? source.to(DType::f32).clone() : Tensor::empty(c.shape(), DType::f32);
+  gemm_typed<float>(a32.data<float>(), b32.data<float>(), nullptr, c32.data<float>(), batch, sa, sb, m, n, k, opt);
   c.copy_(c32);
 }
 

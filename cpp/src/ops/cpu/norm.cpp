@@ -75,12 +75,13 @@ void rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps, Tensor& 
 }
 
 void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor& dx,
-                      Tensor& dweight) {
+                      Tensor& dweight, const Tensor& dresidual) {
   visit_f32_f64(x.dtype(), "rmsnorm_backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const Rows s(x);
     const T *pd = dout.data<T>(), *px = x.data<T>(), *w = weight.data<T>(), *pr = rstd.data<T>();
     T *pg = dx.data<T>(), *dw = dweight.data<T>();
+    const T* pres = dresidual.defined() ? dresidual.data<T>() : nullptr;  // may alias dx
     rows_with_param_grads(
         s.rows, s.d, s.parallel(),
         [&](int64_t r, double* acc) {
@@ -91,8 +92,10 @@ void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight,
 #pragma omp simd reduction(+ : dot)
           for (int64_t j = 0; j < s.d; ++j) dot += double(dy[j]) * double(w[j]) * double(xr[j]);
           const T c = T(dot * double(rs) * double(rs) / double(s.d));
+          const T* res = pres ? pres + r * s.d : nullptr;
           for (int64_t j = 0; j < s.d; ++j) {
-            g[j] = rs * (dy[j] * w[j] - xr[j] * c);
+            const T gx = rs * (dy[j] * w[j] - xr[j] * c);
+            g[j] = res ? res[j] + gx : gx;
             acc[j] += double(dy[j]) * double(xr[j]) * double(rs);
           }
         },
@@ -131,13 +134,14 @@ void layernorm1p_forward(const Tensor& x, const Tensor& gamma, const Tensor& bet
 }
 
 void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gamma, const Tensor& mean,
-                          const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta) {
+                          const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta, const Tensor& dresidual) {
   visit_f32_f64(x.dtype(), "layernorm1p_backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const Rows s(x);
     const T *pd = dout.data<T>(), *px = x.data<T>(), *ga = gamma.data<T>();
     const T *pm = mean.data<T>(), *pr = rstd.data<T>();
     T *pg = dx.data<T>(), *dg = dgamma.data<T>(), *db = dbeta.data<T>();
+    const T* pres = dresidual.defined() ? dresidual.data<T>() : nullptr;  // may alias dx
     rows_with_param_grads(
         s.rows, 2 * s.d, s.parallel(),
         [&](int64_t r, double* acc) {
@@ -152,9 +156,11 @@ void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gam
             sum_gx += gj * double((xr[j] - m) * rs);
           }
           const T mg = T(sum_g / double(s.d)), mgx = T(sum_gx / double(s.d));
+          const T* res = pres ? pres + r * s.d : nullptr;
           for (int64_t j = 0; j < s.d; ++j) {
             const T xhat = (xr[j] - m) * rs;
-            g[j] = rs * (dy[j] * (T(1) + ga[j]) - mg - xhat * mgx);
+            const T gx = rs * (dy[j] * (T(1) + ga[j]) - mg - xhat * mgx);
+            g[j] = res ? res[j] + gx : gx;
             acc[j] += double(dy[j]) * double(xhat);
             acc[s.d + j] += double(dy[j]);
           }

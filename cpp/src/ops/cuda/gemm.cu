@@ -1,6 +1,7 @@
 // gemm on CUDA through cuBLASLt: bf16/f16 or f32 operands, fp32 accumulation.
 // Row-major C = op(A)·op(B) is computed as the column-major Cᵀ = op(B)ᵀ·op(A)ᵀ,
 // which is the same memory, so no operand is ever transposed in memory.
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -54,7 +55,7 @@ struct MatmulDesc {
 
 // The heuristic's first choice, remembered per problem.
 using AlgoKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int,
-                           uint32_t, uint32_t, uint32_t>;
+                           uint32_t, uint32_t, uint32_t, uint32_t>;
 std::mutex algo_mu;
 std::map<AlgoKey, cublasLtMatmulAlgo_t> algo_cache;
 
@@ -81,9 +82,12 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& opt) {
 
   size_t ws_bytes = 0;
   void* ws = cublaslt_workspace(dev, &ws_bytes);
-  uint32_t al_a = alignment(b.data_ptr()), al_b = alignment(a.data_ptr()), al_c = alignment(c.data_ptr());
+  // The epilogue reads the beta term from `addend` when given (cuBLASLt's C) and writes c (its D).
+  const void* src = opt.addend.defined() ? opt.addend.data_ptr() : c.data_ptr();
+  uint32_t al_a = alignment(b.data_ptr()), al_b = alignment(a.data_ptr()), al_d = alignment(c.data_ptr());
+  uint32_t al_c = std::min(alignment(src), al_d);
   AlgoKey key{dev, m, n, k, batch, stride_a, stride_b, int(a.dtype()), int(c.dtype()), int(opt.trans_a),
-              int(opt.trans_b) | (opt.beta != 0.0f ? 2 : 0), al_a, al_b, al_c};
+              int(opt.trans_b) | (opt.beta != 0.0f ? 2 : 0), al_a, al_b, al_c, al_d};
   cublasLtHandle_t handle = cublaslt(dev);
   cublasLtMatmulAlgo_t algo;
   {
@@ -102,8 +106,8 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& opt) {
                                                            sizeof(al_b)));
       MT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c,
                                                            sizeof(al_c)));
-      MT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c,
-                                                           sizeof(al_c)));
+      MT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d,
+                                                           sizeof(al_d)));
       cublasLtMatmulHeuristicResult_t result{};
       int found = 0;
       cublasStatus_t st =
@@ -117,7 +121,7 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& opt) {
     }
   }
   MT_CUBLAS_CHECK(cublasLtMatmul(handle, desc.h, &opt.alpha, b.data_ptr(), la.h, a.data_ptr(), lb.h, &opt.beta,
-                                 c.data_ptr(), lc.h, c.data_ptr(), lc.h, &algo, ws, ws_bytes, stream(dev)));
+                                 src, lc.h, c.data_ptr(), lc.h, &algo, ws, ws_bytes, stream(dev)));
 }
 
 }  // namespace mambatron::cuda

@@ -94,18 +94,20 @@ __global__ void rmsnorm_fwd_kernel(const T* __restrict__ x, const P* __restrict_
   }
 }
 
-// dx = r (g − x r² mean(g x)), g = dy · w.
+// dx = r (g − x r² mean(g x)) [+ dres], g = dy · w. dres may be dx itself (no __restrict__).
 template <class T, class P>
 __global__ void rmsnorm_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ x, const P* __restrict__ w,
-                                   const float* __restrict__ rstd, T* __restrict__ dx, int64_t rows, int64_t d) {
+                                   const float* __restrict__ rstd, const T* dres, T* dx, int64_t rows, int64_t d) {
   __shared__ float sh[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T *dr = dy + r * d, *xr = x + r * d;
     float dot = 0.f;
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) dot += to_f32(dr[j]) * to_f32(w[j]) * to_f32(xr[j]);
     const float rs = rstd[r], c = block_sum(dot, sh) * rs * rs / float(d);
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
-      dx[r * d + j] = from_f32<T>(rs * (to_f32(dr[j]) * to_f32(w[j]) - to_f32(xr[j]) * c));
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      const float g = rs * (to_f32(dr[j]) * to_f32(w[j]) - to_f32(xr[j]) * c);
+      dx[r * d + j] = from_f32<T>(dres ? to_f32(dres[r * d + j]) + g : g);
+    }
   }
 }
 
@@ -137,11 +139,11 @@ __global__ void layernorm_fwd_kernel(const T* __restrict__ x, const P* __restric
   }
 }
 
-// dx = r (g − mean(g) − x̂ mean(g x̂)), g = dy (1 + γ), x̂ = (x − μ) r.
+// dx = r (g − mean(g) − x̂ mean(g x̂)) [+ dres], g = dy (1 + γ), x̂ = (x − μ) r.
 template <class T, class P>
 __global__ void layernorm_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ x, const P* __restrict__ gamma,
-                                     const float* __restrict__ mean, const float* __restrict__ rstd,
-                                     T* __restrict__ dx, int64_t rows, int64_t d) {
+                                     const float* __restrict__ mean, const float* __restrict__ rstd, const T* dres,
+                                     T* dx, int64_t rows, int64_t d) {
   __shared__ float sh[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T *dr = dy + r * d, *xr = x + r * d;
@@ -155,7 +157,8 @@ __global__ void layernorm_bwd_kernel(const T* __restrict__ dy, const T* __restri
     const float mg = block_sum(sg, sh) / float(d), mgx = block_sum(sgx, sh) / float(d);
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
       const float xhat = (to_f32(xr[j]) - mu) * rs;
-      dx[r * d + j] = from_f32<T>(rs * (to_f32(dr[j]) * (1.f + to_f32(gamma[j])) - mg - xhat * mgx));
+      const float g = rs * (to_f32(dr[j]) * (1.f + to_f32(gamma[j])) - mg - xhat * mgx);
+      dx[r * d + j] = from_f32<T>(dres ? to_f32(dres[r * d + j]) + g : g);
     }
   }
 }
@@ -239,6 +242,7 @@ void visit_norm(const char* op, const Tensor& x, const Tensor& param, F&& f) {
 
 template <class T> const T* cptr(const Tensor& t) { return static_cast<const T*>(t.data_ptr()); }
 template <class T> T* mptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
+template <class T> const T* opt_ptr(const Tensor& t) { return t.defined() ? cptr<T>(t) : nullptr; }
 
 struct RowShape {
   int64_t d, rows;
@@ -261,7 +265,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps, Tensor& 
 }
 
 void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor& dx,
-                      Tensor& dweight) {
+                      Tensor& dweight, const Tensor& dresidual) {
   const int dev = x.device().index;
   DeviceGuard guard(dev);
   const RowShape s(x);
@@ -270,7 +274,8 @@ void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight,
     using P = typename decltype(p)::type;
     if (s.rows > 0) {
       rmsnorm_bwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(
-          cptr<T>(dout), cptr<T>(x), cptr<P>(weight), cptr<float>(rstd), mptr<T>(dx), s.rows, s.d);
+          cptr<T>(dout), cptr<T>(x), cptr<P>(weight), cptr<float>(rstd), opt_ptr<T>(dresidual), mptr<T>(dx), s.rows,
+          s.d);
       MT_CUDA_LAUNCH_CHECK();
     }
     RmsWeightTerm<T> term{cptr<T>(dout), cptr<T>(x), cptr<float>(rstd), s.d};
@@ -295,7 +300,7 @@ void layernorm1p_forward(const Tensor& x, const Tensor& gamma, const Tensor& bet
 }
 
 void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gamma, const Tensor& mean,
-                          const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta) {
+                          const Tensor& rstd, Tensor& dx, Tensor& dgamma, Tensor& dbeta, const Tensor& dresidual) {
   const int dev = x.device().index;
   DeviceGuard guard(dev);
   const RowShape s(x);
@@ -304,7 +309,8 @@ void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gam
     using P = typename decltype(p)::type;
     if (s.rows > 0) {
       layernorm_bwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(
-          cptr<T>(dout), cptr<T>(x), cptr<P>(gamma), cptr<float>(mean), cptr<float>(rstd), mptr<T>(dx), s.rows, s.d);
+          cptr<T>(dout), cptr<T>(x), cptr<P>(gamma), cptr<float>(mean), cptr<float>(rstd), opt_ptr<T>(dresidual),
+          mptr<T>(dx), s.rows, s.d);
       MT_CUDA_LAUNCH_CHECK();
     }
     LayerNormParamTerm<T> term{cptr<T>(dout), cptr<T>(x), cptr<float>(mean), cptr<float>(rstd), s.d};
