@@ -56,6 +56,9 @@ def cases(torch, rows, d, vocab):
     yield "rmsnorm fwd", lambda: mt.rmsnorm_forward(mx, mw, 1e-5, out=mo, rstd=mr), 2 * n * 2
     mt.rmsnorm_forward(mx, mw, 1e-5, out=mo, rstd=mr)
     yield "rmsnorm bwd", lambda: mt.rmsnorm_backward(mg, mx, mw, mr, dx=mdx, dweight=mdw), 3 * n * 2
+    # The model's form: the residual stream's gradient added into dx in the same pass.
+    yield "rmsnorm bwd + residual", (lambda: mt.rmsnorm_backward(mg, mx, mw, mr, dx=mdx, dweight=mdw,
+                                                                 dresidual=mdx)), 4 * n * 2
     yield "layernorm1p fwd", lambda: mt.layernorm1p_forward(mx, mw, mb, 1e-5, out=mo, mean=mm, rstd=mr), 2 * n * 2
     mt.layernorm1p_forward(mx, mw, mb, 1e-5, out=mo, mean=mm, rstd=mr)
     yield "layernorm1p bwd", (lambda: mt.layernorm1p_backward(mg, mx, mw, mm, mr, dx=mdx, dgamma=mdw, dbeta=mdb)), 3 * n * 2
