@@ -42,7 +42,10 @@ std::string label(const char* op, DType dt, const Shape& s) {
   return std::string(op) + " " + mt::dtype_name(dt) + " " + mt::shape_str(s);
 }
 
-const Shape kRows[] = {{1, 1}, {1, 4099}, {7, 37}, {7, 1}, {1000, 37}, {1000, 4099}, {2, 3, 37}};
+// Odd widths take the scalar kernels; multiples of 8 the register-resident ones (d 16 to
+// 8192: one to four vectors per thread, and 8192 beyond the backward's register budget).
+const Shape kRows[] = {{1, 1},     {1, 4099},   {7, 37},   {7, 1},      {1000, 37}, {1000, 4099},
+                       {2, 3, 37}, {1000, 4096}, {300, 768}, {5, 16},   {3, 8192},  {70, 2056}};
 }  // namespace
 
 // ---------------------------------------------------------------- activations

@@ -2,6 +2,9 @@
 // norm) computes the row's statistics with block_sum and writes the row; the
 // parameter gradients run as a separate column-sum pass (colsum_kernel, then
 // finish_kernel) so that no two blocks ever add into the same place.
+#include <algorithm>
+#include <type_traits>
+
 #include "dense.cuh"
 #include "norm.h"
 
@@ -232,6 +235,278 @@ struct GatedWeightTerm {  // dout · u · r_k
   }
 };
 
+// ---------------------------------------------------------------- register-resident rows
+// When d is a multiple of the 16-byte vector width and a row fits in kMaxSweeps vectors
+// per thread, a block holds each row in registers: every input is read once, with
+// 16-byte accesses. The backward kernels also sum the parameter gradients of a fixed
+// chunk of rows (Chunks: cut by the row count alone) in f64 registers, so dy and x are
+// not read a second time; finish_kernel then adds the chunks in order.
+constexpr int kMaxSweeps = 4;
+constexpr int kFwdValues = 32, kBwdValues = 16;  // row values per thread (register budget)
+
+struct VecRows {
+  int threads = 0, sweeps = 0;  // sweeps == 0: not eligible
+  template <class T>
+  static VecRows plan(int64_t d, std::initializer_list<const void*> ptrs, int max_values) {
+    VecRows v;
+    constexpr int V = Pack<T>::N;
+    if (d % V != 0 || !aligned16(ptrs)) return v;
+    const int64_t nvec = d / V;
+    const int64_t threads = std::min<int64_t>(kThreads, (nvec + 31) / 32 * 32);
+    const int64_t sweeps = (nvec + threads - 1) / threads;
+    if (sweeps > kMaxSweeps || sweeps * V > max_values) return v;
+    v.threads = int(threads);
+    v.sweeps = int(sweeps);
+    return v;
+  }
+};
+
+// f(std::integral_constant<int, S>) for S = sweeps, 1 <= S <= kMax (only those are built).
+template <int kMax, class F>
+void with_sweeps(int sweeps, F&& f) {
+  if constexpr (kMax > 1) {
+    if (sweeps >= kMax) return f(std::integral_constant<int, kMax>{});
+    return with_sweeps<kMax - 1>(sweeps, f);
+  } else {
+    return f(std::integral_constant<int, 1>{});
+  }
+}
+// Sweeps a kernel is built for: values per thread (sweeps · vector width) up to `values`.
+template <class T, int values>
+constexpr int kSweepsFor = std::min(kMaxSweeps, values / Pack<T>::N);
+
+template <class T, int S>
+struct RowRegs {  // one thread's share of a row: vector s covers elements (s·blockDim + tid)·V ..+V
+  static constexpr int V = Pack<T>::N;
+  float v[S][V];
+  __device__ __forceinline__ void load(const T* row, int64_t nvec) {
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
+      if (i < nvec) {
+        const Pack<T> p = reinterpret_cast<const Pack<T>*>(row)[i];
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[s][k] = to_f32(p.v[k]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[s][k] = 0.f;
+      }
+    }
+  }
+};
+
+template <class T>
+__device__ __forceinline__ void store_pack(T* row, int64_t i, const float (&f)[Pack<T>::N]) {
+  Pack<T> p;
+#pragma unroll
+  for (int k = 0; k < Pack<T>::N; ++k) p.v[k] = from_f32<T>(f[k]);
+  reinterpret_cast<Pack<T>*>(row)[i] = p;
+}
+
+template <class T, class P, int S>
+__global__ void rmsnorm_fwd_vec(const T* __restrict__ x, const P* __restrict__ w, double eps, T* __restrict__ out,
+                                float* __restrict__ rstd, int64_t rows, int64_t d) {
+  constexpr int V = Pack<T>::N;
+  __shared__ float sh[32];
+  const int64_t nvec = d / V;
+  RowRegs<T, S> xr;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    xr.load(x + r * d, nvec);
+    float ss = 0.f;
+#pragma unroll
+    for (int s = 0; s < S; ++s)
+#pragma unroll
+      for (int k = 0; k < V; ++k) ss += xr.v[s][k] * xr.v[s][k];
+    const float rs = inv_rms(block_sum(ss, sh), d, eps);
+    if (threadIdx.x == 0) rstd[r] = rs;
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
+      if (i >= nvec) continue;
+      float o[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) o[k] = xr.v[s][k] * rs * to_f32(w[i * V + k]);
+      store_pack(out + r * d, i, o);
+    }
+  }
+}
+
+// Block c takes rows [c·chunk, (c+1)·chunk): dx as rmsnorm_bwd_kernel, and
+// partial[c, j] = Σ_rows dy·x·r in f64, rows in order.
+template <class T, class P, int S>
+__global__ void rmsnorm_bwd_vec(const T* __restrict__ dy, const T* __restrict__ x, const P* __restrict__ w,
+                                const float* __restrict__ rstd, const T* dres, T* dx, int64_t rows, int64_t d,
+                                int64_t chunk, double* __restrict__ partial) {
+  constexpr int V = Pack<T>::N;
+  __shared__ float sh[32];
+  const int64_t nvec = d / V, r0 = blockIdx.x * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+  float wv[S][V];
+  double acc[S][V];
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      wv[s][k] = i < nvec ? to_f32(w[i * V + k]) : 0.f;
+      acc[s][k] = 0.0;
+    }
+  }
+  RowRegs<T, S> g, xr;
+  for (int64_t r = r0; r < r1; ++r) {
+    g.load(dy + r * d, nvec);
+    xr.load(x + r * d, nvec);
+    float dot = 0.f;
+#pragma unroll
+    for (int s = 0; s < S; ++s)
+#pragma unroll
+      for (int k = 0; k < V; ++k) dot += g.v[s][k] * wv[s][k] * xr.v[s][k];
+    const float rs = rstd[r], c = block_sum(dot, sh) * rs * rs / float(d);
+    RowRegs<T, S> res;
+    if (dres) res.load(dres + r * d, nvec);
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
+      if (i >= nvec) continue;
+      float o[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float gx = rs * (g.v[s][k] * wv[s][k] - xr.v[s][k] * c);
+        o[k] = dres ? res.v[s][k] + gx : gx;
+        acc[s][k] += double(g.v[s][k] * xr.v[s][k] * rs);
+      }
+      store_pack(dx + r * d, i, o);
+    }
+  }
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
+    if (i >= nvec) continue;
+#pragma unroll
+    for (int k = 0; k < V; ++k) partial[blockIdx.x * d + i * V + k] = acc[s][k];
+  }
+}
+
+template <class T, class P, int S>
+__global__ void layernorm_fwd_vec(const T* __restrict__ x, const P* __restrict__ gamma, const P* __restrict__ beta,
+                                  double eps, T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
+                                  int64_t rows, int64_t d) {
+  constexpr int V = Pack<T>::N;
+  __shared__ float sh[32];
+  const int64_t nvec = d / V;
+  RowRegs<T, S> xr;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    xr.load(x + r * d, nvec);
+    float sum = 0.f;
+#pragma unroll
+    for (int s = 0; s < S; ++s)
+#pragma unroll
+      for (int k = 0; k < V; ++k) sum += xr.v[s][k];
+    const float mu = block_sum(sum, sh) / float(d);
+    float var = 0.f;  // two passes (over registers): no cancellation when |μ| ≫ σ
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
+      if (i >= nvec) continue;  // padding lanes hold 0, not μ
+#pragma unroll
+      for (int k = 0; k < V; ++k) var += (xr.v[s][k] - mu) * (xr.v[s][k] - mu);
+    }
+    const float rs = inv_rms(block_sum(var, sh), d, eps);
+    if (threadIdx.x == 0) { mean[r] = mu; rstd[r] = rs; }
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
+      if (i >= nvec) continue;
+      float o[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k)
+        o[k] = (xr.v[s][k] - mu) * rs * (1.f + to_f32(gamma[i * V + k])) + to_f32(beta[i * V + k]);
+      store_pack(out + r * d, i, o);
+    }
+  }
+}
+
+// partial[c, j] = Σ dy·x̂ for j < d (dγ), Σ dy for j ≥ d (dβ), over chunk c's rows in order.
+template <class T, class P, int S>
+__global__ void layernorm_bwd_vec(const T* __restrict__ dy, const T* __restrict__ x, const P* __restrict__ gamma,
+                                  const float* __restrict__ mean, const float* __restrict__ rstd, const T* dres, T* dx,
+                                  int64_t rows, int64_t d, int64_t chunk, double* __restrict__ partial) {
+  constexpr int V = Pack<T>::N;
+  __shared__ float sh[32];
+  const int64_t nvec = d / V, r0 = blockIdx.x * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+  float gp[S][V];  // 1 + γ
+  double acc_g[S][V], acc_b[S][V];
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      gp[s][k] = i < nvec ? 1.f + to_f32(gamma[i * V + k]) : 0.f;
+      acc_g[s][k] = acc_b[s][k] = 0.0;
+    }
+  }
+  RowRegs<T, S> g, xr;
+  for (int64_t r = r0; r < r1; ++r) {
+    g.load(dy + r * d, nvec);
+    xr.load(x + r * d, nvec);
+    const float mu = mean[r], rs = rstd[r];
+    float sg = 0.f, sgx = 0.f;
+#pragma unroll
+    for (int s = 0; s < S; ++s)
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float gg = g.v[s][k] * gp[s][k];
+        sg += gg;
+        sgx += gg * (xr.v[s][k] - mu) * rs;
+      }
+    const float mg = block_sum(sg, sh) / float(d), mgx = block_sum(sgx, sh) / float(d);
+    RowRegs<T, S> res;
+    if (dres) res.load(dres + r * d, nvec);
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
+      if (i >= nvec) continue;
+      float o[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const float xhat = (xr.v[s][k] - mu) * rs;
+        const float gx = rs * (g.v[s][k] * gp[s][k] - mg - xhat * mgx);
+        o[k] = dres ? res.v[s][k] + gx : gx;
+        acc_g[s][k] += double(g.v[s][k] * xhat);
+        acc_b[s][k] += double(g.v[s][k]);
+      }
+      store_pack(dx + r * d, i, o);
+    }
+  }
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
+    if (i >= nvec) continue;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      partial[blockIdx.x * 2 * d + i * V + k] = acc_g[s][k];
+      partial[blockIdx.x * 2 * d + d + i * V + k] = acc_b[s][k];
+    }
+  }
+}
+
+// The parameter gradients from the chunk partials of a *_bwd_vec kernel: out0 = the first
+// `split` columns, out1 the rest. `launch(partial, chunk, count)` runs the row kernel.
+template <class P, class Launch>
+void vec_param_grads(int dev, int64_t rows, int64_t width, int64_t split, P* out0, P* out1, Launch&& launch) {
+  cudaStream_t s = stream(dev);
+  const Chunks ch(rows);
+  if (ch.count == 0) {
+    MT_CUDA_CHECK(cudaMemsetAsync(out0, 0, size_t(split) * sizeof(P), s));
+    if (width > split) MT_CUDA_CHECK(cudaMemsetAsync(out1, 0, size_t(width - split) * sizeof(P), s));
+    return;
+  }
+  Tensor partial = Tensor::empty({ch.count * width}, DType::f64, Device::cuda(dev));
+  double* pp = static_cast<double*>(partial.data_ptr());
+  launch(pp, ch.size, ch.count);
+  finish_kernel<P><<<grid_for(width, kColThreads), kColThreads, 0, s>>>(pp, ch.count, width, split, out0, out1);
+  MT_CUDA_LAUNCH_CHECK();
+}
+
 // f(T, P) for the activation dtype of `x` and the parameter dtype of `param`.
 template <class F>
 void visit_norm(const char* op, const Tensor& x, const Tensor& param, F&& f) {
@@ -258,8 +533,16 @@ void rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps, Tensor& 
   visit_norm("rmsnorm_forward", x, weight, [&](auto t, auto p) {
     using T = typename decltype(t)::type;
     using P = typename decltype(p)::type;
-    rmsnorm_fwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(cptr<T>(x), cptr<P>(weight), eps,
-                                                                              mptr<T>(out), mptr<float>(rstd), s.rows, s.d);
+    const VecRows vr = VecRows::plan<T>(s.d, {x.data_ptr(), out.data_ptr()}, kFwdValues);
+    if (vr.sweeps) {
+      with_sweeps<kSweepsFor<T, kFwdValues>>(vr.sweeps, [&](auto sw) {
+        rmsnorm_fwd_vec<T, P, sw()><<<row_grid(s.rows), vr.threads, 0, stream(dev)>>>(
+            cptr<T>(x), cptr<P>(weight), eps, mptr<T>(out), mptr<float>(rstd), s.rows, s.d);
+      });
+    } else {
+      rmsnorm_fwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(
+          cptr<T>(x), cptr<P>(weight), eps, mptr<T>(out), mptr<float>(rstd), s.rows, s.d);
+    }
     MT_CUDA_LAUNCH_CHECK();
   });
 }
@@ -272,6 +555,20 @@ void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight,
   visit_norm("rmsnorm_backward", x, weight, [&](auto t, auto p) {
     using T = typename decltype(t)::type;
     using P = typename decltype(p)::type;
+    const VecRows vr = VecRows::plan<T>(s.d, {dout.data_ptr(), x.data_ptr(), dx.data_ptr(),
+                                             dresidual.defined() ? dresidual.data_ptr() : dx.data_ptr()}, kBwdValues);
+    if (vr.sweeps) {
+      vec_param_grads<P>(dev, s.rows, s.d, s.d, mptr<P>(dweight), nullptr, [&](double* partial, int64_t chunk,
+                                                                               int64_t count) {
+        with_sweeps<kSweepsFor<T, kBwdValues>>(vr.sweeps, [&](auto sw) {
+          rmsnorm_bwd_vec<T, P, sw()><<<unsigned(count), vr.threads, 0, stream(dev)>>>(
+              cptr<T>(dout), cptr<T>(x), cptr<P>(weight), cptr<float>(rstd), opt_ptr<T>(dresidual), mptr<T>(dx),
+              s.rows, s.d, chunk, partial);
+        });
+        MT_CUDA_LAUNCH_CHECK();
+      });
+      return;
+    }
     if (s.rows > 0) {
       rmsnorm_bwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(
           cptr<T>(dout), cptr<T>(x), cptr<P>(weight), cptr<float>(rstd), opt_ptr<T>(dresidual), mptr<T>(dx), s.rows,
@@ -292,9 +589,18 @@ void layernorm1p_forward(const Tensor& x, const Tensor& gamma, const Tensor& bet
   visit_norm("layernorm1p_forward", x, gamma, [&](auto t, auto p) {
     using T = typename decltype(t)::type;
     using P = typename decltype(p)::type;
-    layernorm_fwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(
-        cptr<T>(x), cptr<P>(gamma), cptr<P>(beta), eps, mptr<T>(out), mptr<float>(mean), mptr<float>(rstd), s.rows,
-        s.d);
+    const VecRows vr = VecRows::plan<T>(s.d, {x.data_ptr(), out.data_ptr()}, kFwdValues);
+    if (vr.sweeps) {
+      with_sweeps<kSweepsFor<T, kFwdValues>>(vr.sweeps, [&](auto sw) {
+        layernorm_fwd_vec<T, P, sw()><<<row_grid(s.rows), vr.threads, 0, stream(dev)>>>(
+            cptr<T>(x), cptr<P>(gamma), cptr<P>(beta), eps, mptr<T>(out), mptr<float>(mean), mptr<float>(rstd),
+            s.rows, s.d);
+      });
+    } else {
+      layernorm_fwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(
+          cptr<T>(x), cptr<P>(gamma), cptr<P>(beta), eps, mptr<T>(out), mptr<float>(mean), mptr<float>(rstd), s.rows,
+          s.d);
+    }
     MT_CUDA_LAUNCH_CHECK();
   });
 }
@@ -307,6 +613,20 @@ void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gam
   visit_norm("layernorm1p_backward", x, gamma, [&](auto t, auto p) {
     using T = typename decltype(t)::type;
     using P = typename decltype(p)::type;
+    const VecRows vr = VecRows::plan<T>(s.d, {dout.data_ptr(), x.data_ptr(), dx.data_ptr(),
+                                             dresidual.defined() ? dresidual.data_ptr() : dx.data_ptr()}, kBwdValues);
+    if (vr.sweeps) {
+      vec_param_grads<P>(dev, s.rows, 2 * s.d, s.d, mptr<P>(dgamma), mptr<P>(dbeta), [&](double* partial,
+                                                                                        int64_t chunk, int64_t count) {
+        with_sweeps<kSweepsFor<T, kBwdValues>>(vr.sweeps, [&](auto sw) {
+          layernorm_bwd_vec<T, P, sw()><<<unsigned(count), vr.threads, 0, stream(dev)>>>(
+              cptr<T>(dout), cptr<T>(x), cptr<P>(gamma), cptr<float>(mean), cptr<float>(rstd), opt_ptr<T>(dresidual),
+              mptr<T>(dx), s.rows, s.d, chunk, partial);
+        });
+        MT_CUDA_LAUNCH_CHECK();
+      });
+      return;
+    }
     if (s.rows > 0) {
       layernorm_bwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(
           cptr<T>(dout), cptr<T>(x), cptr<P>(gamma), cptr<float>(mean), cptr<float>(rstd), opt_ptr<T>(dresidual),
