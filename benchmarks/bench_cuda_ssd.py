@@ -90,10 +90,38 @@ def check_against_cpu(torch, q):
     return ok, "; ".join(notes)
 
 
+def kernel_times(torch, b, l, q):
+    """{kernel name: microseconds per forward+backward} from PyTorch's profiler (CUPTI)."""
+    inp = make_inputs(torch, b, l)
+    t = {k: mt.from_dlpack(v) for k, v in inp.items()}
+    dy = mt.from_dlpack(torch.randn_like(inp["x"], dtype=torch.float32).to(torch.bfloat16))
+    opts = dict(chunk_size=q, dt_softplus=True)
+    reps = 5
+    for _ in range(2):
+        mt.ssd_forward(**t, **opts)
+        mt.ssd_backward(dy, **t, **opts)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            mt.ssd_forward(**t, **opts)
+            mt.ssd_backward(dy, **t, **opts)
+        torch.cuda.synchronize()
+    out = {}
+    for ev in prof.key_averages():
+        us = getattr(ev, "self_device_time_total", None)
+        us = getattr(ev, "self_cuda_time_total", 0.0) if us is None else us
+        if us > 0:
+            name = ev.key.replace("void ", "").replace("(anonymous namespace)::", "")
+            name = name.replace("mambatron::cuda::ssd::", "").replace("__nv_bfloat16", "bf16").split("(")[0]
+            out[name] = out.get(name, 0.0) + us / reps
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=None)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--kernels", action="store_true", help="also print each kernel's time at b 4, Q 64 and 128")
     args = ap.parse_args()
     torch = require_torch_cuda("bench_cuda_ssd")
     if torch is None:
@@ -142,11 +170,19 @@ def main() -> int:
                 peer_txt = f"{peer:7.2f} {ms / peer:6.2f}" if q == 128 else f"{'':7} {'':6}"
                 print(f"{b:>2} {l:>5} {q:>4} {name:>8} | {ms:7.3f} {row['tflop_per_s']:8.1f} {row['tb_per_s']:6.2f} "
                       f"{floor_ms:8.3f} {row['times_floor']:7.1f} | {peer_txt}")
+    kernels = {}
+    if args.kernels:
+        for q in CHUNKS:
+            kt = kernel_times(torch, 4, 4096, q)
+            kernels[q] = kt
+            print(f"kernels, b 4 x l 4096, Q {q}, forward+backward (us per call, unfused allocations included):")
+            for name, us in sorted(kt.items(), key=lambda kv: -kv[1]):
+                print(f"  {us:9.1f}  {name}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"benchmark": "cuda_ssd", "device": torch.cuda.get_device_name(), "checks": checks,
                        "copy_ceiling_tb_per_s": COPY_CEILING_TBS, "bf16_ceiling_tflop_per_s": BF16_CEILING_TFLOPS,
-                       "rows": rows}, f, indent=2)
+                       "rows": rows, "kernels_us": kernels}, f, indent=2)
     return 0 if all(c["within_rule"] for c in checks.values()) else 1
 
 

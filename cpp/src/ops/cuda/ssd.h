@@ -7,7 +7,8 @@
 //
 // Scratch from the caching allocator: forward b·h·l·12 bytes of per-token scalars and
 // the states entering each chunk, b·h·⌈l/Q⌉·p·n·4 bytes; backward twice that state
-// memory (states and their gradients) plus b·h·⌈l/Q⌉·24 bytes of partial sums.
+// memory (states and their gradients) plus b·h·⌈l/Q⌉·24 bytes of partial sums; both
+// also C·Bᵀ of each chunk and group, b·g·⌈l/Q⌉·T²·4 bytes (T = 64 for Q ≤ 64, else 128).
 // Bits repeat run after run: every sum runs in a fixed order, without atomics.
 #pragma once
 #include <cstdint>

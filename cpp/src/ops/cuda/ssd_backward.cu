@@ -1,6 +1,6 @@
-// SSD backward on CUDA: the per-token scalars, the forward state pass (the state
-// entering each chunk), the reverse state pass (the gradient leaving each chunk,
-// and d_initial_state), then the per-chunk gradients (ssd_backward_dx.cu,
+// SSD backward on CUDA: the per-token scalars, K = C·Bᵀ per group and chunk, the
+// forward state pass (the state entering each chunk), the reverse state pass (the
+// gradient leaving each chunk, and d_initial_state), then the per-chunk gradients (ssd_backward_dx.cu,
 // ssd_backward_bc.cu), and the per-head parameter gradients summed over rows and
 // chunks in a fixed order.
 #include "ssd_backward.h"
@@ -45,6 +45,7 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
   Tensor delta = scratch(tokens, DType::f32), S = scratch(tokens, DType::f64);
   Tensor hin = scratch(state_elems, DType::f32), dhout = scratch(state_elems, DType::f32);
   Tensor part = scratch(3 * parts, DType::f64);
+  Tensor K = scratch(d.b * d.nc * d.g * d.kq() * d.kq(), DType::f32);
   visit_bf16_f32(x.dtype(), "ssd_backward", "x", [&](auto tag) {
     using T = typename decltype(tag)::type;
     BackwardArgs<T> a;
@@ -62,6 +63,7 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
     a.seq = ptr_or_null<const int32_t>(seq_idx);
     a.hin = static_cast<const float*>(hin.data_ptr());
     a.dhout = static_cast<const float*>(dhout.data_ptr());
+    a.K = static_cast<const float*>(K.data_ptr());
     a.dx = static_cast<T*>(dx.data_ptr());
     a.ddt = static_cast<T*>(ddt.data_ptr());
     a.dB = static_cast<T*>(dB.data_ptr());
@@ -72,6 +74,7 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
     float* pdelta = static_cast<float*>(delta.data_ptr());
     double* pS = static_cast<double*>(S.data_ptr());
     launch_chunk_scalars<T>(d, a.dt, a.dt_bias, a.A, a.o, pdelta, pS, s);
+    launch_chunk_cb<T>(d, a.C, a.B, static_cast<float*>(K.data_ptr()), s);
     launch_state_pass<T>(d, false, a.x, a.B, pdelta, pS, a.seq, ptr_or_null<const float>(initial_state),
                          static_cast<float*>(hin.data_ptr()), nullptr, s);
     launch_state_pass<T>(d, true, a.dy, a.C, pdelta, pS, a.seq, ptr_or_null<const float>(d_final_state),

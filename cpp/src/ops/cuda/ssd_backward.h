@@ -14,6 +14,7 @@ struct BackwardArgs {
   const float* delta;
   const int32_t* seq;
   const float *hin, *dhout;  // [b, h, nc, p, n]: the state entering / the gradient leaving each chunk
+  const float* K;             // C·Bᵀ of each chunk and group (launch_chunk_cb)
   T *dx, *ddt, *dB, *dC;
   double *part_dA, *part_dD, *part_db;  // [b, h, nc]
 };

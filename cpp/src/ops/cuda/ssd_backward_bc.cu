@@ -4,7 +4,8 @@
 //   dB = (Σ_j PW_j)ᵀ·C + Σ_j diag(f_j ⊙ Δ_j)·X_j·Ĥ_j
 // The heads run in order inside the block: Σ_j PW_j collects in shared memory (each
 // element owned by one warp), the second terms in accumulator tiles, so the sums
-// need no atomics and no per-head scratch.
+// need no atomics and no per-head scratch. The states enter the second terms as
+// one bf16 part (dB and dC are bf16 outputs), Σ_j PW_j as two.
 #include "ssd_backward.h"
 
 namespace mambatron::cuda::ssd {
@@ -21,8 +22,8 @@ struct BcLayout {
   static constexpr int ldK = kQ + 4, ldP = pitch<T>(kPK), ldN = pitch<T>(kN);
   static constexpr size_t pw = 0, region = align128(size_t(kQ) * ldK * sizeof(float));
   static constexpr size_t dys = region, xs = dys + align128(size_t(kQ) * ldP * sizeof(T));
-  static constexpr size_t hs = xs + align128(size_t(kQ) * ldP * sizeof(T)), dhs = hs + operand_bytes<T, 2>(kPK, ldN);
-  static constexpr size_t ops_end = dhs + operand_bytes<T, 2>(kPK, ldN);
+  static constexpr size_t hs = xs + align128(size_t(kQ) * ldP * sizeof(T)), dhs = hs + operand_bytes<T, 1>(kPK, ldN);
+  static constexpr size_t ops_end = dhs + operand_bytes<T, 1>(kPK, ldN);
   // After the heads: B and C columns of this block.
   static constexpr size_t fb = region, fc = fb + align128(size_t(kQ) * ldN * sizeof(T));
   static constexpr size_t fin_end = fc + align128(size_t(kQ) * ldN * sizeof(T));
@@ -108,8 +109,8 @@ __global__ void __launch_bounds__(BcLayout<T, kQ>::kThreads)
       __syncthreads();  // the previous chunk of p is no longer read
       stage_exact(dys, a.dy + d.xo(bi, t0, j) + p0, d.h * d.p, Lp, pkp, L, pk);
       stage_exact(xs, a.x + d.xo(bi, t0, j) + p0, d.h * d.p, Lp, pkp, L, pk);
-      stage_split<2>(hs, Hin + p0 * d.n + k0, d.n, pkp, kN, pk, valid_n);
-      stage_split<2>(dhs, Hout + p0 * d.n + k0, d.n, pkp, kN, pk, valid_n);
+      stage_split<1>(hs, Hin + p0 * d.n + k0, d.n, pkp, kN, pk, valid_n);
+      stage_split<1>(dhs, Hout + p0 * d.n + k0, d.n, pkp, kN, pk, valid_n);
       __syncthreads();
 #pragma unroll
       for (int q = 0; q < Lay::kTri; ++q) {
@@ -126,10 +127,10 @@ __global__ void __launch_bounds__(BcLayout<T, kQ>::kThreads)
         if (tt >= Lt) continue;
         Acc<T> tmp;
         tmp.zero();
-        for (int ks = 0; ks < pks; ++ks) mma_tile<Row, Row, 1, 2>(tmp, dys, 16 * tt, 16 * ks, hs, 16 * ks, 16 * nc);
+        for (int ks = 0; ks < pks; ++ks) mma_tile<Row, Row, 1, 1>(tmp, dys, 16 * tt, 16 * ks, hs, 16 * ks, 16 * nc);
         add_scaled(accC[q], tmp, es, tt);
         tmp.zero();
-        for (int ks = 0; ks < pks; ++ks) mma_tile<Row, Row, 1, 2>(tmp, xs, 16 * tt, 16 * ks, dhs, 16 * ks, 16 * nc);
+        for (int ks = 0; ks < pks; ++ks) mma_tile<Row, Row, 1, 1>(tmp, xs, 16 * tt, 16 * ks, dhs, 16 * ks, 16 * nc);
         add_scaled(accB[q], tmp, fds, tt);
       }
     }

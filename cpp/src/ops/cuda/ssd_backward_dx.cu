@@ -6,13 +6,49 @@
 //   q_s = ⟨x_s, (B·Ĥᵀ)_s⟩,  u_t = ⟨dy_t, (C·H_inᵀ)_t⟩
 //   dS_t = Σ_s Z_ts·Δ_s − Δ_t·Σ_u Z_ut + e_t·u_t − Δ_t·f_t·q_t   (+ the chunk's last-token terms)
 //   dΔ_t = Σ_u Z_ut + f_t·q_t + A·Σ_{u ≥ t} dS_u
-// K and Pm are formed on the causal tiles; the sums over Z, q and u run in f64 (the
-// terms of dS cancel), each in a fixed order.
+// K comes from launch_chunk_cb (once per group); Pm is formed on the causal tiles;
+// the sums over Z, q and u run in f64 (the terms of dS cancel), each in a fixed
+// order. ⟨Ĥ, H_in⟩ is summed while the states are staged, and the reverse sum of dS
+// runs on one warp.
 #include "ssd_backward.h"
 
 namespace mambatron::cuda::ssd {
 
 namespace {
+
+// Blocks of Ĥ (g0) and H_in (g1) at the same place into their split operands (as
+// stage_split), returning this thread's share of ⟨Ĥ, H_in⟩ over the block in f64, so
+// the last-token term needs no second read of the states.
+template <int N, class T>
+__device__ __forceinline__ double stage_state_pair(const Smem<T>& m0, const float* g0, const Smem<T>& m1,
+                                                   const float* g1, int64_t stride, int rows, int cols,
+                                                   int valid_rows, int valid_cols) {
+  constexpr int V = Pack<float>::N;
+  const int groups = cols / V, total = rows * groups;
+  const bool vec = valid_cols % V == 0 && stride % V == 0 && reinterpret_cast<uintptr_t>(g0) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(g1) % 16 == 0;
+  double acc = 0;
+  for (int e = threadIdx.x; e < total; e += blockDim.x) {
+    const int r = e / groups, c = (e - r * groups) * V;
+    Pack<float> a, b;
+    if (r < valid_rows && c < valid_cols && vec) {
+      a = *reinterpret_cast<const Pack<float>*>(g0 + r * stride + c);
+      b = *reinterpret_cast<const Pack<float>*>(g1 + r * stride + c);
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const bool in = r < valid_rows && c + k < valid_cols;
+        a.v[k] = in ? g0[r * stride + c + k] : 0.f;
+        b.v[k] = in ? g1[r * stride + c + k] : 0.f;
+      }
+    }
+    put_split_vec<N>(m0, r * m0.ld + c, a.v);
+    put_split_vec<N>(m1, r * m1.ld + c, b.v);
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc += double(a.v[k]) * double(b.v[k]);
+  }
+  return acc;
+}
 
 template <class T, int kQ>
 struct DxLayout {
@@ -127,10 +163,10 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
       acc[q].store(out + 16 * tt * Lay::ldK + 16 * ss, Lay::ldK);
     }
   };
-  // K = C·Bᵀ and Pm = dY·Xᵀ. Rows of B, C are g·n apart; rows of x, dy are h·p apart.
-  causal_product(a.C + d.bco(bi, 0, gi), a.B + d.bco(bi, 0, gi), d.n, d.g * d.n, kf);
+  // Pm = dY·Xᵀ (rows of x, dy are h·p apart); K = C·Bᵀ comes from launch_chunk_cb.
   causal_product(a.dy + d.xo(bi, 0, j), a.x + d.xo(bi, 0, j), d.p, d.h * d.p, pf);
   __syncthreads();
+  const float* Kc = a.K + d.ko(bi, c, gi);
 
   // Z's sums, and M·diag(Δ) split in place of K, row by row.
   for (int t = warp; t < Lp; t += kWarps) {
@@ -141,7 +177,7 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
       const int s = lane + 32 * u;
       float mv = 0.f, z = 0.f;
       if (s <= t && t < L && docs[s] == docs[t]) {
-        mv = kf[t * Lay::ldK + s] * decay<T>(Ss[t] - Ss[s]);
+        mv = Kc[t * kQ + s] * decay<T>(Ss[t] - Ss[s]);
         z = mv * pf[t * Lay::ldK + s];
       }
       racc += double(z) * d64[s];
@@ -166,6 +202,7 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
   const float Dj = a.D ? a.D[j] : 0.f;
   const float* Hin = a.hin + d.co(bi, j, c);
   const float* Hout = a.dhout + d.co(bi, j, c);
+  double hh = 0;  // this thread's share of ⟨Ĥ, H_in⟩
   for (int64_t i0 = 0; i0 < d.p; i0 += kP) {
     __syncthreads();  // Pm (first pass) or the previous columns are no longer read
     const int valid_p = int(d.p - i0 < kP ? d.p - i0 : kP);
@@ -182,8 +219,7 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
       const int64_t bc0 = d.bco(bi, t0, gi) + n0;
       stage_exact(A0, a.B + bc0, d.g * d.n, Lp, nkp, L, nk);
       stage_exact(A1, a.C + bc0, d.g * d.n, Lp, nkp, L, nk);
-      stage_split<3>(H0, Hout + i0 * d.n + n0, d.n, kP, nkp, valid_p, nk);
-      stage_split<3>(H1, Hin + i0 * d.n + n0, d.n, kP, nkp, valid_p, nk);
+      hh += stage_state_pair<3>(H0, Hout + i0 * d.n + n0, H1, Hin + i0 * d.n + n0, d.n, kP, nkp, valid_p, nk);
       __syncthreads();
 #pragma unroll
       for (int q = 0; q < kPC; ++q) {
@@ -251,29 +287,54 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
       }
   }
 
-  // The last-token term E·⟨Ĥ, H_in⟩, then dS, its reverse sum, and ddt.
-  double hh = 0;
-  for (int64_t e = tid; e < d.p * d.n; e += kThreads) hh += double(Hout[e]) * double(Hin[e]);
+  // The last-token term E·⟨Ĥ, H_in⟩, then dS, its reverse sum, and ddt, on one warp:
+  // lane k owns tokens [kR, kR + R); sums across lanes run in fixed shuffle trees.
   hh = block_sum(hh, red);
-  if (tid != 0) return;
+  if (warp != 0) return;
+  constexpr int R = kQ / 32;
   const double E = ch.doc_last == ch.doc_in ? exp(ch.S_last) : 0.0, A = a.A[j];
-  double last = E * hh;
   double* dS = rowZ;
-  for (int t = 0; t < L; ++t) {
+  double last = 0;
+  for (int k = 0; k < R; ++k) {
+    const int t = lane * R + k;
+    if (t >= L) break;
     const double fq = fv[t] * qacc[t];
     dS[t] = rowZ[t] - d64[t] * colZ[t] + e64[t] * uacc[t] - d64[t] * fq;
     last += d64[t] * fq;
   }
-  dS[L - 1] += last;
-  double da = 0, dA = 0, db = 0, dD = 0;
-  for (int t = L - 1; t >= 0; --t) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) last += __shfl_xor_sync(0xffffffffu, last, o);
+  __syncwarp();
+  if (lane == (L - 1) / R) dS[L - 1] += E * hh + last;
+  __syncwarp();
+  // da_t = Σ_{u ≥ t} dS_u: the lane's own sum, then the sums of the lanes above it.
+  double own = 0;
+  for (int k = 0; k < R; ++k) own += lane * R + k < L ? dS[lane * R + k] : 0.0;
+  double above = own;  // becomes Σ over lanes ≥ this one
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const double v = __shfl_down_sync(0xffffffffu, above, o);
+    if (lane + o < 32) above += v;
+  }
+  const double below = __shfl_down_sync(0xffffffffu, above, 1);  // Σ over the lanes after this one
+  double da = lane < 31 ? below : 0.0, dA = 0, db = 0, dD = 0;
+  for (int k = R - 1; k >= 0; --k) {
+    const int t = lane * R + k;
+    if (t >= L) continue;
     da += dS[t];
     const double gt = (colZ[t] + fv[t] * qacc[t] + A * da) * slope[t];
     a.ddt[d.dto(bi, t0 + t, j)] = cast_value<T>(gt);
     db += gt;
     dA += d64[t] * da;
+    dD += dacc[t];
   }
-  for (int t = 0; t < L; ++t) dD += dacc[t];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    dA += __shfl_xor_sync(0xffffffffu, dA, o);
+    db += __shfl_xor_sync(0xffffffffu, db, o);
+    dD += __shfl_xor_sync(0xffffffffu, dD, o);
+  }
+  if (lane != 0) return;
   const int64_t pi = (bi * d.h + j) * d.nc + c;
   a.part_dA[pi] = dA;
   a.part_dD[pi] = dD;

@@ -34,6 +34,9 @@ struct Dims {
   __host__ __device__ int64_t co(int64_t bi, int64_t j, int64_t c) const { return ((bi * h + j) * nc + c) * p * n; }
   // Initial/final states [b, h, p, n].
   __host__ __device__ int64_t sto(int64_t bi, int64_t j) const { return (bi * h + j) * p * n; }
+  // Tile height that holds a chunk (64 or 128), and K = C·Bᵀ of chunks [b, nc, g, kq, kq].
+  __host__ __device__ int64_t kq() const { return Q <= 64 ? 64 : 128; }
+  __host__ __device__ int64_t ko(int64_t bi, int64_t c, int64_t gi) const { return ((bi * nc + c) * g + gi) * kq() * kq(); }
 };
 
 // Δ = clamp(softplus?(v)), v = dt + dt_bias, and dΔ/dv (0 where clamped), in f64 as on the CPU.
@@ -102,7 +105,7 @@ inline Dims make_dims(const Tensor& x, const Tensor& B, const SsdOptions& opt) {
 // f(std::integral_constant<int, kQ>) with the tile height kQ (64 or 128) that holds a chunk.
 template <class F>
 void with_chunk_tiles(int64_t Q, F&& f) {
-  if (Q <= 64) f(std::integral_constant<int, 64>{});
+  if (Q <= 64) f(std::integral_constant<int, 64>{});  // as Dims::kq
   else f(std::integral_constant<int, 128>{});
 }
 
@@ -162,6 +165,40 @@ __device__ __forceinline__ void read_block(const G* g, int64_t stride, int rows,
   }
 }
 
+// A kRows × kCols block of a row-major global matrix held in registers between its
+// load and its use (rows ≥ valid_rows and columns ≥ valid_cols read as 0), so that a
+// block can load the next chunk while it computes on this one. Thread k holds groups
+// k, k + kThreads, ... of V = 16 bytes of consecutive columns.
+template <class G, int kRows, int kCols, int kThreads>
+struct RegBlock {
+  static constexpr int V = Pack<G>::N, kGroups = kCols / V, kPer = kRows * kGroups / kThreads;
+  static_assert(kCols % V == 0 && (kRows * kGroups) % kThreads == 0, "RegBlock: groups must split evenly");
+  Pack<G> v[kPer];
+
+  __device__ __forceinline__ void load(const G* g, int64_t stride, int valid_rows, int valid_cols) {
+    const bool vec = valid_cols % V == 0 && reinterpret_cast<uintptr_t>(g) % 16 == 0 && (stride * sizeof(G)) % 16 == 0;
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int e = int(threadIdx.x) + u * kThreads, r = e / kGroups, c = (e - r * kGroups) * V;
+      if (r < valid_rows && c < valid_cols && vec) {
+        v[u] = *reinterpret_cast<const Pack<G>*>(g + r * stride + c);
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[u].v[k] = r < valid_rows && c + k < valid_cols ? g[r * stride + c + k] : G(0.f);
+      }
+    }
+  }
+  // put(r, c, Pack) for each group this thread holds.
+  template <class Put>
+  __device__ __forceinline__ void put(Put&& f) const {
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int e = int(threadIdx.x) + u * kThreads, r = e / kGroups;
+      f(r, (e - r * kGroups) * V, v[u]);
+    }
+  }
+};
+
 // An input block into an exact operand (rows of pitch m.ld; 16-byte stores).
 template <class T>
 __device__ __forceinline__ void stage_exact(const Smem<T>& m, const T* g, int64_t stride, int rows, int cols,
@@ -174,10 +211,8 @@ __device__ __forceinline__ void stage_exact(const Smem<T>& m, const T* g, int64_
 template <int N, class T>
 __device__ __forceinline__ void stage_split(const Smem<T>& m, const float* g, int64_t stride, int rows, int cols,
                                             int valid_rows, int valid_cols) {
-  read_block(g, stride, rows, cols, valid_rows, valid_cols, [&](int r, int c, const Pack<float>& v) {
-#pragma unroll
-    for (int k = 0; k < Pack<float>::N; ++k) put_split<N>(m, r * m.ld + c + k, v.v[k]);
-  });
+  read_block(g, stride, rows, cols, valid_rows, valid_cols,
+             [&](int r, int c, const Pack<float>& v) { put_split_vec<N>(m, r * m.ld + c, v.v); });
 }
 
 // ---------------------------------------------------------------- shared stages (ssd_states.cu)
@@ -185,6 +220,12 @@ __device__ __forceinline__ void stage_split(const Smem<T>& m, const float* g, in
 template <class T>
 void launch_chunk_scalars(const Dims& d, const T* dt, const float* dt_bias, const float* A, const DeltaOpt& o,
                           float* delta, double* S, cudaStream_t s);
+
+// K = C·Bᵀ of every chunk and group, f32 [b, nc, g, kq, kq] (Dims::ko): the causal
+// 16×16 tiles of the chunk's rows are written, nothing else. The heads of a group
+// share it.
+template <class T>
+void launch_chunk_cb(const Dims& d, const T* C, const T* B, float* K, cudaStream_t s);
 
 // The state passed along the chunks, one block per (row, head, p-tile, n-tile):
 //   forward: states[c] = H entering chunk c; H ← E·H + Xᵀ·diag(f⊙Δ)·B (X = x, Bm = B)

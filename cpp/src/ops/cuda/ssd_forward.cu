@@ -1,8 +1,9 @@
-// SSD forward on CUDA: per-token scalars, the state pass (ssd_states.cu), then one
-// block per (row, head, chunk, 64 columns of p) for the outputs
-//   Y = (K ⊙ W)·diag(Δ)·X + diag(e)·C·H_inᵀ + D·X,  K = C·Bᵀ,
-// with K and C·H_inᵀ accumulated over chunks of n, only the causal tiles of K formed,
-// and the masked matrix split in place into hi/lo bf16 rows for the last product.
+// SSD forward on CUDA: per-token scalars, K = C·Bᵀ once per group and chunk, the
+// state pass (ssd_states.cu), then one block per (row, head, chunk, 64 columns of p)
+// for the outputs
+//   Y = (K ⊙ W)·diag(Δ)·X + diag(e)·C·H_inᵀ + D·X,
+// with C·H_inᵀ accumulated over chunks of n (H_in as one bf16 part: that term feeds
+// only y), and the masked matrix built from K into hi/lo bf16 rows for the last product.
 #include "ssd_common.cuh"
 
 namespace mambatron::cuda::ssd {
@@ -12,14 +13,15 @@ namespace {
 template <class T, int kQ>
 struct OutLayout {
   static constexpr int kT = kQ / 16, kWarps = kT, kThreads = 32 * kWarps;
+  // Blocks per SM the registers must allow (≤ 128 registers a thread at Q 128): one
+  // block's staging overlaps another's products.
+  static constexpr int kMinBlocks = 65536 / (128 * kThreads);
   static constexpr int kP = 64, kPC = kP / 16, kNK = 64;
-  static constexpr int kTri = (kT * (kT + 1) / 2 + kWarps - 1) / kWarps;  // K tiles per warp
-  static constexpr int kZ = kT * kPC / kWarps;                            // output tiles per warp
+  static constexpr int kZ = kT * kPC / kWarps;  // output tiles per warp
   static constexpr int ldK = kQ + 4, ldC = pitch<T>(kNK), ldX = pitch<T>(kP);
-  // Region 0: the operands of the n loop, then K / the masked matrix.
-  static constexpr size_t cs = 0, bs = cs + align128(size_t(kQ) * ldC * sizeof(T));
-  static constexpr size_t hs = bs + align128(size_t(kQ) * ldC * sizeof(T));
-  static constexpr size_t ops_end = hs + operand_bytes<T, 2>(kP, ldC);
+  // Region 0: the operands of the n loop, then the masked matrix.
+  static constexpr size_t cs = 0, hs = cs + align128(size_t(kQ) * ldC * sizeof(T));
+  static constexpr size_t ops_end = hs + operand_bytes<T, 1>(kP, ldC);
   static constexpr size_t kf_end = align128(size_t(kQ) * ldK * sizeof(float));
   static constexpr size_t xs = ops_end > kf_end ? ops_end : kf_end;
   static constexpr size_t stage = xs + align128(size_t(kQ) * ldX * sizeof(T));
@@ -32,16 +34,16 @@ struct OutLayout {
 };
 
 template <class T, int kQ>
-__global__ void __launch_bounds__(OutLayout<T, kQ>::kThreads)
-    output_kernel(Dims d, const T* __restrict__ x, const T* __restrict__ Bm, const T* __restrict__ Cm,
+__global__ void __launch_bounds__(OutLayout<T, kQ>::kThreads, OutLayout<T, kQ>::kMinBlocks)
+    output_kernel(Dims d, const T* __restrict__ x, const T* __restrict__ Cm,
                   const float* __restrict__ Dp, const double* __restrict__ S, const float* __restrict__ delta,
-                  const int32_t* __restrict__ seq, const float* __restrict__ states, T* __restrict__ y) {
+                  const int32_t* __restrict__ seq, const float* __restrict__ states, const float* __restrict__ K,
+                  T* __restrict__ y) {
   using Lay = OutLayout<T, kQ>;
   constexpr int kWarps = Lay::kWarps, kThreads = Lay::kThreads, kP = Lay::kP, kPC = Lay::kPC, kNK = Lay::kNK;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const Smem<T> cs{reinterpret_cast<T*>(smem + Lay::cs), Lay::ldC, 0};
-  const Smem<T> bs{reinterpret_cast<T*>(smem + Lay::bs), Lay::ldC, 0};
   const Smem<T> hs{reinterpret_cast<T*>(smem + Lay::hs), Lay::ldC, part_stride<T>(kP, Lay::ldC)};
   const Smem<T> xs{reinterpret_cast<T*>(smem + Lay::xs), Lay::ldX, 0};
   float* kf = reinterpret_cast<float*>(smem);
@@ -75,60 +77,37 @@ __global__ void __launch_bounds__(OutLayout<T, kQ>::kThreads)
   const int valid_p = int(d.p - i0 < kP ? d.p - i0 : kP);
   stage_exact(xs, x + d.xo(bi, ch.t0, j) + i0, d.h * d.p, Lp, kP, L, valid_p);
 
-  // K = C·Bᵀ (causal tiles) and Z = C·H_inᵀ, over chunks of n.
-  Acc<T> accK[Lay::kTri], accZ[Lay::kZ];
-#pragma unroll
-  for (int q = 0; q < Lay::kTri; ++q) accK[q].zero();
+  // Z = C·H_inᵀ, over chunks of n.
+  Acc<T> accZ[Lay::kZ];
 #pragma unroll
   for (int q = 0; q < Lay::kZ; ++q) accZ[q].zero();
-  const int ntri = Lt * (Lt + 1) / 2;
   const float* H = states + d.co(bi, j, c);
   for (int64_t n0 = 0; n0 < d.n; n0 += kNK) {
     const int nk = int(d.n - n0 < kNK ? d.n - n0 : kNK), nks = (nk + 15) / 16, nkp = 16 * nks;
-    __syncthreads();  // the previous chunk's products are done with cs, bs, hs
-    const int64_t bc0 = d.bco(bi, ch.t0, gi) + n0;
-    stage_exact(cs, Cm + bc0, d.g * d.n, Lp, nkp, L, nk);
-    stage_exact(bs, Bm + bc0, d.g * d.n, Lp, nkp, L, nk);
-    stage_split<2>(hs, H + i0 * d.n + n0, d.n, kP, nkp, valid_p, nk);
+    __syncthreads();  // the previous chunk's products are done with cs, hs
+    stage_exact(cs, Cm + d.bco(bi, ch.t0, gi) + n0, d.g * d.n, Lp, nkp, L, nk);
+    stage_split<1>(hs, H + i0 * d.n + n0, d.n, kP, nkp, valid_p, nk);
     __syncthreads();
-#pragma unroll
-    for (int q = 0; q < Lay::kTri; ++q) {
-      const int qq = warp + q * kWarps;
-      if (qq >= ntri) continue;
-      int tt, ss;
-      tri_tile(qq, &tt, &ss);
-      for (int ks = 0; ks < nks; ++ks)
-        mma_tile<Row, Col, 1, 1>(accK[q], cs, 16 * tt, 16 * ks, bs, 16 * ks, 16 * ss);
-    }
 #pragma unroll
     for (int q = 0; q < Lay::kZ; ++q) {
       const int zt = warp + q * kWarps, tt = zt / kPC, pc = zt % kPC;
       if (tt >= Lt) continue;
       for (int ks = 0; ks < nks; ++ks)
-        mma_tile<Row, Col, 1, 2>(accZ[q], cs, 16 * tt, 16 * ks, hs, 16 * ks, 16 * pc);
+        mma_tile<Row, Col, 1, 1>(accZ[q], cs, 16 * tt, 16 * ks, hs, 16 * ks, 16 * pc);
     }
   }
-  __syncthreads();  // K overwrites the operands
-#pragma unroll
-  for (int q = 0; q < Lay::kTri; ++q) {
-    const int qq = warp + q * kWarps;
-    if (qq >= ntri) continue;
-    int tt, ss;
-    tri_tile(qq, &tt, &ss);
-    accK[q].store(kf + 16 * tt * Lay::ldK + 16 * ss, Lay::ldK);
-  }
-  __syncthreads();
+  __syncthreads();  // the masked matrix overwrites the operands
 
-  // M = K ⊙ W·diag(Δ), row by row: a warp reads its row, then writes it back (split).
+  // M = K ⊙ W·diag(Δ), row by row from K in global memory (only its causal tiles are read).
+  const float* Kc = K + d.ko(bi, c, gi);
   for (int t = warp; t < Lp; t += kWarps) {
     float m[kQ / 32];
 #pragma unroll
     for (int u = 0; u < kQ / 32; ++u) {
       const int s = lane + 32 * u;
       m[u] = 0.f;
-      if (s <= t && t < L && docs[s] == docs[t]) m[u] = kf[t * Lay::ldK + s] * decay<T>(Ss[t] - Ss[s]) * dls[s];
+      if (s <= t && t < L && docs[s] == docs[t]) m[u] = Kc[t * kQ + s] * decay<T>(Ss[t] - Ss[s]) * dls[s];
     }
-    __syncwarp();
 #pragma unroll
     for (int u = 0; u < kQ / 32; ++u) write_split_row<T>(kf, Lay::ldK, kQ, t, lane + 32 * u, m[u]);
   }
@@ -163,15 +142,16 @@ __global__ void __launch_bounds__(OutLayout<T, kQ>::kThreads)
 }
 
 template <class T>
-void launch_output(const Dims& d, const T* x, const T* B, const T* C, const float* D, const double* S,
-                   const float* delta, const int32_t* seq, const float* states, T* y, cudaStream_t s) {
+void launch_output(const Dims& d, const T* x, const T* C, const float* D, const double* S,
+                   const float* delta, const int32_t* seq, const float* states, const float* K, T* y,
+                   cudaStream_t s) {
   with_chunk_tiles(d.Q, [&](auto kq) {
     constexpr int kQ = decltype(kq)::value;
     using Lay = OutLayout<T, kQ>;
     const int64_t blocks = d.b * d.h * d.nc * ((d.p + Lay::kP - 1) / Lay::kP);
     if (blocks == 0) return;
-    launch_big(output_kernel<T, kQ>, unsigned(blocks), Lay::kThreads, Lay::bytes, s, d, x, B, C, D, S, delta, seq,
-               states, y);
+    launch_big(output_kernel<T, kQ>, unsigned(blocks), Lay::kThreads, Lay::bytes, s, d, x, C, D, S, delta, seq, states,
+               K, y);
   });
 }
 
@@ -192,6 +172,8 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
   Tensor delta = Tensor::empty({tokens > 0 ? tokens : 1}, DType::f32, x.device());
   Tensor S = Tensor::empty({tokens > 0 ? tokens : 1}, DType::f64, x.device());
   Tensor states = Tensor::empty({state_elems > 0 ? state_elems : 1}, DType::f32, x.device());
+  const int64_t k_elems = d.b * d.nc * d.g * d.kq() * d.kq();
+  Tensor K = Tensor::empty({k_elems > 0 ? k_elems : 1}, DType::f32, x.device());
   float* pdelta = static_cast<float*>(delta.data_ptr());
   double* pS = static_cast<double*>(S.data_ptr());
   float* pstates = static_cast<float*>(states.data_ptr());
@@ -204,8 +186,9 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
                             static_cast<const float*>(A.data_ptr()), delta_opt(opt), pdelta, pS, s);
     launch_state_pass<T>(d, false, px, pB, pdelta, pS, seq, ptr_or_null<const float>(initial_state), pstates,
                          ptr_or_null<float>(final_state), s);
-    launch_output<T>(d, px, pB, pC, ptr_or_null<const float>(D), pS, pdelta, seq, pstates,
-                     static_cast<T*>(y.data_ptr()), s);
+    launch_chunk_cb<T>(d, pC, pB, static_cast<float*>(K.data_ptr()), s);
+    launch_output<T>(d, px, pC, ptr_or_null<const float>(D), pS, pdelta, seq, pstates,
+                     static_cast<const float*>(K.data_ptr()), static_cast<T*>(y.data_ptr()), s);
   });
 }
 

@@ -14,24 +14,105 @@ DeltaOpt delta_opt(const SsdOptions& opt) {
 namespace {
 
 // ---------------------------------------------------------------- per-token scalars
-// One thread per (row, chunk, head), heads fastest so that dt reads coalesce; the
-// sum runs token by token in f64, in the CPU's order.
+// One warp per (row, chunk, head); lane k owns R consecutive tokens of the chunk. S
+// is the lane's own running sum plus the sums of the lanes before it (a fixed
+// shuffle tree), in f64.
+constexpr int kScalarWarps = 4;
+
 template <class T>
-__global__ void chunk_scalars_kernel(Dims d, const T* __restrict__ dt, const float* __restrict__ dt_bias,
-                                     const float* __restrict__ A, DeltaOpt o, float* __restrict__ delta,
-                                     double* __restrict__ S) {
-  const int64_t id = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+__global__ void __launch_bounds__(kScalarWarps * 32)
+    chunk_scalars_kernel(Dims d, const T* __restrict__ dt, const float* __restrict__ dt_bias,
+                         const float* __restrict__ A, DeltaOpt o, float* __restrict__ delta, double* __restrict__ S) {
+  const int64_t id = blockIdx.x * int64_t(kScalarWarps) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
   if (id >= d.b * d.nc * d.h) return;
   const int64_t j = id % d.h, c = (id / d.h) % d.nc, bi = id / (d.h * d.nc);
-  const int64_t t0 = c * d.Q, t1 = t0 + d.Q < d.l ? t0 + d.Q : d.l;
+  const int64_t t0 = c * d.Q;
+  const int L = int(t0 + d.Q < d.l ? d.Q : d.l - t0), R = (L + 31) / 32;
   const double a = A[j], bias = dt_bias ? double(dt_bias[j]) : 0.0;
-  double sum = 0;
-  for (int64_t t = t0; t < t1; ++t) {
-    const double v = double(to_f32(dt[d.dto(bi, t, j)])) + bias;
-    const double dl = delta_of(v, o).value;
-    sum += dl * a;
-    delta[d.so(bi, j, t)] = float(dl);
-    S[d.so(bi, j, t)] = sum;
+  constexpr int kMaxR = (kSsdMaxChunk + 31) / 32;
+  double dl[kMaxR], own = 0;
+#pragma unroll
+  for (int k = 0; k < kMaxR; ++k) {
+    const int t = lane * R + k;
+    dl[k] = 0;
+    if (k < R && t < L) {
+      dl[k] = delta_of(double(to_f32(dt[d.dto(bi, t0 + t, j)])) + bias, o).value;
+      own += dl[k] * a;
+    }
+  }
+  double before = own;  // becomes the sum over lanes ≤ this one
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const double v = __shfl_up_sync(0xffffffffu, before, off);
+    if (lane >= off) before += v;
+  }
+  const double prev = __shfl_up_sync(0xffffffffu, before, 1);
+  double sum = lane > 0 ? prev : 0.0;
+#pragma unroll
+  for (int k = 0; k < kMaxR; ++k) {
+    const int t = lane * R + k;
+    if (k < R && t < L) {
+      sum += dl[k] * a;
+      delta[d.so(bi, j, t0 + t)] = float(dl[k]);
+      S[d.so(bi, j, t0 + t)] = sum;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- K = C·Bᵀ per group
+template <class T, int kQ>
+struct CbLayout {
+  static constexpr int kWarps = kQ / 16, kThreads = 32 * kWarps, kNK = 64;
+  static constexpr int kTri = (kWarps * (kWarps + 1) / 2 + kWarps - 1) / kWarps;  // tiles per warp
+  static constexpr int ld = pitch<T>(kNK);
+  static constexpr size_t c = 0, b = align128(size_t(kQ) * ld * sizeof(T));
+  static constexpr size_t bytes = b + align128(size_t(kQ) * ld * sizeof(T));
+};
+
+// One block per (row, chunk, group); the causal tiles go straight from the
+// accumulators to global memory.
+template <class T, int kQ>
+__global__ void __launch_bounds__(CbLayout<T, kQ>::kThreads)
+    chunk_cb_kernel(Dims d, const T* __restrict__ Cm, const T* __restrict__ Bm, float* __restrict__ K) {
+  using Lay = CbLayout<T, kQ>;
+  constexpr int kWarps = Lay::kWarps, kNK = Lay::kNK;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const Smem<T> cs{reinterpret_cast<T*>(smem + Lay::c), Lay::ld, 0};
+  const Smem<T> bs{reinterpret_cast<T*>(smem + Lay::b), Lay::ld, 0};
+  const int warp = threadIdx.x >> 5;
+  int64_t id = blockIdx.x;
+  const int64_t gi = id % d.g;
+  id /= d.g;
+  const int64_t c = id % d.nc, bi = id / d.nc, t0 = c * d.Q;
+  const int L = int(d.l - t0 < d.Q ? d.l - t0 : d.Q), Lt = (L + 15) / 16, Lp = 16 * Lt, ntri = Lt * (Lt + 1) / 2;
+  Acc<T> acc[Lay::kTri];
+#pragma unroll
+  for (int q = 0; q < Lay::kTri; ++q) acc[q].zero();
+  for (int64_t n0 = 0; n0 < d.n; n0 += kNK) {
+    const int nk = int(d.n - n0 < kNK ? d.n - n0 : kNK), nks = (nk + 15) / 16, nkp = 16 * nks;
+    __syncthreads();  // the previous chunk of n is no longer read
+    const int64_t bc0 = d.bco(bi, t0, gi) + n0;
+    stage_exact(cs, Cm + bc0, d.g * d.n, Lp, nkp, L, nk);
+    stage_exact(bs, Bm + bc0, d.g * d.n, Lp, nkp, L, nk);
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < Lay::kTri; ++q) {
+      const int qq = warp + q * kWarps;
+      if (qq >= ntri) continue;
+      int tt, ss;
+      tri_tile(qq, &tt, &ss);
+      for (int ks = 0; ks < nks; ++ks) mma_tile<Row, Col, 1, 1>(acc[q], cs, 16 * tt, 16 * ks, bs, 16 * ks, 16 * ss);
+    }
+  }
+  float* Kc = K + d.ko(bi, c, gi);
+#pragma unroll
+  for (int q = 0; q < Lay::kTri; ++q) {
+    const int qq = warp + q * kWarps;
+    if (qq >= ntri) continue;
+    int tt, ss;
+    tri_tile(qq, &tt, &ss);
+    acc[q].store(Kc + 16 * tt * kQ + 16 * ss, kQ);
   }
 }
 
@@ -53,7 +134,7 @@ struct StateLayout {
 };
 
 template <class T, int kQ, bool kReverse>
-__global__ void __launch_bounds__(kStateWarps * 32)
+__global__ void __launch_bounds__(kStateWarps * 32, 2)
     state_pass_kernel(Dims d, const T* __restrict__ X, const T* __restrict__ Bm, const double* __restrict__ S,
                       const float* __restrict__ delta, const int32_t* __restrict__ seq, const float* __restrict__ init,
                       float* __restrict__ states, float* __restrict__ last) {
@@ -93,46 +174,66 @@ __global__ void __launch_bounds__(kStateWarps * 32)
     }
   };
 
+  // What one chunk step reads, loaded a step ahead: X and B, and this thread's
+  // token (S, Δ, document id; one token a thread, kQ ≤ kThreads).
+  static_assert(kQ <= kThreads, "state pass: one token a thread");
+  RegBlock<T, kQ, kStateP, kThreads> xr;
+  RegBlock<T, kQ, kStateN, kThreads> br;
+  struct Ahead {
+    Chunk ch;
+    double St;
+    float dl;
+    int doc;
+  } ah;
+  auto load_step = [&](int64_t step) {
+    const int64_t c = kReverse ? d.nc - 1 - step : step;
+    ah.ch = make_chunk(d, S, seq, bi, j, c);
+    const int t = tid < ah.ch.L ? tid : 0;
+    const int64_t tok = ah.ch.t0 + t;
+    ah.St = S[d.so(bi, j, tok)];
+    ah.dl = delta[d.so(bi, j, tok)];
+    ah.doc = doc_at(seq, d, bi, tok);
+    xr.load(X + d.xo(bi, ah.ch.t0, j) + i0, d.h * d.p, ah.ch.L, valid_p);
+    br.load(Bm + d.bco(bi, ah.ch.t0, gi) + k0, d.g * d.n, ah.ch.L, valid_n);
+  };
+
   Acc<T> acc[kStateCols];
+  if (d.nc > 0) load_step(0);
   stage_in(init ? init + d.sto(bi, j) : nullptr);
   __syncthreads();
 #pragma unroll
   for (int ct = 0; ct < kStateCols; ++ct) acc[ct].load(stage + 16 * warp * Lay::ldS + 16 * ct, Lay::ldS);
 
   for (int64_t step = 0; step < d.nc; ++step) {
-    const int64_t c = kReverse ? d.nc - 1 - step : step;
-    const Chunk ch = make_chunk(d, S, seq, bi, j, c);
+    const Chunk ch = ah.ch;
+    const int64_t c = ch.c;
     __syncthreads();  // the previous step's products have read xs, bs and stage
 #pragma unroll
     for (int ct = 0; ct < kStateCols; ++ct) acc[ct].store(stage + 16 * warp * Lay::ldS + 16 * ct, Lay::ldS);
     // Row scale of X: f⊙Δ forward, e backward.
-    for (int t = tid; t < ch.L; t += kThreads) {
-      const int64_t tok = ch.t0 + t;
-      const int doc = doc_at(seq, d, bi, tok);
-      const double St = S[d.so(bi, j, tok)];
-      double v;
-      if (kReverse) v = doc == ch.doc_in ? exp(St) : 0.0;
-      else v = doc == ch.doc_last ? exp(ch.S_last - St) * double(delta[d.so(bi, j, tok)]) : 0.0;
-      scale[t] = float(v);
+    if (tid < kQ) {
+      double v = 0.0;
+      if (tid < ch.L) {
+        if (kReverse) v = ah.doc == ch.doc_in ? exp(ah.St) : 0.0;
+        else v = ah.doc == ch.doc_last ? exp(ch.S_last - ah.St) * double(ah.dl) : 0.0;
+      }
+      scale[tid] = float(v);
     }
     __syncthreads();
     stage_out(states + d.co(bi, j, c));
-    const int Lp = ch.Lt * 16;
-    read_block(X + d.xo(bi, ch.t0, j) + i0, d.h * d.p, Lp, kStateP, ch.L, valid_p,
-               [&](int t, int r, const Pack<T>& v) {
-                 const float sc = t < ch.L ? scale[t] : 0.f;
+    xr.put([&](int t, int r, const Pack<T>& v) {
+      float f[Pack<T>::N];
 #pragma unroll
-                 for (int k = 0; k < Pack<T>::N; ++k) put_split<3>(xs, t * Lay::ldX + r + k, to_f32(v.v[k]) * sc);
-               });
-    stage_exact(bs, Bm + d.bco(bi, ch.t0, gi) + k0, d.g * d.n, Lp, kStateN, ch.L, valid_n);
+      for (int k = 0; k < Pack<T>::N; ++k) f[k] = to_f32(v.v[k]) * scale[t];
+      put_split_vec<3>(xs, t * Lay::ldX + r, f);
+    });
+    br.put([&](int t, int r, const Pack<T>& v) { *reinterpret_cast<Pack<T>*>(bs.p + t * bs.ld + r) = v; });
+    if (step + 1 < d.nc) load_step(step + 1);  // lands while the products below run
     __syncthreads();
     const float E = ch.doc_last == ch.doc_in ? float(exp(ch.S_last)) : 0.f;
 #pragma unroll
     for (int ct = 0; ct < kStateCols; ++ct) acc[ct].scale(E);
-    for (int ks = 0; ks < ch.Lt; ++ks)
-#pragma unroll
-      for (int ct = 0; ct < kStateCols; ++ct)
-        mma_tile<Col, Row, 3, 1>(acc[ct], xs, 16 * warp, 16 * ks, bs, 16 * ks, 16 * ct);
+    for (int ks = 0; ks < ch.Lt; ++ks) mma_strip<Col, Row, 3>(acc, xs, 16 * warp, 16 * ks, bs, 16 * ks, 0);
   }
   if (!last) return;
   __syncthreads();
@@ -147,10 +248,21 @@ __global__ void __launch_bounds__(kStateWarps * 32)
 template <class T>
 void launch_chunk_scalars(const Dims& d, const T* dt, const float* dt_bias, const float* A, const DeltaOpt& o,
                           float* delta, double* S, cudaStream_t s) {
-  const int64_t n = d.b * d.nc * d.h;
-  if (n == 0) return;
-  chunk_scalars_kernel<T><<<grid_for(n, 128), 128, 0, s>>>(d, dt, dt_bias, A, o, delta, S);
+  const int64_t warps = d.b * d.nc * d.h;
+  if (warps == 0) return;
+  chunk_scalars_kernel<T><<<grid_for(warps, kScalarWarps), kScalarWarps * 32, 0, s>>>(d, dt, dt_bias, A, o, delta, S);
   MT_CUDA_LAUNCH_CHECK();
+}
+
+template <class T>
+void launch_chunk_cb(const Dims& d, const T* C, const T* B, float* K, cudaStream_t s) {
+  const int64_t blocks = d.b * d.nc * d.g;
+  if (blocks == 0) return;
+  with_chunk_tiles(d.Q, [&](auto kq) {
+    constexpr int kQ = decltype(kq)::value;
+    using Lay = CbLayout<T, kQ>;
+    launch_big(chunk_cb_kernel<T, kQ>, unsigned(blocks), Lay::kThreads, Lay::bytes, s, d, C, B, K);
+  });
 }
 
 template <class T>
@@ -170,6 +282,8 @@ template void launch_chunk_scalars<float>(const Dims&, const float*, const float
                                           float*, double*, cudaStream_t);
 template void launch_chunk_scalars<bf16>(const Dims&, const bf16*, const float*, const float*, const DeltaOpt&,
                                          float*, double*, cudaStream_t);
+template void launch_chunk_cb<float>(const Dims&, const float*, const float*, float*, cudaStream_t);
+template void launch_chunk_cb<bf16>(const Dims&, const bf16*, const bf16*, float*, cudaStream_t);
 template void launch_state_pass<float>(const Dims&, bool, const float*, const float*, const float*, const double*,
                                        const int32_t*, const float*, float*, float*, cudaStream_t);
 template void launch_state_pass<bf16>(const Dims&, bool, const bf16*, const bf16*, const float*, const double*,

@@ -5,8 +5,12 @@
 // exact; one that is an f32 intermediate (a masked decay matrix, a state, a scaled
 // input) is held as a sum of bf16 parts, each the rounding of what the previous
 // ones leave, and its products take one MMA per part. Two parts keep about 16
-// bits (enough where the result is rounded to bf16), three about 24 (where it feeds
-// an f32 output), rather than the 8 of a bf16 operand. f32 activations run the same
+// bits, three about 24 (where it feeds an f32 output), one the 8 of a bf16 operand.
+// The part counts are chosen per product against DESIGN.md's rule: one part for the
+// states in terms that feed only bf16 outputs (C·H_inᵀ in y, the state terms of dB
+// and dC: their rounding stays below the output's own), two for the masked decay
+// matrices (one part measured at up to 0.8 of the rule's bound in y), three where an
+// f32 output depends on the product (final_state, dA, dD, ddt_bias). f32 activations run the same
 // tiles on the FMA units (lane l holds rows 2⌊l/4⌋ + {0, 1}, columns
 // 4(l mod 4) + {0..3}).
 // Accumulator layouts are opaque: elementwise work goes through shared memory
@@ -138,38 +142,87 @@ __device__ __forceinline__ void mma16(Acc<float>& acc, const float* a, int lda, 
 
 // acc += A[ar.., ak..]·B[ak.., bc..] (16×16 logical tiles), NA / NB the parts of
 // each operand in the bf16 form (1: exact); the f32 form has one part. Only one of
-// the two may be split.
+// the two may be split; the exact operand's fragment is loaded once for all parts.
 template <class LA, class LB, int NA, int NB, class E>
 __device__ __forceinline__ void mma_tile(Acc<E>& acc, const Smem<E>& A, int ar, int ak, const Smem<E>& B, int bk,
                                          int bc) {
   static_assert(NA == 1 || NB == 1, "one split operand per product");
   const int oa = LA::at(ar, ak, A.ld), ob = LB::at(bk, bc, B.ld);
-  mma16<LA, LB>(acc, A.p + oa, A.ld, B.p + ob, B.ld);
   if constexpr (kTensorCores<E>) {
+    namespace w = nvcuda::wmma;
+    w::fragment<w::matrix_a, 16, 16, 16, bf16, typename LA::wmma_layout> fa;
+    w::fragment<w::matrix_b, 16, 16, 16, bf16, typename LB::wmma_layout> fb;
+    w::load_matrix_sync(fa, A.p + oa, unsigned(A.ld));
+    w::load_matrix_sync(fb, B.p + ob, unsigned(B.ld));
+    w::mma_sync(acc.f, fa, fb, acc.f);
 #pragma unroll
-    for (int k = 1; k < NA; ++k) mma16<LA, LB>(acc, A.at(k) + oa, A.ld, B.p + ob, B.ld);
+    for (int k = 1; k < NA; ++k) {
+      w::load_matrix_sync(fa, A.at(k) + oa, unsigned(A.ld));
+      w::mma_sync(acc.f, fa, fb, acc.f);
+    }
 #pragma unroll
-    for (int k = 1; k < NB; ++k) mma16<LA, LB>(acc, A.p + oa, A.ld, B.at(k) + ob, B.ld);
+    for (int k = 1; k < NB; ++k) {
+      w::load_matrix_sync(fb, B.at(k) + ob, unsigned(B.ld));
+      w::mma_sync(acc.f, fa, fb, acc.f);
+    }
+  } else {
+    mma16<LA, LB>(acc, A.p + oa, A.ld, B.p + ob, B.ld);
   }
 }
 
-// Operand writes: an input element as it is; an f32 intermediate in N parts when bf16.
-template <class E>
-__device__ __forceinline__ void put(const Smem<E>& m, int off, E v) {
-  m.p[off] = v;
-}
-template <int N>
-__device__ __forceinline__ void put_split(const Smem<float>& m, int off, float v) {
-  m.p[off] = v;
-}
-template <int N>
-__device__ __forceinline__ void put_split(const Smem<bf16>& m, int off, float v) {
+// acc[c] += A[ar.., ak..]·B[bk.., bc + 16c..] for c < kC: one strip of A (NA parts)
+// against kC tiles of an exact B, A's fragments loaded once. The same sums, in the
+// same order, as kC calls of mma_tile.
+template <class LA, class LB, int NA, int kC, class E>
+__device__ __forceinline__ void mma_strip(Acc<E> (&acc)[kC], const Smem<E>& A, int ar, int ak, const Smem<E>& B,
+                                          int bk, int bc) {
+  const int oa = LA::at(ar, ak, A.ld);
+  if constexpr (kTensorCores<E>) {
+    namespace w = nvcuda::wmma;
+    w::fragment<w::matrix_a, 16, 16, 16, bf16, typename LA::wmma_layout> fa[NA];
 #pragma unroll
-  for (int k = 0; k < N; ++k) {
-    const bf16 h = __float2bfloat16_rn(v);
-    m.at(k)[off] = h;
-    v -= __bfloat162float(h);  // exact: h holds v's leading bits
+    for (int k = 0; k < NA; ++k) w::load_matrix_sync(fa[k], A.at(k) + oa, unsigned(A.ld));
+#pragma unroll
+    for (int c = 0; c < kC; ++c) {
+      w::fragment<w::matrix_b, 16, 16, 16, bf16, typename LB::wmma_layout> fb;
+      w::load_matrix_sync(fb, B.p + LB::at(bk, bc + 16 * c, B.ld), unsigned(B.ld));
+#pragma unroll
+      for (int k = 0; k < NA; ++k) w::mma_sync(acc[c].f, fa[k], fb, acc[c].f);
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < kC; ++c) mma16<LA, LB>(acc[c], A.p + oa, A.ld, B.p + LB::at(bk, bc + 16 * c, B.ld), B.ld);
   }
+}
+
+// V consecutive f32 values into an operand in N parts with one vector store per part
+// (m.p + off aligned to V elements of the operand).
+template <int N, int V>
+__device__ __forceinline__ void put_split_vec(const Smem<float>& m, int off, const float (&v)[V]) {
+  struct alignas(4 * V) Vec {
+    float e[V];
+  } w;
+#pragma unroll
+  for (int k = 0; k < V; ++k) w.e[k] = v[k];
+  *reinterpret_cast<Vec*>(m.p + off) = w;
+}
+template <int N, int V>
+__device__ __forceinline__ void put_split_vec(const Smem<bf16>& m, int off, const float (&v)[V]) {
+  struct alignas(2 * V) Vec {
+    bf16 e[V];
+  } w[N];
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    float r = v[k];
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const bf16 h = __float2bfloat16_rn(r);
+      w[i].e[k] = h;
+      r -= __bfloat162float(h);  // exact: h holds r's leading bits
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) *reinterpret_cast<Vec*>(m.at(i) + off) = w[i];
 }
 
 // Bytes of an operand of `rows` × pitch ld with N parts (N = 1 for f32), and the part stride.
