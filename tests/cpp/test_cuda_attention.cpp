@@ -3,6 +3,8 @@
 // on the same (bf16- or f32-rounded) inputs, and the CPU's own error is the CPU op
 // in f32 rounded to the output dtype. Outputs are poisoned first; two CUDA runs must
 // agree bit for bit. Skipped without a GPU.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
@@ -129,6 +131,58 @@ TEST(CudaAttention, BackwardMatchesCpuWithinRule) {
         check_cuda(dv, dv32, dv64, what + " dv");
         EXPECT_TRUE(same_bits(dq, dq2) && same_bits(dk, dk2) && same_bits(dv, dv2)) << what << ": two runs differ";
       }
+    }
+  }
+}
+
+// The tensor-core path (bf16, p 64 and 128): forward and backward against the CPU
+// within the rule, GQA ratios 1, 4 and 8, documents, lengths that are not multiples
+// of the 64- and 128-row tiles, poisoned outputs, two runs bit-identical.
+TEST(CudaAttention, TensorCorePathMatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  const DType dt = DType::bf16;
+  const Config configs[] = {{1, 1, 2, 1, 64},     {2, 77, 4, 1, 64},   {1, 300, 8, 1, 128}, {2, 77, 4, 4, 128},
+                            {1, 300, 8, 2, 64},   {1, 300, 16, 2, 128}, {2, 129, 8, 1, 64}, {1, 1, 4, 4, 128},
+                            {1, 520, 4, 1, 128},  {2, 256, 4, 4, 64}};
+  for (const Config& c : configs) {
+    for (bool docs : {false, true}) {
+      const std::string what = label("tensor-core attention", dt, c, docs);
+      AttnInputs in = attn_inputs(c, dt, docs);
+      const Shape qs{c.b, c.l, c.hq, c.p}, ks{c.b, c.l, c.hkv, c.p}, ls{c.b, c.hq, c.l};
+      Tensor ref = empty(qs, DType::f64), lse64 = empty(ls, DType::f64);
+      Tensor o32 = empty(qs, DType::f32), lse32 = empty(ls, DType::f32);
+      mt::attention_forward(in.q.f64, in.k.f64, in.v.f64, ref, lse64, in.seq);
+      mt::attention_forward(in.q.f32, in.k.f32, in.v.f32, o32, lse32, in.seq);
+      Tensor out = poisoned(qs, dt, kGpu), lse = poisoned(ls, DType::f32, kGpu);
+      Tensor out2 = poisoned(qs, dt, kGpu), lse2 = poisoned(ls, DType::f32, kGpu);
+      mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out, lse, in.seq_dev);
+      mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out2, lse2, in.seq_dev);
+      check_cuda(out, o32, ref, what + " out");
+      check_cuda(lse, lse32, lse64, what + " lse");
+      EXPECT_TRUE(same_bits(out, out2) && same_bits(lse, lse2)) << what << ": two forward runs differ";
+
+      // The backward from the CPU's f32 forward on every side.
+      Input o = mt::testing::input_from(o32, dt), dout = input(qs, dt);
+      Tensor dq64 = empty(qs, DType::f64), dk64 = empty(ks, DType::f64), dv64 = empty(ks, DType::f64);
+      Tensor dq32 = empty(qs, DType::f32), dk32 = empty(ks, DType::f32), dv32 = empty(ks, DType::f32);
+      mt::attention_backward(dout.f64, in.q.f64, in.k.f64, in.v.f64, o.f64, lse32.to(DType::f64), dq64, dk64,
+                             dv64, in.seq);
+      mt::attention_backward(dout.f32, in.q.f32, in.k.f32, in.v.f32, o.f32, lse32, dq32, dk32, dv32, in.seq);
+      Tensor lse_dev = lse32.to(kGpu);
+      Tensor dq = poisoned(qs, dt, kGpu), dk = poisoned(ks, dt, kGpu), dv = poisoned(ks, dt, kGpu);
+      Tensor dq2 = poisoned(qs, dt, kGpu), dk2 = poisoned(ks, dt, kGpu), dv2 = poisoned(ks, dt, kGpu);
+      mt::attention_backward(dout.dev, in.q.dev, in.k.dev, in.v.dev, o.dev, lse_dev, dq, dk, dv, in.seq_dev);
+      mt::attention_backward(dout.dev, in.q.dev, in.k.dev, in.v.dev, o.dev, lse_dev, dq2, dk2, dv2, in.seq_dev);
+      // With one token, dS = P·(dout·v − D) cancels exactly and dq = dk = 0: the
+      // floor is the size of the cancelling terms times k (or q) and the scale.
+      using mt::testing::attn::max_abs;
+      const double floor = c.l > 1 ? 0.0
+                                   : max_abs(dout.f64) * max_abs(in.v.f64) * c.p *
+                                         std::max(max_abs(in.k.f64), max_abs(in.q.f64)) / std::sqrt(double(c.p));
+      check_cuda(dq, dq32, dq64, what + " dq", floor);
+      check_cuda(dk, dk32, dk64, what + " dk", floor);
+      check_cuda(dv, dv32, dv64, what + " dv");
+      EXPECT_TRUE(same_bits(dq, dq2) && same_bits(dk, dk2) && same_bits(dv, dv2)) << what << ": two runs differ";
     }
   }
 }

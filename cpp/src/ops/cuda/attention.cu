@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "attention.h"
+#include "attention_mma.cuh"
 #include "attention_tile.cuh"
 
 namespace mambatron::cuda {
@@ -139,6 +140,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor
             q.size(1), int(q.size(2)), int(k.size(2)), int(q.size(3)), float(scale)};
   const int64_t b = q.size(0);
   if (b == 0 || a.l == 0 || a.hq == 0) return;
+  if (attention_mma_supported(q, {&q, &k, &v, &out})) return attention_forward_mma(q, k, v, out, lse, seq_idx, scale);
   visit_bf16_f32(q.dtype(), "attention_forward", "q", [&](auto tag) {
     using T = typename decltype(tag)::type;
     with_slice_width(a.p, [&](auto po) { launch_forward<T, decltype(po)::value>(a, b, dev); });

@@ -9,6 +9,7 @@
 // P and dS are recomputed in both passes (from lse, as the CPU op does); tiles of
 // disjoint documents are skipped. Every sum runs in a fixed order.
 #include "attention.h"
+#include "attention_mma.cuh"
 #include "attention_tile.cuh"
 
 namespace mambatron::cuda {
@@ -265,6 +266,8 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
         static_cast<const T*>(dout.data_ptr()), static_cast<const T*>(out.data_ptr()),
         static_cast<float*>(D.data_ptr()), rows, l, int(hq), int(p));
     MT_CUDA_LAUNCH_CHECK();
+    if (attention_mma_supported(q, {&dout, &q, &k, &v, &dq, &dk, &dv}))
+      return attention_backward_mma(dout, q, k, v, a.lse, a.D, dq, dk, dv, seq_idx, scale);
     with_slice_width(p, [&](auto po) { launch_backward<T, decltype(po)::value>(a, b, dev); });
   });
 }

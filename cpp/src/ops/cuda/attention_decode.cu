@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "attention.h"
+#include "attention_mma.cuh"
 #include "dense.cuh"
 
 namespace mambatron::cuda {
@@ -170,6 +171,132 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(DecodeArgs a) {
   }
 }
 
+// The bf16 path for head dim 64 or 128: one block per (batch, kv head, group of up
+// to 8 query heads, 128 keys). The block's keys and values (up to 64 KiB) are all
+// requested at once with 16-byte cp.async, so many bytes are in flight per SM;
+// then thread r scores key r against the block's query heads, one warp per head
+// takes the softmax, and thread d sums its output column over the keys in order.
+// Writes the same partials as decode_split_kernel (one split = 128 keys).
+constexpr int kFastKeys = 128;
+
+template <int P>
+constexpr size_t fast_smem_bytes() {
+  return size_t(2 * kFastKeys * P) * 2 + size_t(kMaxHeads) * (P + kFastKeys + 2) * 4;
+}
+
+template <int P>
+__global__ void __launch_bounds__(kFastKeys) decode_fast_kernel(DecodeArgs a) {
+  using namespace attn_mma;
+  using bf16 = __nv_bfloat16;
+  extern __shared__ uint4 smem_raw[];
+  bf16* k_s = reinterpret_cast<bf16*>(smem_raw);     // [kFastKeys][P], swizzled
+  bf16* v_s = k_s + kFastKeys * P;                    // [kFastKeys][P], plain rows
+  float* q_s = reinterpret_cast<float*>(v_s + kFastKeys * P);  // [kMaxHeads][P]
+  float* w_s = q_s + kMaxHeads * P;                   // [kMaxHeads][kFastKeys]: scores, then weights
+  float* m_s = w_s + kMaxHeads * kFastKeys;
+  float* l_s = m_s + kMaxHeads;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t bx = blockIdx.x, bkv = bx / a.head_groups, bi = bkv / a.hkv;
+  const int hg = int(bx % a.head_groups), kvh = int(bkv % a.hkv), group = a.hq / a.hkv;
+  const int h0 = kvh * group + hg * a.heads, nh = min(a.heads, group - hg * a.heads);
+  const int64_t n = valid_len(a.lens, bi, a.max_len), j0 = int64_t(blockIdx.y) * kFastKeys;
+  if (j0 >= n) return;  // the combine does not read this split
+  const int cn = int(min(int64_t(kFastKeys), n - j0));
+  const int64_t row = int64_t(a.hkv) * P;
+  const bf16* kb = static_cast<const bf16*>(a.kc) + (bi * a.max_len + j0) * row + int64_t(kvh) * P;
+  const bf16* vb = static_cast<const bf16*>(a.vc) + (bi * a.max_len + j0) * row + int64_t(kvh) * P;
+  constexpr int C = P / 8;
+#pragma unroll 4
+  for (int e = tid; e < kFastKeys * C; e += kFastKeys) {
+    const int r = e / C, c = e % C;
+    const bool ok = r < cn;
+    cp_async16(k_s + swz<P>(r, c), kb + (ok ? r : 0) * row + c * 8, ok);
+    cp_async16(v_s + r * P + c * 8, vb + (ok ? r : 0) * row + c * 8, ok);
+  }
+  cp_commit();
+  const bf16* q = static_cast<const bf16*>(a.q) + (bi * a.hq + h0) * P;
+  for (int e = tid; e < nh * P; e += kFastKeys) q_s[e] = __bfloat162float(q[e]);
+  cp_wait_all();
+  __syncthreads();
+
+  {  // scores: thread tid takes key tid
+    float acc[kMaxHeads];
+#pragma unroll
+    for (int h = 0; h < kMaxHeads; ++h) acc[h] = 0.f;
+#pragma unroll 4
+    for (int c = 0; c < C; ++c) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(k_s + swz<P>(tid, c));
+      const __nv_bfloat162* kp = reinterpret_cast<const __nv_bfloat162*>(&raw);
+      float kv[8];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float2 f = __bfloat1622float2(kp[e]);
+        kv[2 * e] = f.x, kv[2 * e + 1] = f.y;
+      }
+#pragma unroll
+      for (int h = 0; h < kMaxHeads; ++h)
+        if (h < nh)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[h] = fmaf(q_s[h * P + c * 8 + e], kv[e], acc[h]);
+    }
+#pragma unroll
+    for (int h = 0; h < kMaxHeads; ++h)
+      if (h < nh) w_s[h * kFastKeys + tid] = tid < cn ? acc[h] * a.scale : -INFINITY;
+  }
+  __syncthreads();
+  for (int h = warp; h < nh; h += kFastKeys / 32) {  // one warp per head
+    float x[kFastKeys / 32], mx = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < kFastKeys / 32; ++u) x[u] = w_s[h * kFastKeys + lane + 32 * u], mx = fmaxf(mx, x[u]);
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float sum = 0.f;
+#pragma unroll
+    for (int u = 0; u < kFastKeys / 32; ++u) {
+      const float w = expf(x[u] - mx);  // finite mx: key j0 is valid
+      w_s[h * kFastKeys + lane + 32 * u] = w;
+      sum += w;
+    }
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0) m_s[h] = mx, l_s[h] = sum;
+  }
+  __syncthreads();
+  // o[h][d] = Σ_k w[h][k]·v[k][d], keys in order; KS threads share a column
+  // (P = 64: keys split in two halves, added in order after).
+  constexpr int KS = kFastKeys / P;
+  const int d = tid % P, part = tid / P, k_end = min(cn, (part + 1) * (kFastKeys / KS));
+  float acc[kMaxHeads];
+#pragma unroll
+  for (int h = 0; h < kMaxHeads; ++h) acc[h] = 0.f;
+#pragma unroll 4
+  for (int kk = part * (kFastKeys / KS); kk < k_end; ++kk) {
+    const float x = __bfloat162float(v_s[kk * P + d]);
+#pragma unroll
+    for (int h = 0; h < kMaxHeads; ++h)
+      if (h < nh) acc[h] = fmaf(w_s[h * kFastKeys + kk], x, acc[h]);
+  }
+  const int64_t slot = (bi * a.hq + h0) * a.splits + blockIdx.y;  // of head h0; head h adds h·splits
+  if constexpr (KS == 2) {
+    __syncthreads();  // w_s is read no more: it takes the second half's sums
+    if (part == 1)
+#pragma unroll
+      for (int h = 0; h < kMaxHeads; ++h)
+        if (h < nh) w_s[h * kFastKeys + d] = acc[h];
+    __syncthreads();
+    if (part == 1) return;
+#pragma unroll
+    for (int h = 0; h < kMaxHeads; ++h)
+      if (h < nh) acc[h] += w_s[h * kFastKeys + d];
+  }
+#pragma unroll
+  for (int h = 0; h < kMaxHeads; ++h)
+    if (h < nh) a.po[(slot + int64_t(h) * a.splits) * P + d] = acc[h];
+  if (tid < nh) {
+    a.pm[slot + int64_t(tid) * a.splits] = m_s[tid];
+    a.pl[slot + int64_t(tid) * a.splits] = l_s[tid];
+  }
+}
+
 // One block per (batch, query head): the splits that hold keys, in order.
 template <class T>
 __global__ void decode_combine_kernel(DecodeArgs a, T* __restrict__ out) {
@@ -244,6 +371,11 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
   const int64_t chunks = std::max<int64_t>(1, (max_len + kChunk - 1) / kChunk);
   const int64_t want = std::max<int64_t>(1, (16 * int64_t(multiprocessors(dev)) + units - 1) / units);
   int64_t per_split = std::max<int64_t>((chunks + want - 1) / want, (chunks + 65534) / 65535);
+  // The bf16 path of p 64 or 128 takes one 128-key split per block.
+  const bool fast = q.dtype() == DType::bf16 && (p == 64 || p == 128) && chunks <= 65535 &&
+                    aligned16({k_cache.data_ptr(), v_cache.data_ptr()});
+  static_assert(kFastKeys == kChunk, "a fast split is one chunk");
+  if (fast) per_split = 1;
   const int64_t splits = (chunks + per_split - 1) / per_split;
   Tensor partial = Tensor::empty({b * hq * splits * (p + 2)}, DType::f32, q.device());
   float* pp = static_cast<float*>(partial.data_ptr());
@@ -257,7 +389,14 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
     constexpr int V = 16 / sizeof(T);
     const bool vec = p % V == 0 && aligned16({k_cache.data_ptr(), v_cache.data_ptr()});
     const dim3 grid{unsigned(units), unsigned(splits)};
-    if (vec) {
+    if (fast) {  // bf16 only
+      const void* kernel = p == 64 ? reinterpret_cast<const void*>(&decode_fast_kernel<64>)
+                                   : reinterpret_cast<const void*>(&decode_fast_kernel<128>);
+      const int fsmem = int(p == 64 ? fast_smem_bytes<64>() : fast_smem_bytes<128>());
+      MT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, fsmem));
+      if (p == 64) decode_fast_kernel<64><<<grid, kFastKeys, fsmem, s>>>(a);
+      else decode_fast_kernel<128><<<grid, kFastKeys, fsmem, s>>>(a);
+    } else if (vec) {
       if (smem > size_t(kSmemDefault))
         MT_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&decode_split_kernel<T, V>),
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
