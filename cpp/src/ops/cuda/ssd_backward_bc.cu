@@ -83,34 +83,58 @@ __global__ void __launch_bounds__(BcLayout<T, kQ>::kThreads)
     __syncwarp();
   };
 
+  // Document ids do not depend on the head. A head's token scalars (one token a
+  // thread) are loaded one head ahead; its operand blocks in two batches, each with
+  // all its loads in flight at once.
+  static_assert(kQ <= kThreads, "ssd dB/dC kernel: one token a thread");
+  for (int t = tid; t < kQ; t += kThreads) docs[t] = t < L ? doc_at(a.seq, d, bi, t0 + t) : 0;
+  const int doc_in = doc_at(a.seq, d, bi, t0 > 0 ? t0 - 1 : 0), doc_last = doc_at(a.seq, d, bi, t0 + L - 1);
+  const int64_t tok = t0 + (tid < L ? tid : 0);
+  double St_next = 0, Slast_next = 0;
+  float dl_next = 0.f;
+  auto load_head = [&](int64_t j) {
+    St_next = a.S[d.so(bi, j, tok)];
+    dl_next = a.delta[d.so(bi, j, tok)];
+    Slast_next = a.S[d.so(bi, j, t0 + L - 1)];
+  };
+  load_head(gi * heads);
+
   for (int64_t hh = 0; hh < heads; ++hh) {
     const int64_t j = gi * heads + hh;
-    const Chunk ch = make_chunk(d, a.S, a.seq, bi, j, c);
+    const double St = St_next, S_last = Slast_next;
+    const float dl = dl_next;
+    if (hh + 1 < heads) load_head(j + 1);
     __syncthreads();  // the previous head is done with the scalars
-    for (int t = tid; t < kQ; t += kThreads) {
-      Ss[t] = 0, dls[t] = es[t] = fds[t] = 0.f, docs[t] = 0;
+    if (tid < kQ) {
+      const int t = tid;
+      Ss[t] = 0, dls[t] = es[t] = fds[t] = 0.f;
       if (t < L) {
-        const int64_t tok = t0 + t;
-        Ss[t] = a.S[d.so(bi, j, tok)];
-        dls[t] = a.delta[d.so(bi, j, tok)];
-        docs[t] = doc_at(a.seq, d, bi, tok);
-        es[t] = docs[t] == ch.doc_in ? float(exp(Ss[t])) : 0.f;
-        fds[t] = docs[t] == ch.doc_last ? float(exp(ch.S_last - Ss[t]) * double(dls[t])) : 0.f;
+        Ss[t] = St;
+        dls[t] = dl;
+        es[t] = docs[t] == doc_in ? float(exp(St)) : 0.f;
+        fds[t] = docs[t] == doc_last ? float(exp(S_last - St) * double(dl)) : 0.f;
       }
     }
-    __syncthreads();
-    const float* Hin = a.hin + d.co(bi, j, c);
-    const float* Hout = a.dhout + d.co(bi, j, c);
     Acc<T> accP[Lay::kTri];
 #pragma unroll
     for (int q = 0; q < Lay::kTri; ++q) accP[q].zero();
     for (int64_t p0 = 0; p0 < d.p; p0 += kPK) {
-      const int pk = int(d.p - p0 < kPK ? d.p - p0 : kPK), pks = (pk + 15) / 16, pkp = 16 * pks;
-      __syncthreads();  // the previous chunk of p is no longer read
-      stage_exact(dys, a.dy + d.xo(bi, t0, j) + p0, d.h * d.p, Lp, pkp, L, pk);
-      stage_exact(xs, a.x + d.xo(bi, t0, j) + p0, d.h * d.p, Lp, pkp, L, pk);
-      stage_split<1>(hs, Hin + p0 * d.n + k0, d.n, pkp, kN, pk, valid_n);
-      stage_split<1>(dhs, Hout + p0 * d.n + k0, d.n, pkp, kN, pk, valid_n);
+      const int pk = int(d.p - p0 < kPK ? d.p - p0 : kPK), pks = (pk + 15) / 16;
+      __syncthreads();  // the previous chunk of p is no longer read; the scalars are written
+      {
+        RegBlock<T, kQ, kPK, kThreads> dyr, xr;
+        dyr.load(a.dy + d.xo(bi, t0, j) + p0, d.h * d.p, L, pk);
+        xr.load(a.x + d.xo(bi, t0, j) + p0, d.h * d.p, L, pk);
+        dyr.put_exact(dys);
+        xr.put_exact(xs);
+      }
+      {
+        RegBlock<float, kPK, kN, kThreads> hr, dhr;
+        hr.load(a.hin + d.co(bi, j, c) + p0 * d.n + k0, d.n, pk, valid_n);
+        dhr.load(a.dhout + d.co(bi, j, c) + p0 * d.n + k0, d.n, pk, valid_n);
+        hr.put([&](int r, int cc, const Pack<float>& v) { put_split_vec<1>(hs, r * hs.ld + cc, v.v); });
+        dhr.put([&](int r, int cc, const Pack<float>& v) { put_split_vec<1>(dhs, r * dhs.ld + cc, v.v); });
+      }
       __syncthreads();
 #pragma unroll
       for (int q = 0; q < Lay::kTri; ++q) {

@@ -16,37 +16,20 @@ namespace mambatron::cuda::ssd {
 
 namespace {
 
-// Blocks of Ĥ (g0) and H_in (g1) at the same place into their split operands (as
-// stage_split), returning this thread's share of ⟨Ĥ, H_in⟩ over the block in f64, so
+// Register blocks of Ĥ (b0) and H_in (b1), loaded at the same places, into their
+// split operands, returning this thread's share of ⟨Ĥ, H_in⟩ over them in f64, so
 // the last-token term needs no second read of the states.
-template <int N, class T>
-__device__ __forceinline__ double stage_state_pair(const Smem<T>& m0, const float* g0, const Smem<T>& m1,
-                                                   const float* g1, int64_t stride, int rows, int cols,
-                                                   int valid_rows, int valid_cols) {
-  constexpr int V = Pack<float>::N;
-  const int groups = cols / V, total = rows * groups;
-  const bool vec = valid_cols % V == 0 && stride % V == 0 && reinterpret_cast<uintptr_t>(g0) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(g1) % 16 == 0;
+template <int N, class T, class RB>
+__device__ __forceinline__ double put_state_pair(const Smem<T>& m0, const RB& b0, const Smem<T>& m1, const RB& b1) {
   double acc = 0;
-  for (int e = threadIdx.x; e < total; e += blockDim.x) {
-    const int r = e / groups, c = (e - r * groups) * V;
-    Pack<float> a, b;
-    if (r < valid_rows && c < valid_cols && vec) {
-      a = *reinterpret_cast<const Pack<float>*>(g0 + r * stride + c);
-      b = *reinterpret_cast<const Pack<float>*>(g1 + r * stride + c);
-    } else {
-#pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const bool in = r < valid_rows && c + k < valid_cols;
-        a.v[k] = in ? g0[r * stride + c + k] : 0.f;
-        b.v[k] = in ? g1[r * stride + c + k] : 0.f;
-      }
-    }
+  int u = 0;
+  b0.put([&](int r, int c, const Pack<float>& a) {
+    const Pack<float>& b = b1.v[u++];
     put_split_vec<N>(m0, r * m0.ld + c, a.v);
     put_split_vec<N>(m1, r * m1.ld + c, b.v);
 #pragma unroll
-    for (int k = 0; k < V; ++k) acc += double(a.v[k]) * double(b.v[k]);
-  }
+    for (int k = 0; k < Pack<float>::N; ++k) acc += double(a.v[k]) * double(b.v[k]);
+  });
   return acc;
 }
 
@@ -134,15 +117,24 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
   }
   for (int e = tid; e < kWarps * kQ; e += kThreads) colpart[e] = 0;
 
-  // Causal tiles of an L×L product over chunks of its inner dimension, into `out`.
+  // Causal tiles of an L×L product over chunks of its inner dimension, into `out`;
+  // each chunk's operands are loaded into registers one chunk ahead.
   Acc<T> acc[Lay::kTri];
   auto causal_product = [&](const T* P, const T* R, int64_t inner, int64_t row_stride, float* out) {
     for (int q = 0; q < Lay::kTri; ++q) acc[q].zero();
+    RegBlock<T, kQ, kNK, kThreads> pr, rr;
+    auto load = [&](int64_t k0) {
+      const int nk = int(inner - k0 < kNK ? inner - k0 : kNK);
+      pr.load(P + t0 * row_stride + k0, row_stride, L, nk);
+      rr.load(R + t0 * row_stride + k0, row_stride, L, nk);
+    };
+    load(0);
     for (int64_t k0 = 0; k0 < inner; k0 += kNK) {
-      const int nk = int(inner - k0 < kNK ? inner - k0 : kNK), nks = (nk + 15) / 16, nkp = 16 * nks;
+      const int nk = int(inner - k0 < kNK ? inner - k0 : kNK), nks = (nk + 15) / 16;
       __syncthreads();
-      stage_exact(A0, P + t0 * row_stride + k0, row_stride, Lp, nkp, L, nk);
-      stage_exact(A1, R + t0 * row_stride + k0, row_stride, Lp, nkp, L, nk);
+      pr.put_exact(A0);
+      rr.put_exact(A1);
+      if (k0 + kNK < inner) load(k0 + kNK);
       __syncthreads();
 #pragma unroll
       for (int q = 0; q < Lay::kTri; ++q) {
@@ -163,10 +155,20 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
       acc[q].store(out + 16 * tt * Lay::ldK + 16 * ss, Lay::ldK);
     }
   };
-  // Pm = dY·Xᵀ (rows of x, dy are h·p apart); K = C·Bᵀ comes from launch_chunk_cb.
+  // K = C·Bᵀ (launch_chunk_cb) copies in while Pm = dY·Xᵀ forms (rows of x, dy are h·p apart).
+  copy_causal_async<kQ>(kf, Lay::ldK, a.K + d.ko(bi, c, gi), Lp);
   causal_product(a.dy + d.xo(bi, 0, j), a.x + d.xo(bi, 0, j), d.p, d.h * d.p, pf);
+  cp_async_wait_all();
   __syncthreads();
-  const float* Kc = a.K + d.ko(bi, c, gi);
+
+  // dy and x of the first p columns load while the rows below are formed.
+  RegBlock<T, kQ, kP, kThreads> dyr, xr;
+  auto load_p = [&](int64_t i0) {
+    const int valid_p = int(d.p - i0 < kP ? d.p - i0 : kP);
+    dyr.load(a.dy + d.xo(bi, t0, j) + i0, d.h * d.p, L, valid_p);
+    xr.load(a.x + d.xo(bi, t0, j) + i0, d.h * d.p, L, valid_p);
+  };
+  load_p(0);
 
   // Z's sums, and M·diag(Δ) split in place of K, row by row.
   for (int t = warp; t < Lp; t += kWarps) {
@@ -177,7 +179,7 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
       const int s = lane + 32 * u;
       float mv = 0.f, z = 0.f;
       if (s <= t && t < L && docs[s] == docs[t]) {
-        mv = Kc[t * kQ + s] * decay<T>(Ss[t] - Ss[s]);
+        mv = kf[t * Lay::ldK + s] * decay<T>(Ss[t] - Ss[s]);
         z = mv * pf[t * Lay::ldK + s];
       }
       racc += double(z) * d64[s];
@@ -203,23 +205,34 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
   const float* Hin = a.hin + d.co(bi, j, c);
   const float* Hout = a.dhout + d.co(bi, j, c);
   double hh = 0;  // this thread's share of ⟨Ĥ, H_in⟩
+  // T1 = B·Ĥᵀ and U = C·H_inᵀ over chunks of n: each chunk's operands are loaded into
+  // registers one chunk ahead.
+  RegBlock<T, kQ, kNK, kThreads> br, cr;
+  RegBlock<float, kP, kNK, kThreads> hor, hir;
+  auto load_n = [&](int64_t i0, int64_t n0) {
+    const int valid_p = int(d.p - i0 < kP ? d.p - i0 : kP), nk = int(d.n - n0 < kNK ? d.n - n0 : kNK);
+    const int64_t bc0 = d.bco(bi, t0, gi) + n0;
+    br.load(a.B + bc0, d.g * d.n, L, nk);
+    cr.load(a.C + bc0, d.g * d.n, L, nk);
+    hor.load(Hout + i0 * d.n + n0, d.n, valid_p, nk);
+    hir.load(Hin + i0 * d.n + n0, d.n, valid_p, nk);
+  };
   for (int64_t i0 = 0; i0 < d.p; i0 += kP) {
     __syncthreads();  // Pm (first pass) or the previous columns are no longer read
-    const int valid_p = int(d.p - i0 < kP ? d.p - i0 : kP);
-    stage_exact(dyp, a.dy + d.xo(bi, t0, j) + i0, d.h * d.p, Lp, kP, L, valid_p);
-    stage_exact(xp, a.x + d.xo(bi, t0, j) + i0, d.h * d.p, Lp, kP, L, valid_p);
-    __syncthreads();
-    // T1 = B·Ĥᵀ and U = C·H_inᵀ for these columns, over chunks of n.
+    if (i0 > 0) load_p(i0);
+    load_n(i0, 0);
+    dyr.put_exact(dyp);
+    xr.put_exact(xp);
     Acc<T> t1[kPC], uu[kPC];
 #pragma unroll
     for (int q = 0; q < kPC; ++q) t1[q].zero(), uu[q].zero();
     for (int64_t n0 = 0; n0 < d.n; n0 += kNK) {
-      const int nk = int(d.n - n0 < kNK ? d.n - n0 : kNK), nks = (nk + 15) / 16, nkp = 16 * nks;
-      __syncthreads();
-      const int64_t bc0 = d.bco(bi, t0, gi) + n0;
-      stage_exact(A0, a.B + bc0, d.g * d.n, Lp, nkp, L, nk);
-      stage_exact(A1, a.C + bc0, d.g * d.n, Lp, nkp, L, nk);
-      hh += stage_state_pair<3>(H0, Hout + i0 * d.n + n0, H1, Hin + i0 * d.n + n0, d.n, kP, nkp, valid_p, nk);
+      const int nk = int(d.n - n0 < kNK ? d.n - n0 : kNK), nks = (nk + 15) / 16;
+      __syncthreads();  // the previous chunk's products are done with A0, A1, H0, H1
+      br.put_exact(A0);
+      cr.put_exact(A1);
+      hh += put_state_pair<3>(H0, hor, H1, hir);
+      if (n0 + kNK < d.n) load_n(i0, n0 + kNK);
       __syncthreads();
 #pragma unroll
       for (int q = 0; q < kPC; ++q) {

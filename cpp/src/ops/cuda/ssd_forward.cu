@@ -3,7 +3,8 @@
 // for the outputs
 //   Y = (K ⊙ W)·diag(Δ)·X + diag(e)·C·H_inᵀ + D·X,
 // with C·H_inᵀ accumulated over chunks of n (H_in as one bf16 part: that term feeds
-// only y), and the masked matrix built from K into hi/lo bf16 rows for the last product.
+// only y), and the masked matrix split in place of K (copied in with cp.async) into
+// hi/lo bf16 rows for the last product.
 #include "ssd_common.cuh"
 
 namespace mambatron::cuda::ssd {
@@ -96,18 +97,21 @@ __global__ void __launch_bounds__(OutLayout<T, kQ>::kThreads, OutLayout<T, kQ>::
         mma_tile<Row, Col, 1, 1>(accZ[q], cs, 16 * tt, 16 * ks, hs, 16 * ks, 16 * pc);
     }
   }
-  __syncthreads();  // the masked matrix overwrites the operands
+  __syncthreads();  // K overwrites the operands
+  copy_causal_async<kQ>(kf, Lay::ldK, K + d.ko(bi, c, gi), Lp);
+  cp_async_wait_all();
+  __syncthreads();
 
-  // M = K ⊙ W·diag(Δ), row by row from K in global memory (only its causal tiles are read).
-  const float* Kc = K + d.ko(bi, c, gi);
+  // M = K ⊙ W·diag(Δ), row by row: a warp reads its row, then writes it back (split).
   for (int t = warp; t < Lp; t += kWarps) {
     float m[kQ / 32];
 #pragma unroll
     for (int u = 0; u < kQ / 32; ++u) {
       const int s = lane + 32 * u;
       m[u] = 0.f;
-      if (s <= t && t < L && docs[s] == docs[t]) m[u] = Kc[t * kQ + s] * decay<T>(Ss[t] - Ss[s]) * dls[s];
+      if (s <= t && t < L && docs[s] == docs[t]) m[u] = kf[t * Lay::ldK + s] * decay<T>(Ss[t] - Ss[s]) * dls[s];
     }
+    __syncwarp();
 #pragma unroll
     for (int u = 0; u < kQ / 32; ++u) write_split_row<T>(kf, Lay::ldK, kQ, t, lane + 32 * u, m[u]);
   }

@@ -117,10 +117,10 @@ __global__ void __launch_bounds__(CbLayout<T, kQ>::kThreads)
 }
 
 // ---------------------------------------------------------------- state pass
-constexpr int kStateWarps = 4;
-constexpr int kStateP = 16 * kStateWarps;  // state rows per block: one 16-row strip per warp
-constexpr int kStateN = 64;                // state columns per block
-constexpr int kStateCols = kStateN / 16;
+constexpr int kStateWarps = 8;            // warp w: rows 16·(w mod 4), columns 32·⌊w / 4⌋ of the tile
+constexpr int kStateP = 64;               // state rows per block
+constexpr int kStateN = 64;               // state columns per block
+constexpr int kStateCols = 2;             // 16-column tiles per warp
 
 // X·diag(scale) is split in three parts: the states feed f32 outputs.
 template <class T, int kQ>
@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(kStateWarps * 32, 2)
   const Smem<T> bs{reinterpret_cast<T*>(smem + Lay::b), Lay::ldB, 0};
   float* stage = reinterpret_cast<float*>(smem + Lay::stage);
   float* scale = reinterpret_cast<float*>(smem + Lay::scale);
-  const int tid = threadIdx.x, warp = tid >> 5;
+  const int tid = threadIdx.x, warp = tid >> 5, rs = warp % 4, cs = 2 * (warp / 4);  // row strip, first column tile
   constexpr int kThreads = kStateWarps * 32;
 
   const int64_t ptiles = (d.p + kStateP - 1) / kStateP, ntiles = (d.n + kStateN - 1) / kStateN;
@@ -157,6 +157,9 @@ __global__ void __launch_bounds__(kStateWarps * 32, 2)
   const int64_t i0 = pt * kStateP, k0 = nt * kStateN;
   const int valid_p = int(d.p - i0 < kStateP ? d.p - i0 : kStateP);
   const int valid_n = int(d.n - k0 < kStateN ? d.n - k0 : kStateN);
+  // Whole tiles whose rows start 32-byte aligned go from the accumulators straight to
+  // global memory; the others through `stage`.
+  const bool direct = valid_p == kStateP && valid_n == kStateN && d.n % 8 == 0;
 
   // The state tile through `stage`, from or to [p, n] memory at `base` (rows of n).
   auto stage_in = [&](const float* base) {
@@ -173,28 +176,31 @@ __global__ void __launch_bounds__(kStateWarps * 32, 2)
       if (i < d.p && k < d.n) base[i * d.n + k] = stage[r * Lay::ldS + cc];
     }
   };
+  float* const my_stage = stage + 16 * rs * Lay::ldS + 16 * cs;
 
   // What one chunk step reads, loaded a step ahead: X and B, and this thread's
   // token (S, Δ, document id; one token a thread, kQ ≤ kThreads).
   static_assert(kQ <= kThreads, "state pass: one token a thread");
   RegBlock<T, kQ, kStateP, kThreads> xr;
   RegBlock<T, kQ, kStateN, kThreads> br;
+  auto chunk_of = [&](int64_t step) { return kReverse ? d.nc - 1 - step : step; };
   struct Ahead {
-    Chunk ch;
-    double St;
+    double S_last, St;
     float dl;
-    int doc;
+    int L, doc_in, doc_last, doc;
   } ah;
   auto load_step = [&](int64_t step) {
-    const int64_t c = kReverse ? d.nc - 1 - step : step;
-    ah.ch = make_chunk(d, S, seq, bi, j, c);
-    const int t = tid < ah.ch.L ? tid : 0;
-    const int64_t tok = ah.ch.t0 + t;
+    const int64_t t0 = chunk_of(step) * d.Q, rest = d.l - t0;
+    ah.L = int(rest < d.Q ? rest : d.Q);
+    ah.doc_in = doc_at(seq, d, bi, t0 > 0 ? t0 - 1 : 0);
+    ah.doc_last = doc_at(seq, d, bi, t0 + ah.L - 1);
+    ah.S_last = S[d.so(bi, j, t0 + ah.L - 1)];
+    const int64_t tok = t0 + (tid < ah.L ? tid : 0);
     ah.St = S[d.so(bi, j, tok)];
     ah.dl = delta[d.so(bi, j, tok)];
     ah.doc = doc_at(seq, d, bi, tok);
-    xr.load(X + d.xo(bi, ah.ch.t0, j) + i0, d.h * d.p, ah.ch.L, valid_p);
-    br.load(Bm + d.bco(bi, ah.ch.t0, gi) + k0, d.g * d.n, ah.ch.L, valid_n);
+    xr.load(X + d.xo(bi, t0, j) + i0, d.h * d.p, ah.L, valid_p);
+    br.load(Bm + d.bco(bi, t0, gi) + k0, d.g * d.n, ah.L, valid_n);
   };
 
   Acc<T> acc[kStateCols];
@@ -202,43 +208,53 @@ __global__ void __launch_bounds__(kStateWarps * 32, 2)
   stage_in(init ? init + d.sto(bi, j) : nullptr);
   __syncthreads();
 #pragma unroll
-  for (int ct = 0; ct < kStateCols; ++ct) acc[ct].load(stage + 16 * warp * Lay::ldS + 16 * ct, Lay::ldS);
+  for (int ct = 0; ct < kStateCols; ++ct) acc[ct].load(my_stage + 16 * ct, Lay::ldS);
 
+  // Two barriers a step: every warp reaches the first only after its products of the
+  // previous step, so xs, bs and stage are free after it; scale and stage are read
+  // before the second.
   for (int64_t step = 0; step < d.nc; ++step) {
-    const Chunk ch = ah.ch;
-    const int64_t c = ch.c;
-    __syncthreads();  // the previous step's products have read xs, bs and stage
+    float* const out = states + d.co(bi, j, chunk_of(step));
+    if (direct) {
 #pragma unroll
-    for (int ct = 0; ct < kStateCols; ++ct) acc[ct].store(stage + 16 * warp * Lay::ldS + 16 * ct, Lay::ldS);
+      for (int ct = 0; ct < kStateCols; ++ct)
+        acc[ct].store(out + (i0 + 16 * rs) * d.n + k0 + 16 * (cs + ct), int(d.n));
+    } else {
+#pragma unroll
+      for (int ct = 0; ct < kStateCols; ++ct) acc[ct].store(my_stage + 16 * ct, Lay::ldS);
+    }
     // Row scale of X: f⊙Δ forward, e backward.
     if (tid < kQ) {
       double v = 0.0;
-      if (tid < ch.L) {
-        if (kReverse) v = ah.doc == ch.doc_in ? exp(ah.St) : 0.0;
-        else v = ah.doc == ch.doc_last ? exp(ch.S_last - ah.St) * double(ah.dl) : 0.0;
+      if (tid < ah.L) {
+        if (kReverse) v = ah.doc == ah.doc_in ? exp(ah.St) : 0.0;
+        else v = ah.doc == ah.doc_last ? exp(ah.S_last - ah.St) * double(ah.dl) : 0.0;
       }
       scale[tid] = float(v);
     }
     __syncthreads();
-    stage_out(states + d.co(bi, j, c));
+    if (!direct) stage_out(out);
     xr.put([&](int t, int r, const Pack<T>& v) {
       float f[Pack<T>::N];
 #pragma unroll
       for (int k = 0; k < Pack<T>::N; ++k) f[k] = to_f32(v.v[k]) * scale[t];
       put_split_vec<3>(xs, t * Lay::ldX + r, f);
     });
-    br.put([&](int t, int r, const Pack<T>& v) { *reinterpret_cast<Pack<T>*>(bs.p + t * bs.ld + r) = v; });
-    if (step + 1 < d.nc) load_step(step + 1);  // lands while the products below run
+    br.put_exact(bs);
+    // This step's decay and length, then the next step's loads (they land while the
+    // products below run).
+    const float E = ah.doc_last == ah.doc_in ? float(exp(ah.S_last)) : 0.f;
+    const int Lt = (ah.L + 15) / 16;
+    if (step + 1 < d.nc) load_step(step + 1);
     __syncthreads();
-    const float E = ch.doc_last == ch.doc_in ? float(exp(ch.S_last)) : 0.f;
 #pragma unroll
     for (int ct = 0; ct < kStateCols; ++ct) acc[ct].scale(E);
-    for (int ks = 0; ks < ch.Lt; ++ks) mma_strip<Col, Row, 3>(acc, xs, 16 * warp, 16 * ks, bs, 16 * ks, 0);
+    for (int ks = 0; ks < Lt; ++ks) mma_strip<Col, Row, 3>(acc, xs, 16 * rs, 16 * ks, bs, 16 * ks, 16 * cs);
   }
   if (!last) return;
   __syncthreads();
 #pragma unroll
-  for (int ct = 0; ct < kStateCols; ++ct) acc[ct].store(stage + 16 * warp * Lay::ldS + 16 * ct, Lay::ldS);
+  for (int ct = 0; ct < kStateCols; ++ct) acc[ct].store(my_stage + 16 * ct, Lay::ldS);
   __syncthreads();
   stage_out(last + d.sto(bi, j));
 }
