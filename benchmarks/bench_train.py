@@ -32,10 +32,11 @@ def flops_per_token(cfg: mt.ModelConfig, params: int, seq_len: int) -> float:
     return 6.0 * (params - embedding) + 12.0 * layers_att * heads * head_dim * seq_len
 
 
-def bench(preset: str, seq_len: int, micro_batch: int, steps: int) -> dict:
+def bench(preset: str, seq_len: int, micro_batch: int, steps: int, recompute: bool = False) -> dict:
     cfg = mt.get_preset(preset)
     model = mt.Model(cfg, dtype="bf16", device="cuda:0")
     model.init(0)
+    model.recompute = recompute
     trainer = mt.Trainer(model, micro_batch=micro_batch, lr=1e-4, warmup_steps=0, decay_steps=10 * steps)
     rng = np.random.default_rng(0)
     vocab = cfg.to_dict()["vocab_size"]
@@ -51,7 +52,8 @@ def bench(preset: str, seq_len: int, micro_batch: int, steps: int) -> dict:
     tokens = micro_batch * seq_len
     fpt = flops_per_token(cfg, model.num_parameters(), seq_len)
     tflops = fpt * tokens / dt / 1e12
-    return {"preset": preset, "parameters": model.num_parameters(), "seq_len": seq_len, "micro_batch": micro_batch,
+    return {"preset": preset, "recompute": recompute, "parameters": model.num_parameters(), "seq_len": seq_len,
+            "micro_batch": micro_batch,
             "step_ms": dt * 1e3, "tokens_per_s": tokens / dt, "model_tflops": tflops,
             "mfu": tflops / NOMINAL_TFLOPS, "of_measured_gemm": tflops / MEASURED_TFLOPS,
             "peak_memory_gib": mt.max_memory_allocated() / 2**30, "loss": losses[-1]}
@@ -63,6 +65,8 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--tokens", type=int, default=16384, help="tokens per step (micro_batch = tokens / seq_len)")
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--recompute", action="store_true",
+                    help="activation recomputation (model TFLOP/s and MFU still count 6N per token, not the recompute)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if not mt.cuda_available():
@@ -73,7 +77,7 @@ def main() -> int:
           f"{'of gemm':>9}{'peak GiB':>10}")
     for p in args.presets.split(","):
         try:
-            r = bench(p, args.seq_len, max(1, args.tokens // args.seq_len), args.steps)
+            r = bench(p, args.seq_len, max(1, args.tokens // args.seq_len), args.steps, args.recompute)
         except Exception as e:  # report and go on with the next preset
             print(f"{p:<18} failed: {type(e).__name__}: {str(e).splitlines()[0]}")
             failed += 1

@@ -256,6 +256,11 @@ Parameters are allocated (zeros), not initialised: call init(seed) or load_param
           },
           py::arg("parameters"),
           "Copies parameters by name from a dict (or pairs) of arrays; every name exactly once, exact shapes")
+      .def_property("recompute", &Model::recompute, &Model::set_recompute,
+                    R"(Activation recomputation (default False). When True, the forward keeps only the
+residual stream and forward_backward recomputes each sublayer's forward just before its
+backward: saved activations shrink to one sublayer's worth, for about one more forward of
+compute. Losses and gradients are the same bits either way.)")
       .def(
           "forward_backward",
           [](Model& m, py::handle tokens, py::handle loss_mask, py::handle seq_idx, double grad_scale,

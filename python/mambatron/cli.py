@@ -126,6 +126,9 @@ def _add_train_parser(sub) -> None:
                    help=f"shape of the WSD decay phase (default: {d.wsd_decay})")
     t.add_argument("--no-seq-idx", dest="use_seq_idx", action="store_false",
                    help="let packed documents see each other (default: each document starts fresh)")
+    t.add_argument("--recompute", action="store_true",
+                   help="recompute each sublayer's forward before its backward: activations of one sublayer "
+                        "are kept instead of all (less memory, about one more forward; the same results)")
     t.add_argument("--out", default=None, metavar="DIR", help="run folder (default: runs/NAME)")
     t.add_argument("--resume", default=None, metavar="DIR|auto",
                    help="continue from the latest complete checkpoint of DIR (a run folder or a checkpoint), or "

@@ -54,6 +54,7 @@ class TrainArgs:
     beta2: float = 0.95
     eps: float = 1e-8
     use_seq_idx: bool = True        #: packed documents do not see each other
+    recompute: bool = False         #: activation recomputation: less memory, about one more forward (same bits)
     eval_fraction: float = 0.05     #: documents held out for evaluation
     eval_every: int = 100           #: steps between held-out evaluations (0: only at the end)
     eval_batches: int = 8
@@ -187,6 +188,7 @@ def train(args: TrainArgs) -> Dict[str, Any]:
     device = _pick_device(args, notes)
     model = _build_model(cfg, args, device, notes)
     model.init(args.seed)
+    model.recompute = args.recompute
     trainer = _C.Trainer(model, micro_batch=args.micro_batch, grad_accum=args.grad_accum, clip=args.clip,
                          beta1=args.beta1, beta2=args.beta2, eps=args.eps, weight_decay=args.weight_decay,
                          use_seq_idx=args.use_seq_idx, **_schedule_kwargs(args))

@@ -144,6 +144,26 @@ def test_errors(rng):
         mt.Model("tiny-mamba2", dtype="bf16")
 
 
+def test_recompute_keeps_the_bits_and_saves_memory(rng):
+    model = mt.Model.from_config("tiny-hybrid", seed=3, pattern="M*M-M*M-")
+    tokens = tokens_for(rng, model.config["vocab_size"], 4, 65)
+
+    def run(recompute):
+        model.recompute = recompute  # a new mode lays out the workspace afresh
+        mt.reset_peak_memory_stats("cpu")
+        before = mt.memory_allocated("cpu")
+        loss = model.forward_backward(tokens)
+        return loss, mt.max_memory_allocated("cpu") - before, model.flat_gradients.numpy().copy()
+
+    assert model.recompute is False
+    loss_kept, peak_kept, g_kept = run(False)
+    loss_rec, peak_rec, g_rec = run(True)
+    assert model.recompute is True
+    assert loss_rec == loss_kept
+    assert g_rec.tobytes() == g_kept.tobytes()
+    assert peak_rec < 0.75 * peak_kept, (peak_rec, peak_kept)
+
+
 def test_forward_backward_repeats_bit_for_bit():
     """Same model, same batch: the gradients are identical on every call (no dependence
     on where scratch memory lands or on thread scheduling)."""

@@ -88,6 +88,16 @@ def test_resume_continues_bitwise(dataset, tmp_path):
     assert state["consumed_tokens"] == 8 * 256
 
 
+def test_recompute_trains_the_same_bits(dataset, tmp_path):
+    kept, recomputed = tmp_path / "kept", tmp_path / "recomputed"
+    train(args_for(dataset, kept, steps=4, eval_every=0))
+    train(args_for(dataset, recomputed, steps=4, eval_every=0, recompute=True))
+    a, b = read_rows(kept), read_rows(recomputed)
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r["grad_norm"] for r in a] == [r["grad_norm"] for r in b]
+    assert_bitwise(final_tensors(kept)[0], final_tensors(recomputed)[0])
+
+
 def test_killed_run_resumes_from_the_last_complete_checkpoint(dataset, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     steps = 150
@@ -165,7 +175,7 @@ def test_cli_help_explains_every_option(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     for opt in ("--data", "--set", "--steps", "--resume", "--out", "--schedule", "--grad-accum", "--keep-last",
-                "--eval-every", "--save-every", "PRESET_OR_CONFIG"):
+                "--eval-every", "--save-every", "--recompute", "PRESET_OR_CONFIG"):
         assert opt in out
     assert "(default:" in out
 

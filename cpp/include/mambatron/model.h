@@ -158,6 +158,15 @@ class Model {
   // tokens [b, l] -> logits [b, l, V] (a new tensor; for evaluation and tests).
   Tensor logits(const Tensor& tokens, const Tensor& seq_idx = Tensor());
 
+  // ---- memory
+  // Activation recomputation: when on, the forward keeps only each sublayer's input
+  // (the residual stream) and forward_backward recomputes a sublayer's forward just
+  // before its backward. Saved activations then take one sublayer's worth per kind
+  // instead of every sublayer's, for about one more forward of compute; losses and
+  // gradients are the same bits either way.
+  void set_recompute(bool on);
+  bool recompute() const { return recompute_; }
+
   // ---- decoding
   // Empty states for `batch` sequences of up to max_len tokens (KV caches of that length).
   InferenceState new_state(int64_t batch, int64_t max_len) const;
@@ -206,6 +215,7 @@ class Model {
   std::vector<Tensor> compute_;
   std::vector<Tensor> grad_views_, scratch_views_;  // gradient views over flat_grads_ / flat_scratch_
   std::unique_ptr<model_detail::Workspace> train_ws_, prefill_ws_, step_ws_;
+  bool recompute_ = false;
 };
 
 }  // namespace mambatron

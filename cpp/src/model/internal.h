@@ -72,6 +72,11 @@ struct Workspace {
   Workspace(int64_t b_, int64_t l_, int64_t layers, const Precision& p);
   // The backward temporaries of the sublayers of one kind (pattern symbol).
   Arena& scratch(char kind) { return scratch_.try_emplace(kind, prec).first->second; }
+  // What sublayer i (of kind `kind`) saves for its backward: its own arena, or with
+  // activation recomputation one arena shared by the sublayers of its kind.
+  Arena& saved(int64_t i, char kind, bool recompute) {
+    return recompute ? saved_shared_.try_emplace(kind, prec).first->second : layers[size_t(i)];
+  }
   int64_t b, l;
   Precision prec;
   Batch batch;                // of the last forward
@@ -80,7 +85,7 @@ struct Workspace {
   std::vector<Arena> layers;  // each sublayer's saved activations (and its decode scratch)
 
  private:
-  std::unordered_map<char, Arena> scratch_;
+  std::unordered_map<char, Arena> scratch_, saved_shared_;
 };
 
 // One mixer (the part after the pre-norm). Parameters are views in specs() order.

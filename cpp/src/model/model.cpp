@@ -8,6 +8,7 @@
 
 namespace mambatron {
 
+using model_detail::Arena;
 using model_detail::InitRule;
 using model_detail::ParamSpec;
 using model_detail::Workspace;
@@ -239,18 +240,25 @@ void Model::norm_backward(size_t first, const Tensor& dout, const Tensor& x, con
   }
 }
 
+void Model::set_recompute(bool on) {
+  if (on != recompute_) train_ws_.reset();  // drop the buffers laid out for the other mode
+  recompute_ = on;
+}
+
 void Model::forward_stack(Workspace& ws, InferenceState* state) {
   const int64_t b = ws.b, l = ws.l, d = config_.d_model, L = int64_t(layers_.size());
   Tensor X = ws.arena.get("x", {L + 1, b, l, d});  // the residual stream before each sublayer
-  Tensor normed = ws.arena.get("normed", {L, b, l, d});
+  // Each sublayer's normed input, or with recomputation only the latest.
+  Tensor normed = ws.arena.get("normed", {recompute_ ? 1 : L, b, l, d});
   Tensor mean = ws.arena.wide("mean", {L + 1, b, l}), rstd = ws.arena.wide("rstd", {L + 1, b, l});
   Tensor x0 = X.select(0, 0);
   embedding_forward(compute_[0], ws.inputs, x0);
   for (int64_t i = 0; i < L; ++i) {
-    Tensor xi = X.select(0, i), ni = normed.select(0, i);
+    const char kind = config_.pattern[size_t(i)];
+    Tensor xi = X.select(0, i), ni = normed.select(0, recompute_ ? 0 : i);
     norm_forward(layer_first_[i], xi, ni, mean.select(0, i), rstd.select(0, i));
     Tensor next = X.select(0, i + 1);  // x_{i+1} = x_i + mixer(norm(x_i))
-    layers_[i]->forward(ni, xi, next, ws.batch, ws.layers[i], ws.scratch(config_.pattern[size_t(i)]),
+    layers_[i]->forward(ni, xi, next, ws.batch, ws.saved(i, kind, recompute_), ws.scratch(kind),
                         state ? &state->layers[i] : nullptr);
   }
   norm_forward(layer_first_[L], X.select(0, L), ws.arena.get("final", {b, l, d}), mean.select(0, L),
@@ -259,7 +267,7 @@ void Model::forward_stack(Workspace& ws, InferenceState* state) {
 
 void Model::backward_stack(Workspace& ws, const Tensor& d_final, const std::vector<Tensor>& grads) {
   const int64_t b = ws.b, l = ws.l, d = config_.d_model, L = int64_t(layers_.size());
-  Tensor X = ws.arena.get("x", {L + 1, b, l, d}), normed = ws.arena.get("normed", {L, b, l, d});
+  Tensor X = ws.arena.get("x", {L + 1, b, l, d}), normed = ws.arena.get("normed", {recompute_ ? 1 : L, b, l, d});
   Tensor mean = ws.arena.wide("mean", {L + 1, b, l}), rstd = ws.arena.wide("rstd", {L + 1, b, l});
   // d_res: the gradient of the residual stream x_i, carried down the stack.
   Tensor d_res = ws.arena.get("d_res", {b, l, d}), d_normed = ws.arena.get("d_normed", {b, l, d});
@@ -267,8 +275,16 @@ void Model::backward_stack(Workspace& ws, const Tensor& d_final, const std::vect
   for (int64_t i = L - 1; i >= 0; --i) {
     std::vector<Tensor> mixer(grads.begin() + int64_t(layer_first_[i] + norm_params_),
                               grads.begin() + int64_t(layer_first_[i + 1]));
-    layers_[i]->backward(d_res, normed.select(0, i), d_normed, ws.batch, ws.layers[i], ws.scratch(config_.pattern[size_t(i)]),
-                         mixer);
+    const char kind = config_.pattern[size_t(i)];
+    Arena& saved = ws.saved(i, kind, recompute_);
+    Tensor ni = normed.select(0, recompute_ ? 0 : i);
+    if (recompute_ && i < L - 1) {  // the top sublayer's activations are still the latest
+      norm_forward(layer_first_[i], X.select(0, i), ni, mean.select(0, i), rstd.select(0, i));
+      // x_{i+1} is no longer read (sublayer i+1's backward is done): rewritten with the same values.
+      Tensor next = X.select(0, i + 1);
+      layers_[i]->forward(ni, X.select(0, i), next, ws.batch, saved, ws.scratch(kind), nullptr);
+    }
+    layers_[i]->backward(d_res, ni, d_normed, ws.batch, saved, ws.scratch(kind), mixer);
     // d_res += the norm's input gradient, in the norm's own pass.
     norm_backward(layer_first_[i], d_normed, X.select(0, i), mean.select(0, i), rstd.select(0, i), d_res, grads,
                   d_res);
