@@ -371,8 +371,10 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
   const int64_t chunks = std::max<int64_t>(1, (max_len + kChunk - 1) / kChunk);
   const int64_t want = std::max<int64_t>(1, (16 * int64_t(multiprocessors(dev)) + units - 1) / units);
   int64_t per_split = std::max<int64_t>((chunks + want - 1) / want, (chunks + 65534) / 65535);
-  // The bf16 path of p 64 or 128 takes one 128-key split per block.
-  const bool fast = q.dtype() == DType::bf16 && (p == 64 || p == 128) && chunks <= 65535 &&
+  // The bf16 path of p 64 or 128 takes one 128-key split per block, up to 16384 splits
+  // (2M keys): the combine kernel holds 4 bytes of shared memory per split.
+  constexpr int64_t kMaxFastSplits = 16384;
+  const bool fast = q.dtype() == DType::bf16 && (p == 64 || p == 128) && chunks <= kMaxFastSplits &&
                     aligned16({k_cache.data_ptr(), v_cache.data_ptr()});
   static_assert(kFastKeys == kChunk, "a fast split is one chunk");
   if (fast) per_split = 1;

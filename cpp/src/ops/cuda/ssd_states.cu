@@ -23,39 +23,42 @@ template <class T>
 __global__ void __launch_bounds__(kScalarWarps * 32)
     chunk_scalars_kernel(Dims d, const T* __restrict__ dt, const float* __restrict__ dt_bias,
                          const float* __restrict__ A, DeltaOpt o, float* __restrict__ delta, double* __restrict__ S) {
-  const int64_t id = blockIdx.x * int64_t(kScalarWarps) + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
-  if (id >= d.b * d.nc * d.h) return;
-  const int64_t j = id % d.h, c = (id / d.h) % d.nc, bi = id / (d.h * d.nc);
-  const int64_t t0 = c * d.Q;
-  const int L = int(t0 + d.Q < d.l ? d.Q : d.l - t0), R = (L + 31) / 32;
-  const double a = A[j], bias = dt_bias ? double(dt_bias[j]) : 0.0;
-  constexpr int kMaxR = (kSsdMaxChunk + 31) / 32;
-  double dl[kMaxR], own = 0;
+  // Grid-stride over the warps' work: grid_for caps the grid. The bound is per warp,
+  // so every lane of a warp takes the same trips (the shuffles need all 32).
+  for (int64_t id = blockIdx.x * int64_t(kScalarWarps) + (threadIdx.x >> 5); id < d.b * d.nc * d.h;
+       id += int64_t(gridDim.x) * kScalarWarps) {
+    const int64_t j = id % d.h, c = (id / d.h) % d.nc, bi = id / (d.h * d.nc);
+    const int64_t t0 = c * d.Q;
+    const int L = int(t0 + d.Q < d.l ? d.Q : d.l - t0), R = (L + 31) / 32;
+    const double a = A[j], bias = dt_bias ? double(dt_bias[j]) : 0.0;
+    constexpr int kMaxR = (kSsdMaxChunk + 31) / 32;
+    double dl[kMaxR], own = 0;
 #pragma unroll
-  for (int k = 0; k < kMaxR; ++k) {
-    const int t = lane * R + k;
-    dl[k] = 0;
-    if (k < R && t < L) {
-      dl[k] = delta_of(double(to_f32(dt[d.dto(bi, t0 + t, j)])) + bias, o).value;
-      own += dl[k] * a;
+    for (int k = 0; k < kMaxR; ++k) {
+      const int t = lane * R + k;
+      dl[k] = 0;
+      if (k < R && t < L) {
+        dl[k] = delta_of(double(to_f32(dt[d.dto(bi, t0 + t, j)])) + bias, o).value;
+        own += dl[k] * a;
+      }
     }
-  }
-  double before = own;  // becomes the sum over lanes ≤ this one
+    double before = own;  // becomes the sum over lanes ≤ this one
 #pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const double v = __shfl_up_sync(0xffffffffu, before, off);
-    if (lane >= off) before += v;
-  }
-  const double prev = __shfl_up_sync(0xffffffffu, before, 1);
-  double sum = lane > 0 ? prev : 0.0;
+    for (int off = 1; off < 32; off <<= 1) {
+      const double v = __shfl_up_sync(0xffffffffu, before, off);
+      if (lane >= off) before += v;
+    }
+    const double prev = __shfl_up_sync(0xffffffffu, before, 1);
+    double sum = lane > 0 ? prev : 0.0;
 #pragma unroll
-  for (int k = 0; k < kMaxR; ++k) {
-    const int t = lane * R + k;
-    if (k < R && t < L) {
-      sum += dl[k] * a;
-      delta[d.so(bi, j, t0 + t)] = float(dl[k]);
-      S[d.so(bi, j, t0 + t)] = sum;
+    for (int k = 0; k < kMaxR; ++k) {
+      const int t = lane * R + k;
+      if (k < R && t < L) {
+        sum += dl[k] * a;
+        delta[d.so(bi, j, t0 + t)] = float(dl[k]);
+        S[d.so(bi, j, t0 + t)] = sum;
+      }
     }
   }
 }
