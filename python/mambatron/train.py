@@ -202,8 +202,8 @@ def train(args: TrainArgs) -> Dict[str, Any]:
         say(f"resumed from {resume_from} at step {trainer.step_count}")
     start_step, start_tokens = trainer.step_count, trainer.consumed_tokens
     say(f"model: {cfg.name} ({model.num_parameters():,} parameters, {model.dtype}, {model.device}); "
-        f"{args.micro_batch * args.grad_accum} x {args.seq_len} tokens per step, {args.steps} steps; "
-        f"run folder {out_dir}")
+        f"{args.micro_batch * args.grad_accum} x {args.seq_len} tokens per step, {args.steps} steps"
+        f"{'; activations recomputed' if args.recompute else ''}; run folder {out_dir}")
     for n in notes:
         say(f"note: {n}")
     logs = MetricLogs(out_dir, args.log, start_step if ckpt else None)
