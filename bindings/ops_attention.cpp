@@ -132,21 +132,24 @@ copied. out may be x (in place).)");
 
   m.def(
       "kv_cache_append",
-      [](py::handle k, py::handle v, py::handle k_cache, py::handle v_cache, py::handle cache_lens) {
+      [](py::handle k, py::handle v, py::handle k_cache, py::handle v_cache, py::handle cache_lens,
+         bool check_lengths) {
         const char* op = "kv_cache_append";
         Tensor tk = as_tensor(k, op, "k"), tv = as_tensor(v, op, "v");
         Tensor tkc = as_tensor(k_cache, op, "k_cache"), tvc = as_tensor(v_cache, op, "v_cache");
         Tensor tl = as_tensor(cache_lens, op, "cache_lens");
         py::gil_scoped_release release;
-        kv_cache_append(tk, tv, tkc, tvc, tl);
+        kv_cache_append(tk, tv, tkc, tvc, tl, check_lengths);
       },
-      py::arg("k"), py::arg("v"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_lens"),
+      py::arg("k"), py::arg("v"), py::arg("k_cache"), py::arg("v_cache"), py::arg("cache_lens"), py::kw_only(),
+      py::arg("check_lengths") = true,
       R"(Appends one token's k, v [b, hkv, p] to the caches in place.
 
 k_cache, v_cache: [b, max_len, hkv, p]; cache_lens: int32 [b], the valid entries of each
 sequence. Writes at position cache_lens[i] of sequence i, then adds 1 to cache_lens[i]
 (also in place); a full cache raises ValueError and changes nothing (on CUDA the lengths are
-copied to the host for this check).)");
+copied to the host for this check). check_lengths=False: the caller vouches for the lengths;
+CUDA skips the copy and its wait and leaves an out-of-range sequence unchanged.)");
 
   m.def(
       "attention_decode",

@@ -323,6 +323,19 @@ TEST(CudaKvCache, AppendWritesAtEachLengthAndRefusesAFullCache) {
                                  {"kv_cache_append", "'cache_lens'", "sequence 2", "full"});
     EXPECT_TRUE(same_bits(kc, before));
     EXPECT_EQ(mt::testing::values(lens), (std::vector<double>{1, 4, 7}));
+    // Unchecked (the model's decode step): no wait, the same writes, and the full
+    // sequence is left as it was instead of raising.
+    mt::kv_cache_append(k.dev, v.dev, kc, vc, lens, /*check_lengths=*/false);
+    const int32_t second[] = {1, 4, 7};
+    std::memcpy(lens_cpu.data<int32_t>(), second, sizeof(second));
+    lens_cpu.data<int32_t>()[2] = 6;  // the CPU copy appends at 6 only to compare the other rows
+    Tensor kc_ref = kc_cpu.clone(), vc_ref = vc_cpu.clone();
+    mt::kv_cache_append(k.f32, v.f32, kc_ref, vc_ref, lens_cpu);
+    kc_ref.narrow(0, 2, 1).copy_(kc_cpu.narrow(0, 2, 1));
+    vc_ref.narrow(0, 2, 1).copy_(vc_cpu.narrow(0, 2, 1));
+    EXPECT_TRUE(same_bits(kc.to(Device::cpu(), DType::f32), kc_ref)) << mt::dtype_name(dt);
+    EXPECT_TRUE(same_bits(vc.to(Device::cpu(), DType::f32), vc_ref)) << mt::dtype_name(dt);
+    EXPECT_EQ(mt::testing::values(lens), (std::vector<double>{2, 5, 7}));
   }
 }
 

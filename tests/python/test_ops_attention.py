@@ -166,6 +166,8 @@ def test_kv_cache_append_full_cache_raises(rng):
     with pytest.raises(ValueError, match="cache_lens.*sequence 1"):
         mt.kv_cache_append(k, v, k_cache, v_cache, lens)
     assert (lens == [1, 3]).all() and not k_cache.any()
+    with pytest.raises(ValueError, match="the cache is full"):  # the CPU checks even when told not to
+        mt.kv_cache_append(k, v, k_cache, v_cache, lens, check_lengths=False)
 
 
 def test_errors_name_the_argument(rng):

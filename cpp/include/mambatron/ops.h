@@ -343,8 +343,12 @@ void rope_backward(const Tensor& dout, Tensor& dx, const Tensor& positions = Ten
 // holds the number of valid entries of each sequence (prompts of different lengths
 // share one cache). Writes one token's k, v [b, hkv, p] at position cache_lens[i]
 // of each sequence i and adds 1 to cache_lens[i]; a full cache is an error (on
-// CUDA, cache_lens is copied to the host for that check).
-void kv_cache_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, Tensor& cache_lens);
+// CUDA, cache_lens is copied to the host for that check). With check_lengths false the
+// caller vouches for the lengths (a model keeps its own copy on the host): CUDA then
+// skips the copy and its wait, and a sequence whose length is out of range is left
+// unchanged instead of raising; the CPU checks either way.
+void kv_cache_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, Tensor& cache_lens,
+                     bool check_lengths = true);
 // One decode token: q [b, hq, p] attends to the first cache_lens[i] (>= 1) entries of
 // its sequence's cache (grouped-query as in attention_forward) -> out [b, hq, p].
 // After kv_cache_append the new token attends to itself. On CUDA cache_lens is

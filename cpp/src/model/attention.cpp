@@ -83,7 +83,9 @@ class Attention final : public Sublayer {
     Tensor qkv = s.get("qkv", {b, 1, (hq_ + 2 * hkv_) * p_});
     Tensor q = s.get("q", {b, 1, hq_, p_}), k = s.get("k", {b, 1, hkv_, p_}), v = s.get("v", {b, 1, hkv_, p_});
     project_qkv(x, qkv, q, k, v, b, 1, positions);
-    kv_cache_append(k.view({b, hkv_, p_}), v.view({b, hkv_, p_}), st.k_cache, st.v_cache, st.cache_lens);
+    // Model::step checked every length against max_len on the host: no wait here.
+    kv_cache_append(k.view({b, hkv_, p_}), v.view({b, hkv_, p_}), st.k_cache, st.v_cache, st.cache_lens,
+                    /*check_lengths=*/false);
     Tensor o = s.get("o", {b, hq_, p_});
     attention_decode(q.view({b, hq_, p_}), st.k_cache, st.v_cache, st.cache_lens, o);
     linear_add(o, params_[kO], residual, out);

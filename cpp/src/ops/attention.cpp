@@ -168,7 +168,8 @@ void rope_backward(const Tensor& dout, Tensor& dx, const Tensor& positions, cons
   rope(dout, dx, positions, opt, "rope_backward", "dout", "dx", true);
 }
 
-void kv_cache_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, Tensor& cache_lens) {
+void kv_cache_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, Tensor& cache_lens,
+                     bool check_lengths) {
   const char* op = "kv_cache_append";
   check_leading(k, op, "k", 3, "[b, hkv, p]");
   const int64_t b = k.size(0), hkv = k.size(1), p = k.size(2);
@@ -181,13 +182,16 @@ void kv_cache_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& 
   check_like(v_cache, k, op, "v_cache", "k", {b, max_len, hkv, p});
   check_index(cache_lens, k, op, "cache_lens", "k", {b});
   // Check every sequence before writing any, so that an error leaves the cache as it was.
-  // On CUDA the lengths come to the host for this (a small copy and a wait).
-  const Tensor host_lens = cache_lens.is_cuda() ? cache_lens.to(Device::cpu()) : cache_lens;
-  const int32_t* lens = host_lens.data<int32_t>();
-  for (int64_t bi = 0; bi < b; ++bi)
-    MT_CHECK(lens[bi] >= 0 && lens[bi] < max_len, ValueError, op, ": argument 'cache_lens' has ", lens[bi],
-             " at sequence ", bi, ", expected 0 <= cache_lens < max_len = ", max_len,
-             lens[bi] >= max_len ? " (the cache is full)" : "");
+  // On CUDA the lengths come to the host for this (a small copy and a wait), unless the
+  // caller vouches for them.
+  if (check_lengths || !cache_lens.is_cuda()) {
+    const Tensor host_lens = cache_lens.is_cuda() ? cache_lens.to(Device::cpu()) : cache_lens;
+    const int32_t* lens = host_lens.data<int32_t>();
+    for (int64_t bi = 0; bi < b; ++bi)
+      MT_CHECK(lens[bi] >= 0 && lens[bi] < max_len, ValueError, op, ": argument 'cache_lens' has ", lens[bi],
+               " at sequence ", bi, ", expected 0 <= cache_lens < max_len = ", max_len,
+               lens[bi] >= max_len ? " (the cache is full)" : "");
+  }
   MT_DISPATCH(k, kv_cache_append, k, v, k_cache, v_cache, cache_lens);
 }
 

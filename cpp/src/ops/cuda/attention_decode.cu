@@ -29,6 +29,7 @@ __global__ void kv_append_kernel(const T* __restrict__ k, const T* __restrict__ 
                                  T* __restrict__ vc, int32_t* __restrict__ lens, int64_t max_len, int64_t row) {
   const int64_t bi = blockIdx.x;
   const int32_t pos = lens[bi];
+  if (pos < 0 || pos >= max_len) return;  // unchecked lengths: never write outside the cache
   const int64_t dst = (bi * max_len + pos) * row, src = bi * row;
   for (int64_t e = threadIdx.x; e < row; e += blockDim.x) {
     kc[dst + e] = k[src + e];
