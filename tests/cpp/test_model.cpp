@@ -140,6 +140,36 @@ TEST_P(ModelGradient, RecomputeGivesTheSameBitsWithLessMemory) {
   std::printf("[ %s ] peak %zu bytes kept, %zu recomputed\n", c.name, peak_keep, peak_recompute);
 }
 
+// Accumulating adds grad_scale · gradient into the buffer for every parameter kind
+// (gemm weights in the gemm, the others through temporaries), without a second
+// gradient buffer: the call holds less extra memory than the gradients take.
+TEST_P(ModelGradient, AccumulationAddsEveryGradientWithoutASecondBuffer) {
+  const Case& c = GetParam();
+  ModelConfig cfg = tiny_config(c.pattern);
+  c.adjust(cfg);
+  Model m(cfg, DType::f64);
+  m.init(fresh_seed());
+  perturb_parameters(m);
+  Tensor a = random_tokens(2, 11, cfg.vocab_size), b = random_tokens(2, 11, cfg.vocab_size);
+  Tensor mask = c.masked ? weight_mask(2, 10) : Tensor();
+  Tensor seq_idx = c.packed ? two_rows_of_documents() : Tensor();
+  m.forward_backward(a, mask, seq_idx);
+  Tensor ga = m.flat_gradients().clone();
+  m.forward_backward(b, mask, seq_idx);
+  Tensor gb = m.flat_gradients().clone();
+  m.forward_backward(a, mask, seq_idx, 0.25);
+  reset_peak_memory_stats(Device::cpu());
+  const size_t before = memory_allocated(Device::cpu());
+  m.forward_backward(b, mask, seq_idx, 2.0, true);
+  const size_t extra = max_memory_allocated(Device::cpu()) - before;
+  std::vector<double> va = values(ga), vb = values(gb), got = values(m.flat_gradients());
+  double scale = 0;
+  for (size_t i = 0; i < va.size(); ++i) scale = std::max(scale, std::fabs(0.25 * va[i] + 2.0 * vb[i]));
+  for (size_t i = 0; i < va.size(); ++i)
+    ASSERT_NEAR(got[i], 0.25 * va[i] + 2.0 * vb[i], 1e-13 * scale) << "flat gradient element " << i;
+  EXPECT_LT(extra, m.flat_gradients().nbytes()) << "accumulating allocated a second gradient buffer";
+}
+
 INSTANTIATE_TEST_SUITE_P(ModelFamilies, ModelGradient, ::testing::ValuesIn(cases()),
                          [](const ::testing::TestParamInfo<Case>& i) { return std::string(i.param.name); });
 

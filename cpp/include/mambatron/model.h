@@ -92,6 +92,7 @@ struct InferenceState {
 struct LinearCrossEntropyOptions;  // ops.h
 
 namespace model_detail {
+class Grads;
 class Sublayer;
 struct Workspace;
 struct ParamSpec;
@@ -188,11 +189,12 @@ class Model {
   // state (prefill) the sublayers fill it.
   void forward_stack(model_detail::Workspace& ws, InferenceState* state);
   // From the gradient of the final norm's output [b, l, d] down to the embedding.
-  void backward_stack(model_detail::Workspace& ws, const Tensor& d_final, const std::vector<Tensor>& grads);
+  // accumulate: add to the gradient buffer instead of overwriting it.
+  void backward_stack(model_detail::Workspace& ws, const Tensor& d_final, bool accumulate);
   void norm_forward(size_t first, const Tensor& x, Tensor out, Tensor mean, Tensor rstd) const;
   // dx = dresidual (when given) + the norm's input gradient.
   void norm_backward(size_t first, const Tensor& dout, const Tensor& x, const Tensor& mean, const Tensor& rstd,
-                     Tensor dx, const std::vector<Tensor>& grads, const Tensor& dresidual = Tensor()) const;
+                     Tensor dx, model_detail::Grads& grads, const Tensor& dresidual = Tensor()) const;
   const Tensor& output_weight() const;
   LinearCrossEntropyOptions loss_options() const;
   bool has_attention() const;
@@ -209,11 +211,11 @@ class Model {
   // Index of each sublayer's first parameter (its pre-norm); the last entry is norm_f's.
   std::vector<size_t> layer_first_;
   size_t norm_params_ = 1;  // parameters per norm: weight (+ bias for layernorm1p)
-  Tensor flat_params_, flat_grads_, flat_scratch_, decay_mask_, flat_work_;
+  Tensor flat_params_, flat_grads_, decay_mask_, flat_work_;
   // What the forward reads: per parameter a view of flat_work_, or of the master
   // buffer for the wide ones (ParamSpec::wide).
   std::vector<Tensor> compute_;
-  std::vector<Tensor> grad_views_, scratch_views_;  // gradient views over flat_grads_ / flat_scratch_
+  std::vector<Tensor> grad_views_;  // gradient views over flat_grads_
   std::unique_ptr<model_detail::Workspace> train_ws_, prefill_ws_, step_ws_;
   bool recompute_ = false;
 };

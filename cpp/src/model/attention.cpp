@@ -49,12 +49,12 @@ class Attention final : public Sublayer {
   }
 
   void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s, Arena& scratch,
-                const std::vector<Tensor>& grads) override {
+                Grads& grads) override {
     int64_t b = batch.b, l = batch.l;
     Tensor q = s.get("q", {b, l, hq_, p_}), k = s.get("k", {b, l, hkv_, p_}), v = s.get("v", {b, l, hkv_, p_});
     Tensor o = s.get("o", {b, l, hq_, p_}), lse = s.wide("lse", {b, hq_, l});
     Tensor d_o = scratch.get("d_o", {b, l, hq_, p_});
-    linear_grad_weight(dout, o, grads[kO]);
+    linear_grad_weight(dout, o, grads[kO], grads.accumulate());
     linear_grad_input(dout, params_[kO], d_o);
     Tensor dq = scratch.get("d_q", {b, l, hq_, p_}), dk = scratch.get("d_k", {b, l, hkv_, p_}), dv = scratch.get("d_v", {b, l, hkv_, p_});
     attention_backward(d_o, q, k, v, o, lse, dq, dk, dv, batch.seq_idx);
@@ -67,7 +67,7 @@ class Attention final : public Sublayer {
     packed.narrow(3, 0, per_group_).copy_(dq.view({b, l, hkv_, per_group_, p_}));
     packed.narrow(3, per_group_, 1).copy_(dk.view({b, l, hkv_, 1, p_}));
     packed.narrow(3, per_group_ + 1, 1).copy_(dv.view({b, l, hkv_, 1, p_}));
-    linear_grad_weight(dqkv, x, grads[kQkv]);
+    linear_grad_weight(dqkv, x, grads[kQkv], grads.accumulate());
     linear_grad_input(dqkv, params_[kQkv], dx);
   }
 

@@ -41,10 +41,11 @@ void linear_add(const Tensor& x, const Tensor& w, const Tensor& residual, const 
   gemm(as_2d(x, w.size(1)), w, out, opt);
 }
 
-void linear_grad_weight(const Tensor& dy, const Tensor& x, const Tensor& dw) {
+void linear_grad_weight(const Tensor& dy, const Tensor& x, const Tensor& dw, bool accumulate) {
   Tensor out = dw;
   GemmOptions opt;
   opt.trans_a = true;
+  opt.beta = accumulate ? 1.0f : 0.0f;
   gemm(as_2d(dy, dw.size(0)), as_2d(x, dw.size(1)), out, opt);
 }
 
@@ -85,6 +86,18 @@ void join_columns(const std::vector<Tensor>& parts, const Tensor& dst) {
     block.copy_(as_2d(p, c));
     start += c;
   }
+}
+
+Tensor Grads::out(size_t k) {
+  if (!accumulate_) return views_[k];
+  Tensor t = scratch_->get("grad_" + std::to_string(k), views_[k].shape(), views_[k].dtype());
+  pending_.emplace_back(k, t);
+  return t;
+}
+
+void Grads::finish() {
+  for (auto& [k, t] : pending_) add_(views_[k], t);
+  pending_.clear();
 }
 
 void add_(const Tensor& y, const Tensor& x) {

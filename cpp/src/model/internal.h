@@ -88,6 +88,27 @@ struct Workspace {
   std::unordered_map<char, Arena> scratch_, saved_shared_;
 };
 
+// The parameter gradients one backward writes: views into the model's gradient buffer,
+// overwritten, or added to when accumulating. Gemm weight gradients add in the gemm
+// itself (beta = 1, see linear_grad_weight); an op that can only overwrite writes to
+// out(k): the view itself, or when accumulating a temporary from `scratch` that
+// finish() adds in. So accumulation needs no second gradient buffer.
+class Grads {
+ public:
+  Grads(std::vector<Tensor> views, bool accumulate, Arena& scratch)
+      : views_(std::move(views)), accumulate_(accumulate), scratch_(&scratch) {}
+  const Tensor& operator[](size_t k) const { return views_[k]; }
+  bool accumulate() const { return accumulate_; }
+  Tensor out(size_t k);
+  void finish();  // adds the temporaries handed out since the last finish
+
+ private:
+  std::vector<Tensor> views_;
+  bool accumulate_;
+  Arena* scratch_;
+  std::vector<std::pair<size_t, Tensor>> pending_;
+};
+
 // One mixer (the part after the pre-norm). Parameters are views in specs() order.
 class Sublayer {
  public:
@@ -100,11 +121,12 @@ class Sublayer {
   // needs; `scratch` (shared by the layers of one kind) takes the rest.
   virtual void forward(const Tensor& x, const Tensor& residual, Tensor& out, const Batch& batch, Arena& saved,
                        Arena& scratch, InferenceState::Layer* state) = 0;
-  // After forward with the same arguments: dout [b, l, d] -> dx [b, l, d] and the
-  // parameter gradients (views in specs() order), all overwritten. `scratch` holds the
-  // backward's temporaries; every layer of one kind shares it (they run one at a time).
+  // After forward with the same arguments: dout [b, l, d] -> dx [b, l, d] (overwritten)
+  // and the parameter gradients (in specs() order; the caller calls grads.finish()).
+  // `scratch` holds the backward's temporaries; every layer of one kind shares it (they
+  // run one at a time).
   virtual void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& saved,
-                        Arena& scratch, const std::vector<Tensor>& grads) = 0;
+                        Arena& scratch, Grads& grads) = 0;
   virtual void new_state(int64_t batch, int64_t max_len, InferenceState::Layer& st) const = 0;
   // One token per sequence: x [b, d] -> out [b, d] = residual + the mixer's output;
   // positions i32 [b, 1] (RoPE).
@@ -127,8 +149,8 @@ std::unique_ptr<Sublayer> make_sublayer(char symbol, const ModelConfig& config, 
 void linear(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate = false);
 // y = residual + x · Wᵀ in one pass (the gemm's epilogue adds; y may be residual).
 void linear_add(const Tensor& x, const Tensor& w, const Tensor& residual, const Tensor& y);
-// dW [out, in] = dyᵀ · x.
-void linear_grad_weight(const Tensor& dy, const Tensor& x, const Tensor& dw);
+// dW [out, in] (+)= dyᵀ · x.
+void linear_grad_weight(const Tensor& dy, const Tensor& x, const Tensor& dw, bool accumulate = false);
 // dx [N, in] (+)= dy · W.
 void linear_grad_input(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate = false);
 // Rows of W [out, in] from `start`, a contiguous view.

@@ -50,7 +50,7 @@ class Mamba1 final : public Sublayer {
     linear(x, rows(params_[kIn], 0, di_), xin);
     linear(x, rows(params_[kIn], di_, di_), z);
     Tensor conv_final = state ? state->conv_state : Tensor();
-    conv1d_forward(xin, conv_weight(params_), params_[kConvB], Tensor(), batch.seq_idx, u, conv_final, silu());
+    conv1d_forward(xin, conv_weight(params_[kConvW]), params_[kConvB], Tensor(), batch.seq_idx, u, conv_final, silu());
     Tensor dtl = s.get("dt_low", {b, l, r_}), B = s.get("B", {b, l, 1, n_}), C = s.get("C", {b, l, 1, n_});
     Tensor delta = s.get("delta", {b, l, di_}), y = s.get("y", {b, l, di_});
     project_x(u, dtl, B, C, delta);
@@ -62,43 +62,44 @@ class Mamba1 final : public Sublayer {
   }
 
   void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s, Arena& scratch,
-                const std::vector<Tensor>& grads) override {
+                Grads& grads) override {
     int64_t b = batch.b, l = batch.l;
     Tensor xin = s.get("xin", {b, l, di_}), z = s.get("z", {b, l, di_}), u = s.get("u", {b, l, di_});
     Tensor dtl = s.get("dt_low", {b, l, r_}), B = s.get("B", {b, l, 1, n_}), C = s.get("C", {b, l, 1, n_});
     Tensor delta = s.get("delta", {b, l, di_}), y = s.get("y", {b, l, di_});
 
     Tensor dy = scratch.get("d_y", {b, l, di_});
-    linear_grad_weight(dout, y, grads[kOut]);
+    const bool acc = grads.accumulate();
+    linear_grad_weight(dout, y, grads[kOut], acc);
     linear_grad_input(dout, params_[kOut], dy);
 
     Tensor du = scratch.get("d_u", {b, l, di_}), ddelta = scratch.get("d_delta", {b, l, di_}), dz = scratch.get("d_z", {b, l, di_});
     Tensor dA = scratch.wide("d_A", {di_, n_}), dB = scratch.get("d_B", {b, l, 1, n_}), dC = scratch.get("d_C", {b, l, 1, n_});
-    Tensor dD = grads[kD], ddt_bias = grads[kDtBias], no_grad;
+    Tensor dD = grads.out(kD), ddt_bias = grads.out(kDtBias), no_grad;
     selective_scan_backward(dy, Tensor(), u, delta, A_, B, C, params_[kD], z, params_[kDtBias], Tensor(),
                             batch.seq_idx, du, ddelta, dA, dB, dC, dD, dz, ddt_bias, no_grad, opt_);
-    mul_into(grads[kALog], dA, A_);  // A = −exp(A_log): dA_log = dA · A
+    mul_into(grads.out(kALog), dA, A_);  // A = −exp(A_log): dA_log = dA · A
 
     // delta = dt_low · W_dtᵀ, then [dt_low | B | C] = u · W_xᵀ.
     Tensor ddtl = scratch.get("d_dt_low", {b, l, r_});
-    linear_grad_weight(ddelta, dtl, grads[kDtW]);
+    linear_grad_weight(ddelta, dtl, grads[kDtW], acc);
     linear_grad_input(ddelta, params_[kDtW], ddtl);
     const Tensor &wx = params_[kX], &dwx = grads[kX];
-    linear_grad_weight(ddtl, u, rows(dwx, 0, r_));
-    linear_grad_weight(dB, u, rows(dwx, r_, n_));
-    linear_grad_weight(dC, u, rows(dwx, r_ + n_, n_));
+    linear_grad_weight(ddtl, u, rows(dwx, 0, r_), acc);
+    linear_grad_weight(dB, u, rows(dwx, r_, n_), acc);
+    linear_grad_weight(dC, u, rows(dwx, r_ + n_, n_), acc);
     linear_grad_input(ddtl, rows(wx, 0, r_), du, true);
     linear_grad_input(dB, rows(wx, r_, n_), du, true);
     linear_grad_input(dC, rows(wx, r_ + n_, n_), du, true);
 
     Tensor dxin = scratch.get("d_xin", {b, l, di_});
-    Tensor dconv_w = conv_weight(grads), dconv_b = grads[kConvB];
-    conv1d_backward(du, Tensor(), xin, conv_weight(params_), params_[kConvB], Tensor(), batch.seq_idx, dxin, dconv_w,
-                    dconv_b, no_grad, silu());
+    Tensor dconv_w = conv_weight(grads.out(kConvW)), dconv_b = grads.out(kConvB);
+    conv1d_backward(du, Tensor(), xin, conv_weight(params_[kConvW]), params_[kConvB], Tensor(), batch.seq_idx, dxin,
+                    dconv_w, dconv_b, no_grad, silu());
 
     const Tensor &w_in = params_[kIn], &dw_in = grads[kIn];
-    linear_grad_weight(dxin, x, rows(dw_in, 0, di_));
-    linear_grad_weight(dz, x, rows(dw_in, di_, di_));
+    linear_grad_weight(dxin, x, rows(dw_in, 0, di_), acc);
+    linear_grad_weight(dz, x, rows(dw_in, di_, di_), acc);
     linear_grad_input(dxin, rows(w_in, 0, di_), dx);
     linear_grad_input(dz, rows(w_in, di_, di_), dx, true);
   }
@@ -114,7 +115,7 @@ class Mamba1 final : public Sublayer {
     Tensor xin = s.get("xin", {b, di_}), z = s.get("z", {b, di_}), u = s.get("u", {b, di_});
     linear(x, rows(params_[kIn], 0, di_), xin);
     linear(x, rows(params_[kIn], di_, di_), z);
-    conv1d_step(xin, conv_weight(params_), params_[kConvB], st.conv_state, u, silu());
+    conv1d_step(xin, conv_weight(params_[kConvW]), params_[kConvB], st.conv_state, u, silu());
     Tensor dtl = s.get("dt_low", {b, r_}), B = s.get("B", {b, 1, n_}), C = s.get("C", {b, 1, n_});
     Tensor delta = s.get("delta", {b, di_}), y = s.get("y", {b, di_});
     project_x(u, dtl, B, C, delta);
@@ -131,7 +132,7 @@ class Mamba1 final : public Sublayer {
     o.silu = true;
     return o;
   }
-  Tensor conv_weight(const std::vector<Tensor>& t) const { return t[kConvW].view({di_, w_}); }
+  Tensor conv_weight(const Tensor& w) const { return w.view({di_, w_}); }
 
   // [dt_low | B | C] = u · W_xᵀ (three row blocks), delta = dt_low · W_dtᵀ.
   void project_x(const Tensor& u, const Tensor& dtl, const Tensor& B, const Tensor& C, const Tensor& delta) const {

@@ -53,7 +53,7 @@ class Mamba2 final : public Sublayer {
     project_in(x, z, xbc, dt);
     Tensor xbc_act = scratch.get("xbc_act", {b, l, conv_});
     Tensor conv_final = state ? state->conv_state : Tensor();
-    conv1d_forward(xbc, conv_weight(params_), params_[kConvB], Tensor(), batch.seq_idx, xbc_act, conv_final,
+    conv1d_forward(xbc, conv_weight(params_[kConvW]), params_[kConvB], Tensor(), batch.seq_idx, xbc_act, conv_final,
                    silu());
     Tensor xs = s.get("x", {b, l, h_, p_}), B = s.get("B", {b, l, g_, n_}), C = s.get("C", {b, l, g_, n_});
     split_columns(xbc_act, {xs, B, C});
@@ -67,37 +67,38 @@ class Mamba2 final : public Sublayer {
   }
 
   void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s, Arena& scratch,
-                const std::vector<Tensor>& grads) override {
+                Grads& grads) override {
     int64_t b = batch.b, l = batch.l;
     Tensor z = s.get("z", {b, l, di_}), xbc = s.get("xbc", {b, l, conv_}), dt = s.get("dt", {b, l, h_});
     Tensor xs = s.get("x", {b, l, h_, p_}), B = s.get("B", {b, l, g_, n_}), C = s.get("C", {b, l, g_, n_});
     Tensor y = s.get("y", {b, l, h_, p_}), yn = s.get("yn", {b, l, di_}), rstd = s.wide("rstd", {b, l, g_});
 
     Tensor dyn = scratch.get("d_yn", {b, l, di_});
-    linear_grad_weight(dout, yn, grads[kOut]);
+    const bool acc = grads.accumulate();
+    linear_grad_weight(dout, yn, grads[kOut], acc);
     linear_grad_input(dout, params_[kOut], dyn);
     Tensor dy = scratch.get("d_y", {b, l, h_, p_}), dz = scratch.get("d_z", {b, l, di_});
-    Tensor dy3 = dy.view({b, l, di_}), dnorm = grads[kNorm];
+    Tensor dy3 = dy.view({b, l, di_}), dnorm = grads.out(kNorm);
     gated_rmsnorm_backward(dyn, y.view({b, l, di_}), z, params_[kNorm], rstd, g_, dy3, dz, dnorm);
 
     Tensor dxs = scratch.get("d_x", {b, l, h_, p_}), ddt = scratch.get("d_dt", {b, l, h_}), dA = scratch.wide("d_A", {h_});
     Tensor dB = scratch.get("d_B", {b, l, g_, n_}), dC = scratch.get("d_C", {b, l, g_, n_});
-    Tensor dD = grads[kD], ddt_bias = grads[kDtBias], no_grad;
+    Tensor dD = grads.out(kD), ddt_bias = grads.out(kDtBias), no_grad;
     ssd_backward(dy, Tensor(), xs, dt, A_, B, C, params_[kD], params_[kDtBias], Tensor(), batch.seq_idx, dxs, ddt,
                  dA, dB, dC, dD, ddt_bias, no_grad, opt_);
-    mul_into(grads[kALog], dA, A_);  // A = −exp(A_log): dA_log = dA · A
+    mul_into(grads.out(kALog), dA, A_);  // A = −exp(A_log): dA_log = dA · A
 
     Tensor dxbc_act = scratch.get("d_xbc_act", {b, l, conv_}), dxbc = scratch.get("d_xbc", {b, l, conv_});
     join_columns({dxs, dB, dC}, dxbc_act);
-    Tensor dconv_w = conv_weight(grads), dconv_b = grads[kConvB];
-    conv1d_backward(dxbc_act, Tensor(), xbc, conv_weight(params_), params_[kConvB], Tensor(), batch.seq_idx, dxbc,
-                    dconv_w, dconv_b, no_grad, silu());
+    Tensor dconv_w = conv_weight(grads.out(kConvW)), dconv_b = grads.out(kConvB);
+    conv1d_backward(dxbc_act, Tensor(), xbc, conv_weight(params_[kConvW]), params_[kConvB], Tensor(), batch.seq_idx,
+                    dxbc, dconv_w, dconv_b, no_grad, silu());
 
     const Tensor& w_in = params_[kIn];
     const Tensor& dw_in = grads[kIn];
-    linear_grad_weight(dz, x, rows(dw_in, 0, di_));
-    linear_grad_weight(dxbc, x, rows(dw_in, di_, conv_));
-    linear_grad_weight(ddt, x, rows(dw_in, di_ + conv_, h_));
+    linear_grad_weight(dz, x, rows(dw_in, 0, di_), acc);
+    linear_grad_weight(dxbc, x, rows(dw_in, di_, conv_), acc);
+    linear_grad_weight(ddt, x, rows(dw_in, di_ + conv_, h_), acc);
     linear_grad_input(dz, rows(w_in, 0, di_), dx);
     linear_grad_input(dxbc, rows(w_in, di_, conv_), dx, true);
     linear_grad_input(ddt, rows(w_in, di_ + conv_, h_), dx, true);
@@ -114,7 +115,7 @@ class Mamba2 final : public Sublayer {
     Tensor z = s.get("z", {b, di_}), xbc = s.get("xbc", {b, conv_}), dt = s.get("dt", {b, h_});
     project_in(x, z, xbc, dt);
     Tensor xbc_act = s.get("xbc_act", {b, conv_});
-    conv1d_step(xbc, conv_weight(params_), params_[kConvB], st.conv_state, xbc_act, silu());
+    conv1d_step(xbc, conv_weight(params_[kConvW]), params_[kConvB], st.conv_state, xbc_act, silu());
     Tensor xs = s.get("x", {b, h_, p_}), B = s.get("B", {b, g_, n_}), C = s.get("C", {b, g_, n_});
     split_columns(xbc_act, {xs, B, C});
     neg_exp(params_[kALog], A_);
@@ -133,7 +134,7 @@ class Mamba2 final : public Sublayer {
     o.silu = true;
     return o;
   }
-  Tensor conv_weight(const std::vector<Tensor>& t) const { return t[kConvW].view({conv_, w_}); }
+  Tensor conv_weight(const Tensor& w) const { return w.view({conv_, w_}); }
 
   void project_in(const Tensor& x, const Tensor& z, const Tensor& xbc, const Tensor& dt) const {
     const Tensor& w = params_[kIn];

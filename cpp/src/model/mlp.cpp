@@ -31,18 +31,18 @@ class Mlp final : public Sublayer {
   }
 
   void backward(const Tensor& dout, const Tensor& x, Tensor& dx, const Batch& batch, Arena& s, Arena& scratch,
-                const std::vector<Tensor>& grads) override {
+                Grads& grads) override {
     Shape lead = {batch.b, batch.l};
     Tensor h = s.get("h", with(lead, fc1_)), a = s.get("a", with(lead, f_));
     Tensor da = scratch.get("d_a", with(lead, f_)), dh = scratch.get("d_h", with(lead, fc1_));
-    linear_grad_weight(dout, a, grads[kFc2]);
+    linear_grad_weight(dout, a, grads[kFc2], grads.accumulate());
     linear_grad_input(dout, params_[kFc2], da);
     switch (act_) {
       case Activation::gelu: gelu_backward(da, h, dh); break;
       case Activation::squared_relu: squared_relu_backward(da, h, dh); break;
       case Activation::swiglu: swiglu_backward(da, h, dh); break;
     }
-    linear_grad_weight(dh, x, grads[kFc1]);
+    linear_grad_weight(dh, x, grads[kFc1], grads.accumulate());
     linear_grad_input(dh, params_[kFc1], dx);
   }
 

@@ -9,6 +9,7 @@
 namespace mambatron {
 
 using model_detail::Arena;
+using model_detail::Grads;
 using model_detail::InitRule;
 using model_detail::ParamSpec;
 using model_detail::Workspace;
@@ -230,12 +231,12 @@ void Model::norm_forward(size_t first, const Tensor& x, Tensor out, Tensor mean,
 }
 
 void Model::norm_backward(size_t first, const Tensor& dout, const Tensor& x, const Tensor& mean, const Tensor& rstd,
-                          Tensor dx, const std::vector<Tensor>& grads, const Tensor& dresidual) const {
-  Tensor dw = grads[first];
+                          Tensor dx, model_detail::Grads& grads, const Tensor& dresidual) const {
+  Tensor dw = grads.out(first);
   if (config_.norm == NormKind::rmsnorm) {
     rmsnorm_backward(dout, x, compute_[first], rstd, dx, dw, dresidual);
   } else {
-    Tensor db = grads[first + 1];
+    Tensor db = grads.out(first + 1);
     layernorm1p_backward(dout, x, compute_[first], mean, rstd, dx, dw, db, dresidual);
   }
 }
@@ -265,17 +266,19 @@ void Model::forward_stack(Workspace& ws, InferenceState* state) {
                rstd.select(0, L));
 }
 
-void Model::backward_stack(Workspace& ws, const Tensor& d_final, const std::vector<Tensor>& grads) {
+void Model::backward_stack(Workspace& ws, const Tensor& d_final, bool accumulate) {
   const int64_t b = ws.b, l = ws.l, d = config_.d_model, L = int64_t(layers_.size());
   Tensor X = ws.arena.get("x", {L + 1, b, l, d}), normed = ws.arena.get("normed", {recompute_ ? 1 : L, b, l, d});
   Tensor mean = ws.arena.wide("mean", {L + 1, b, l}), rstd = ws.arena.wide("rstd", {L + 1, b, l});
   // d_res: the gradient of the residual stream x_i, carried down the stack.
   Tensor d_res = ws.arena.get("d_res", {b, l, d}), d_normed = ws.arena.get("d_normed", {b, l, d});
-  norm_backward(layer_first_[L], d_final, X.select(0, L), mean.select(0, L), rstd.select(0, L), d_res, grads);
+  Grads stack(grad_views_, accumulate, ws.arena);  // the norms' and the embedding's gradients
+  norm_backward(layer_first_[L], d_final, X.select(0, L), mean.select(0, L), rstd.select(0, L), d_res, stack);
   for (int64_t i = L - 1; i >= 0; --i) {
-    std::vector<Tensor> mixer(grads.begin() + int64_t(layer_first_[i] + norm_params_),
-                              grads.begin() + int64_t(layer_first_[i + 1]));
     const char kind = config_.pattern[size_t(i)];
+    Grads mixer(std::vector<Tensor>(grad_views_.begin() + int64_t(layer_first_[i] + norm_params_),
+                                    grad_views_.begin() + int64_t(layer_first_[i + 1])),
+                accumulate, ws.scratch(kind));
     Arena& saved = ws.saved(i, kind, recompute_);
     Tensor ni = normed.select(0, recompute_ ? 0 : i);
     if (recompute_ && i < L - 1) {  // the top sublayer's activations are still the latest
@@ -285,12 +288,14 @@ void Model::backward_stack(Workspace& ws, const Tensor& d_final, const std::vect
       layers_[i]->forward(ni, X.select(0, i), next, ws.batch, saved, ws.scratch(kind), nullptr);
     }
     layers_[i]->backward(d_res, ni, d_normed, ws.batch, saved, ws.scratch(kind), mixer);
+    mixer.finish();
     // d_res += the norm's input gradient, in the norm's own pass.
-    norm_backward(layer_first_[i], d_normed, X.select(0, i), mean.select(0, i), rstd.select(0, i), d_res, grads,
+    norm_backward(layer_first_[i], d_normed, X.select(0, i), mean.select(0, i), rstd.select(0, i), d_res, stack,
                   d_res);
   }
-  Tensor d_embedding = grads[0];
+  Tensor d_embedding = stack.out(0);
   embedding_backward(d_res, ws.inputs, d_embedding);
+  stack.finish();
 }
 
 double Model::forward_backward(const Tensor& tokens, const Tensor& loss_mask, const Tensor& seq_idx,
@@ -298,23 +303,17 @@ double Model::forward_backward(const Tensor& tokens, const Tensor& loss_mask, co
   Workspace& ws = prepare(train_ws_, "Model.forward_backward", tokens, true, loss_mask, seq_idx);
   forward_stack(ws, nullptr);
   const int64_t n = ws.b * ws.l, d = config_.d_model;
-  // Accumulation computes into a scratch buffer of the same layout, then adds.
-  if (accumulate && !flat_scratch_.defined()) {
-    flat_scratch_ = Tensor::zeros({flat_grads_.numel()}, flat_grads_.dtype(), device_);
-    for (size_t k = 0; k < specs_.size(); ++k)
-      scratch_views_.push_back(
-          flat_scratch_.narrow(0, offsets_[k], shape_numel(specs_[k].shape)).view(specs_[k].shape));
-  }
-  const std::vector<Tensor>& grads = accumulate ? scratch_views_ : grad_views_;
+  const bool tied = config_.tie_embeddings;
   Tensor final_h = ws.arena.get("final", {n, d}), d_final = ws.arena.get("d_final", {n, d});
-  // Tied: the output layer's gradient is added to the embedding's after its backward.
-  Tensor d_out_w = config_.tie_embeddings ? ws.arena.wide("d_out_w", {config_.vocab_size, d}) : grads.back();
+  // The output layer's gradient goes straight to its place, or (tied, or accumulating:
+  // the loss op overwrites) to a temporary added after the backward.
+  Tensor d_out_w = tied || accumulate ? ws.arena.wide("d_out_w", {config_.vocab_size, d}) : grad_views_.back();
   LinearCrossEntropyOptions opt = loss_options();
   opt.grad_scale = grad_scale;
   double loss = linear_cross_entropy_backward(final_h, output_weight(), ws.targets, ws.mask, d_final, d_out_w, opt);
-  backward_stack(ws, d_final.view({ws.b, ws.l, d}), grads);
-  if (config_.tie_embeddings) model_detail::add_(grads[0], d_out_w);
-  if (accumulate) model_detail::add_(flat_grads_, flat_scratch_);
+  backward_stack(ws, d_final.view({ws.b, ws.l, d}), accumulate);
+  if (tied) model_detail::add_(grad_views_[0], d_out_w);
+  else if (accumulate) model_detail::add_(grad_views_.back(), d_out_w);
   return loss;
 }
 
