@@ -27,7 +27,7 @@ Returns out [b, l, d] (written into `out` when given).)");
 
   m.def(
       "embedding_backward",
-      [](py::handle dout, py::handle tokens, int64_t vocab_size, py::handle dweight) {
+      [](py::handle dout, py::handle tokens, int64_t vocab_size, py::handle dweight, bool accumulate) {
         const char* op = "embedding_backward";
         Tensor g = as_tensor(dout, op, "dout"), t = as_tensor(tokens, op, "tokens");
         Tensor dw;
@@ -37,14 +37,16 @@ Returns out [b, l, d] (written into `out` when given).)");
           dw = Tensor::empty({vocab_size, g.size(2)}, g.dtype(), g.device());
         }
         py::gil_scoped_release release;
-        embedding_backward(g, t, dw);
+        embedding_backward(g, t, dw, accumulate);
         return dw;
       },
       py::arg("dout"), py::arg("tokens"), py::arg("vocab_size") = -1, py::kw_only(), py::arg("dweight") = py::none(),
+      py::arg("accumulate") = false,
       R"(Gradient of the embedding table: dweight[v] = sum of dout[i, t] over positions with tokens[i, t] == v.
 
 dout: [b, l, d]; tokens: [b, l] i32/i64. Returns dweight [V, d], overwritten (rows no token
-names are 0); give `dweight` or `vocab_size`. Deterministic for any thread count.)");
+names are 0); give `dweight` or `vocab_size`. accumulate=True adds into `dweight` instead
+(rows no token names are left as they are). Deterministic for any thread count.)");
 }
 
 }  // namespace mambatron::bind

@@ -344,6 +344,13 @@ TEST(CudaEmbedding, MatchesCpuWithinRule) {
           mt::embedding_backward(g.dev, ids_gpu, dwb);
           check_cuda(dw, dw32, dw64, what + " backward");
           EXPECT_TRUE(same_bits(dw, dwb)) << what << ": two runs differ";
+          if (wt == DType::f32) {  // accumulating (the model's f32 gradients): dw + the same sums
+            Tensor twice = dw.clone();
+            mt::embedding_backward(g.dev, ids_gpu, twice, true);
+            Tensor expected = empty({c.vocab, c.d}, DType::f32), dw_host = dw.to(Device::cpu());
+            mt::add(dw_host, dw_host, expected);
+            EXPECT_TRUE(same_bits(twice, expected)) << what << ": accumulate differs from a separate add";
+          }
         }
       }
     }

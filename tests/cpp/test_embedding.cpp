@@ -63,6 +63,21 @@ TEST(Embedding, BackwardMatchesNaiveLoopAndFiniteDifferences) {
   }
 }
 
+// Accumulating adds each named row's sum like a separate add and leaves other rows alone.
+TEST(Embedding, BackwardAccumulatesIntoNamedRowsOnly) {
+  const int64_t V = 41, d = 9, b = 2, l = 5;  // 10 positions: most rows are not named
+  for (DType dt : {DType::f32, DType::f64}) {
+    Tensor tokens = random_tokens(b, l, 0, V, DType::i64), g = randn({b, l, d}, dt), start = randn({V, d}, dt);
+    Tensor fresh = Tensor::empty({V, d}, dt);
+    mt::embedding_backward(g, tokens, fresh);
+    Tensor expected = Tensor::empty({V, d}, dt);
+    mt::add(start, fresh, expected);
+    Tensor acc = start.clone();
+    mt::embedding_backward(g, tokens, acc, true);
+    EXPECT_TRUE(same_bits(acc, expected)) << mt::dtype_name(dt);
+  }
+}
+
 TEST(Embedding, Float32MatchesFloat64) {
   const int64_t V = 23, d = 37, b = 3, l = 29;  // 87 tokens over 23 ids: many repeats
   Tensor tokens = random_tokens(b, l, 0, V, DType::i64);

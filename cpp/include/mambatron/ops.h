@@ -40,9 +40,11 @@ namespace mambatron {
 // No decode step: every token is looked up on its own (a step is l = 1).
 void embedding_forward(const Tensor& weight, const Tensor& tokens, Tensor& out);
 // dweight [V, d] (overwritten) = the rows of dout [b, l, d] added into the rows their
-// tokens name; rows no token names are 0. Deterministic: each row adds its positions
-// in position order, so the bits do not depend on the thread count.
-void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweight);
+// tokens name; rows no token names are 0. With accumulate, each named row's sum is
+// added to what dweight holds and the other rows are not touched (gradient
+// accumulation over micro-batches). Deterministic: each row adds its positions in
+// position order, so the bits do not depend on the thread count.
+void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweight, bool accumulate = false);
 
 // ---------------------------------------------------------------- norms
 // All norms: x is [..., d] (its leading dims are the rows), parameters are [d], one

@@ -272,7 +272,7 @@ void Model::backward_stack(Workspace& ws, const Tensor& d_final, bool accumulate
   Tensor mean = ws.arena.wide("mean", {L + 1, b, l}), rstd = ws.arena.wide("rstd", {L + 1, b, l});
   // d_res: the gradient of the residual stream x_i, carried down the stack.
   Tensor d_res = ws.arena.get("d_res", {b, l, d}), d_normed = ws.arena.get("d_normed", {b, l, d});
-  Grads stack(grad_views_, accumulate, ws.arena);  // the norms' and the embedding's gradients
+  Grads stack(grad_views_, accumulate, ws.arena);  // the norms' gradients
   norm_backward(layer_first_[L], d_final, X.select(0, L), mean.select(0, L), rstd.select(0, L), d_res, stack);
   for (int64_t i = L - 1; i >= 0; --i) {
     const char kind = config_.pattern[size_t(i)];
@@ -293,9 +293,9 @@ void Model::backward_stack(Workspace& ws, const Tensor& d_final, bool accumulate
     norm_backward(layer_first_[i], d_normed, X.select(0, i), mean.select(0, i), rstd.select(0, i), d_res, stack,
                   d_res);
   }
-  Tensor d_embedding = stack.out(0);
-  embedding_backward(d_res, ws.inputs, d_embedding);
   stack.finish();
+  Tensor d_embedding = grad_views_[0];
+  embedding_backward(d_res, ws.inputs, d_embedding, accumulate);
 }
 
 double Model::forward_backward(const Tensor& tokens, const Tensor& loss_mask, const Tensor& seq_idx,

@@ -33,7 +33,7 @@ void embedding_forward(const Tensor& weight, const Tensor& tokens, Tensor& out) 
   MT_DISPATCH(weight, embedding_forward, weight, tokens, out);
 }
 
-void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweight) {
+void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweight, bool accumulate) {
   const char* op = "embedding_backward";
   dense::check_float_ref(dout, op, "dout");
   MT_CHECK(dout.dim() == 3, ValueError, op, ": argument 'dout' has shape ", shape_str(dout.shape()),
@@ -44,7 +44,7 @@ void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweigh
   MT_CHECK(dweight.dim() == 2 && dweight.size(1) == dout.size(2), ValueError, op, ": argument 'dweight' has shape ",
            shape_str(dweight.shape()), ", expected [V, ", dout.size(2), "] (d from 'dout')");
   dense::check_float_own_dtype(dweight, dout, op, "dweight", "dout", dweight.shape());
-  MT_DISPATCH(dout, embedding_backward, dout, tokens, dweight);
+  MT_DISPATCH(dout, embedding_backward, dout, tokens, dweight, accumulate);
 }
 
 }  // namespace mambatron

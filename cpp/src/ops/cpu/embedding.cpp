@@ -44,7 +44,7 @@ void embedding_forward(const Tensor& weight, const Tensor& tokens, Tensor& out) 
   });
 }
 
-void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweight) {
+void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweight, bool accumulate) {
   const int64_t vocab = dweight.size(0), d = dweight.size(1), n = tokens.numel(), l = tokens.size(1);
   visit_ids(tokens, [&](auto ids) {
     check_ids(ids, n, vocab, "embedding_backward", l);
@@ -67,7 +67,7 @@ void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweigh
           T* row = dw + v * d;
           const int64_t b = start[v], e = start[v + 1];
           if (b == e) {
-            std::memset(row, 0, sizeof(T) * size_t(d));
+            if (!accumulate) std::memset(row, 0, sizeof(T) * size_t(d));
             continue;
           }
           std::fill(acc.begin(), acc.end(), 0.0);
@@ -75,7 +75,7 @@ void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweigh
             const T* src = g + order[k] * d;
             for (int64_t j = 0; j < d; ++j) acc[j] += double(src[j]);
           }
-          for (int64_t j = 0; j < d; ++j) row[j] = T(acc[j]);
+          for (int64_t j = 0; j < d; ++j) row[j] = accumulate ? row[j] + T(acc[j]) : T(acc[j]);
         }
       }
     });

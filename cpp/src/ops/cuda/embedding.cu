@@ -33,16 +33,20 @@ __global__ void embedding_fwd_kernel(const W* __restrict__ w, const I* __restric
   }
 }
 
-// Row v of dweight = Σ dout[order[k]] for k in [start[v], start[v + 1]), k ascending.
+// Row v of dweight = Σ dout[order[k]] for k in [start[v], start[v + 1]), k ascending
+// (accumulate: added to the row, and rows no token names are left as they are).
 template <class G, class P>
 __global__ void embedding_bwd_kernel(const G* __restrict__ dout, const int64_t* __restrict__ start,
-                                     const int64_t* __restrict__ order, P* __restrict__ dw, int64_t vocab, int64_t d) {
+                                     const int64_t* __restrict__ order, P* __restrict__ dw, int64_t vocab, int64_t d,
+                                     bool accumulate) {
   for (int64_t v = blockIdx.x; v < vocab; v += gridDim.x) {
     const int64_t b = start[v], e = start[v + 1];
+    if (accumulate && b == e) continue;
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
       double acc = 0;
       for (int64_t k = b; k < e; ++k) acc += double(to_f32(dout[order[k] * d + j]));
-      dw[v * d + j] = cast_value<P>(acc);
+      const P sum = cast_value<P>(acc);
+      dw[v * d + j] = accumulate ? cast_value<P>(to_f32(dw[v * d + j]) + to_f32(sum)) : sum;
     }
   }
 }
@@ -97,7 +101,7 @@ void embedding_forward(const Tensor& weight, const Tensor& tokens, Tensor& out) 
   });
 }
 
-void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweight) {
+void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweight, bool accumulate) {
   const char* op = "embedding_backward";
   const int dev = dout.device().index;
   DeviceGuard guard(dev);
@@ -127,7 +131,8 @@ void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweigh
       using P = typename decltype(ptag)::type;
       embedding_bwd_kernel<G, P><<<blocks_for(vocab), kThreads, 0, stream(dev)>>>(
           static_cast<const G*>(dout.data_ptr()), static_cast<const int64_t*>(start_d.data_ptr()),
-          static_cast<const int64_t*>(order_d.data_ptr()), static_cast<P*>(dweight.data_ptr()), vocab, d);
+          static_cast<const int64_t*>(order_d.data_ptr()), static_cast<P*>(dweight.data_ptr()), vocab, d,
+          accumulate);
       MT_CUDA_LAUNCH_CHECK();
     });
   });

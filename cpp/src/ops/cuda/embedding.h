@@ -9,6 +9,6 @@
 namespace mambatron::cuda {
 
 void embedding_forward(const Tensor& weight, const Tensor& tokens, Tensor& out);
-void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweight);
+void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dweight, bool accumulate);
 
 }  // namespace mambatron::cuda
