@@ -58,12 +58,13 @@ given: losses holds l_i at included positions and 0 elsewhere.)");
   m.def(
       "linear_cross_entropy_backward",
       [](py::handle h, py::handle w, py::handle targets, py::handle mask, int64_t ignore_index, int64_t chunk_size,
-         int64_t vocab_chunk_size, double grad_scale, py::handle dh, py::handle dw, bool return_losses,
-         py::handle losses) -> py::tuple {
+         int64_t vocab_chunk_size, double grad_scale, py::handle dh, py::handle dw, bool accumulate_dw,
+         bool return_losses, py::handle losses) -> py::tuple {
         const char* op = "linear_cross_entropy_backward";
         Tensor th = as_tensor(h, op, "h"), tw = as_tensor(w, op, "w"), tt = as_tensor(targets, op, "targets");
         Tensor tm = optional_tensor(mask, op, "mask");
-        LinearCrossEntropyOptions opt{ignore_index, chunk_size, vocab_chunk_size, grad_scale};
+        LinearCrossEntropyOptions opt{ignore_index, chunk_size, vocab_chunk_size, grad_scale, accumulate_dw};
+        MT_CHECK(!accumulate_dw || !dw.is_none(), ValueError, op, ": accumulate_dw needs 'dw' to add into");
         Tensor tdh = dh.is_none() ? Tensor::empty(th.shape(), th.dtype(), th.device()) : as_tensor(dh, op, "dh");
         Tensor tdw = dw.is_none() ? Tensor::empty(tw.shape(), tw.dtype(), tw.device()) : as_tensor(dw, op, "dw");
         const bool want = return_losses || !losses.is_none();
@@ -81,13 +82,14 @@ given: losses holds l_i at included positions and 0 elsewhere.)");
       py::arg("h"), py::arg("w"), py::arg("targets"), py::arg("mask") = py::none(), py::kw_only(),
       py::arg("ignore_index") = -100, py::arg("chunk_size") = 4096, py::arg("vocab_chunk_size") = 32768,
       py::arg("grad_scale") = 1.0, py::arg("dh") = py::none(), py::arg("dw") = py::none(),
-      py::arg("return_losses") = false, py::arg("losses") = py::none(),
+      py::arg("accumulate_dw") = false, py::arg("return_losses") = false, py::arg("losses") = py::none(),
       R"(The loss of linear_cross_entropy_forward and its gradients, in one pass.
 
 Same arguments as the forward. Returns (loss, dh [n, d], dw [V, d]) where dh and dw are the
 gradients of grad_scale * loss (overwritten when given; rows of dh at excluded positions are
 0), and (loss, dh, dw, losses) when return_losses is set or `losses` [n] is given. dh has h's
-dtype; dw, when not given, w's (on CUDA it may be given as f32 for a bf16 w).)");
+dtype; dw, when not given, w's (on CUDA it may be given as f32 for a bf16 w). accumulate_dw:
+add the weight gradient into the given dw (f32 on CUDA) instead of overwriting it.)");
 }
 
 }  // namespace mambatron::bind

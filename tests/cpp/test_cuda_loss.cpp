@@ -178,6 +178,34 @@ TEST(CudaLoss, LinearCrossEntropyLargerShapes) {
   compare({2048, 512, 4096, 1000, 1500}, DType::bf16, DType::bf16, DType::bf16, DType::i64, 0, 1.0);
 }
 
+// accumulate_dw (the model's gradient accumulation and tied embeddings): an f32 dw gets
+// the weight gradient added, within the rule of the CPU's; bf16 dw is refused.
+TEST(CudaLoss, AccumulateDwAddsTheWeightGradient) {
+  SKIP_WITHOUT_GPU();
+  for (const Case& c : {Case{257, 130, 2050, 100, 512}, Case{300, 64, 1000, 1024, 0}}) {
+    Input h = input({c.n, c.d}, DType::bf16, 1.0), w = input({c.V, c.d}, DType::bf16, 0.2);
+    Input start = input({c.V, c.d}, DType::f32, 0.01);
+    Tensor targets = random_targets(c.n, c.V, DType::i64), targets_gpu = targets.to(kGpu);
+    LinearCrossEntropyOptions opt;
+    opt.chunk_size = c.chunk;
+    opt.vocab_chunk_size = c.vchunk;
+    opt.accumulate_dw = true;
+    Tensor dh64 = Tensor::empty({c.n, c.d}, DType::f64), dw64 = start.f64.clone();
+    Tensor dh32 = Tensor::empty({c.n, c.d}, DType::f32), dw32 = start.f32.clone();
+    mt::linear_cross_entropy_backward(h.f64, w.f64, targets, Tensor(), dh64, dw64, opt);
+    mt::linear_cross_entropy_backward(h.f32, w.f32, targets, Tensor(), dh32, dw32, opt);
+    Tensor dh = poisoned({c.n, c.d}, DType::bf16, kGpu), dw = start.dev.clone();
+    mt::linear_cross_entropy_backward(h.dev, w.dev, targets_gpu, Tensor(), dh, dw, opt);
+    Grads same = grads_with_bf16_softmax_gradient(h.f64, w.f64, targets, Tensor(), 1.0);
+    Tensor same_dw = Tensor::empty({c.V, c.d}, DType::f64);
+    mt::add(same.dw.to(DType::f64), start.f64, same_dw);
+    check_cuda(dw, same_dw, dw64, "accumulated dw");
+    Tensor dw_bf16 = Tensor::zeros({c.V, c.d}, DType::bf16, kGpu);
+    EXPECT_THROW(mt::linear_cross_entropy_backward(h.dev, w.dev, targets_gpu, Tensor(), dh, dw_bf16, opt),
+                 mt::TypeError);
+  }
+}
+
 TEST(CudaLoss, NothingIncludedGivesZeros) {
   SKIP_WITHOUT_GPU();
   const int64_t d = 5, V = 9;

@@ -300,6 +300,27 @@ TEST(LossLinearCrossEntropy, NoIncludedPositionsGivesZeros) {
   for (double v : values(r.dw)) EXPECT_EQ(v, 0.0);
 }
 
+// accumulate_dw adds the weight gradient to what dw holds (dh is still overwritten),
+// also when no position is included.
+TEST(LossLinearCrossEntropy, AccumulateDwAddsTheWeightGradient) {
+  const int64_t n = 37, d = 13, V = 53;
+  Tensor h = randn({n, d}), w = randn({V, d}), targets = random_targets(n, V), start = randn({V, d});
+  LinearCrossEntropyOptions opt;
+  opt.chunk_size = 8;
+  opt.vocab_chunk_size = 16;
+  Result fresh = run(h, w, targets, Tensor(), opt);
+  opt.accumulate_dw = true;
+  Tensor dh = poisoned(h.shape(), DType::f64), dw = start.clone();
+  EXPECT_EQ(mt::linear_cross_entropy_backward(h, w, targets, Tensor(), dh, dw, opt), fresh.loss);
+  EXPECT_TRUE(mt::testing::same_bits(dh, fresh.dh));
+  std::vector<double> want = values(start), got = values(dw), add = values(fresh.dw);
+  for (size_t i = 0; i < want.size(); ++i) want[i] += add[i];
+  EXPECT_LE(rel(got, want), 1e-14);
+  Tensor none = Tensor::full({n}, -100, DType::i64), kept = start.clone();
+  mt::linear_cross_entropy_backward(h, w, none, Tensor(), dh, kept, opt);
+  EXPECT_TRUE(mt::testing::same_bits(kept, start)) << "nothing included: dw must be left as it was";
+}
+
 TEST(LossLinearCrossEntropy, RejectsBadArguments) {
   const int64_t n = 6, d = 5, V = 9;
   Tensor h = randn({n, d}), w = randn({V, d}), targets = random_targets(n, V);

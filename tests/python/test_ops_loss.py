@@ -71,6 +71,13 @@ def test_float_mask_weights_grad_scale_and_given_outputs(rng):
     np.testing.assert_allclose(dw, ref_dw, rtol=1e-11, atol=1e-14)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-12, atol=1e-14)
     assert losses[4] == 0.0
+    # accumulate_dw adds the weight gradient to what dw holds.
+    start = rng.standard_normal(w.shape)
+    acc = start.copy()
+    mt.linear_cross_entropy_backward(h, w, t, mask, grad_scale=0.25, dw=acc, accumulate_dw=True)
+    np.testing.assert_allclose(acc, start + ref_dw, rtol=1e-11, atol=1e-13)
+    with pytest.raises(ValueError, match="accumulate_dw needs 'dw'"):
+        mt.linear_cross_entropy_backward(h, w, t, accumulate_dw=True)
 
 
 def test_custom_ignore_index(rng):

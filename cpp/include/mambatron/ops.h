@@ -119,14 +119,18 @@ struct LinearCrossEntropyOptions {
   int64_t chunk_size = 4096;
   int64_t vocab_chunk_size = 32768;
   double grad_scale = 1.0;  // backward writes the gradients of grad_scale · loss
+  // Backward adds the weight gradient to dw instead of overwriting it (gradient
+  // accumulation, tied embeddings); dh is overwritten either way. dw must be f32 on CUDA.
+  bool accumulate_dw = false;
 };
 // Returns the loss. losses (optional, [n], dtype of h; f32 on CUDA) receives ℓ_i at the
 // included positions and 0 elsewhere (unweighted: the per-token loss for perplexity).
 double linear_cross_entropy_forward(const Tensor& h, const Tensor& w, const Tensor& targets,
                                     const Tensor& mask = Tensor(), const LinearCrossEntropyOptions& opt = {},
                                     Tensor* losses = nullptr);
-// The same loss (returned), and overwrites dh [n, d] and dw [V, d] with the gradients of
-// grad_scale · loss (rows of dh at excluded positions are 0).
+// The same loss (returned), and overwrites dh [n, d] and dw [V, d] (or adds to dw, see
+// accumulate_dw) with the gradients of grad_scale · loss (rows of dh at excluded
+// positions are 0).
 double linear_cross_entropy_backward(const Tensor& h, const Tensor& w, const Tensor& targets, const Tensor& mask,
                                      Tensor& dh, Tensor& dw, const LinearCrossEntropyOptions& opt = {},
                                      Tensor* losses = nullptr);

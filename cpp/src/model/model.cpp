@@ -294,8 +294,9 @@ void Model::backward_stack(Workspace& ws, const Tensor& d_final, bool accumulate
                   d_res);
   }
   stack.finish();
+  // Tied embeddings: the output layer's gradient is already there; the lookup's adds to it.
   Tensor d_embedding = grad_views_[0];
-  embedding_backward(d_res, ws.inputs, d_embedding, accumulate);
+  embedding_backward(d_res, ws.inputs, d_embedding, accumulate || config_.tie_embeddings);
 }
 
 double Model::forward_backward(const Tensor& tokens, const Tensor& loss_mask, const Tensor& seq_idx,
@@ -303,17 +304,14 @@ double Model::forward_backward(const Tensor& tokens, const Tensor& loss_mask, co
   Workspace& ws = prepare(train_ws_, "Model.forward_backward", tokens, true, loss_mask, seq_idx);
   forward_stack(ws, nullptr);
   const int64_t n = ws.b * ws.l, d = config_.d_model;
-  const bool tied = config_.tie_embeddings;
   Tensor final_h = ws.arena.get("final", {n, d}), d_final = ws.arena.get("d_final", {n, d});
-  // The output layer's gradient goes straight to its place, or (tied, or accumulating:
-  // the loss op overwrites) to a temporary added after the backward.
-  Tensor d_out_w = tied || accumulate ? ws.arena.wide("d_out_w", {config_.vocab_size, d}) : grad_views_.back();
+  // The output layer's gradient goes straight to its place (the embedding's, when tied).
+  Tensor d_out_w = config_.tie_embeddings ? grad_views_[0] : grad_views_.back();
   LinearCrossEntropyOptions opt = loss_options();
   opt.grad_scale = grad_scale;
+  opt.accumulate_dw = accumulate;
   double loss = linear_cross_entropy_backward(final_h, output_weight(), ws.targets, ws.mask, d_final, d_out_w, opt);
   backward_stack(ws, d_final.view({ws.b, ws.l, d}), accumulate);
-  if (tied) model_detail::add_(grad_views_[0], d_out_w);
-  else if (accumulate) model_detail::add_(grad_views_.back(), d_out_w);
   return loss;
 }
 

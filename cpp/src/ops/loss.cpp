@@ -75,6 +75,8 @@ double linear_cross_entropy_backward(const Tensor& h, const Tensor& w, const Ten
   dense::check_float_like(dh, h, op, "dh", "h", h.shape());
   dense::check_float_own_dtype(dw, h, op, "dw", "h", w.shape());
   MT_CHECK(std::isfinite(opt.grad_scale), ValueError, op, ": grad_scale is ", opt.grad_scale, ", expected finite");
+  MT_CHECK(!opt.accumulate_dw || !dw.is_cuda() || dw.dtype() == DType::f32, TypeError, op,
+           ": argument 'dw' has dtype ", dtype_name(dw.dtype()), ", expected f32 to accumulate into on CUDA");
   return MT_DISPATCH(h, linear_cross_entropy, h, w, targets, mask, opt, &dh, &dw, losses, op);
 }
 

@@ -66,7 +66,7 @@ double run(const T* h, const T* w, int64_t n, int64_t d, int64_t V, const Includ
   if (losses) std::fill(losses, losses + n, T(0));
   if (grad) {
     std::fill(dh, dh + n * d, T(0));  // excluded rows keep these zeros
-    std::fill(dw, dw + V * d, T(0));
+    if (!opt.accumulate_dw) std::fill(dw, dw + V * d, T(0));
   }
   const int64_t R = int64_t(inc.index.size());
   if (R == 0) return 0.0;

@@ -459,7 +459,7 @@ class Chunked {
         MT_CUDA_LAUNCH_CHECK();
       });
       mm(G, W, dH, false, false, v0 > 0);
-      mm(G, H, dw_acc_.narrow(0, v0, vc), true, false, r0 > 0);
+      mm(G, H, dw_acc_.narrow(0, v0, vc), true, false, r0 > 0 || opt_.accumulate_dw);
     }
     if (!dh_direct_ && d_ > 0) {
       visit_bf16_f32(dh_->dtype(), "linear_cross_entropy", "dh", [&](auto tag) {
@@ -496,7 +496,7 @@ double linear_cross_entropy(const Tensor& h, const Tensor& w, const Tensor& targ
   if (losses) zero(*losses, s);
   if (dh && sel.count < h.size(0)) zero(*dh, s);  // excluded rows stay 0
   if (sel.count == 0) {
-    if (dw) zero(*dw, s);
+    if (dw && !opt.accumulate_dw) zero(*dw, s);
     return 0.0;
   }
   return Chunked(h, w, sel, opt, dh, dw, losses).run();
