@@ -71,6 +71,11 @@ if [ $bench -eq 1 ]; then
     say "$name: exit $rc"
     [ $rc -ne 0 ] && bench_rc=1
   done
+  # Activation recomputation: its peak memory and tokens/s beside the rows above.
+  python3 benchmarks/bench_train.py --recompute --json "$OUT/bench_train_recompute.json" 2>&1 | tee -a "$log"
+  rc=${PIPESTATUS[0]}
+  say "bench_train --recompute: exit $rc"
+  [ $rc -ne 0 ] && bench_rc=1
 fi
 say "== summary: build $build_rc, gtest $gtest_rc, pytest $pytest_rc, benchmarks $bench_rc"
 [ $gtest_rc -eq 0 ] && [ $pytest_rc -eq 0 ] && [ $bench_rc -eq 0 ]
