@@ -57,6 +57,27 @@ AttnInputs attn_inputs(const Config& c, DType dt, bool docs) {
   }
   return in;
 }
+
+// The GPU forward against the CPU op (out and lse within the rule of the f64 reference)
+// and a second GPU run (the same bits). Returns the CPU's f32 out and lse.
+struct CpuForward {
+  Tensor out, lse;
+};
+CpuForward expect_forward_within_rule(const AttnInputs& in, const Config& c, DType dt, const std::string& what) {
+  const Shape os{c.b, c.l, c.hq, c.p}, ls{c.b, c.hq, c.l};
+  Tensor ref = empty(os, DType::f64), lse64 = empty(ls, DType::f64);
+  Tensor cpu = empty(os, DType::f32), lse32 = empty(ls, DType::f32);
+  mt::attention_forward(in.q.f64, in.k.f64, in.v.f64, ref, lse64, in.seq);
+  mt::attention_forward(in.q.f32, in.k.f32, in.v.f32, cpu, lse32, in.seq);
+  Tensor out = poisoned(os, dt, kGpu), lse = poisoned(ls, DType::f32, kGpu);
+  Tensor out2 = poisoned(os, dt, kGpu), lse2 = poisoned(ls, DType::f32, kGpu);
+  mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out, lse, in.seq_dev);
+  mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out2, lse2, in.seq_dev);
+  check_cuda(out, cpu, ref, what + " out");
+  check_cuda(lse, lse32, lse64, what + " lse");
+  EXPECT_TRUE(same_bits(out, out2) && same_bits(lse, lse2)) << what << ": two forward runs differ";
+  return {cpu, lse32};
+}
 }  // namespace
 
 // ---------------------------------------------------------------- forward and backward
@@ -65,20 +86,7 @@ TEST(CudaAttention, ForwardMatchesCpuWithinRule) {
   for (DType dt : {DType::bf16, DType::f32}) {
     for (const Config& c : kConfigs) {
       for (bool docs : {false, true}) {
-        const std::string what = label("attention_forward", dt, c, docs);
-        AttnInputs in = attn_inputs(c, dt, docs);
-        const Shape os{c.b, c.l, c.hq, c.p}, ls{c.b, c.hq, c.l};
-        Tensor ref = empty(os, DType::f64), lse64 = empty(ls, DType::f64);
-        Tensor cpu = empty(os, DType::f32), lse32 = empty(ls, DType::f32);
-        mt::attention_forward(in.q.f64, in.k.f64, in.v.f64, ref, lse64, in.seq);
-        mt::attention_forward(in.q.f32, in.k.f32, in.v.f32, cpu, lse32, in.seq);
-        Tensor out = poisoned(os, dt, kGpu), lse = poisoned(ls, DType::f32, kGpu);
-        Tensor out2 = poisoned(os, dt, kGpu), lse2 = poisoned(ls, DType::f32, kGpu);
-        mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out, lse, in.seq_dev);
-        mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out2, lse2, in.seq_dev);
-        check_cuda(out, cpu, ref, what + " out");
-        check_cuda(lse, lse32, lse64, what + " lse");
-        EXPECT_TRUE(same_bits(out, out2) && same_bits(lse, lse2)) << what << ": two runs differ";
+        expect_forward_within_rule(attn_inputs(c, dt, docs), c, dt, label("attention_forward", dt, c, docs));
       }
     }
   }
@@ -148,18 +156,9 @@ TEST(CudaAttention, TensorCorePathMatchesCpuWithinRule) {
     for (bool docs : {false, true}) {
       const std::string what = label("tensor-core attention", dt, c, docs);
       AttnInputs in = attn_inputs(c, dt, docs);
-      const Shape qs{c.b, c.l, c.hq, c.p}, ks{c.b, c.l, c.hkv, c.p}, ls{c.b, c.hq, c.l};
-      Tensor ref = empty(qs, DType::f64), lse64 = empty(ls, DType::f64);
-      Tensor o32 = empty(qs, DType::f32), lse32 = empty(ls, DType::f32);
-      mt::attention_forward(in.q.f64, in.k.f64, in.v.f64, ref, lse64, in.seq);
-      mt::attention_forward(in.q.f32, in.k.f32, in.v.f32, o32, lse32, in.seq);
-      Tensor out = poisoned(qs, dt, kGpu), lse = poisoned(ls, DType::f32, kGpu);
-      Tensor out2 = poisoned(qs, dt, kGpu), lse2 = poisoned(ls, DType::f32, kGpu);
-      mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out, lse, in.seq_dev);
-      mt::attention_forward(in.q.dev, in.k.dev, in.v.dev, out2, lse2, in.seq_dev);
-      check_cuda(out, o32, ref, what + " out");
-      check_cuda(lse, lse32, lse64, what + " lse");
-      EXPECT_TRUE(same_bits(out, out2) && same_bits(lse, lse2)) << what << ": two forward runs differ";
+      const Shape qs{c.b, c.l, c.hq, c.p}, ks{c.b, c.l, c.hkv, c.p};
+      const CpuForward f = expect_forward_within_rule(in, c, dt, what);
+      const Tensor &o32 = f.out, &lse32 = f.lse;
 
       // The backward from the CPU's f32 forward on every side.
       Input o = mt::testing::input_from(o32, dt), dout = input(qs, dt);
