@@ -10,9 +10,6 @@ namespace {
 using conv::ConvArgs;
 constexpr int kThreads = 256;  // elementwise kernels (final state, step, parameter sums)
 
-template <class T> const T* cptr(const Tensor& t) { return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr; }
-template <class T> T* mptr(const Tensor& t) { return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr; }
-
 // f(integral_constant<int, w>) for the widths 2..4 the op allows.
 template <class F>
 void visit_width(int64_t w, F&& f) {

@@ -515,9 +515,6 @@ void visit_norm(const char* op, const Tensor& x, const Tensor& param, F&& f) {
   });
 }
 
-template <class T> const T* cptr(const Tensor& t) { return static_cast<const T*>(t.data_ptr()); }
-template <class T> T* mptr(const Tensor& t) { return static_cast<T*>(t.data_ptr()); }
-template <class T> const T* opt_ptr(const Tensor& t) { return t.defined() ? cptr<T>(t) : nullptr; }
 
 struct RowShape {
   int64_t d, rows;
@@ -562,7 +559,7 @@ void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight,
                                                                                int64_t count) {
         with_sweeps<kSweepsFor<T, kBwdValues>>(vr.sweeps, [&](auto sw) {
           rmsnorm_bwd_vec<T, P, sw()><<<unsigned(count), vr.threads, 0, stream(dev)>>>(
-              cptr<T>(dout), cptr<T>(x), cptr<P>(weight), cptr<float>(rstd), opt_ptr<T>(dresidual), mptr<T>(dx),
+              cptr<T>(dout), cptr<T>(x), cptr<P>(weight), cptr<float>(rstd), cptr<T>(dresidual), mptr<T>(dx),
               s.rows, s.d, chunk, partial);
         });
         MT_CUDA_LAUNCH_CHECK();
@@ -571,7 +568,7 @@ void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight,
     }
     if (s.rows > 0) {
       rmsnorm_bwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(
-          cptr<T>(dout), cptr<T>(x), cptr<P>(weight), cptr<float>(rstd), opt_ptr<T>(dresidual), mptr<T>(dx), s.rows,
+          cptr<T>(dout), cptr<T>(x), cptr<P>(weight), cptr<float>(rstd), cptr<T>(dresidual), mptr<T>(dx), s.rows,
           s.d);
       MT_CUDA_LAUNCH_CHECK();
     }
@@ -620,7 +617,7 @@ void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gam
                                                                                         int64_t chunk, int64_t count) {
         with_sweeps<kSweepsFor<T, kBwdValues>>(vr.sweeps, [&](auto sw) {
           layernorm_bwd_vec<T, P, sw()><<<unsigned(count), vr.threads, 0, stream(dev)>>>(
-              cptr<T>(dout), cptr<T>(x), cptr<P>(gamma), cptr<float>(mean), cptr<float>(rstd), opt_ptr<T>(dresidual),
+              cptr<T>(dout), cptr<T>(x), cptr<P>(gamma), cptr<float>(mean), cptr<float>(rstd), cptr<T>(dresidual),
               mptr<T>(dx), s.rows, s.d, chunk, partial);
         });
         MT_CUDA_LAUNCH_CHECK();
@@ -629,7 +626,7 @@ void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gam
     }
     if (s.rows > 0) {
       layernorm_bwd_kernel<T, P><<<row_grid(s.rows), kThreads, 0, stream(dev)>>>(
-          cptr<T>(dout), cptr<T>(x), cptr<P>(gamma), cptr<float>(mean), cptr<float>(rstd), opt_ptr<T>(dresidual),
+          cptr<T>(dout), cptr<T>(x), cptr<P>(gamma), cptr<float>(mean), cptr<float>(rstd), cptr<T>(dresidual),
           mptr<T>(dx), s.rows, s.d);
       MT_CUDA_LAUNCH_CHECK();
     }

@@ -8,9 +8,6 @@ namespace {
 using scan::ScanArgs;
 constexpr int kThreads = 128;  // forward, checkpoints, sums
 
-template <class T> const T* cptr(const Tensor& t) { return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr; }
-template <class T> T* mptr(const Tensor& t) { return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr; }
-
 // f(integral_constant<int, NS>) for the state slots that hold n.
 template <class F>
 void visit_state(int64_t n, F&& f) {

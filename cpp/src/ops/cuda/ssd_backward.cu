@@ -55,12 +55,12 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
     a.B = static_cast<const T*>(B.data_ptr());
     a.C = static_cast<const T*>(C.data_ptr());
     a.A = static_cast<const float*>(A.data_ptr());
-    a.D = ptr_or_null<const float>(D);
-    a.dt_bias = ptr_or_null<const float>(dt_bias);
+    a.D = cptr<float>(D);
+    a.dt_bias = cptr<float>(dt_bias);
     a.o = delta_opt(opt);
     a.S = static_cast<const double*>(S.data_ptr());
     a.delta = static_cast<const float*>(delta.data_ptr());
-    a.seq = ptr_or_null<const int32_t>(seq_idx);
+    a.seq = cptr<int32_t>(seq_idx);
     a.hin = static_cast<const float*>(hin.data_ptr());
     a.dhout = static_cast<const float*>(dhout.data_ptr());
     a.K = static_cast<const float*>(K.data_ptr());
@@ -75,10 +75,10 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
     double* pS = static_cast<double*>(S.data_ptr());
     launch_chunk_scalars<T>(d, a.dt, a.dt_bias, a.A, a.o, pdelta, pS, s);
     launch_chunk_cb<T>(d, a.C, a.B, static_cast<float*>(K.data_ptr()), s);
-    launch_state_pass<T>(d, false, a.x, a.B, pdelta, pS, a.seq, ptr_or_null<const float>(initial_state),
+    launch_state_pass<T>(d, false, a.x, a.B, pdelta, pS, a.seq, cptr<float>(initial_state),
                          static_cast<float*>(hin.data_ptr()), nullptr, s);
-    launch_state_pass<T>(d, true, a.dy, a.C, pdelta, pS, a.seq, ptr_or_null<const float>(d_final_state),
-                         static_cast<float*>(dhout.data_ptr()), ptr_or_null<float>(d_initial_state), s);
+    launch_state_pass<T>(d, true, a.dy, a.C, pdelta, pS, a.seq, cptr<float>(d_final_state),
+                         static_cast<float*>(dhout.data_ptr()), mptr<float>(d_initial_state), s);
     launch_dx<T>(d, a, s);
     launch_bc<T>(d, a, s);
   });
@@ -86,7 +86,7 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
     head_sums_kernel<<<grid_for(d.h, 128), 128, 0, s>>>(
         d, static_cast<const double*>(part.data_ptr()), static_cast<const double*>(part.data_ptr()) + parts,
         static_cast<const double*>(part.data_ptr()) + 2 * parts, static_cast<float*>(dA.data_ptr()),
-        ptr_or_null<float>(dD), ptr_or_null<float>(ddt_bias));
+        mptr<float>(dD), mptr<float>(ddt_bias));
     MT_CUDA_LAUNCH_CHECK();
   }
 }

@@ -120,12 +120,6 @@ void launch_big(void (*kernel)(P...), unsigned blocks, int threads, size_t smem,
 // Shared memory one block may use on sm_80/sm_90.
 constexpr size_t kMaxSmem = 227 * 1024;
 
-// The data pointer of an optional tensor, or null.
-template <class X>
-X* ptr_or_null(const Tensor& t) {
-  return t.defined() ? static_cast<X*>(t.data_ptr()) : nullptr;
-}
-
 // ---------------------------------------------------------------- staging into shared memory
 // Reads a rows × cols block of a row-major global matrix (row r at g + r·stride;
 // rows ≥ valid_rows and columns ≥ valid_cols read as 0) in groups of V = 16 bytes of

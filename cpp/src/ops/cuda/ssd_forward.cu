@@ -181,17 +181,17 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
   float* pdelta = static_cast<float*>(delta.data_ptr());
   double* pS = static_cast<double*>(S.data_ptr());
   float* pstates = static_cast<float*>(states.data_ptr());
-  const int32_t* seq = ptr_or_null<const int32_t>(seq_idx);
+  const int32_t* seq = cptr<int32_t>(seq_idx);
   visit_bf16_f32(x.dtype(), "ssd_forward", "x", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T *px = static_cast<const T*>(x.data_ptr()), *pB = static_cast<const T*>(B.data_ptr()),
             *pC = static_cast<const T*>(C.data_ptr());
-    launch_chunk_scalars<T>(d, static_cast<const T*>(dt.data_ptr()), ptr_or_null<const float>(dt_bias),
+    launch_chunk_scalars<T>(d, static_cast<const T*>(dt.data_ptr()), cptr<float>(dt_bias),
                             static_cast<const float*>(A.data_ptr()), delta_opt(opt), pdelta, pS, s);
-    launch_state_pass<T>(d, false, px, pB, pdelta, pS, seq, ptr_or_null<const float>(initial_state), pstates,
-                         ptr_or_null<float>(final_state), s);
+    launch_state_pass<T>(d, false, px, pB, pdelta, pS, seq, cptr<float>(initial_state), pstates,
+                         mptr<float>(final_state), s);
     launch_chunk_cb<T>(d, pC, pB, static_cast<float*>(K.data_ptr()), s);
-    launch_output<T>(d, px, pC, ptr_or_null<const float>(D), pS, pdelta, seq, pstates,
+    launch_output<T>(d, px, pC, cptr<float>(D), pS, pdelta, seq, pstates,
                      static_cast<const float*>(K.data_ptr()), static_cast<T*>(y.data_ptr()), s);
   });
 }

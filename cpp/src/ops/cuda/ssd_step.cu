@@ -52,7 +52,7 @@ void ssd_step(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& 
     step_kernel<T><<<unsigned(b * h), kStepThreads, 0, stream(dev)>>>(
         b, h, p, g, n, static_cast<const T*>(x.data_ptr()), static_cast<const T*>(dt.data_ptr()),
         static_cast<const float*>(A.data_ptr()), static_cast<const T*>(B.data_ptr()),
-        static_cast<const T*>(C.data_ptr()), ptr_or_null<const float>(D), ptr_or_null<const float>(dt_bias),
+        static_cast<const T*>(C.data_ptr()), cptr<float>(D), cptr<float>(dt_bias),
         delta_opt(opt), static_cast<float*>(state.data_ptr()), static_cast<T*>(y.data_ptr()));
     MT_CUDA_LAUNCH_CHECK();
   });
