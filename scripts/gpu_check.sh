@@ -25,9 +25,24 @@ export PATH=/usr/local/cuda/bin:$PATH
 
 say "== $(date -u +%FT%TZ) commit $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv >> "$log" 2>&1
+# cuDNN (a candidate attention engine): the library PyTorch ships and whether its headers came with it.
+python3 - >> "$log" 2>&1 <<'PY'
+import glob, os, torch
+v = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+roots = [os.path.dirname(p) for p in glob.glob('/usr/include/cudnn*.h') + glob.glob('/usr/local/cuda/include/cudnn*.h')]
+try:
+    import nvidia.cudnn
+    roots += [os.path.join(p, 'include') for p in nvidia.cudnn.__path__ if os.path.exists(os.path.join(p, 'include', 'cudnn.h'))]
+except ImportError:
+    pass
+print(f"cuDNN through torch: {v}; cudnn.h in: {sorted(set(roots)) or 'none found'}")
+PY
 
 t0=$(date +%s)
-MAMBATRON_CUDA=ON MAMBATRON_BUILD_TESTS=ON python3 -m pip install --no-build-isolation --no-deps -v \
+# The jobs need only the package; the tests' binary is built for the test runs.
+build_tests=ON
+[ $tests -eq 0 ] && build_tests=OFF
+MAMBATRON_CUDA=ON MAMBATRON_BUILD_TESTS=$build_tests python3 -m pip install --no-build-isolation --no-deps -v \
   -C build-dir=build/gpu . > "$OUT/build.log" 2>&1
 build_rc=$?
 say "build: exit $build_rc in $(( $(date +%s) - t0 )) s"
