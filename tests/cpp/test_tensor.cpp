@@ -22,6 +22,13 @@ TEST(Tensor, FactoriesAndProperties) {
   EXPECT_THROW(Tensor::empty({-1, 3}), mt::ValueError);
 }
 
+TEST(Tensor, DataOrNullForOptionalTensors) {
+  Tensor t = Tensor::full({3}, 2.0, DType::f32);
+  EXPECT_EQ(t.data_or_null<float>(), t.data<float>());
+  EXPECT_EQ(Tensor().data_or_null<float>(), nullptr);
+  EXPECT_THROW(t.data_or_null<double>(), mt::TypeError);  // the dtype is still checked
+}
+
 TEST(Tensor, ViewsShareStorage) {
   Tensor t = Tensor::empty({4, 6}, DType::f64);
   double* p = t.data<double>();

@@ -80,6 +80,11 @@ class Tensor {
              ", requested ", dtype_name(DTypeOf<T>::value));
     return static_cast<T*>(data_ptr());
   }
+  // data<T>(), or nullptr for an undefined (optional) tensor.
+  template <class T>
+  T* data_or_null() const {
+    return defined() ? data<T>() : nullptr;
+  }
   std::string str() const;  // "Tensor([2, 3], f32, cpu)"
 
   // ---- views (share storage) ----

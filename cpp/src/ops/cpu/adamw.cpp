@@ -97,7 +97,7 @@ double sumsq(const std::vector<Tensor>& ts, const std::vector<Block>& blocks, do
 
 void adamw_update(const Tensor& params, const Tensor& grads, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                   const Tensor& decay_mask, const AdamWOptions& opt) {
-  const uint8_t* mask = decay_mask.defined() ? decay_mask.data<uint8_t>() : nullptr;
+  const uint8_t* mask = decay_mask.data_or_null<uint8_t>();
   visit_f32_f64(params.dtype(), "adamw_update", [&](auto tag) {
     using T = typename decltype(tag)::type;
     adamw_typed<T>(params.data<T>(), grads.data<T>(), exp_avg.data<T>(), exp_avg_sq.data<T>(), mask,

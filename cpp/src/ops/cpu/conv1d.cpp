@@ -87,8 +87,8 @@ template <class T>
 Conv<T> make_conv(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& initial_state) {
   return Conv<T>{x.data<T>(),
                  weight.data<T>(),
-                 bias.defined() ? bias.data<T>() : nullptr,
-                 initial_state.defined() ? initial_state.data<T>() : nullptr,
+                 bias.data_or_null<T>(),
+                 initial_state.data_or_null<T>(),
                  x.size(0),
                  x.size(1),
                  x.size(2),
@@ -251,11 +251,6 @@ void step_typed(const T* x, const T* weight, const T* bias, T* state, T* out, in
   }
 }
 
-template <class T>
-T* ptr_or_null(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-
 }  // namespace
 
 void conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& initial_state,
@@ -263,7 +258,7 @@ void conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, c
   auto start = doc_starts(seq_idx, x.size(0), x.size(1), "conv1d_forward");
   visit_f32_f64(x.dtype(), "conv1d_forward", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    forward_typed<T>(make_conv<T>(x, weight, bias, initial_state), start, out.data<T>(), ptr_or_null<T>(final_state),
+    forward_typed<T>(make_conv<T>(x, weight, bias, initial_state), start, out.data<T>(), final_state.data_or_null<T>(),
                      opt.silu);
   });
 }
@@ -275,8 +270,8 @@ void conv1d_backward(const Tensor& dout, const Tensor& d_final_state, const Tens
   visit_f32_f64(x.dtype(), "conv1d_backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     backward_typed<T>(make_conv<T>(x, weight, bias, initial_state), start, dout.data<T>(),
-                      ptr_or_null<T>(d_final_state), dx.data<T>(), dweight.data<T>(), ptr_or_null<T>(dbias),
-                      ptr_or_null<T>(d_initial_state), opt.silu);
+                      d_final_state.data_or_null<T>(), dx.data<T>(), dweight.data<T>(), dbias.data_or_null<T>(),
+                      d_initial_state.data_or_null<T>(), opt.silu);
   });
 }
 
@@ -284,7 +279,7 @@ void conv1d_step(const Tensor& x, const Tensor& weight, const Tensor& bias, Tens
                  const Conv1dOptions& opt) {
   visit_f32_f64(x.dtype(), "conv1d_step", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    step_typed<T>(x.data<T>(), weight.data<T>(), ptr_or_null<T>(bias), conv_state.data<T>(), out.data<T>(),
+    step_typed<T>(x.data<T>(), weight.data<T>(), bias.data_or_null<T>(), conv_state.data<T>(), out.data<T>(),
                   x.size(0), x.size(1), weight.size(1), opt.silu);
   });
 }

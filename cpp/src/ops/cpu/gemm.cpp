@@ -38,7 +38,7 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmOptions& opt) {
   if (a.dtype() == DType::f32 || a.dtype() == DType::f64) {
     visit_f32_f64(a.dtype(), "gemm", [&](auto tag) {
       using T = typename decltype(tag)::type;
-      const T* addend = opt.addend.defined() ? opt.addend.data<T>() : nullptr;
+      const T* addend = opt.addend.data_or_null<T>();
       gemm_typed<T>(a.data<T>(), b.data<T>(), addend, c.data<T>(), batch, sa, sb, m, n, k, opt);
     });
     return;

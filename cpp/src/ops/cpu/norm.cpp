@@ -81,7 +81,7 @@ void rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight,
     const Rows s(x);
     const T *pd = dout.data<T>(), *px = x.data<T>(), *w = weight.data<T>(), *pr = rstd.data<T>();
     T *pg = dx.data<T>(), *dw = dweight.data<T>();
-    const T* pres = dresidual.defined() ? dresidual.data<T>() : nullptr;  // may alias dx
+    const T* pres = dresidual.data_or_null<T>();  // may alias dx
     rows_with_param_grads(
         s.rows, s.d, s.parallel(),
         [&](int64_t r, double* acc) {
@@ -141,7 +141,7 @@ void layernorm1p_backward(const Tensor& dout, const Tensor& x, const Tensor& gam
     const T *pd = dout.data<T>(), *px = x.data<T>(), *ga = gamma.data<T>();
     const T *pm = mean.data<T>(), *pr = rstd.data<T>();
     T *pg = dx.data<T>(), *dg = dgamma.data<T>(), *db = dbeta.data<T>();
-    const T* pres = dresidual.defined() ? dresidual.data<T>() : nullptr;  // may alias dx
+    const T* pres = dresidual.data_or_null<T>();  // may alias dx
     rows_with_param_grads(
         s.rows, 2 * s.d, s.parallel(),
         [&](int64_t r, double* acc) {

@@ -49,7 +49,7 @@ void rope_typed(const T* x, T* out, const int32_t* positions, int64_t b, int64_t
 
 void rope_apply(const Tensor& x, Tensor& out, const Tensor& positions, int64_t rotary_dim, double base,
                 bool inverse) {
-  const int32_t* pos = positions.defined() ? positions.data<int32_t>() : nullptr;
+  const int32_t* pos = positions.data_or_null<int32_t>();
   visit_f32_f64(x.dtype(), inverse ? "rope_backward" : "rope_forward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     rope_typed<T>(x.data<T>(), out.data<T>(), pos, x.size(0), x.size(1), x.size(2), x.size(3), rotary_dim, base,

@@ -55,11 +55,6 @@ void sigmoid_inplace(T* p, int64_t len) {
 }
 
 template <class T>
-T* ptr_or_null(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-
-template <class T>
 struct Scan {
   const T *u, *delta, *A, *B, *C, *D, *z, *delta_bias, *h0;  // D, z, delta_bias, h0 may be null
   const int32_t* seq;                                        // may be null
@@ -75,9 +70,9 @@ template <class T>
 Scan<T> make_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
                   const Tensor& D, const Tensor& z, const Tensor& delta_bias, const Tensor& h0,
                   const Tensor& seq_idx, int64_t b, int64_t l, bool softplus) {
-  return Scan<T>{u.data<T>(), delta.data<T>(), A.data<T>(), B.data<T>(), C.data<T>(), ptr_or_null<T>(D),
-                 ptr_or_null<T>(z), ptr_or_null<T>(delta_bias), ptr_or_null<T>(h0),
-                 seq_idx.defined() ? seq_idx.data<int32_t>() : nullptr, b, l, A.size(0), B.size(-2), A.size(1),
+  return Scan<T>{u.data<T>(), delta.data<T>(), A.data<T>(), B.data<T>(), C.data<T>(), D.data_or_null<T>(),
+                 z.data_or_null<T>(), delta_bias.data_or_null<T>(), h0.data_or_null<T>(),
+                 seq_idx.data_or_null<int32_t>(), b, l, A.size(0), B.size(-2), A.size(1),
                  softplus};
 }
 
@@ -370,7 +365,7 @@ void selective_scan_forward(const Tensor& u, const Tensor& delta, const Tensor& 
   visit_f32_f64(u.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     auto s = make_scan<T>(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, b, l, opt.delta_softplus);
-    forward_typed<T>(s, y.data<T>(), ptr_or_null<T>(final_state));
+    forward_typed<T>(s, y.data<T>(), final_state.data_or_null<T>());
   });
 }
 
@@ -392,10 +387,10 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
   visit_f32_f64(u.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     auto s = make_scan<T>(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, b, l, opt.delta_softplus);
-    Grads<T> gd{dy.data<T>(), ptr_or_null<T>(d_final_state), du.data<T>(), ddelta.data<T>(), ptr_or_null<T>(dz),
-                ptr_or_null<T>(d_initial_state)};
-    backward_typed<T>(s, gd, dA.data<T>(), dB.data<T>(), dC.data<T>(), ptr_or_null<T>(dD),
-                      ptr_or_null<T>(ddelta_bias));
+    Grads<T> gd{dy.data<T>(), d_final_state.data_or_null<T>(), du.data<T>(), ddelta.data<T>(), dz.data_or_null<T>(),
+                d_initial_state.data_or_null<T>()};
+    backward_typed<T>(s, gd, dA.data<T>(), dB.data<T>(), dC.data<T>(), dD.data_or_null<T>(),
+                      ddelta_bias.data_or_null<T>());
   });
 }
 

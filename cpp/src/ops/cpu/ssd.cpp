@@ -13,19 +13,14 @@ namespace mambatron::cpu {
 namespace {
 
 template <class T>
-const T* optional_data(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-
-template <class T>
 ssd::Problem<T> make_problem(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& B, const Tensor& C,
                              const Tensor& D, const Tensor& dt_bias, const Tensor& initial_state,
                              const Tensor& seq_idx, const SsdOptions& opt) {
   ssd::Problem<T> P;
   P.b = x.size(0), P.l = x.size(1), P.h = x.size(2), P.p = x.size(3), P.g = B.size(2), P.n = B.size(3);
   P.x = x.data<T>(), P.dt = dt.data<T>(), P.A = A.data<T>(), P.B = B.data<T>(), P.C = C.data<T>();
-  P.D = optional_data<T>(D), P.dt_bias = optional_data<T>(dt_bias), P.initial_state = optional_data<T>(initial_state);
-  P.seq_idx = seq_idx.defined() ? seq_idx.data<int32_t>() : nullptr;
+  P.D = D.data_or_null<T>(), P.dt_bias = dt_bias.data_or_null<T>(), P.initial_state = initial_state.data_or_null<T>();
+  P.seq_idx = seq_idx.data_or_null<int32_t>();
   P.opt = opt;
   return P;
 }
@@ -38,7 +33,7 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
   visit_f32_f64(x.dtype(), "ssd_forward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     auto P = make_problem<T>(x, dt, A, B, C, D, dt_bias, initial_state, seq_idx, opt);
-    T* fs = final_state.defined() ? final_state.data<T>() : nullptr;
+    T* fs = final_state.data_or_null<T>();
     if (opt.chunk_size == 0) ssd::sequential_forward(P, y.data<T>(), fs);
     else ssd::chunked_forward(P, y.data<T>(), fs);
   });
@@ -54,11 +49,11 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
     const int64_t b = P.b, l = P.l, h = P.h, g = P.g, n = P.n, heads = h / g;
     Scratch<T> dB_head(b * h * l * n), dC_head(b * h * l * n);
     Scratch<double> dA_part(b * h), dD_part(b * h), dbias_part(b * h);
-    ssd::Grads<T> G{dy.data<T>(),   optional_data<T>(d_final_state),
+    ssd::Grads<T> G{dy.data<T>(),   d_final_state.data_or_null<T>(),
                     dx.data<T>(),   ddt.data<T>(),
                     dB_head.data(), dC_head.data(),
                     dA_part.data(), dD_part.data(),
-                    dbias_part.data(), d_initial_state.defined() ? d_initial_state.data<T>() : nullptr};
+                    dbias_part.data(), d_initial_state.data_or_null<T>()};
     if (opt.chunk_size == 0) ssd::sequential_backward(P, G);
     else ssd::chunked_backward(P, G);
 

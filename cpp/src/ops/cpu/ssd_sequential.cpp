@@ -147,8 +147,8 @@ void ssd_step(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& 
     using T = typename decltype(tag)::type;
     int64_t b = x.size(0), h = x.size(1), p = x.size(2), g = B.size(1), n = B.size(2);
     const T *px = x.data<T>(), *pdt = dt.data<T>(), *pA = A.data<T>(), *pB = B.data<T>(), *pC = C.data<T>();
-    const T* pD = D.defined() ? D.data<T>() : nullptr;
-    const T* pbias = dt_bias.defined() ? dt_bias.data<T>() : nullptr;
+    const T* pD = D.data_or_null<T>();
+    const T* pbias = dt_bias.data_or_null<T>();
     T *ps = state.data<T>(), *py = y.data<T>();
 #pragma omp parallel for schedule(static)
     for (int64_t task = 0; task < b * h; ++task) {
