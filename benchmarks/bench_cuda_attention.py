@@ -3,7 +3,9 @@
 Causal attention at l = 2048, 8192 and 16384 with b·l = 16K tokens, 32 query heads of 128
 (32 kv heads, then 8), bf16, timed with CUDA events (median after warm-up) for
 mambatron and for torch.nn.functional.scaled_dot_product_attention(is_causal=True) on
-the same memory in the same run. TFLOP/s counts the causal half: forward
+the same memory in the same run, with PyTorch's own choice of kernel and then held to
+its cuDNN fused-attention backend (a candidate engine; "-" where cuDNN does not take the
+case). TFLOP/s counts the causal half: forward
 2·2·b·h·l²·p / 2, forward+backward 3.5 times that (backward = 2.5 forwards). Decode:
 one query per sequence over a 32K-token KV cache; the achieved bandwidth counts
 reading the cache once, set against the 4.07 TB/s of a plain device copy on the H200
@@ -62,9 +64,22 @@ def attention_rows(torch, tokens, lens, hq, kv_heads, p, reps):
             flops = 2 * 2 * b * hq * l * l * p / 2
             for name, fn, ref, fl in (("fwd", fwd, sdpa, flops), ("fwd+bwd", fwd_bwd, sdpa_fwd_bwd, 3.5 * flops)):
                 ms, ref_ms = median_ms(fn, torch, reps), median_ms(ref, torch, reps)
+                cudnn_ms = cudnn_median_ms(torch, ref, reps)
                 yield {"case": f"{name} b={b} l={l} hq={hq} hkv={hkv} p={p}", "pass": name, "b": b, "l": l, "hq": hq,
                        "hkv": hkv, "p": p, "ms": ms, "tflops": fl / (ms * 1e-3) / 1e12, "sdpa_ms": ref_ms,
-                       "sdpa_tflops": fl / (ref_ms * 1e-3) / 1e12, "ratio": ref_ms / ms}
+                       "sdpa_tflops": fl / (ref_ms * 1e-3) / 1e12, "ratio": ref_ms / ms, "cudnn_ms": cudnn_ms,
+                       "cudnn_tflops": None if cudnn_ms is None else fl / (cudnn_ms * 1e-3) / 1e12}
+
+
+def cudnn_median_ms(torch, fn, reps):
+    """`fn`'s median time with SDPA held to the cuDNN backend; None where cuDNN refuses the case."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return median_ms(fn, torch, reps)
+    except (ImportError, RuntimeError) as e:  # no cuDNN, or a shape or option it does not take
+        print(f"  (cuDNN attention not timed: {(str(e).splitlines() or [''])[0][:100]})")
+        return None
 
 
 def decode_rows(torch, context, batches, hq, hkv, p, reps):
@@ -97,12 +112,14 @@ def main() -> int:
         return 1
     torch.manual_seed(0)
     print(f"causal attention, bf16, b*l = {args.tokens} tokens; TFLOP/s of the causal half")
-    print(f"{'case':<44} {'ms':>9} {'TFLOP/s':>8} {'SDPA ms':>9} {'TFLOP/s':>8} {'ours/SDPA':>9}")
+    print(f"{'case':<44} {'ms':>9} {'TFLOP/s':>8} {'SDPA ms':>9} {'TFLOP/s':>8} {'ours/SDPA':>9} "
+          f"{'cuDNN ms':>9} {'TFLOP/s':>8}")
     attn = []
     for row in attention_rows(torch, args.tokens, args.lens, 32, [32, 8], 128, args.reps):
         attn.append(row)
+        cudnn = "        -        -" if row["cudnn_ms"] is None else f"{row['cudnn_ms']:9.3f} {row['cudnn_tflops']:8.1f}"
         print(f"{row['case']:<44} {row['ms']:9.3f} {row['tflops']:8.1f} {row['sdpa_ms']:9.3f} {row['sdpa_tflops']:8.1f} "
-              f"{row['ratio']:9.2f}")
+              f"{row['ratio']:9.2f} {cudnn}")
     print(f"decode, bf16 cache read once; ceiling {COPY_CEILING_TBS} TB/s (device copy)")
     print(f"{'case':<44} {'ms':>9} {'GB read':>8} {'TB/s':>6} {'of ceiling':>10}")
     dec = []
