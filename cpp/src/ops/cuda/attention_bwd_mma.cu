@@ -128,8 +128,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_dkdv_mma_kernel(BwdArgs
     if (live) {
       // Pᵀ: rows are the warp's keys, columns the tile's queries.
       float pt[QM / 8][4];
-#pragma unroll
-      for (int nt = 0; nt < QM / 8; ++nt) pt[nt][0] = pt[nt][1] = pt[nt][2] = pt[nt][3] = 0.f;
+      zero_frags(pt);
       gemm_abt<P, QM / 8>(pt, k_s, wr, qt);
       const bool mask = seq || i0 < j0 + wr + 15 || i0 + QM > a.l;
 #pragma unroll
@@ -143,8 +142,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_dkdv_mma_kernel(BwdArgs
         }
       gemm_xb<P, QM / 16, true>(dv, pt, dot);
       float dpt[QM / 8][4];
-#pragma unroll
-      for (int nt = 0; nt < QM / 8; ++nt) dpt[nt][0] = dpt[nt][1] = dpt[nt][2] = dpt[nt][3] = 0.f;
+      zero_frags(dpt);
       gemm_abt<P, QM / 8>(dpt, v_s, wr, dot);
 #pragma unroll
       for (int nt = 0; nt < QM / 8; ++nt)
@@ -210,8 +208,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_dq_mma_kernel(BwdArgs a
   __syncthreads();
 
   float dq[P / 8][4];
-#pragma unroll
-  for (int nt = 0; nt < P / 8; ++nt) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.f;
+  zero_frags(dq);
   const float c2 = a.scale * kLog2e;
 
   for (int n = 0; n < tiles; ++n) {
@@ -228,8 +225,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_dq_mma_kernel(BwdArgs a
     }
     if (live) {
       float p[kBN / 8][4];
-#pragma unroll
-      for (int nt = 0; nt < kBN / 8; ++nt) p[nt][0] = p[nt][1] = p[nt][2] = p[nt][3] = 0.f;
+      zero_frags(p);
       gemm_abt<P, kBN / 8>(p, q_s, wr, kt);
       const bool mask = seq || j0 + kBN - 1 > i0 + wr;
 #pragma unroll
@@ -241,8 +237,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_dq_mma_kernel(BwdArgs a
           p[nt][c] = ok ? exp2f(fmaf(p[nt][c], c2, -lse2[c >> 1])) : 0.f;
         }
       float ds[kBN / 8][4];
-#pragma unroll
-      for (int nt = 0; nt < kBN / 8; ++nt) ds[nt][0] = ds[nt][1] = ds[nt][2] = ds[nt][3] = 0.f;
+      zero_frags(ds);
       gemm_abt<P, kBN / 8>(ds, do_s, wr, vt);
 #pragma unroll
       for (int nt = 0; nt < kBN / 8; ++nt)

@@ -104,8 +104,7 @@ __global__ void __launch_bounds__(32 * W, MT == 1 ? 1 : 2) attention_fwd_mma_ker
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     m[mt][0] = m[mt][1] = -INFINITY, sum[mt][0] = sum[mt][1] = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < P / 8; ++nt) o[mt][nt][0] = o[mt][nt][1] = o[mt][nt][2] = o[mt][nt][3] = 0.f;
+    zero_frags(o[mt]);
   }
   const float c2 = a.scale * kLog2e;
 
@@ -125,8 +124,7 @@ __global__ void __launch_bounds__(32 * W, MT == 1 ? 1 : 2) attention_fwd_mma_ker
       float s[MT][kBN / 8][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kBN / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+        zero_frags(s[mt]);
 #pragma unroll
       for (int kc = 0; kc < P / 16; ++kc) {
         uint32_t af[MT][4];

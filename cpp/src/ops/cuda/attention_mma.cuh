@@ -213,6 +213,13 @@ __device__ __forceinline__ void id_range(const int* ids, int n, int64_t valid, i
   }
 }
 
+// Zeroes an accumulator of N m16n8 fragments.
+template <int N>
+__device__ __forceinline__ void zero_frags(float (&f)[N][4]) {
+#pragma unroll
+  for (int nt = 0; nt < N; ++nt) f[nt][0] = f[nt][1] = f[nt][2] = f[nt][3] = 0.f;
+}
+
 }  // namespace mambatron::cuda::attn_mma
 
 namespace mambatron::cuda {

@@ -295,6 +295,17 @@ struct RowRegs {  // one thread's share of a row: vector s covers elements (s·b
   }
 };
 
+// f(s, i) for each vector of a row this thread holds (vector i = s·blockDim.x + thread)
+// that lies inside the row's nvec vectors.
+template <int S, class F>
+__device__ __forceinline__ void for_row_vecs(int64_t nvec, F&& f) {
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
+    if (i < nvec) f(s, i);
+  }
+}
+
 template <class T>
 __device__ __forceinline__ void store_pack(T* row, int64_t i, const float (&f)[Pack<T>::N]) {
   Pack<T> p;
@@ -319,15 +330,12 @@ __global__ void rmsnorm_fwd_vec(const T* __restrict__ x, const P* __restrict__ w
       for (int k = 0; k < V; ++k) ss += xr.v[s][k] * xr.v[s][k];
     const float rs = inv_rms(block_sum(ss, sh), d, eps);
     if (threadIdx.x == 0) rstd[r] = rs;
-#pragma unroll
-    for (int s = 0; s < S; ++s) {
-      const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
-      if (i >= nvec) continue;
+    for_row_vecs<S>(nvec, [&](int s, int64_t i) {
       float o[V];
 #pragma unroll
       for (int k = 0; k < V; ++k) o[k] = xr.v[s][k] * rs * to_f32(w[i * V + k]);
       store_pack(out + r * d, i, o);
-    }
+    });
   }
 }
 
@@ -363,10 +371,7 @@ __global__ void rmsnorm_bwd_vec(const T* __restrict__ dy, const T* __restrict__ 
     const float rs = rstd[r], c = block_sum(dot, sh) * rs * rs / float(d);
     RowRegs<T, S> res;
     if (dres) res.load(dres + r * d, nvec);
-#pragma unroll
-    for (int s = 0; s < S; ++s) {
-      const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
-      if (i >= nvec) continue;
+    for_row_vecs<S>(nvec, [&](int s, int64_t i) {
       float o[V];
 #pragma unroll
       for (int k = 0; k < V; ++k) {
@@ -375,15 +380,12 @@ __global__ void rmsnorm_bwd_vec(const T* __restrict__ dy, const T* __restrict__ 
         acc[s][k] += double(g.v[s][k] * xr.v[s][k] * rs);
       }
       store_pack(dx + r * d, i, o);
-    }
+    });
   }
-#pragma unroll
-  for (int s = 0; s < S; ++s) {
-    const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
-    if (i >= nvec) continue;
+  for_row_vecs<S>(nvec, [&](int s, int64_t i) {
 #pragma unroll
     for (int k = 0; k < V; ++k) partial[blockIdx.x * d + i * V + k] = acc[s][k];
-  }
+  });
 }
 
 template <class T, class P, int S>
@@ -403,25 +405,19 @@ __global__ void layernorm_fwd_vec(const T* __restrict__ x, const P* __restrict__
       for (int k = 0; k < V; ++k) sum += xr.v[s][k];
     const float mu = block_sum(sum, sh) / float(d);
     float var = 0.f;  // two passes (over registers): no cancellation when |μ| ≫ σ
-#pragma unroll
-    for (int s = 0; s < S; ++s) {
-      const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
-      if (i >= nvec) continue;  // padding lanes hold 0, not μ
+    for_row_vecs<S>(nvec, [&](int s, int64_t i) {  // padding lanes hold 0, not μ
 #pragma unroll
       for (int k = 0; k < V; ++k) var += (xr.v[s][k] - mu) * (xr.v[s][k] - mu);
-    }
+    });
     const float rs = inv_rms(block_sum(var, sh), d, eps);
     if (threadIdx.x == 0) { mean[r] = mu; rstd[r] = rs; }
-#pragma unroll
-    for (int s = 0; s < S; ++s) {
-      const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
-      if (i >= nvec) continue;
+    for_row_vecs<S>(nvec, [&](int s, int64_t i) {
       float o[V];
 #pragma unroll
       for (int k = 0; k < V; ++k)
         o[k] = (xr.v[s][k] - mu) * rs * (1.f + to_f32(gamma[i * V + k])) + to_f32(beta[i * V + k]);
       store_pack(out + r * d, i, o);
-    }
+    });
   }
 }
 
@@ -461,10 +457,7 @@ __global__ void layernorm_bwd_vec(const T* __restrict__ dy, const T* __restrict_
     const float mg = block_sum(sg, sh) / float(d), mgx = block_sum(sgx, sh) / float(d);
     RowRegs<T, S> res;
     if (dres) res.load(dres + r * d, nvec);
-#pragma unroll
-    for (int s = 0; s < S; ++s) {
-      const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
-      if (i >= nvec) continue;
+    for_row_vecs<S>(nvec, [&](int s, int64_t i) {
       float o[V];
 #pragma unroll
       for (int k = 0; k < V; ++k) {
@@ -475,18 +468,15 @@ __global__ void layernorm_bwd_vec(const T* __restrict__ dy, const T* __restrict_
         acc_b[s][k] += double(g.v[s][k]);
       }
       store_pack(dx + r * d, i, o);
-    }
+    });
   }
-#pragma unroll
-  for (int s = 0; s < S; ++s) {
-    const int64_t i = int64_t(s) * blockDim.x + threadIdx.x;
-    if (i >= nvec) continue;
+  for_row_vecs<S>(nvec, [&](int s, int64_t i) {
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       partial[blockIdx.x * 2 * d + i * V + k] = acc_g[s][k];
       partial[blockIdx.x * 2 * d + d + i * V + k] = acc_b[s][k];
     }
-  }
+  });
 }
 
 // The parameter gradients from the chunk partials of a *_bwd_vec kernel: out0 = the first

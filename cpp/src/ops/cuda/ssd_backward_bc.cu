@@ -136,15 +136,10 @@ __global__ void __launch_bounds__(BcLayout<T, kQ>::kThreads)
         dhr.put([&](int r, int cc, const Pack<float>& v) { put_split_vec<1>(dhs, r * dhs.ld + cc, v.v); });
       }
       __syncthreads();
-#pragma unroll
-      for (int q = 0; q < Lay::kTri; ++q) {
-        const int qq = warp + q * kWarps;
-        if (qq >= ntri) continue;
-        int tt, ss;
-        tri_tile(qq, &tt, &ss);
+      for_warp_tri_tiles<Lay::kTri, kWarps>(warp, ntri, [&](int q, int tt, int ss) {
         for (int ks = 0; ks < pks; ++ks)
           mma_tile<Row, Col, 1, 1>(accP[q], dys, 16 * tt, 16 * ks, xs, 16 * ks, 16 * ss);
-      }
+      });
 #pragma unroll
       for (int q = 0; q < Lay::kTiles; ++q) {
         const int zt = warp + q * kWarps, tt = zt / kNC, nc = zt % kNC;
@@ -159,12 +154,7 @@ __global__ void __launch_bounds__(BcLayout<T, kQ>::kThreads)
       }
     }
     // PW += (Pm ⊙ W)·diag(Δ) on this warp's causal tiles.
-#pragma unroll
-    for (int q = 0; q < Lay::kTri; ++q) {
-      const int qq = warp + q * kWarps;
-      if (qq >= ntri) continue;
-      int tt, ss;
-      tri_tile(qq, &tt, &ss);
+    for_warp_tri_tiles<Lay::kTri, kWarps>(warp, ntri, [&](int q, int tt, int ss) {
       accP[q].store(stage, 16);
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {
@@ -173,7 +163,7 @@ __global__ void __launch_bounds__(BcLayout<T, kQ>::kThreads)
           pw[t * Lay::ldK + s] += stage[e] * decay<T>(Ss[t] - Ss[s]) * dls[s];
       }
       __syncwarp();
-    }
+    });
   }
   __syncthreads();
 

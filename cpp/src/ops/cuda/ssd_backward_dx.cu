@@ -136,24 +136,14 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
       rr.put_exact(A1);
       if (k0 + kNK < inner) load(k0 + kNK);
       __syncthreads();
-#pragma unroll
-      for (int q = 0; q < Lay::kTri; ++q) {
-        const int qq = warp + q * kWarps;
-        if (qq >= ntri) continue;
-        int tt, ss;
-        tri_tile(qq, &tt, &ss);
+      for_warp_tri_tiles<Lay::kTri, kWarps>(warp, ntri, [&](int q, int tt, int ss) {
         for (int ks = 0; ks < nks; ++ks)
           mma_tile<Row, Col, 1, 1>(acc[q], A0, 16 * tt, 16 * ks, A1, 16 * ks, 16 * ss);
-      }
+      });
     }
-#pragma unroll
-    for (int q = 0; q < Lay::kTri; ++q) {
-      const int qq = warp + q * kWarps;
-      if (qq >= ntri) continue;
-      int tt, ss;
-      tri_tile(qq, &tt, &ss);
+    for_warp_tri_tiles<Lay::kTri, kWarps>(warp, ntri, [&](int q, int tt, int ss) {
       acc[q].store(out + 16 * tt * Lay::ldK + 16 * ss, Lay::ldK);
-    }
+    });
   };
   // K = C·Bᵀ (launch_chunk_cb) copies in while Pm = dY·Xᵀ forms (rows of x, dy are h·p apart).
   copy_causal_async<kQ>(kf, Lay::ldK, a.K + d.ko(bi, c, gi), Lp);

@@ -99,24 +99,14 @@ __global__ void __launch_bounds__(CbLayout<T, kQ>::kThreads)
     stage_exact(cs, Cm + bc0, d.g * d.n, Lp, nkp, L, nk);
     stage_exact(bs, Bm + bc0, d.g * d.n, Lp, nkp, L, nk);
     __syncthreads();
-#pragma unroll
-    for (int q = 0; q < Lay::kTri; ++q) {
-      const int qq = warp + q * kWarps;
-      if (qq >= ntri) continue;
-      int tt, ss;
-      tri_tile(qq, &tt, &ss);
+    for_warp_tri_tiles<Lay::kTri, kWarps>(warp, ntri, [&](int q, int tt, int ss) {
       for (int ks = 0; ks < nks; ++ks) mma_tile<Row, Col, 1, 1>(acc[q], cs, 16 * tt, 16 * ks, bs, 16 * ks, 16 * ss);
-    }
+    });
   }
   float* Kc = K + d.ko(bi, c, gi);
-#pragma unroll
-  for (int q = 0; q < Lay::kTri; ++q) {
-    const int qq = warp + q * kWarps;
-    if (qq >= ntri) continue;
-    int tt, ss;
-    tri_tile(qq, &tt, &ss);
+  for_warp_tri_tiles<Lay::kTri, kWarps>(warp, ntri, [&](int q, int tt, int ss) {
     acc[q].store(Kc + 16 * tt * kQ + 16 * ss, kQ);
-  }
+  });
 }
 
 // ---------------------------------------------------------------- state pass

@@ -264,6 +264,20 @@ __device__ __forceinline__ void tri_tile(int q, int* tt, int* ss) {
   *ss = q;
 }
 
+// f(q, tt, ss) for each lower-triangle tile this warp owns: tiles warp, warp + kWarps, ...
+// of the ntri, q counting the warp's own (its index into per-warp accumulator arrays).
+template <int kTri, int kWarps, class F>
+__device__ __forceinline__ void for_warp_tri_tiles(int warp, int ntri, F&& f) {
+#pragma unroll
+  for (int q = 0; q < kTri; ++q) {
+    const int qq = warp + q * kWarps;
+    if (qq >= ntri) continue;
+    int tt, ss;
+    tri_tile(qq, &tt, &ss);
+    f(q, tt, ss);
+  }
+}
+
 // Shared-memory carving: offsets rounded up to 128 bytes.
 constexpr size_t align128(size_t x) { return (x + 127) & ~size_t(127); }
 
