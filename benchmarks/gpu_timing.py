@@ -21,16 +21,18 @@ def require_torch_cuda(name: str):
 
 
 def median_ms(fn, torch, reps: int, warmup: int = 5) -> float:
-    """Median milliseconds of ``reps`` calls of fn(), each between two CUDA events."""
+    """Median milliseconds of ``reps`` calls of fn(), each between two CUDA events.
+
+    The calls are queued back to back and waited for once at the end, so the host's
+    time to launch a call hides behind the device's work on the previous one, as in a
+    real loop (a call that waits on the device itself still pays for it)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
         start.record()
         fn()
         end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events)

@@ -38,8 +38,9 @@ struct Case {
   }
 };
 
-// Odd sizes, one token, an empty sequence, more than one tile of tokens (256), channel
-// counts that take the vector path (multiples of 8) and those that do not.
+// Odd sizes, one token, an empty sequence, more than one tile of tokens (256 forward,
+// 128 backward), channel counts that take the staged vector path (multiples of 4) and
+// those that do not.
 const Case kCases[] = {
     {1, 1, 1, 2, false, false, false, false, false, false}, {2, 13, 37, 4, true, true, true, false, true, true},
     {3, 300, 40, 3, true, true, true, true, true, true},    {2, 257, 64, 4, false, true, false, true, true, true},

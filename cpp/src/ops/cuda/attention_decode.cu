@@ -212,8 +212,8 @@ __global__ void __launch_bounds__(kFastKeys) decode_fast_kernel(DecodeArgs a) {
   for (int e = tid; e < kFastKeys * C; e += kFastKeys) {
     const int r = e / C, c = e % C;
     const bool ok = r < cn;
-    cp_async16(k_s + swz<P>(r, c), kb + (ok ? r : 0) * row + c * 8, ok);
-    cp_async16(v_s + r * P + c * 8, vb + (ok ? r : 0) * row + c * 8, ok);
+    cp_async<16>(k_s + swz<P>(r, c), kb + (ok ? r : 0) * row + c * 8, ok);
+    cp_async<16>(v_s + r * P + c * 8, vb + (ok ? r : 0) * row + c * 8, ok);
   }
   cp_commit();
   const bf16* q = static_cast<const bf16*>(a.q) + (bi * a.hq + h0) * P;
@@ -298,27 +298,66 @@ __global__ void __launch_bounds__(kFastKeys) decode_fast_kernel(DecodeArgs a) {
   }
 }
 
-// One block per (batch, query head): the splits that hold keys, in order.
+// One block per (batch, query head) over the splits that hold keys. The maximum M and
+// the sum L = Σ_s l_s·e^(m_s − M) are reduced over the block in a fixed tree; for the
+// output the threads form `groups` row groups, group g summing splits g, g + groups, ..
+// in order over float4 columns (when p allows), then the groups' sums are added in
+// order. The order depends on the shapes alone: the bits repeat.
+constexpr int kCombineThreads = 256;
+
+__host__ __device__ constexpr int combine_vec(int p) { return p % 4 == 0 ? 4 : 1; }
+__host__ __device__ constexpr int combine_groups(int p) {
+  return kCombineThreads / (p / combine_vec(p)) > 1 ? kCombineThreads / (p / combine_vec(p)) : 1;
+}
+
 template <class T>
-__global__ void decode_combine_kernel(DecodeArgs a, T* __restrict__ out) {
+__global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(DecodeArgs a, T* __restrict__ out) {
   extern __shared__ float4 smem4[];
-  float* w = reinterpret_cast<float*>(smem4);  // [splits] weights e^(m_s − M)
+  __shared__ float red[32];
+  float* part = reinterpret_cast<float*>(smem4);  // [groups][p] the row groups' sums
+  const int tid = threadIdx.x, p = a.p, vec = combine_vec(p), units = p / vec, groups = combine_groups(p);
+  float* w = part + groups * p;                   // [splits] weights e^(m_s − M)
   const int64_t bh = blockIdx.x, bi = bh / a.hq;
   const int64_t n = valid_len(a.lens, bi, a.max_len);
   const int ns = int((n + a.slen - 1) / a.slen);
   const float* m = a.pm + bh * a.splits;
   const float* l = a.pl + bh * a.splits;
-  const float* o = a.po + bh * a.splits * a.p;
-  float M = -INFINITY;
-  for (int s = 0; s < ns; ++s) M = fmaxf(M, m[s]);
-  for (int s = threadIdx.x; s < ns; s += blockDim.x) w[s] = expf(m[s] - M);
+  const float* o = a.po + bh * a.splits * p;
+  float mx = -INFINITY;
+  for (int s = tid; s < ns; s += kCombineThreads) mx = fmaxf(mx, m[s]);
+  for (int k = 16; k > 0; k >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, k));
+  if ((tid & 31) == 0) red[tid >> 5] = mx;
   __syncthreads();
-  float L = 0.f;
-  for (int s = 0; s < ns; ++s) L = fmaf(l[s], w[s], L);
-  for (int d = threadIdx.x; d < a.p; d += blockDim.x) {
+  float M = -INFINITY;
+  for (int k = 0; k < kCombineThreads / 32; ++k) M = fmaxf(M, red[k]);
+  float ls = 0.f;
+  for (int s = tid; s < ns; s += kCombineThreads) {
+    const float e = expf(m[s] - M);
+    w[s] = e;
+    ls = fmaf(l[s], e, ls);
+  }
+  const float L = block_sum(ls, red);  // its barriers also publish w
+  for (int e = tid; e < units * groups; e += kCombineThreads) {
+    const int g = e / units, c = (e % units) * vec;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    if (vec == 4) {
+#pragma unroll 4
+      for (int s = g; s < ns; s += groups) {
+        const float4 v = *reinterpret_cast<const float4*>(o + int64_t(s) * p + c);
+        acc[0] = fmaf(v.x, w[s], acc[0]), acc[1] = fmaf(v.y, w[s], acc[1]);
+        acc[2] = fmaf(v.z, w[s], acc[2]), acc[3] = fmaf(v.w, w[s], acc[3]);
+      }
+    } else {
+#pragma unroll 4
+      for (int s = g; s < ns; s += groups) acc[0] = fmaf(o[int64_t(s) * p + c], w[s], acc[0]);
+    }
+    for (int k = 0; k < vec; ++k) part[g * p + c + k] = acc[k];
+  }
+  __syncthreads();
+  for (int d = tid; d < p; d += kCombineThreads) {
     float acc = 0.f;
-    for (int s = 0; s < ns; ++s) acc = fmaf(o[int64_t(s) * a.p + d], w[s], acc);
-    out[bh * a.p + d] = from_f32<T>(ns > 0 ? acc / L : 0.f);
+    for (int g = 0; g < groups; ++g) acc += part[g * p + d];
+    out[bh * p + d] = from_f32<T>(ns > 0 ? acc / L : 0.f);
   }
 }
 
@@ -382,9 +421,11 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
   const int64_t splits = (chunks + per_split - 1) / per_split;
   Tensor partial = Tensor::empty({b * hq * splits * (p + 2)}, DType::f32, q.device());
   float* pp = static_cast<float*>(partial.data_ptr());
+  // o first: the combine reads it as float4 (the buffer is 16-byte aligned).
+  float* po = pp;
+  float* pm = po + b * hq * splits * p;
   DecodeArgs a{q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-               static_cast<const int32_t*>(cache_lens.data_ptr()), pp, pp + b * hq * splits,
-               pp + 2 * b * hq * splits, max_len, per_split * kChunk, int(hq), int(hkv), int(p), heads,
+               static_cast<const int32_t*>(cache_lens.data_ptr()), pm, pm + b * hq * splits, po, max_len, per_split * kChunk, int(hq), int(hkv), int(p), heads,
                int(head_groups), int(splits), float(scale)};
   cudaStream_t s = stream(dev);
   visit_bf16_f32(q.dtype(), op, "q", [&](auto tag) {
@@ -411,12 +452,14 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
       decode_split_kernel<T, 1><<<grid, kThreads, smem, s>>>(a);
     }
     MT_CUDA_LAUNCH_CHECK();
-    const size_t csmem = size_t(splits) * 4;
+    const size_t csmem = (size_t(combine_groups(int(p))) * size_t(p) + size_t(splits)) * 4;
+    MT_CHECK(csmem <= size_t(max_smem(dev)), ValueError, op, ": head dim ", p, " with ", splits,
+             " splits is more than the combine kernel holds");
     if (csmem > size_t(kSmemDefault))
       MT_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&decode_combine_kernel<T>),
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, int(csmem)));
     MT_CHECK(b * hq <= INT32_MAX, ValueError, op, ": ", b * hq, " (batch, head) pairs are more than the grid allows");
-    decode_combine_kernel<T><<<unsigned(b * hq), kThreads, csmem, s>>>(a, static_cast<T*>(out.data_ptr()));
+    decode_combine_kernel<T><<<unsigned(b * hq), kCombineThreads, csmem, s>>>(a, static_cast<T*>(out.data_ptr()));
     MT_CUDA_LAUNCH_CHECK();
   });
 }

@@ -17,15 +17,12 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "async_copy.cuh"
 #include "dense.cuh"
 
 namespace mambatron::cuda::attn_mma {
 
 constexpr float kLog2e = 1.4426950408889634f;
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 // Element offset of (row r, chunk c) in a swizzled [rows][P] tile.
 template <int P>
@@ -52,18 +49,6 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
                : "r"(addr));
 }
 
-// 16 bytes global -> shared, asynchronously; zeros when !valid (src is not read).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
@@ -88,7 +73,7 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat1
     const int r = e / C, c = e % C;
     const int64_t row = row0 + r;
     const bool ok = row < len;
-    cp_async16(dst + swz<P>(r, c), src + (ok ? row : 0) * stride + c * 8, ok);
+    cp_async<16>(dst + swz<P>(r, c), src + (ok ? row : 0) * stride + c * 8, ok);
   }
 }
 
@@ -97,7 +82,7 @@ template <class V>
 __device__ __forceinline__ void load_vec(V* dst, const V* __restrict__ src, int64_t row0, int64_t len, int n) {
   for (int e = threadIdx.x; e < n; e += blockDim.x) {
     const bool ok = row0 + e < len;
-    cp_async4(dst + e, src + (ok ? row0 + e : 0), ok);
+    cp_async<4>(dst + e, src + (ok ? row0 + e : 0), ok);
   }
 }
 

@@ -26,13 +26,11 @@ int channels_per_thread(int vec, int64_t c, size_t elem, std::initializer_list<c
   return vec;
 }
 
-dim3 tile_grid(int64_t b, int64_t l, int64_t c, int v) {
-  const int64_t units = b * conv::tiles_per_row(l);
+dim3 tile_grid(int64_t b, int64_t l, int64_t c, int v, int groups) {
+  const int64_t units = b * conv::tiles_per_row(l, groups);
   return dim3(unsigned((c + conv::kLanes * v - 1) / (conv::kLanes * v)),
               unsigned(units < conv::kMaxUnits ? units : conv::kMaxUnits));
 }
-
-size_t ids_bytes(int w) { return size_t(conv::window_size(w) + 2) * sizeof(int32_t); }
 
 template <class T, class P>
 ConvArgs<T, P> make_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& initial_state,
@@ -72,13 +70,19 @@ void conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, c
     ConvArgs<T, P> a = make_args<T, P>(x, weight, bias, initial_state, seq_idx, opt.silu);
     a.out = mptr<T>(out);
     if (b > 0 && l > 0 && c > 0) {
-      const int v = channels_per_thread(16 / int(sizeof(T)), c, sizeof(T), {a.x, a.out});
+      constexpr int VEC = 4;  // channels per thread: a staged bf16 tile leaves room for three blocks per SM
+      const int v = channels_per_thread(VEC, c, sizeof(T), {a.x, a.out});
       visit_width(w, [&](auto wc) {
         constexpr int W = decltype(wc)::value;
-        constexpr int VEC = 16 / int(sizeof(T));
-        const dim3 grid = tile_grid(b, l, c, v), block(conv::kLanes, conv::kGroups);
-        if (v == VEC) conv::conv_fwd_kernel<T, P, W, VEC><<<grid, block, ids_bytes(W), s>>>(a);
-        else conv::conv_fwd_kernel<T, P, W, 1><<<grid, block, ids_bytes(W), s>>>(a);
+        const dim3 grid = tile_grid(b, l, c, v, conv::kFwdGroups), block(conv::kLanes, conv::kFwdGroups);
+        if (v == VEC) {
+          constexpr size_t smem = conv::fwd_smem_bytes<T, W, VEC>();
+          MT_CUDA_CHECK(cudaFuncSetAttribute(conv::conv_fwd_kernel<T, P, W, VEC>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+          conv::conv_fwd_kernel<T, P, W, VEC><<<grid, block, smem, s>>>(a);
+        } else {
+          conv::conv_fwd_kernel<T, P, W, 1><<<grid, block, conv::fwd_smem_bytes<T, W, 1>(), s>>>(a);
+        }
         MT_CUDA_LAUNCH_CHECK();
       });
     }
@@ -99,7 +103,7 @@ void conv1d_backward(const Tensor& dout, const Tensor& d_final_state, const Tens
   cudaStream_t s = stream(dev);
   const int64_t b = x.size(0), l = x.size(1), c = x.size(2), w = weight.size(1);
   if (c == 0) return;
-  const int64_t units = b * conv::tiles_per_row(l);
+  const int64_t units = b * conv::tiles_per_row(l, conv::kBwdGroups);
   Tensor partial = Tensor::empty({units > 0 ? units * (w + 1) * c : 1}, DType::f32, x.device());
   visit_conv(op, x, weight, [&](auto t, auto p) {
     using T = typename decltype(t)::type;
@@ -115,10 +119,15 @@ void conv1d_backward(const Tensor& dout, const Tensor& d_final_state, const Tens
       const int v = channels_per_thread(VEC, c, sizeof(T), {a.x, a.dout, a.dx});
       visit_width(w, [&](auto wc) {
         constexpr int W = decltype(wc)::value;
-        const dim3 grid = tile_grid(b, l, c, v), block(conv::kLanes, conv::kGroups);
-        const size_t smem = size_t(conv::kGroups) * (W + 1) * conv::kLanes * v * sizeof(float) + ids_bytes(W);
-        if (v == VEC) conv::conv_bwd_kernel<T, P, W, VEC><<<grid, block, smem, s>>>(a);
-        else conv::conv_bwd_kernel<T, P, W, 1><<<grid, block, smem, s>>>(a);
+        const dim3 grid = tile_grid(b, l, c, v, conv::kBwdGroups), block(conv::kLanes, conv::kBwdGroups);
+        if (v == VEC) {
+          constexpr size_t smem = conv::bwd_smem_bytes<T, W, VEC>();
+          MT_CUDA_CHECK(cudaFuncSetAttribute(conv::conv_bwd_kernel<T, P, W, VEC>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+          conv::conv_bwd_kernel<T, P, W, VEC><<<grid, block, smem, s>>>(a);
+        } else {
+          conv::conv_bwd_kernel<T, P, W, 1><<<grid, block, conv::bwd_smem_bytes<T, W, 1>(), s>>>(a);
+        }
         MT_CUDA_LAUNCH_CHECK();
       });
     }

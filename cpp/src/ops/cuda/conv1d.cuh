@@ -1,31 +1,41 @@
 // Kernels of the CUDA causal depthwise conv1d (launched by conv1d.cu).
 //
 // Tiles: a block is kLanes threads across channels (V adjacent channels each, one
-// vector access) times kGroups threads across tokens; each thread walks
-// kTokensPerThread consecutive tokens of one batch row, keeping the last w − 1 inputs
-// (and in backward the last w gradients of the conv) in registers, so every input is
-// read from memory about once. The tile's document ids sit in shared memory; a tap
-// at position s counts for token t when both lie in the same document (s < 0: the
-// initial state, which belongs to the row's first document), exactly as on the CPU.
-// Backward writes per-block partial sums of dweight/dbias (f32, tokens in order, then
-// the kGroups token groups in order) that a second kernel adds in f64, block by block
-// in order: no atomics, the same bits on every run.
+// vector access) times G threads across tokens (kFwdGroups or kBwdGroups); each thread
+// walks kTokensPerThread consecutive tokens of one batch row, keeping the last w − 1
+// inputs (and in backward the last w gradients of the conv) in registers. With vector
+// accesses (V > 1) the block first requests its whole tile of rows (with the halo of
+// w − 1 tokens) into shared memory with cp.async, so that tens of kilobytes per SM are
+// in flight at once, then the threads walk their tokens from there. The tile's document
+// ids sit in shared memory; a tap at position s counts for token t when both lie in the
+// same document (s < 0: the initial state, which belongs to the row's first document),
+// exactly as on the CPU. Backward writes per-block partial sums of dweight/dbias (f32,
+// tokens in order, then the token groups in order) that a second kernel adds in f64,
+// block by block in order: no atomics, the same bits on every run.
 #pragma once
 #include <cstdint>
 
+#include "async_copy.cuh"
 #include "dense.cuh"
 
 namespace mambatron::cuda::conv {
 
 constexpr int kLanes = 32;
-constexpr int kGroups = 8;
+constexpr int kFwdGroups = 8;
+constexpr int kBwdGroups = 4;  // the backward stages x and dout: half the tokens per block
 constexpr int kTokensPerThread = 32;
-constexpr int kTile = kGroups * kTokensPerThread;  // tokens per block
-constexpr unsigned kMaxUnits = 65535;              // grid.y; larger counts loop
+constexpr unsigned kMaxUnits = 65535;  // grid.y; larger counts loop
 
-__host__ __device__ inline int64_t tiles_per_row(int64_t l) { return l > 0 ? (l + kTile - 1) / kTile : 1; }
-// Ids kept per tile: tokens [t0 − (w−1), t0 + kTile + w − 1), then the row's first and last id.
-__host__ __device__ inline int window_size(int w) { return kTile + 2 * (w - 1); }
+__host__ __device__ constexpr int tile_tokens(int groups) { return groups * kTokensPerThread; }
+__host__ __device__ inline int64_t tiles_per_row(int64_t l, int groups) {
+  return l > 0 ? (l + tile_tokens(groups) - 1) / tile_tokens(groups) : 1;
+}
+// Ids kept per tile: tokens [t0 − (w−1), t0 + tile + w − 1), then the row's first and last id.
+__host__ __device__ constexpr int window_size(int w, int groups) { return tile_tokens(groups) + 2 * (w - 1); }
+// Bytes of the ids, rounded up so that what follows them is 16-byte aligned.
+__host__ __device__ constexpr size_t ids_bytes(int w, int groups) {
+  return (size_t(window_size(w, groups) + 2) * sizeof(int32_t) + 15) / 16 * 16;
+}
 
 template <class T, int V>
 struct alignas(sizeof(T) * V) Vec {
@@ -33,10 +43,14 @@ struct alignas(sizeof(T) * V) Vec {
 };
 
 template <class T, int V>
-__device__ __forceinline__ void load_vec(const T* p, float (&o)[V]) {
-  const Vec<T, V> r = *reinterpret_cast<const Vec<T, V>*>(p);
+__device__ __forceinline__ void unpack(const Vec<T, V>& r, float (&o)[V]) {
 #pragma unroll
   for (int v = 0; v < V; ++v) o[v] = to_f32(r.v[v]);
+}
+
+template <class T, int V>
+__device__ __forceinline__ void load_vec(const T* p, float (&o)[V]) {
+  unpack<T, V>(*reinterpret_cast<const Vec<T, V>*>(p), o);
 }
 
 template <class T, int V>
@@ -47,11 +61,8 @@ __device__ __forceinline__ void store_vec(T* p, const float (&o)[V]) {
   *reinterpret_cast<Vec<T, V>*>(p) = r;
 }
 
-__device__ __forceinline__ float sigmoid(float x) {
-  if (x >= 0.f) return 1.f / (1.f + expf(-x));
-  const float e = expf(x);
-  return e / (1.f + e);
-}
+// Branch-free: e^(−x) overflows to inf for x < −88, giving 0 as it should.
+__device__ __forceinline__ float sigmoid(float x) { return __frcp_rn(1.f + __expf(-x)); }
 
 template <class T, class P>
 struct ConvArgs {
@@ -73,7 +84,7 @@ struct ConvArgs {
 // The ids of the block's tile of row i into sid (positions outside [0, l) read 0),
 // then the row's first and last ids (0 and 0 without seq_idx or tokens).
 __device__ __forceinline__ void load_ids(const int32_t* seq, int64_t i, int64_t l, int64_t t0, int w, int32_t* sid) {
-  const int n = window_size(w), nthreads = blockDim.x * blockDim.y;
+  const int n = window_size(w, blockDim.y), nthreads = blockDim.x * blockDim.y;
   for (int k = threadIdx.y * blockDim.x + threadIdx.x; k < n + 2; k += nthreads) {
     int32_t v = 0;
     if (seq && l > 0) {
@@ -126,32 +137,58 @@ __device__ __forceinline__ void load_params(const P* weight, const P* bias, int6
 }
 
 // ---------------------------------------------------------------- forward
+// Shared memory: the ids, then (V > 1) the staged inputs [tile + w − 1][kLanes], row r
+// being position t0 − (w−1) + r.
+template <class T, int W, int V>
+__host__ __device__ constexpr size_t fwd_smem_bytes() {
+  return ids_bytes(W, kFwdGroups) + (V > 1 ? size_t(tile_tokens(kFwdGroups) + W - 1) * kLanes * sizeof(Vec<T, V>) : 0);
+}
+
 template <class T, class P, int W, int V>
-__global__ void __launch_bounds__(kLanes* kGroups) conv_fwd_kernel(ConvArgs<T, P> a) {
+__global__ void __launch_bounds__(kLanes* kFwdGroups) conv_fwd_kernel(ConvArgs<T, P> a) {
+  constexpr int kTile = tile_tokens(kFwdGroups);
   extern __shared__ float4 conv_smem[];
   int32_t* sid = reinterpret_cast<int32_t*>(conv_smem);
-  const int nwin = window_size(W);
+  Vec<T, V>* xs = reinterpret_cast<Vec<T, V>*>(reinterpret_cast<char*>(conv_smem) + ids_bytes(W, kFwdGroups));
+  const int nwin = window_size(W, kFwdGroups);
   const int64_t ch0 = (int64_t(blockIdx.x) * kLanes + threadIdx.x) * V;
   const bool active = ch0 < a.c;
   float wr[V][W], br[V];
   load_params<P, W, V>(a.weight, a.bias, ch0, active, wr, br);
-  const int64_t ntiles = tiles_per_row(a.l);
+  const int64_t ntiles = tiles_per_row(a.l, kFwdGroups);
   for (int64_t unit = blockIdx.y; unit < a.b * ntiles; unit += gridDim.y) {
     const int64_t i = unit / ntiles, t0 = (unit % ntiles) * kTile;
-    __syncthreads();  // the previous tile's ids are no longer read
+    const int64_t base = t0 - (W - 1);  // position of sid[0] and of staged row 0
+    __syncthreads();  // the previous tile's ids and inputs are no longer read
     load_ids(a.seq, i, a.l, t0, W, sid);
+    if constexpr (V > 1) {
+      if (active)
+        for (int r = threadIdx.y; r < kTile + W - 1; r += kFwdGroups) {
+          const int64_t s = base + r;
+          const bool ok = s >= 0 && s < a.l;
+          cp_async<int(sizeof(Vec<T, V>))>(xs + r * kLanes + threadIdx.x, a.x + (i * a.l + (ok ? s : 0)) * a.c + ch0,
+                                           ok);
+        }
+      cp_commit();
+      cp_wait_all();
+    }
     __syncthreads();
     const int64_t tb = t0 + int64_t(threadIdx.y) * kTokensPerThread;
     const int64_t te = tb + kTokensPerThread < a.l ? tb + kTokensPerThread : a.l;
     if (!active || tb >= te) continue;
-    const int64_t base = t0 - (W - 1);  // position of sid[0]
+    // The input at position s (tb − (w−1) <= s < te).
+    auto input = [&](int64_t s, float(&o)[V]) {
+      if constexpr (V > 1)
+        if (s >= 0) return unpack<T, V>(xs[(s - base) * kLanes + threadIdx.x], o);
+      load_input<T, P, W, V>(a, i, s, ch0, o);
+    };
     const int32_t first = sid[nwin];
     float win[W - 1][V];  // inputs at t − (w−1) .. t − 1
 #pragma unroll
-    for (int k = 0; k < W - 1; ++k) load_input<T, P, W, V>(a, i, tb - (W - 1) + k, ch0, win[k]);
+    for (int k = 0; k < W - 1; ++k) input(tb - (W - 1) + k, win[k]);
     for (int64_t t = tb; t < te; ++t) {
       float cur[V];
-      load_input<T, P, W, V>(a, i, t, ch0, cur);
+      input(t, cur);
       const int32_t id = sid[t - base];
       float acc[V];
 #pragma unroll
@@ -205,23 +242,64 @@ __global__ void conv_final_state_kernel(const T* __restrict__ x, const T* __rest
 // dweight/dbias terms and writes dx there (and d_initial_state when it starts the
 // row). dx[s] needs the conv gradient dp at s .. s + w − 1, so the walk runs w − 1
 // tokens past te and recomputes dp there.
+// Shared memory: the block's sums [G][w + 1][kLanes·V] floats, the ids, then (V > 1) the
+// staged x [tile + 2(w−1)][kLanes] (row r: position t0 − (w−1) + r) and dout
+// [tile + w − 1][kLanes] (row r: position t0 + r).
+template <class T, int W, int V>
+__host__ __device__ constexpr size_t bwd_smem_bytes() {
+  constexpr int kTile = tile_tokens(kBwdGroups);
+  return size_t(kBwdGroups) * (W + 1) * kLanes * V * sizeof(float) + ids_bytes(W, kBwdGroups) +
+         (V > 1 ? size_t(2 * kTile + 3 * (W - 1)) * kLanes * sizeof(Vec<T, V>) : 0);
+}
+
 template <class T, class P, int W, int V>
-__global__ void __launch_bounds__(kLanes* kGroups) conv_bwd_kernel(ConvArgs<T, P> a) {
+__global__ void __launch_bounds__(kLanes* kBwdGroups) conv_bwd_kernel(ConvArgs<T, P> a) {
+  constexpr int kTile = tile_tokens(kBwdGroups), kXRows = kTile + 2 * (W - 1), kGRows = kTile + W - 1;
   extern __shared__ float4 conv_smem[];
-  constexpr int kRow = kLanes * V;               // channels of the block
-  float* red = reinterpret_cast<float*>(conv_smem);  // [kGroups][W + 1][kRow]
-  int32_t* sid = reinterpret_cast<int32_t*>(red + kGroups * (W + 1) * kRow);
-  const int nwin = window_size(W);
+  constexpr int kRow = kLanes * V;                   // channels of the block
+  float* red = reinterpret_cast<float*>(conv_smem);  // [kBwdGroups][W + 1][kRow]
+  int32_t* sid = reinterpret_cast<int32_t*>(red + kBwdGroups * (W + 1) * kRow);
+  Vec<T, V>* xs = reinterpret_cast<Vec<T, V>*>(reinterpret_cast<char*>(sid) + ids_bytes(W, kBwdGroups));
+  Vec<T, V>* gs = xs + kXRows * kLanes;
+  const int nwin = window_size(W, kBwdGroups);
   const int64_t ch0 = (int64_t(blockIdx.x) * kLanes + threadIdx.x) * V;
   const bool active = ch0 < a.c;
   float wr[V][W], br[V];
   load_params<P, W, V>(a.weight, a.bias, ch0, active, wr, br);
-  const int64_t ntiles = tiles_per_row(a.l);
+  const int64_t ntiles = tiles_per_row(a.l, kBwdGroups);
   for (int64_t unit = blockIdx.y; unit < a.b * ntiles; unit += gridDim.y) {
     const int64_t i = unit / ntiles, t0 = (unit % ntiles) * kTile;
-    __syncthreads();  // the previous tile's ids and sums are no longer read
+    const int64_t base = t0 - (W - 1);  // position of sid[0] and of staged x row 0
+    __syncthreads();  // the previous tile's ids, inputs and sums are no longer read
     load_ids(a.seq, i, a.l, t0, W, sid);
+    if constexpr (V > 1) {
+      constexpr int kBytes = int(sizeof(Vec<T, V>));
+      if (active) {
+        for (int r = threadIdx.y; r < kXRows; r += kBwdGroups) {
+          const int64_t s = base + r;
+          const bool ok = s >= 0 && s < a.l;
+          cp_async<kBytes>(xs + r * kLanes + threadIdx.x, a.x + (i * a.l + (ok ? s : 0)) * a.c + ch0, ok);
+        }
+        for (int r = threadIdx.y; r < kGRows; r += kBwdGroups) {
+          const int64_t s = t0 + r;
+          const bool ok = s < a.l;
+          cp_async<kBytes>(gs + r * kLanes + threadIdx.x, a.dout + (i * a.l + (ok ? s : 0)) * a.c + ch0, ok);
+        }
+      }
+      cp_commit();
+      cp_wait_all();
+    }
     __syncthreads();
+    // x at position s (s < te + w − 1) and dout at t (0 <= t < l, t < te + w − 1).
+    auto input = [&](int64_t s, float(&o)[V]) {
+      if constexpr (V > 1)
+        if (s >= 0) return unpack<T, V>(xs[(s - base) * kLanes + threadIdx.x], o);
+      load_input<T, P, W, V>(a, i, s, ch0, o);
+    };
+    auto grad = [&](int64_t t, float(&o)[V]) {
+      if constexpr (V > 1) unpack<T, V>(gs[(t - t0) * kLanes + threadIdx.x], o);
+      else load_row<T, V>(a.dout + (i * a.l + t) * a.c + ch0, o);
+    };
     float dw[V][W + 1];  // dweight terms, then dbias
 #pragma unroll
     for (int v = 0; v < V; ++v)
@@ -231,20 +309,19 @@ __global__ void __launch_bounds__(kLanes* kGroups) conv_bwd_kernel(ConvArgs<T, P
     const int64_t te = tb + kTokensPerThread < a.l ? tb + kTokensPerThread : a.l;
     const bool with_init = a.dinit && tb == 0;
     if (active && (tb < te || with_init)) {
-      const int64_t base = t0 - (W - 1);
       const int32_t first = sid[nwin], last = sid[nwin + 1];
       const int64_t sb = with_init ? -(W - 1) : tb;  // first position whose gradient is written
       float xw[W - 1][V];   // inputs at t − (w−1) .. t − 1
       float dpw[W][V];      // dp at t − (w−1) .. t
 #pragma unroll
-      for (int k = 0; k < W - 1; ++k) load_input<T, P, W, V>(a, i, sb - (W - 1) + k, ch0, xw[k]);
+      for (int k = 0; k < W - 1; ++k) input(sb - (W - 1) + k, xw[k]);
 #pragma unroll
       for (int k = 0; k < W; ++k)
 #pragma unroll
         for (int v = 0; v < V; ++v) dpw[k][v] = 0.f;
       for (int64_t t = sb; t < te + W - 1; ++t) {
         float cur[V], dp[V];
-        load_input<T, P, W, V>(a, i, t, ch0, cur);
+        input(t, cur);
 #pragma unroll
         for (int v = 0; v < V; ++v) dp[v] = 0.f;
         if (t >= 0 && t < a.l) {
@@ -260,7 +337,7 @@ __global__ void __launch_bounds__(kLanes* kGroups) conv_bwd_kernel(ConvArgs<T, P
 #pragma unroll
           for (int v = 0; v < V; ++v) taps[W - 1][v] = cur[v];
           float g[V];
-          load_row<T, V>(a.dout + (i * a.l + t) * a.c + ch0, g);
+          grad(t, g);
 #pragma unroll
           for (int v = 0; v < V; ++v) {
             if (a.silu) {
@@ -328,7 +405,7 @@ __global__ void __launch_bounds__(kLanes* kGroups) conv_bwd_kernel(ConvArgs<T, P
 #pragma unroll
         for (int v = 0; v < V; ++v) {
           float s = 0.f;
-          for (int y = 0; y < kGroups; ++y) s += red[(y * (W + 1) + k) * kRow + threadIdx.x * V + v];
+          for (int y = 0; y < kBwdGroups; ++y) s += red[(y * (W + 1) + k) * kRow + threadIdx.x * V + v];
           a.partial[(unit * (W + 1) + k) * a.c + ch0 + v] = s;
         }
     }

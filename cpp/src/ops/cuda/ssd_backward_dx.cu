@@ -148,7 +148,8 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
   // K = C·Bᵀ (launch_chunk_cb) copies in while Pm = dY·Xᵀ forms (rows of x, dy are h·p apart).
   copy_causal_async<kQ>(kf, Lay::ldK, a.K + d.ko(bi, c, gi), Lp);
   causal_product(a.dy + d.xo(bi, 0, j), a.x + d.xo(bi, 0, j), d.p, d.h * d.p, pf);
-  cp_async_wait_all();
+  cp_commit();
+  cp_wait_all();
   __syncthreads();
 
   // dy and x of the first p columns load while the rows below are formed.

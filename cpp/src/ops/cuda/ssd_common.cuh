@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "async_copy.cuh"
 #include "ssd.h"
 #include "ssd_tile.cuh"
 #include "mambatron/ops.h"
@@ -197,25 +198,15 @@ struct RegBlock {
   }
 };
 
-// 16-byte asynchronous copies from global to shared memory (cp.async), waited for all
-// at once: the copy runs while the block computes something else.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(unsigned(__cvta_generic_to_shared(dst))),
-               "l"(src));
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
-}
-
 // The causal 16×16 tiles of the first `rows` rows of a chunk's K (launch_chunk_cb; row
 // pitch kQ) into shared rows of pitch ld floats (a multiple of 4), asynchronously:
-// cp_async_wait_all and a barrier come before their use.
+// cp_commit, cp_wait_all and a barrier come before their use.
 template <int kQ>
 __device__ __forceinline__ void copy_causal_async(float* dst, int ld, const float* K, int rows) {
   constexpr int kPieces = kQ / 4;  // 16-byte pieces of a row
   for (int e = threadIdx.x; e < rows * kPieces; e += blockDim.x) {
     const int t = e / kPieces, c4 = (e - t * kPieces) * 4;
-    if (c4 < 16 * (t / 16 + 1)) cp_async16(dst + t * ld + c4, K + t * kQ + c4);
+    if (c4 < 16 * (t / 16 + 1)) cp_async<16>(dst + t * ld + c4, K + t * kQ + c4);
   }
 }
 

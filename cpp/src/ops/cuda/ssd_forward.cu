@@ -99,7 +99,8 @@ __global__ void __launch_bounds__(OutLayout<T, kQ>::kThreads, OutLayout<T, kQ>::
   }
   __syncthreads();  // K overwrites the operands
   copy_causal_async<kQ>(kf, Lay::ldK, K + d.ko(bi, c, gi), Lp);
-  cp_async_wait_all();
+  cp_commit();
+  cp_wait_all();
   __syncthreads();
 
   // M = K ⊙ W·diag(Δ), row by row: a warp reads its row, then writes it back (split).
