@@ -38,8 +38,12 @@ struct Case {
 };
 
 // One channel; groups of one channel; small groups packed in a block; a group wider
-// than a block (per-block dB/dC sums); several checkpoint segments (64 tokens); state
-// sizes 5, 16, 20 and 40 (the three kernel variants); an empty sequence.
+// than a block (per-block dB/dC sums); several checkpoint segments (64 tokens, 32 for
+// n > 32); state sizes 5, 16, 20, 32, 40 and 64 (the three kernel variants, B and C read
+// element by element or in 16-byte packs); an empty sequence.
+// The forward runs over chunks of at least 64 tokens: rows of one chunk, of several
+// (lengths not a multiple of 64, with and without an initial state, with document
+// starts) in each kernel variant, and of more than 8 (the carry pass reads 8 at a time).
 const Case kCases[] = {
     {1, 1, 1, 1, 1, false, false, false, false, false, false, false},
     {2, 13, 37, 5, 1, true, true, true, true, true, false, true},
@@ -53,6 +57,11 @@ const Case kCases[] = {
     {3, 1, 24, 16, 1, true, true, true, true, true, false, true},
     {2, 300, 256, 16, 1, true, true, true, true, true, true, true},
     {1, 200, 200, 16, 2, true, true, true, false, false, false, true},
+    {2, 150, 48, 20, 3, true, true, true, true, true, true, true},
+    {1, 140, 40, 40, 2, true, true, true, true, true, true, false},
+    {1, 600, 64, 16, 1, true, true, true, true, true, true, true},
+    {2, 530, 32, 32, 1, true, false, true, false, false, true, true},
+    {1, 100, 16, 64, 1, true, true, true, true, true, false, true},
 };
 
 struct Scan {
@@ -82,7 +91,9 @@ Scan make(const Case& k, DType at) {
   s.dy = input({k.b, k.l, k.d}, at);
   if (k.dfinal) s.dfinal = input({k.b, k.d, k.n}, DType::f32);
   if (k.seq) {
-    s.seq = random_doc_ids(k.b, k.l, 11);
+    // Rows past 512 tokens get longer documents, so that some chunks carry the state
+    // entering them and others start a document.
+    s.seq = random_doc_ids(k.b, k.l, k.l > 512 ? 97 : 11);
     s.seq_gpu = s.seq.to(kGpu);
   }
   return s;

@@ -44,10 +44,52 @@ ScanArgs<T> make_args(const Tensor& u, const Tensor& delta, const Tensor& A, con
 }
 
 template <class T, int NS>
-void launch_forward(const ScanArgs<T>& a, cudaStream_t s) {
-  const int64_t threads = a.b * a.d;
-  if (threads == 0) return;
-  scan::scan_fwd_kernel<T, NS><<<unsigned((threads + kThreads - 1) / kThreads), kThreads, 0, s>>>(a);
+void set_bc_vec(ScanArgs<T>& a) {
+  a.bc_vec = a.n == NS && aligned16({a.B, a.C});
+}
+
+// Passes 1 and 2 (selective_scan.cuh): states [b, nchunk, n, d] ← the state entering
+// each chunk of kc tokens. nchunk >= 1; l > 0.
+template <class T, int NS>
+void chunk_entry_states(const ScanArgs<T>& a, int64_t kc, int64_t nchunk, float* states, float* dsum,
+                        cudaStream_t s) {
+  const int64_t local = a.b * (nchunk - 1) * a.d, carry = a.b * a.n * a.d;
+  if (local > 0) {
+    scan::scan_chunk_local_kernel<T, NS><<<unsigned((local + kThreads - 1) / kThreads), kThreads, 0, s>>>(
+        a, kc, nchunk, states, dsum);
+    MT_CUDA_LAUNCH_CHECK();
+  }
+  if (carry > 0) {
+    scan::scan_chunk_carry_kernel<<<unsigned((carry + kThreads - 1) / kThreads), kThreads, 0, s>>>(
+        a.A, a.init, a.b, a.d, a.n, nchunk, dsum, states);
+    MT_CUDA_LAUNCH_CHECK();
+  }
+}
+
+// Tokens per chunk of the forward: the fewest chunks that give about kWant threads
+// (several waves on an H100), in chunks of at least kMin tokens so that the chunk
+// states stay small beside the activations (n·4/kMin bytes per token and channel).
+int64_t forward_chunk(int64_t b, int64_t l, int64_t d) {
+  constexpr int64_t kWant = int64_t(1) << 20, kMin = 64;
+  int64_t kc = kMin;
+  while (kc < l && b * d * ((l + kc - 1) / kc) > kWant) kc *= 2;
+  return kc;
+}
+
+template <class T, int NS>
+void launch_forward(ScanArgs<T> a, Device device, cudaStream_t s) {
+  if (a.b * a.d == 0) return;
+  set_bc_vec<T, NS>(a);
+  const int64_t kc = forward_chunk(a.b, a.l, a.d), nchunk = a.l > kc ? (a.l + kc - 1) / kc : 1;
+  Tensor states, dsum;
+  if (nchunk > 1) {
+    states = scratch(a.b * nchunk * a.n * a.d, DType::f32, device);
+    dsum = scratch(a.b * nchunk * a.d, DType::f32, device);
+    chunk_entry_states<T, NS>(a, kc, nchunk, mptr<float>(states), mptr<float>(dsum), s);
+  }
+  const int64_t threads = a.b * nchunk * a.d;
+  scan::scan_fwd_kernel<T, NS><<<unsigned((threads + kThreads - 1) / kThreads), kThreads, 0, s>>>(
+      a, kc, nchunk, nchunk > 1 ? cptr<float>(states) : nullptr);
   MT_CUDA_LAUNCH_CHECK();
 }
 }  // namespace
@@ -63,7 +105,7 @@ void selective_scan_forward(const Tensor& u, const Tensor& delta, const Tensor& 
     ScanArgs<T> a = make_args<T>(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, opt.delta_softplus);
     a.y = mptr<T>(y);
     a.final_state = mptr<float>(final_state);
-    visit_state(a.n, [&](auto ns) { launch_forward<T, decltype(ns)::value>(a, stream(dev)); });
+    visit_state(a.n, [&](auto ns) { launch_forward<T, decltype(ns)::value>(a, u.device(), stream(dev)); });
   });
 }
 
@@ -78,7 +120,7 @@ void selective_scan_step(const Tensor& u, const Tensor& delta, const Tensor& A, 
     ScanArgs<T> a = make_args<T>(u, delta, A, B, C, D, z, delta_bias, state, Tensor(), opt.delta_softplus);
     a.y = mptr<T>(y);
     a.final_state = mptr<float>(state);
-    visit_state(a.n, [&](auto ns) { launch_forward<T, decltype(ns)::value>(a, stream(dev)); });
+    visit_state(a.n, [&](auto ns) { launch_forward<T, decltype(ns)::value>(a, u.device(), stream(dev)); });
   });
 }
 
@@ -113,6 +155,7 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
       constexpr int NS = decltype(ns)::value;
       using PL = scan::Plan<NS>;
       const int64_t nseg = (l + PL::kSegment - 1) / PL::kSegment;
+      set_bc_vec<T, NS>(a);
       a.cpg = d / g;
       if (a.cpg >= PL::kThreads) {
         a.per_group = (a.cpg + PL::kThreads - 1) / PL::kThreads;
@@ -123,7 +166,7 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
         a.gpb = PL::kThreads / a.cpg;
         a.blocks_per_row = (g + a.gpb - 1) / a.gpb;
       }
-      Tensor ckpt = scratch(b * nseg * n * d, DType::f32, device);
+      Tensor ckpt = scratch(b * nseg * n * d, DType::f32, device), dsum = scratch(b * nseg * d, DType::f32, device);
       Tensor part = scratch(a.per_group > 1 ? 2 * b * g * a.per_group * l * n : 0, DType::f32, device);
       Tensor dA_rows = scratch(b * d * n, DType::f64, device);
       Tensor dD_rows = scratch(b * d, DType::f64, device), dbias_rows = scratch(b * d, DType::f64, device);
@@ -133,10 +176,7 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
       a.dD_rows = mptr<double>(dD_rows);
       a.dbias_rows = mptr<double>(dbias_rows);
       if (b > 0) {
-        if (l > 0) {
-          scan::scan_checkpoint_kernel<T, NS><<<unsigned((b * d + kThreads - 1) / kThreads), kThreads, 0, s>>>(a, nseg);
-          MT_CUDA_LAUNCH_CHECK();
-        }
+        if (l > 0) chunk_entry_states<T, NS>(a, PL::kSegment, nseg, a.ckpt, mptr<float>(dsum), s);
         auto kernel = scan::scan_bwd_kernel<T, NS>;
         MT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(PL::kSmemBytes)));
         kernel<<<unsigned(b * a.blocks_per_row), PL::kThreads, PL::kSmemBytes, s>>>(a, nseg);

@@ -1,10 +1,11 @@
 // Kernels of the CUDA Mamba-1 selective scan (launched by selective_scan.cu).
 //
-// One thread per (batch row, channel) walks the tokens in order with the channel's
-// state h[n] in registers (NS >= n slots; the slots past n stay zero). Forward reads
-// each token's inputs one token ahead, so the loads overlap the previous token's work.
+// A thread walks tokens in order with one channel's state h[n] in registers (NS >= n
+// slots; the slots past n stay zero), reading each token's inputs one token ahead (for
+// NS <= 32) so that the loads overlap the previous token's work. The forward runs
+// over chunks of tokens, a thread per (row, chunk, channel) (see "chunks of tokens").
 //
-// Backward never stores per-token states: a first kernel keeps the state entering
+// Backward never stores per-token states: the chunk passes keep the state entering
 // every kSegment-th token (a coarse checkpoint, [b, l/K2, n, d] floats); the backward
 // kernel walks the segments in reverse, recomputes the segment forward to keep the
 // state entering each chunk of K tokens in shared memory, then for each chunk in
@@ -46,6 +47,7 @@ struct ScanArgs {
   const int32_t* seq;              // [b, l], may be null
   int64_t b, l, d, g, n;
   bool softplus;
+  bool bc_vec;  // B and C rows of n = NS elements, 16-byte aligned (read in packs)
   // forward
   T* y;
   float* final_state;  // may be null (may be init itself: a decode step)
@@ -113,61 +115,202 @@ __device__ __forceinline__ void load_channel(const ScanArgs<T>& a, int64_t c, bo
   for (int j = 0; j < NS; ++j) Ar[j] = active && j < a.n ? a.A[c * a.n + j] : 0.f;
 }
 
-// ---------------------------------------------------------------- forward (and decode step)
+// ---------------------------------------------------------------- chunks of tokens
+// The forward and the backward's checkpoints split each row into chunks of kc tokens
+// so that there is a thread per (row, chunk, channel), not just per (row, channel):
+//  1. scan_chunk_local_kernel walks every chunk but a row's last from a zero state: the
+//     chunk's own part of the state leaving it, and ΣΔ over the chunk. A being constant
+//     per (channel, state), the state entering a chunk decays over it by exp(A·ΣΔ), or
+//     vanishes when a document starts inside it.
+//  2. scan_chunk_carry_kernel, a thread per (row, state, channel), walks a row's chunks
+//     in order and writes the state entering each (the backward's checkpoints).
+//  3. scan_fwd_kernel walks each chunk again from its entering state and writes y.
+// A row of one chunk (a decode step) needs only the third, from the initial state.
+// Chunk states are [b, nchunk, n, d] floats, ΣΔ [b, nchunk, d].
+
+// One token's inputs as stored, converted where used: B and C in 16-byte packs.
 template <class T, int NS>
-__global__ void scan_fwd_kernel(ScanArgs<T> a) {
-  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (e >= a.b * a.d) return;
-  const int64_t i = e / a.d, c = e % a.d, gr = c / (a.d / a.g);
-  float Ar[NS], h[NS];
-  load_channel<T, NS>(a, c, true, Ar);
+struct RawToken {
+  static constexpr int P = Pack<T>::N;
+  static_assert(NS % P == 0, "whole packs of state slots");
+  T u, delta, z;
+  bool reset;
+  Pack<T> B[NS / P], C[NS / P];
+  __device__ __forceinline__ float b(int j) const { return to_f32(B[j / P].v[j % P]); }
+  __device__ __forceinline__ float c(int j) const { return to_f32(C[j / P].v[j % P]); }
+};
+
+// Whether a token's inputs are read a token ahead: not with 64 state slots, where the
+// registers of two tokens' B and C would spill.
+template <int NS>
+constexpr bool kAhead = NS <= 32;
+
+template <class T, int NS, bool WithC>
+__device__ __forceinline__ void load_raw(const ScanArgs<T>& a, int64_t i, int64_t t, int64_t c, int64_t gr,
+                                         RawToken<T, NS>& o) {
+  constexpr int P = Pack<T>::N;
+  const int64_t tok = i * a.l + t, idx = tok * a.d + c, row = (tok * a.g + gr) * a.n;
+  o.u = a.u[idx];
+  o.delta = a.delta[idx];
+  if (WithC) o.z = a.z ? a.z[idx] : T{};
+  o.reset = a.seq && t > 0 && a.seq[tok] != a.seq[tok - 1];
+  if (a.bc_vec) {
 #pragma unroll
-  for (int j = 0; j < NS; ++j) h[j] = a.init && j < a.n ? a.init[e * a.n + j] : 0.f;
-  const float Dc = a.D ? a.D[c] : 0.f, bc = a.bias ? a.bias[c] : 0.f;
-  Token<NS> next;
-  if (a.l > 0) load_token<T, NS>(a, i, 0, c, gr, bc, true, next);
-  for (int64_t t = 0; t < a.l; ++t) {
-    const Token<NS> k = next;
-    if (t + 1 < a.l) load_token<T, NS>(a, i, t + 1, c, gr, bc, true, next);
-    const float dt = step_size(k.v, a.softplus);
-    advance<NS>(h, Ar, k, dt);
+    for (int p = 0; p < NS / P; ++p) {
+      o.B[p] = reinterpret_cast<const Pack<T>*>(a.B + row)[p];
+      if (WithC) o.C[p] = reinterpret_cast<const Pack<T>*>(a.C + row)[p];
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      o.B[j / P].v[j % P] = j < a.n ? a.B[row + j] : T{};
+      if (WithC) o.C[j / P].v[j % P] = j < a.n ? a.C[row + j] : T{};
+    }
+  }
+}
+
+// 2^x by the hardware's approximation (within 2 ulp), without the fix-up of results
+// below 2^-126: a decay that small is as good as 0.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// A·log2(e) of channel c: exp(Δ·A) = exp2(Δ·A₂).
+template <class T, int NS>
+__device__ __forceinline__ void load_channel_log2(const ScanArgs<T>& a, int64_t c, float (&A2)[NS]) {
+#pragma unroll
+  for (int j = 0; j < NS; ++j) A2[j] = j < a.n ? a.A[c * a.n + j] * 1.4426950408889634f : 0.f;
+}
+
+// h ← exp(Δ·A) ⊙ h + Δ·u·B (from zero at a document start).
+template <class T, int NS>
+__device__ __forceinline__ void advance_raw(float (&h)[NS], const float (&A2)[NS], const RawToken<T, NS>& k, float dt) {
+  const float du = dt * to_f32(k.u);
+#pragma unroll
+  for (int j = 0; j < NS; ++j) h[j] = exp2_ftz(dt * A2[j]) * (k.reset ? 0.f : h[j]) + du * k.b(j);
+}
+
+// Chunk k of the row of thread e, over b·nk·d threads: (i, k, c) and [t0, t1).
+struct ChunkPos {
+  int64_t i, k, c, t0, t1;
+};
+__device__ __forceinline__ ChunkPos chunk_pos(int64_t e, int64_t nk, int64_t d, int64_t l, int64_t kc) {
+  ChunkPos p;
+  p.c = e % d;
+  p.k = (e / d) % nk;
+  p.i = e / d / nk;
+  p.t0 = p.k * kc;
+  p.t1 = p.t0 + kc < l ? p.t0 + kc : l;
+  return p;
+}
+
+// Pass 1 over chunks 0 … nchunk − 2 of every row (the last one's carry is never needed).
+// dsum is NaN where a document starts inside the chunk: nothing entering it survives.
+template <class T, int NS>
+__global__ void scan_chunk_local_kernel(ScanArgs<T> a, int64_t kc, int64_t nchunk, float* states, float* dsum) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= a.b * (nchunk - 1) * a.d) return;
+  const ChunkPos p = chunk_pos(e, nchunk - 1, a.d, a.l, kc);
+  const int64_t gr = p.c / (a.d / a.g), ik = p.i * nchunk + p.k;
+  float A2[NS], h[NS];
+  load_channel_log2<T, NS>(a, p.c, A2);
+#pragma unroll
+  for (int j = 0; j < NS; ++j) h[j] = 0.f;
+  const float bc = a.bias ? a.bias[p.c] : 0.f;
+  float S = 0.f;
+  bool reset = false;
+  RawToken<T, NS> next;
+  if (kAhead<NS> && p.t0 < p.t1) load_raw<T, NS, false>(a, p.i, p.t0, p.c, gr, next);
+  for (int64_t t = p.t0; t < p.t1; ++t) {
+    if (!kAhead<NS>) load_raw<T, NS, false>(a, p.i, t, p.c, gr, next);
+    const RawToken<T, NS> k = next;
+    if (kAhead<NS> && t + 1 < p.t1) load_raw<T, NS, false>(a, p.i, t + 1, p.c, gr, next);
+    const float dt = step_size(to_f32(k.delta) + bc, a.softplus);
+    advance_raw<T, NS>(h, A2, k, dt);
+    S += dt;
+    reset |= k.reset;
+  }
+#pragma unroll
+  for (int j = 0; j < NS; ++j)
+    if (j < a.n) states[(ik * a.n + j) * a.d + p.c] = h[j];
+  dsum[ik * a.d + p.c] = reset ? __int_as_float(0x7fffffff) : S;
+}
+
+// Pass 2: states[i, k, j, c] ← the state entering chunk k (in place of chunk k's own
+// part, read first), from the initial state at the row's first token.
+__global__ void scan_chunk_carry_kernel(const float* __restrict__ A, const float* __restrict__ init, int64_t b,
+                                        int64_t d, int64_t n, int64_t nchunk, const float* __restrict__ dsum,
+                                        float* __restrict__ states) {
+  constexpr int U = 8;  // chunks read ahead of the dependent updates
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= b * n * d) return;
+  const int64_t c = e % d, j = (e / d) % n, i = e / d / n;
+  const float A2 = A[c * n + j] * 1.4426950408889634f;
+  float h = init ? init[(i * d + c) * n + j] : 0.f;
+  for (int64_t k0 = 0; k0 < nchunk; k0 += U) {
+    float own[U], decay[U];
+#pragma unroll
+    for (int q = 0; q < U; ++q) {
+      const int64_t ik = i * nchunk + k0 + q;
+      const bool carried = k0 + q + 1 < nchunk;
+      own[q] = carried ? states[(ik * n + j) * d + c] : 0.f;
+      const float S = carried ? dsum[ik * d + c] : 0.f;
+      decay[q] = isnan(S) ? 0.f : exp2_ftz(A2 * S);
+    }
+#pragma unroll
+    for (int q = 0; q < U; ++q)
+      if (k0 + q < nchunk) {
+        states[((i * nchunk + k0 + q) * n + j) * d + c] = h;
+        h = decay[q] * h + own[q];
+      }
+  }
+}
+
+// ---------------------------------------------------------------- forward (and decode step)
+// Pass 3: chunk k of row i from its entering state (entry; the initial state when null,
+// a row of one chunk). The row's last chunk writes the final state.
+template <class T, int NS>
+__global__ void scan_fwd_kernel(ScanArgs<T> a, int64_t kc, int64_t nchunk, const float* entry) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= a.b * nchunk * a.d) return;
+  const ChunkPos p = chunk_pos(e, nchunk, a.d, a.l, kc);
+  const int64_t gr = p.c / (a.d / a.g), ik = p.i * nchunk + p.k, ic = p.i * a.d + p.c;
+  float A2[NS], h[NS];
+  load_channel_log2<T, NS>(a, p.c, A2);
+#pragma unroll
+  for (int j = 0; j < NS; ++j)
+    h[j] = j >= a.n ? 0.f : entry ? entry[(ik * a.n + j) * a.d + p.c] : a.init ? a.init[ic * a.n + j] : 0.f;
+  const float Dc = a.D ? a.D[p.c] : 0.f, bc = a.bias ? a.bias[p.c] : 0.f;
+  RawToken<T, NS> next;
+  if (kAhead<NS> && p.t0 < p.t1) load_raw<T, NS, true>(a, p.i, p.t0, p.c, gr, next);
+  for (int64_t t = p.t0; t < p.t1; ++t) {
+    if (!kAhead<NS>) load_raw<T, NS, true>(a, p.i, t, p.c, gr, next);
+    const RawToken<T, NS> k = next;
+    if (kAhead<NS> && t + 1 < p.t1) load_raw<T, NS, true>(a, p.i, t + 1, p.c, gr, next);
+    const float dt = step_size(to_f32(k.delta) + bc, a.softplus);
+    const float u = to_f32(k.u), du = dt * u;
     float y = 0.f;
 #pragma unroll
-    for (int j = 0; j < NS; ++j) y += h[j] * k.C[j];
-    y += Dc * k.u;
-    if (a.z) y *= k.z * sigmoid(k.z);
-    a.y[(i * a.l + t) * a.d + c] = from_f32<T>(y);
+    for (int j = 0; j < NS; ++j) {
+      h[j] = exp2_ftz(dt * A2[j]) * (k.reset ? 0.f : h[j]) + du * k.b(j);
+      y += h[j] * k.c(j);
+    }
+    y += Dc * u;
+    if (a.z) {
+      const float z = to_f32(k.z);
+      y *= z * sigmoid(z);
+    }
+    a.y[(p.i * a.l + t) * a.d + p.c] = from_f32<T>(y);
   }
-  if (a.final_state)
+  if (a.final_state && p.k == nchunk - 1)
+#pragma unroll
     for (int j = 0; j < NS; ++j)
-      if (j < a.n) a.final_state[e * a.n + j] = h[j];
+      if (j < a.n) a.final_state[ic * a.n + j] = h[j];
 }
 
 // ---------------------------------------------------------------- backward
-// The state entering token s·K2 of every segment s: ckpt[i, s, j, c].
-template <class T, int NS>
-__global__ void scan_checkpoint_kernel(ScanArgs<T> a, int64_t nseg) {
-  constexpr int K2 = Plan<NS>::kSegment;
-  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (e >= a.b * a.d) return;
-  const int64_t i = e / a.d, c = e % a.d, gr = c / (a.d / a.g);
-  float Ar[NS], h[NS];
-  load_channel<T, NS>(a, c, true, Ar);
-#pragma unroll
-  for (int j = 0; j < NS; ++j) h[j] = a.init && j < a.n ? a.init[e * a.n + j] : 0.f;
-  const float bc = a.bias ? a.bias[c] : 0.f;
-  Token<NS> next;
-  if (a.l > 0) load_token<T, NS>(a, i, 0, c, gr, bc, false, next);
-  for (int64_t t = 0; t < a.l; ++t) {
-    const Token<NS> k = next;
-    if (t + 1 < a.l) load_token<T, NS>(a, i, t + 1, c, gr, bc, false, next);
-    if (t % K2 == 0)
-      for (int j = 0; j < NS; ++j)
-        if (j < a.n) a.ckpt[((i * nseg + t / K2) * a.n + j) * a.d + c] = h[j];
-    advance<NS>(h, Ar, k, step_size(k.v, a.softplus));
-  }
-}
-
 // Block k of row i: channels [c0, c1) holding ngr groups from g0 (several whole
 // groups, or a slice p of one group when a group is wider than a block).
 struct Span {
