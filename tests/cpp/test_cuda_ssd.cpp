@@ -135,6 +135,11 @@ const Spec kSpecs[] = {
     {{1, 400, 2, 16, 1, 16}, 300, {}, {}},
     {{4, 129, 4, 32, 4, 64}, 0, {}, {}},
     {{2, 512, 8, 64, 2, 128}, 0, {{100, 3, 409}, {512}}, {}},
+    // Documents that start at a chunk's first token (the carry into that chunk is cut
+    // while the chunk's own state stays whole), one of them a single token long.
+    {{2, 160, 4, 16, 2, 24}, 32, {{64, 40, 56}, {32, 1, 31, 96}}, {}},
+    {{1, 300, 3, 7, 1, 9}, 128, {{128, 1, 127, 44}}, {}},
+    {{2, 300, 4, 64, 4, 128}, 128, {{256, 44}, {128, 172}}, {}},
 };
 
 }  // namespace

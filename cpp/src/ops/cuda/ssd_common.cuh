@@ -238,10 +238,11 @@ void launch_chunk_scalars(const Dims& d, const T* dt, const float* dt_bias, cons
 template <class T>
 void launch_chunk_cb(const Dims& d, const T* C, const T* B, float* K, cudaStream_t s);
 
-// The state passed along the chunks, one block per (row, head, p-tile, n-tile):
+// The state passed along the chunks:
 //   forward: states[c] = H entering chunk c; H ← E·H + Xᵀ·diag(f⊙Δ)·B (X = x, Bm = B)
 //   reverse: states[c] = Ĥ leaving chunk c;  Ĥ ← E·Ĥ + dYᵀ·diag(e)·C  (X = dy, Bm = C)
-// starting from `init` (or 0) and ending in `last` (when given).
+// starting from `init` (or 0) and ending in `last` (when given). Two launches: every
+// chunk's product term into states[c], then the recurrence in place.
 template <class T>
 void launch_state_pass(const Dims& d, bool reverse, const T* X, const T* Bm, const float* delta, const double* S,
                        const int32_t* seq, const float* init, float* states, float* last, cudaStream_t s);

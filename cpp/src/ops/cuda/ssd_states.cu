@@ -1,8 +1,10 @@
 // SSD stages that forward and backward share: the per-token scalars (Δ and the
 // chunk-local cumulative sums S), and the state passed from chunk to chunk. The
-// state pass fuses the chunk-state products with their sequential recurrence: one
-// block owns a 64×64 tile of one head's state, keeps it in accumulator tiles, and
-// walks the chunks, writing the state at each chunk boundary.
+// state pass runs in two kernels: each chunk's own state, a tensor-core product
+// parallel over (row, chunk, head, tile), then the recurrence over chunks, which is
+// elementwise and bandwidth-bound, in place in the same scratch. Fusing the two in
+// one sequential block per state tile left every chunk step waiting on the one
+// before it (latency-bound at ~0.2 TB/s).
 #include "ssd_common.cuh"
 
 namespace mambatron::cuda::ssd {
@@ -109,147 +111,179 @@ __global__ void __launch_bounds__(CbLayout<T, kQ>::kThreads)
   });
 }
 
-// ---------------------------------------------------------------- state pass
-constexpr int kStateWarps = 8;            // warp w: rows 16·(w mod 4), columns 32·⌊w / 4⌋ of the tile
-constexpr int kStateP = 64;               // state rows per block
-constexpr int kStateN = 64;               // state columns per block
-constexpr int kStateCols = 2;             // 16-column tiles per warp
+// ---------------------------------------------------------------- chunk states
+// The state one chunk contributes on its own, G_c = Xᵀ·diag(scale)·B over the chunk's
+// tokens, one block per (row, chunk, head, 64×64 state tile): no chunk waits for
+// another. scale is f⊙Δ forward (the tokens of the chunk's last document, decayed to
+// its end) and e backward (those of its first document, decayed from its start).
+constexpr int kStateWarps = 8;  // warp w: rows 16·(w mod 4), columns 32·⌊w / 4⌋ of the tile
+constexpr int kStateP = 64;     // state rows per block
+constexpr int kStateN = 64;     // state columns per block
+constexpr int kStateCols = 2;   // 16-column tiles per warp
+constexpr int kStateThreads = kStateWarps * 32;
 
-// X·diag(scale) is split in three parts: the states feed f32 outputs.
+// X·diag(scale) is split in three parts: the states feed f32 outputs. Tiles that
+// cannot go straight to global memory pass through `stage`, which reuses X's space
+// once the products are done.
 template <class T, int kQ>
-struct StateLayout {
+struct ChunkStateLayout {
   static constexpr int ldX = pitch<T>(kStateP), ldB = pitch<T>(kStateN), ldS = kStateN + 4;
-  static constexpr size_t x = 0, b = operand_bytes<T, 3>(kQ, ldX);
-  static constexpr size_t stage = b + align128(size_t(kQ) * ldB * sizeof(T));
-  static constexpr size_t scale = stage + align128(size_t(kStateP) * ldS * sizeof(float));
+  static constexpr size_t x = 0, stage = 0, b = operand_bytes<T, 3>(kQ, ldX);
+  static constexpr size_t scale = b + align128(size_t(kQ) * ldB * sizeof(T));
   static constexpr size_t bytes = scale + align128(kQ * sizeof(float));
-  static_assert(bytes <= kMaxSmem, "state pass: too much shared memory");
+  // Three blocks per SM at bf16 (≤ 75 KB each): one block's loads overlap the others'
+  // products. The f32 form keeps its registers.
+  static constexpr int kMinBlocks = kTensorCores<T> && bytes <= 75 * 1024 ? 3 : 2;
+  static_assert(size_t(kStateP) * ldS * sizeof(float) <= b, "chunk states: stage does not fit in X's space");
+  static_assert(bytes <= kMaxSmem, "chunk states: too much shared memory");
 };
 
 template <class T, int kQ, bool kReverse>
-__global__ void __launch_bounds__(kStateWarps * 32, 2)
-    state_pass_kernel(Dims d, const T* __restrict__ X, const T* __restrict__ Bm, const double* __restrict__ S,
-                      const float* __restrict__ delta, const int32_t* __restrict__ seq, const float* __restrict__ init,
-                      float* __restrict__ states, float* __restrict__ last) {
-  using Lay = StateLayout<T, kQ>;
+__global__ void __launch_bounds__(kStateThreads, ChunkStateLayout<T, kQ>::kMinBlocks)
+    chunk_state_kernel(Dims d, const T* __restrict__ X, const T* __restrict__ Bm, const double* __restrict__ S,
+                       const float* __restrict__ delta, const int32_t* __restrict__ seq, float* __restrict__ states) {
+  using Lay = ChunkStateLayout<T, kQ>;
   extern __shared__ __align__(128) unsigned char smem[];
   const Smem<T> xs{reinterpret_cast<T*>(smem + Lay::x), Lay::ldX, part_stride<T>(kQ, Lay::ldX)};
   const Smem<T> bs{reinterpret_cast<T*>(smem + Lay::b), Lay::ldB, 0};
   float* stage = reinterpret_cast<float*>(smem + Lay::stage);
   float* scale = reinterpret_cast<float*>(smem + Lay::scale);
   const int tid = threadIdx.x, warp = tid >> 5, rs = warp % 4, cs = 2 * (warp / 4);  // row strip, first column tile
-  constexpr int kThreads = kStateWarps * 32;
 
+  // Heads of a group and the n-tiles of a head are adjacent in the grid, so B and X
+  // are read from DRAM about once.
   const int64_t ptiles = (d.p + kStateP - 1) / kStateP, ntiles = (d.n + kStateN - 1) / kStateN;
   int64_t id = blockIdx.x;
   const int64_t nt = id % ntiles;
   id /= ntiles;
   const int64_t pt = id % ptiles;
   id /= ptiles;
-  const int64_t j = id % d.h, bi = id / d.h, gi = d.group(j);
+  const int64_t j = id % d.h;
+  id /= d.h;
+  const int64_t c = id % d.nc, bi = id / d.nc, gi = d.group(j);
   const int64_t i0 = pt * kStateP, k0 = nt * kStateN;
   const int valid_p = int(d.p - i0 < kStateP ? d.p - i0 : kStateP);
   const int valid_n = int(d.n - k0 < kStateN ? d.n - k0 : kStateN);
-  // Whole tiles whose rows start 32-byte aligned go from the accumulators straight to
-  // global memory; the others through `stage`.
-  const bool direct = valid_p == kStateP && valid_n == kStateN && d.n % 8 == 0;
+  const Chunk ch = make_chunk(d, S, seq, bi, j, c);
 
-  // The state tile through `stage`, from or to [p, n] memory at `base` (rows of n).
-  auto stage_in = [&](const float* base) {
-    for (int e = tid; e < kStateP * kStateN; e += kThreads) {
-      const int r = e / kStateN, cc = e % kStateN;
-      const int64_t i = i0 + r, k = k0 + cc;
-      stage[r * Lay::ldS + cc] = (base && i < d.p && k < d.n) ? base[i * d.n + k] : 0.f;
+  // All global loads first (B straight into shared memory, X into registers, this
+  // thread's token), so that they wait together.
+  static_assert(kQ <= kStateThreads, "chunk states: one token a thread");
+  constexpr int V = Pack<T>::N, kGroups = kStateN / V;
+  const T* const bsrc = Bm + d.bco(bi, ch.t0, gi) + k0;
+  const int64_t bstride = d.g * d.n;
+  const bool b_async =
+      valid_n % V == 0 && reinterpret_cast<uintptr_t>(bsrc) % 16 == 0 && (bstride * sizeof(T)) % 16 == 0;
+  if (b_async) {
+    for (int e = tid; e < kQ * kGroups; e += kStateThreads) {
+      const int t = e / kGroups, cc = (e - t * kGroups) * V;
+      cp_async<16>(bs.p + t * Lay::ldB + cc, bsrc + t * bstride + cc, t < ch.L && cc < valid_n);
     }
-  };
-  auto stage_out = [&](float* base) {
-    for (int e = tid; e < kStateP * kStateN; e += kThreads) {
-      const int r = e / kStateN, cc = e % kStateN;
-      const int64_t i = i0 + r, k = k0 + cc;
-      if (i < d.p && k < d.n) base[i * d.n + k] = stage[r * Lay::ldS + cc];
+    cp_commit();
+  }
+  RegBlock<T, kQ, kStateP, kStateThreads> xr;
+  xr.load(X + d.xo(bi, ch.t0, j) + i0, d.h * d.p, ch.L, valid_p);
+  if (tid < kQ) {
+    double v = 0.0;
+    if (tid < ch.L) {
+      const int64_t tok = ch.t0 + tid;
+      const double St = S[d.so(bi, j, tok)];
+      const int doc = doc_at(seq, d, bi, tok);
+      if (kReverse) v = doc == ch.doc_in ? exp(St) : 0.0;
+      else v = doc == ch.doc_last ? exp(ch.S_last - St) * double(delta[d.so(bi, j, tok)]) : 0.0;
     }
-  };
-  float* const my_stage = stage + 16 * rs * Lay::ldS + 16 * cs;
-
-  // What one chunk step reads, loaded a step ahead: X and B, and this thread's
-  // token (S, Δ, document id; one token a thread, kQ ≤ kThreads).
-  static_assert(kQ <= kThreads, "state pass: one token a thread");
-  RegBlock<T, kQ, kStateP, kThreads> xr;
-  RegBlock<T, kQ, kStateN, kThreads> br;
-  auto chunk_of = [&](int64_t step) { return kReverse ? d.nc - 1 - step : step; };
-  struct Ahead {
-    double S_last, St;
-    float dl;
-    int L, doc_in, doc_last, doc;
-  } ah;
-  auto load_step = [&](int64_t step) {
-    const int64_t t0 = chunk_of(step) * d.Q, rest = d.l - t0;
-    ah.L = int(rest < d.Q ? rest : d.Q);
-    ah.doc_in = doc_at(seq, d, bi, t0 > 0 ? t0 - 1 : 0);
-    ah.doc_last = doc_at(seq, d, bi, t0 + ah.L - 1);
-    ah.S_last = S[d.so(bi, j, t0 + ah.L - 1)];
-    const int64_t tok = t0 + (tid < ah.L ? tid : 0);
-    ah.St = S[d.so(bi, j, tok)];
-    ah.dl = delta[d.so(bi, j, tok)];
-    ah.doc = doc_at(seq, d, bi, tok);
-    xr.load(X + d.xo(bi, t0, j) + i0, d.h * d.p, ah.L, valid_p);
-    br.load(Bm + d.bco(bi, t0, gi) + k0, d.g * d.n, ah.L, valid_n);
-  };
+    scale[tid] = float(v);
+  }
+  __syncthreads();
+  xr.put([&](int t, int r, const Pack<T>& v) {
+    float f[Pack<T>::N];
+#pragma unroll
+    for (int k = 0; k < Pack<T>::N; ++k) f[k] = to_f32(v.v[k]) * scale[t];
+    put_split_vec<3>(xs, t * Lay::ldX + r, f);
+  });
+  if (b_async) cp_wait_all();
+  else stage_exact(bs, bsrc, bstride, 16 * ch.Lt, kStateN, ch.L, valid_n);
+  __syncthreads();
 
   Acc<T> acc[kStateCols];
-  if (d.nc > 0) load_step(0);
-  stage_in(init ? init + d.sto(bi, j) : nullptr);
-  __syncthreads();
 #pragma unroll
-  for (int ct = 0; ct < kStateCols; ++ct) acc[ct].load(my_stage + 16 * ct, Lay::ldS);
+  for (int ct = 0; ct < kStateCols; ++ct) acc[ct].zero();
+  for (int ks = 0; ks < ch.Lt; ++ks) mma_strip<Col, Row, 3>(acc, xs, 16 * rs, 16 * ks, bs, 16 * ks, 16 * cs);
 
-  // Two barriers a step: every warp reaches the first only after its products of the
-  // previous step, so xs, bs and stage are free after it; scale and stage are read
-  // before the second.
-  for (int64_t step = 0; step < d.nc; ++step) {
-    float* const out = states + d.co(bi, j, chunk_of(step));
-    if (direct) {
+  // Whole tiles whose rows start 32-byte aligned go from the accumulators straight to
+  // global memory; the others through `stage`.
+  float* const out = states + d.co(bi, j, c);
+  if (valid_p == kStateP && valid_n == kStateN && d.n % 8 == 0) {
 #pragma unroll
-      for (int ct = 0; ct < kStateCols; ++ct)
-        acc[ct].store(out + (i0 + 16 * rs) * d.n + k0 + 16 * (cs + ct), int(d.n));
-    } else {
-#pragma unroll
-      for (int ct = 0; ct < kStateCols; ++ct) acc[ct].store(my_stage + 16 * ct, Lay::ldS);
-    }
-    // Row scale of X: f⊙Δ forward, e backward.
-    if (tid < kQ) {
-      double v = 0.0;
-      if (tid < ah.L) {
-        if (kReverse) v = ah.doc == ah.doc_in ? exp(ah.St) : 0.0;
-        else v = ah.doc == ah.doc_last ? exp(ah.S_last - ah.St) * double(ah.dl) : 0.0;
-      }
-      scale[tid] = float(v);
-    }
-    __syncthreads();
-    if (!direct) stage_out(out);
-    xr.put([&](int t, int r, const Pack<T>& v) {
-      float f[Pack<T>::N];
-#pragma unroll
-      for (int k = 0; k < Pack<T>::N; ++k) f[k] = to_f32(v.v[k]) * scale[t];
-      put_split_vec<3>(xs, t * Lay::ldX + r, f);
-    });
-    br.put_exact(bs);
-    // This step's decay and length, then the next step's loads (they land while the
-    // products below run).
-    const float E = ah.doc_last == ah.doc_in ? float(exp(ah.S_last)) : 0.f;
-    const int Lt = (ah.L + 15) / 16;
-    if (step + 1 < d.nc) load_step(step + 1);
-    __syncthreads();
-#pragma unroll
-    for (int ct = 0; ct < kStateCols; ++ct) acc[ct].scale(E);
-    for (int ks = 0; ks < Lt; ++ks) mma_strip<Col, Row, 3>(acc, xs, 16 * rs, 16 * ks, bs, 16 * ks, 16 * cs);
+    for (int ct = 0; ct < kStateCols; ++ct)
+      acc[ct].store(out + (i0 + 16 * rs) * d.n + k0 + 16 * (cs + ct), int(d.n));
+    return;
   }
-  if (!last) return;
-  __syncthreads();
+  __syncthreads();  // X's space becomes the stage
 #pragma unroll
-  for (int ct = 0; ct < kStateCols; ++ct) acc[ct].store(my_stage + 16 * ct, Lay::ldS);
+  for (int ct = 0; ct < kStateCols; ++ct) acc[ct].store(stage + 16 * rs * Lay::ldS + 16 * (cs + ct), Lay::ldS);
   __syncthreads();
-  stage_out(last + d.sto(bi, j));
+  for (int e = tid; e < valid_p * kStateN; e += kStateThreads) {
+    const int r = e / kStateN, cc = e % kStateN;
+    if (cc < valid_n) out[(i0 + r) * d.n + k0 + cc] = stage[r * Lay::ldS + cc];
+  }
+}
+
+// ---------------------------------------------------------------- state carry
+// The recurrence over chunks, elementwise and in place: slot c holds G_c on entry and
+// leaves with the state passed into chunk c (forward: entering it; reverse: leaving
+// it), carry ← E_c·carry + G_c, from `init` (or 0); `last` gets the carry at the end.
+// E_c = exp(S_last)·[doc_last = doc_in] cuts the carry where a document starts inside
+// or at the start of chunk c. One thread owns V consecutive elements of one (row, head)
+// state and walks the chunks with its next two chunk states already loading; a block
+// computes the decays of kCarryThreads chunks at a time into shared memory.
+constexpr int kCarryThreads = 256;
+
+template <int V, bool kReverse>
+__global__ void __launch_bounds__(kCarryThreads)
+    state_carry_kernel(Dims d, const double* __restrict__ S, const int32_t* __restrict__ seq,
+                       const float* __restrict__ init, float* __restrict__ states, float* __restrict__ last) {
+  struct alignas(4 * V) Vec {
+    float v[V];
+  };
+  __shared__ float Es[kCarryThreads];
+  const int tid = threadIdx.x;
+  const int64_t pn = d.p * d.n, per_head = (pn + kCarryThreads * V - 1) / (kCarryThreads * V);
+  const int64_t head = blockIdx.x / per_head, bi = head / d.h, j = head % d.h;
+  const int64_t e0 = (blockIdx.x % per_head * kCarryThreads + tid) * V;
+  const bool active = e0 < pn;  // pn is a multiple of V
+  auto chunk_of = [&](int64_t step) { return kReverse ? d.nc - 1 - step : step; };
+  auto slot = [&](int64_t step) { return reinterpret_cast<Vec*>(states + d.co(bi, j, chunk_of(step)) + e0); };
+
+  Vec carry{}, cur{}, nxt{};
+  if (active) {
+    if (init) carry = *reinterpret_cast<const Vec*>(init + d.sto(bi, j) + e0);
+    if (d.nc > 0) cur = *slot(0);
+    if (d.nc > 1) nxt = *slot(1);
+  }
+  for (int64_t b0 = 0; b0 < d.nc; b0 += kCarryThreads) {
+    const int nb = int(d.nc - b0 < kCarryThreads ? d.nc - b0 : kCarryThreads);
+    __syncthreads();  // the previous batch's decays are read
+    if (tid < nb) {
+      const int64_t t0 = chunk_of(b0 + tid) * d.Q, tl = (t0 + d.Q < d.l ? t0 + d.Q : d.l) - 1;
+      const int doc_in = doc_at(seq, d, bi, t0 > 0 ? t0 - 1 : 0), doc_last = doc_at(seq, d, bi, tl);
+      Es[tid] = doc_last == doc_in ? float(exp(S[d.so(bi, j, tl)])) : 0.f;
+    }
+    __syncthreads();
+    if (!active) continue;
+    for (int k = 0; k < nb; ++k) {
+      const int64_t step = b0 + k;
+      Vec after{};
+      if (step + 2 < d.nc) after = *slot(step + 2);
+      *slot(step) = carry;
+      const float E = Es[k];
+#pragma unroll
+      for (int u = 0; u < V; ++u) carry.v[u] = fmaf(E, carry.v[u], cur.v[u]);
+      cur = nxt;
+      nxt = after;
+    }
+  }
+  if (active && last) *reinterpret_cast<Vec*>(last + d.sto(bi, j) + e0) = carry;
 }
 
 }  // namespace
@@ -277,14 +311,30 @@ void launch_chunk_cb(const Dims& d, const T* C, const T* B, float* K, cudaStream
 template <class T>
 void launch_state_pass(const Dims& d, bool reverse, const T* X, const T* Bm, const float* delta, const double* S,
                        const int32_t* seq, const float* init, float* states, float* last, cudaStream_t s) {
-  const int64_t blocks = d.b * d.h * ((d.p + kStateP - 1) / kStateP) * ((d.n + kStateN - 1) / kStateN);
-  if (blocks == 0) return;
-  with_chunk_tiles(d.Q, [&](auto kq) {
-    constexpr int kQ = decltype(kq)::value;
-    const size_t bytes = StateLayout<T, kQ>::bytes;
-    auto kernel = reverse ? state_pass_kernel<T, kQ, true> : state_pass_kernel<T, kQ, false>;
-    launch_big(kernel, unsigned(blocks), kStateWarps * 32, bytes, s, d, X, Bm, S, delta, seq, init, states, last);
-  });
+  const int64_t ptiles = (d.p + kStateP - 1) / kStateP, ntiles = (d.n + kStateN - 1) / kStateN;
+  const int64_t chunk_blocks = d.b * d.nc * d.h * ptiles * ntiles;
+  if (chunk_blocks > 0) {
+    with_chunk_tiles(d.Q, [&](auto kq) {
+      constexpr int kQ = decltype(kq)::value;
+      auto kernel = reverse ? chunk_state_kernel<T, kQ, true> : chunk_state_kernel<T, kQ, false>;
+      launch_big(kernel, unsigned(chunk_blocks), kStateThreads, ChunkStateLayout<T, kQ>::bytes, s, d, X, Bm, S, delta,
+                 seq, states);
+    });
+  }
+  // The carry runs even without chunks: `last` is then `init` (or 0).
+  const int64_t pn = d.p * d.n;
+  auto aligned = [](const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vec = pn % 4 == 0 && aligned(states) && (!init || aligned(init)) && (!last || aligned(last));
+  auto carry = [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    const int64_t blocks = d.b * d.h * ((pn + kCarryThreads * V - 1) / (kCarryThreads * V));
+    if (blocks == 0) return;
+    auto kernel = reverse ? state_carry_kernel<V, true> : state_carry_kernel<V, false>;
+    kernel<<<unsigned(blocks), kCarryThreads, 0, s>>>(d, S, seq, init, states, last);
+    MT_CUDA_LAUNCH_CHECK();
+  };
+  if (vec) carry(std::integral_constant<int, 4>{});
+  else carry(std::integral_constant<int, 1>{});
 }
 
 template void launch_chunk_scalars<float>(const Dims&, const float*, const float*, const float*, const DeltaOpt&,
