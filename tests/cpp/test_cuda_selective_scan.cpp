@@ -44,6 +44,11 @@ struct Case {
 // The forward runs over chunks of at least 64 tokens: rows of one chunk, of several
 // (lengths not a multiple of 64, with and without an initial state, with document
 // starts) in each kernel variant, and of more than 8 (the carry pass reads 8 at a time).
+// The backward runs a block per span of segments: one segment per span in the small
+// cases; the last three have enough blocks (about 8200 of one segment) to take spans
+// of 2 segments (n 16 and 64; n 32 with a group wider than a block), entered from
+// gradient chunks of one or two segments, with documents starting on span and chunk
+// boundaries.
 const Case kCases[] = {
     {1, 1, 1, 1, 1, false, false, false, false, false, false, false},
     {2, 13, 37, 5, 1, true, true, true, true, true, false, true},
@@ -62,6 +67,9 @@ const Case kCases[] = {
     {1, 600, 64, 16, 1, true, true, true, true, true, true, true},
     {2, 530, 32, 32, 1, true, false, true, false, false, true, true},
     {1, 100, 16, 64, 1, true, true, true, true, true, false, true},
+    {64, 8200, 1, 16, 1, true, true, true, true, true, true, true},
+    {32, 8200, 3, 64, 3, true, true, false, true, true, true, true},
+    {32, 8200, 33, 32, 1, true, true, true, true, true, true, true},
 };
 
 struct Scan {
@@ -94,6 +102,9 @@ Scan make(const Case& k, DType at) {
     // Rows past 512 tokens get longer documents, so that some chunks carry the state
     // entering them and others start a document.
     s.seq = random_doc_ids(k.b, k.l, k.l > 512 ? 97 : 11);
+    if (k.l > 4096)  // documents also start every 640th token: on span and chunk boundaries
+      for (int64_t i = 0; i < k.b; ++i)
+        for (int64_t t = 640; t < k.l; ++t) s.seq.data<int32_t>()[i * k.l + t] += int32_t(t / 640);
     s.seq_gpu = s.seq.to(kGpu);
   }
   return s;

@@ -1,4 +1,6 @@
 // Mamba-1 selective scan on CUDA: launchers of the kernels in selective_scan.cuh.
+#include <algorithm>
+
 #include "selective_scan.cuh"
 #include "selective_scan.h"
 
@@ -74,6 +76,35 @@ int64_t forward_chunk(int64_t b, int64_t l, int64_t d) {
   int64_t kc = kMin;
   while (kc < l && b * d * ((l + kc - 1) / kc) > kWant) kc *= 2;
   return kc;
+}
+
+// Segments per block of the backward (a span): the most that still give kMinBlocks
+// blocks, about ten waves on an H100 (3 blocks per SM by shared memory), so that the
+// per-(row, span) f64 partials of dA, dD and ddelta_bias stay below about
+// 2·kMinBlocks·threads·(n + 2) doubles (one segment per block when that gives fewer).
+int64_t backward_span(int64_t row_blocks, int64_t nseg) {
+  constexpr int64_t kMinBlocks = 4096;
+  int64_t span = 1;
+  while (span < nseg && row_blocks * ((nseg + 2 * span - 1) / (2 * span)) >= kMinBlocks) span *= 2;
+  return span;
+}
+
+// Passes 1 and 2 of the state gradient (selective_scan.cuh): grads [b, nchunk, n, d]
+// ← the G entering each chunk of kc tokens from the right. nchunk >= 2.
+template <class T, int NS>
+void chunk_entry_grads(const ScanArgs<T>& a, int64_t kc, int64_t nchunk, float* grads, float* dsum,
+                       cudaStream_t s) {
+  const int64_t local = a.b * (nchunk - 1) * a.d, carry = a.b * a.n * a.d;
+  if (local > 0) {
+    scan::scan_grad_local_kernel<T, NS><<<unsigned((local + kThreads - 1) / kThreads), kThreads, 0, s>>>(
+        a, kc, nchunk, grads, dsum);
+    MT_CUDA_LAUNCH_CHECK();
+  }
+  if (carry > 0) {
+    scan::scan_grad_carry_kernel<<<unsigned((carry + kThreads - 1) / kThreads), kThreads, 0, s>>>(
+        a.A, a.dfinal, a.b, a.d, a.n, nchunk, dsum, grads);
+    MT_CUDA_LAUNCH_CHECK();
+  }
 }
 
 template <class T, int NS>
@@ -166,20 +197,31 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
         a.gpb = PL::kThreads / a.cpg;
         a.blocks_per_row = (g + a.gpb - 1) / a.gpb;
       }
+      // Spans of a.span segments; the G entering a span from chunks of gchunk tokens
+      // (powers of two times kSegment: a span ends where a chunk ends).
+      a.span = backward_span(b * a.blocks_per_row, nseg);
+      a.nspan = nseg > a.span ? (nseg + a.span - 1) / a.span : 1;
+      a.gchunk = std::min(forward_chunk(b, l, d), a.span * PL::kSegment);
+      a.ngchunk = a.nspan > 1 ? (l + a.gchunk - 1) / a.gchunk : 1;
       Tensor ckpt = scratch(b * nseg * n * d, DType::f32, device), dsum = scratch(b * nseg * d, DType::f32, device);
+      Tensor gin = scratch(a.nspan > 1 ? b * a.ngchunk * n * d : 0, DType::f32, device);
       Tensor part = scratch(a.per_group > 1 ? 2 * b * g * a.per_group * l * n : 0, DType::f32, device);
-      Tensor dA_rows = scratch(b * d * n, DType::f64, device);
-      Tensor dD_rows = scratch(b * d, DType::f64, device), dbias_rows = scratch(b * d, DType::f64, device);
+      const int64_t rows = b * a.nspan;
+      Tensor dA_rows = scratch(rows * d * n, DType::f64, device);
+      Tensor dD_rows = scratch(rows * d, DType::f64, device), dbias_rows = scratch(rows * d, DType::f64, device);
       a.ckpt = mptr<float>(ckpt);
+      a.gin = cptr<float>(gin);
       a.part = mptr<float>(part);
       a.dA_rows = mptr<double>(dA_rows);
       a.dD_rows = mptr<double>(dD_rows);
       a.dbias_rows = mptr<double>(dbias_rows);
       if (b > 0) {
         if (l > 0) chunk_entry_states<T, NS>(a, PL::kSegment, nseg, a.ckpt, mptr<float>(dsum), s);
+        // ΣΔ of the gradient's chunks reuses dsum (ngchunk <= nseg), done with by now.
+        if (a.nspan > 1) chunk_entry_grads<T, NS>(a, a.gchunk, a.ngchunk, mptr<float>(gin), mptr<float>(dsum), s);
         auto kernel = scan::scan_bwd_kernel<T, NS>;
         MT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(PL::kSmemBytes)));
-        kernel<<<unsigned(b * a.blocks_per_row), PL::kThreads, PL::kSmemBytes, s>>>(a, nseg);
+        kernel<<<unsigned(rows * a.blocks_per_row), PL::kThreads, PL::kSmemBytes, s>>>(a, nseg);
         MT_CUDA_LAUNCH_CHECK();
         if (a.per_group > 1 && l > 0) {
           scan::scan_group_sum_kernel<T><<<grid_for(2 * b * l * g * n, kThreads * 2), kThreads * 2, 0, s>>>(
@@ -188,7 +230,7 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
         }
       }
       scan::scan_param_sum_kernel<<<grid_for(d * n + d, kThreads * 2), kThreads * 2, 0, s>>>(
-          a.dA_rows, a.dD_rows, a.dbias_rows, b, d, n, mptr<float>(dA), mptr<float>(dD), mptr<float>(ddelta_bias));
+          a.dA_rows, a.dD_rows, a.dbias_rows, rows, d, n, mptr<float>(dA), mptr<float>(dD), mptr<float>(ddelta_bias));
       MT_CUDA_LAUNCH_CHECK();
     });
   });

@@ -6,16 +6,19 @@
 // over chunks of tokens, a thread per (row, chunk, channel) (see "chunks of tokens").
 //
 // Backward never stores per-token states: the chunk passes keep the state entering
-// every kSegment-th token (a coarse checkpoint, [b, l/K2, n, d] floats); the backward
-// kernel walks the segments in reverse, recomputes the segment forward to keep the
-// state entering each chunk of K tokens in shared memory, then for each chunk in
-// reverse recomputes the chunk's states into shared memory and runs the reverse
-// recurrence over it. Sums over the channels of a group (dB, dC) are made per token
-// in shared memory, per block, in a fixed order (four running sums over the channels
-// taken in turn, then added); a group wider than a block gets per-block partials that
-// a last kernel adds in block order. dA, dD, ddelta_bias are
-// summed per batch row in f64 (f32 within a segment) and then over rows in order.
-// No atomics: the same bits on every run.
+// every kSegment-th token (a coarse checkpoint, [b, l/K2, n, d] floats). The state
+// gradient G runs backwards through tokens by a recurrence that needs no states, so
+// two more chunk passes give the G entering each span of segments from the right
+// (see "state gradient over chunks"). The backward kernel then runs a block per (row,
+// span, channel block): it walks the span's segments in reverse, recomputes the
+// segment forward to keep the state entering each chunk of K tokens in shared memory,
+// then for each chunk in reverse recomputes the chunk's states into shared memory and
+// runs the reverse recurrence over it. Sums over the channels of a group (dB, dC) are
+// made per token in shared memory, per block, in a fixed order (four running sums over
+// the channels taken in turn, then added); a group wider than a block gets per-block
+// partials that a last kernel adds in block order. dA, dD, ddelta_bias are summed per
+// (row, span) in f64 (dA in f32 within a segment) and then over spans and rows in
+// order. No atomics: the same bits on every run.
 #pragma once
 #include <cstdint>
 
@@ -59,10 +62,15 @@ struct ScanArgs {
   float* dinit;         // may be null
   float* ckpt;          // [b, nseg, n, d]
   float* part;          // [2, b, g, per_group, l, n] when per_group > 1
-  double *dA_rows, *dD_rows, *dbias_rows;  // [b, d, n], [b, d], [b, d]
+  // per (row, span): [b, nspan, d, n], [b, nspan, d], [b, nspan, d]
+  double *dA_rows, *dD_rows, *dbias_rows;
   // channel blocks of a row (backward): groups of cpg channels; a group spans
   // per_group blocks (cpg > threads), or a block holds gpb whole groups
   int64_t cpg, per_group, gpb, blocks_per_row;
+  // spans of `span` segments, nspan per row (at least one); G entering chunk q of
+  // gchunk tokens from the right, [b, ngchunk, n, d] (q < ngchunk − 1; when nspan > 1)
+  int64_t span, nspan, gchunk, ngchunk;
+  const float* gin;
 };
 
 __device__ __forceinline__ float sigmoid(float x) {
@@ -310,18 +318,129 @@ __global__ void scan_fwd_kernel(ScanArgs<T> a, int64_t kc, int64_t nchunk, const
       if (j < a.n) a.final_state[ic * a.n + j] = h[j];
 }
 
+// ---------------------------------------------------------------- state gradient over chunks
+// Going backwards, token t turns the gradient of the state after it, G, into
+//   G ← reset_t ? 0 : (G + dyc_t·C_t) ⊙ exp(Δ_t·A),   dyc = dy (times z·σ(z) with a gate),
+// which needs no states and is linear in G. Over a chunk [t0, t1) the G leaving it to
+// the left (after token t0) is therefore decay ⊙ G_right + G_local: G_local is the walk
+// from G = 0, decay = exp(A·ΣΔ), or 0 when a document starts at any token of the chunk,
+// t0 included (a reset at t0 cuts the flow from t0 into t0 − 1, out of the chunk).
+//  1. scan_grad_local_kernel walks every chunk but a row's first in reverse from G = 0.
+//  2. scan_grad_carry_kernel, a thread per (row, state, channel), walks a row's chunks
+//     from the last, where G is d_final_state, and writes the G entering each chunk
+//     from the right.
+// Chunk q's slot [b, nchunk, n, d] holds chunk q + 1's G_local after pass 1 and the G
+// entering chunk q after pass 2 (slot nchunk − 1 is unused); ΣΔ [b, nchunk, d] likewise.
+
+// One token's inputs of that recurrence, as stored.
+template <class T, int NS>
+struct GradToken {
+  static constexpr int P = Pack<T>::N;
+  T delta, z, dy;
+  bool reset;
+  Pack<T> C[NS / P];
+  __device__ __forceinline__ float c(int j) const { return to_f32(C[j / P].v[j % P]); }
+};
+
+template <class T, int NS>
+__device__ __forceinline__ void load_grad(const ScanArgs<T>& a, int64_t i, int64_t t, int64_t c, int64_t gr,
+                                          GradToken<T, NS>& o) {
+  constexpr int P = Pack<T>::N;
+  const int64_t tok = i * a.l + t, idx = tok * a.d + c, row = (tok * a.g + gr) * a.n;
+  o.delta = a.delta[idx];
+  o.dy = a.dy[idx];
+  o.z = a.z ? a.z[idx] : T{};
+  o.reset = a.seq && t > 0 && a.seq[tok] != a.seq[tok - 1];
+  if (a.bc_vec) {
+#pragma unroll
+    for (int p = 0; p < NS / P; ++p) o.C[p] = reinterpret_cast<const Pack<T>*>(a.C + row)[p];
+  } else {
+#pragma unroll
+    for (int j = 0; j < NS; ++j) o.C[j / P].v[j % P] = j < a.n ? a.C[row + j] : T{};
+  }
+}
+
+// Pass 1 over chunks 1 … nchunk − 1 of every row (nothing leaves chunk 0 but
+// d_initial_state, which the backward kernel writes). dsum is NaN where a document
+// starts in the chunk.
+template <class T, int NS>
+__global__ void scan_grad_local_kernel(ScanArgs<T> a, int64_t kc, int64_t nchunk, float* grads, float* dsum) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= a.b * (nchunk - 1) * a.d) return;
+  ChunkPos p = chunk_pos(e, nchunk - 1, a.d, a.l, kc);  // p.k: the slot, chunk p.k + 1
+  p.t0 += kc;
+  p.t1 = p.t0 + kc < a.l ? p.t0 + kc : a.l;
+  const int64_t gr = p.c / (a.d / a.g), iq = p.i * nchunk + p.k;
+  float A2[NS], G[NS];
+  load_channel_log2<T, NS>(a, p.c, A2);
+#pragma unroll
+  for (int j = 0; j < NS; ++j) G[j] = 0.f;
+  const float bc = a.bias ? a.bias[p.c] : 0.f;
+  float S = 0.f;
+  bool reset = false;
+  GradToken<T, NS> next;
+  if (kAhead<NS> && p.t0 < p.t1) load_grad<T, NS>(a, p.i, p.t1 - 1, p.c, gr, next);
+  for (int64_t t = p.t1 - 1; t >= p.t0; --t) {
+    if (!kAhead<NS>) load_grad<T, NS>(a, p.i, t, p.c, gr, next);
+    const GradToken<T, NS> k = next;
+    if (kAhead<NS> && t > p.t0) load_grad<T, NS>(a, p.i, t - 1, p.c, gr, next);
+    const float dt = step_size(to_f32(k.delta) + bc, a.softplus);
+    float dyc = to_f32(k.dy);
+    if (a.z) {
+      const float z = to_f32(k.z);
+      dyc *= z * sigmoid(z);
+    }
+#pragma unroll
+    for (int j = 0; j < NS; ++j) G[j] = k.reset ? 0.f : (G[j] + dyc * k.c(j)) * exp2_ftz(dt * A2[j]);
+    S += dt;
+    reset |= k.reset;
+  }
+#pragma unroll
+  for (int j = 0; j < NS; ++j)
+    if (j < a.n) grads[(iq * a.n + j) * a.d + p.c] = G[j];
+  dsum[iq * a.d + p.c] = reset ? __int_as_float(0x7fffffff) : S;
+}
+
+// Pass 2: grads[i, q, j, c] ← the G entering chunk q from the right (in place of chunk
+// q + 1's own part, read first), from d_final_state at the row's last token.
+__global__ void scan_grad_carry_kernel(const float* __restrict__ A, const float* __restrict__ dfinal, int64_t b,
+                                       int64_t d, int64_t n, int64_t nchunk, const float* __restrict__ dsum,
+                                       float* __restrict__ grads) {
+  constexpr int U = 8;  // chunks read ahead of the dependent updates
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= b * n * d) return;
+  const int64_t c = e % d, j = (e / d) % n, i = e / d / n;
+  const float A2 = A[c * n + j] * 1.4426950408889634f;
+  float G = dfinal ? dfinal[(i * d + c) * n + j] : 0.f;
+  for (int64_t q0 = nchunk - 2; q0 >= 0; q0 -= U) {
+    float own[U], decay[U];
+#pragma unroll
+    for (int r = 0; r < U; ++r) {
+      const int64_t iq = i * nchunk + q0 - r;
+      const bool valid = q0 - r >= 0;
+      own[r] = valid ? grads[(iq * n + j) * d + c] : 0.f;
+      const float S = valid ? dsum[iq * d + c] : 0.f;
+      decay[r] = isnan(S) ? 0.f : exp2_ftz(A2 * S);
+    }
+#pragma unroll
+    for (int r = 0; r < U; ++r)
+      if (q0 - r >= 0) {
+        G = decay[r] * G + own[r];
+        grads[((i * nchunk + q0 - r) * n + j) * d + c] = G;
+      }
+  }
+}
+
 // ---------------------------------------------------------------- backward
-// Block k of row i: channels [c0, c1) holding ngr groups from g0 (several whole
-// groups, or a slice p of one group when a group is wider than a block).
+// Channel block k of a row: channels [c0, c1) holding ngr groups from g0 (several
+// whole groups, or a slice p of one group when a group is wider than a block).
 struct Span {
-  int64_t i, c0, c1, g0, ngr, p, width;  // width: channels per group within the block
+  int64_t c0, c1, g0, ngr, p, width;  // width: channels per group within the block
 };
 
 template <class T>
-__device__ __forceinline__ Span block_span(const ScanArgs<T>& a, int64_t blk, int threads) {
+__device__ __forceinline__ Span block_span(const ScanArgs<T>& a, int64_t k, int threads) {
   Span s;
-  s.i = blk / a.blocks_per_row;
-  const int64_t k = blk % a.blocks_per_row;
   if (a.cpg >= threads) {
     s.g0 = k / a.per_group;
     s.p = k % a.per_group;
@@ -340,6 +459,8 @@ __device__ __forceinline__ Span block_span(const ScanArgs<T>& a, int64_t blk, in
   return s;
 }
 
+// Blocks (row, span, channel block), the channel block fastest so that blocks running
+// together share tokens' B and C in L2.
 template <class T, int NS>
 __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T> a, int64_t nseg) {
   using PL = Plan<NS>;
@@ -349,22 +470,39 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
   float* hs = fk + M * NS * BC;                      // [K][NS][BC]
   float* red = hs + K * NS * BC;                     // [BC][R]: dB terms, then dC terms
   const int tid = threadIdx.x;
-  const Span sp = block_span(a, blockIdx.x, BC);
-  const int64_t i = sp.i, c = sp.c0 + tid;
+  // Segment indices fit in 32 bits (rows of fewer than 2^36 tokens); few values stay
+  // live across the walk, where registers are short.
+  // The grid and its factors are below 2^31.
+  const unsigned rs = blockIdx.x / unsigned(a.blocks_per_row), nspan = unsigned(a.nspan);
+  const int64_t i = rs / nspan;
+  const int sn = int(rs % nspan);
+  const Span sp = block_span(a, blockIdx.x % unsigned(a.blocks_per_row), BC);
+  const int64_t c = sp.c0 + tid;
+  const int seg0 = sn * int(a.span), seg1 = seg0 + a.span < nseg ? seg0 + int(a.span) : int(nseg);
   const bool active = c < sp.c1;
   const int64_t gr = active ? c / a.cpg : sp.g0;
   float Ar[NS], G[NS];
   load_channel<T, NS>(a, c, active, Ar);
 #pragma unroll
-  for (int j = 0; j < NS; ++j) G[j] = active && a.dfinal && j < a.n ? a.dfinal[(i * a.d + c) * a.n + j] : 0.f;
+  for (int j = 0; j < NS; ++j) G[j] = 0.f;
+  if (active && sn + 1 < int(nspan)) {  // from the chunk that ends where the next span starts
+    const float* g = a.gin + (i * a.ngchunk + (sn + 1) * a.span * K2 / a.gchunk - 1) * a.n * a.d + c;
+#pragma unroll
+    for (int j = 0; j < NS; ++j)
+      if (j < a.n) G[j] = g[j * a.d];
+  } else if (active && a.dfinal) {
+#pragma unroll
+    for (int j = 0; j < NS; ++j)
+      if (j < a.n) G[j] = a.dfinal[(i * a.d + c) * a.n + j];
+  }
   const float Dc = active && a.D ? a.D[c] : 0.f, bc = active && a.bias ? a.bias[c] : 0.f;
   double dD_acc = 0, dbias_acc = 0;
   const int outputs = int(sp.ngr * 2 * a.n);  // per token: (dB | dC, group, state)
   const int spread = outputs > 0 && outputs < BC ? BC / outputs : 1;
   const bool direct = a.per_group == 1;
 
-  for (int64_t seg = nseg - 1; seg >= 0; --seg) {
-    const int64_t ts0 = seg * K2, ts1 = ts0 + K2 < a.l ? ts0 + K2 : a.l;
+  for (int seg = seg1 - 1; seg >= seg0; --seg) {
+    const int64_t ts0 = int64_t(seg) * K2, ts1 = ts0 + K2 < a.l ? ts0 + K2 : a.l;
     const int nck = int((ts1 - ts0 + K - 1) / K);
     float dA_seg[NS], h[NS];
 #pragma unroll
@@ -475,17 +613,17 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
     if (active)
       for (int j = 0; j < NS; ++j)
         if (j < a.n) {
-          double* r = a.dA_rows + (i * a.d + c) * a.n + j;
-          *r = (seg == nseg - 1 ? 0.0 : *r) + double(dA_seg[j]);
+          double* r = a.dA_rows + (rs * a.d + c) * a.n + j;
+          *r = (seg == seg1 - 1 ? 0.0 : *r) + double(dA_seg[j]);
         }
   }
   if (!active) return;
-  if (nseg == 0)
+  if (seg1 <= seg0)  // no tokens (l = 0)
     for (int j = 0; j < NS; ++j)
-      if (j < a.n) a.dA_rows[(i * a.d + c) * a.n + j] = 0.0;
-  a.dD_rows[i * a.d + c] = dD_acc;
-  a.dbias_rows[i * a.d + c] = dbias_acc;
-  if (a.dinit)  // the gradient after token 0 (never a reset)
+      if (j < a.n) a.dA_rows[(rs * a.d + c) * a.n + j] = 0.0;
+  a.dD_rows[rs * a.d + c] = dD_acc;
+  a.dbias_rows[rs * a.d + c] = dbias_acc;
+  if (a.dinit && seg0 == 0)  // the gradient after token 0 (never a reset)
     for (int j = 0; j < NS; ++j)
       if (j < a.n) a.dinit[(i * a.d + c) * a.n + j] = G[j];
 }
@@ -505,22 +643,23 @@ __global__ void scan_group_sum_kernel(const float* __restrict__ part, int64_t b,
   }
 }
 
-// dA [d, n] = Σ_i dA_rows[i], dD and ddelta_bias [d] likewise, rows in order, f64.
+// dA [d, n] = Σ_r dA_rows[r] over the partials r = (row, span), in order, in f64; dD
+// and ddelta_bias [d] likewise.
 __global__ void scan_param_sum_kernel(const double* __restrict__ dA_rows, const double* __restrict__ dD_rows,
-                                      const double* __restrict__ dbias_rows, int64_t b, int64_t d, int64_t n,
+                                      const double* __restrict__ dbias_rows, int64_t rows, int64_t d, int64_t n,
                                       float* __restrict__ dA, float* __restrict__ dD, float* __restrict__ dbias) {
   const int64_t dn = d * n;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < dn + d; e += int64_t(gridDim.x) * blockDim.x) {
     if (e < dn) {
       double s = 0;
-      for (int64_t i = 0; i < b; ++i) s += dA_rows[i * dn + e];
+      for (int64_t r = 0; r < rows; ++r) s += dA_rows[r * dn + e];
       dA[e] = float(s);
     } else {
       const int64_t c = e - dn;
       double sD = 0, sb = 0;
-      for (int64_t i = 0; i < b; ++i) {
-        sD += dD_rows[i * d + c];
-        sb += dbias_rows[i * d + c];
+      for (int64_t r = 0; r < rows; ++r) {
+        sD += dD_rows[r * d + c];
+        sb += dbias_rows[r * d + c];
       }
       if (dD) dD[c] = float(sD);
       if (dbias) dbias[c] = float(sb);

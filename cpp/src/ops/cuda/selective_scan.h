@@ -3,15 +3,18 @@
 // states (initial_state, final_state, d_final_state, d_initial_state and the decode
 // state) are f32. Arithmetic is f32; n is at most 64. The forward runs over chunks of
 // tokens in parallel and allocates scratch for the state entering each chunk, at most
-// about 2^20·n floats. Backward recomputes the forward from checkpoints and allocates
-// scratch: the state entering every 64th token,
-// b·l·d·n/64 floats (every 32nd, b·l·d·n/32, for n > 32); when a group has more
-// channels than a block (64 for n <= 16, else 32), per-block dB/dC sums of about
-// 2·b·l·d·n/64 floats (resp. /32); and per-row dA, dD, ddelta_bias sums, b·d·(n + 2)
-// doubles. At the Mamba-1 8B shape (d 8192, n 16, one group) that is about 24 KB
-// per token (0.4 GB for 16K tokens). Parameter sums run in a fixed order: the same
-// bits on every run. seq_idx is not checked for order (that would cost a wait): the
-// state resets wherever the id changes.
+// about 2^20·n floats. Backward recomputes the forward from checkpoints and runs a
+// block per (row, span of segments, channel block); it allocates scratch: the state
+// entering every 64th token, b·l·d·n/64 floats (every 32nd, b·l·d·n/32, for n > 32);
+// the state gradient entering each chunk of a span, at most about 2^20·n floats;
+// when a group has more channels than a block (64 for n <= 16, else 32), per-block
+// dB/dC sums of about 2·b·l·d·n/64 floats (resp. /32); and per-(row, span) dA, dD,
+// ddelta_bias sums, b·nspan·d·(n + 2) doubles, which spans of several segments keep
+// below about 2^19·(n + 2) doubles for n <= 16 (2^18·(n + 2) above), or b·d·(n + 2)
+// doubles when a row is one span. At the Mamba-1 8B shape (d 8192, n 16, one group)
+// and 16K tokens that is about 0.5 GB, 32 KB per token. Parameter sums run in a fixed
+// order: the same bits on every run (for a given shape). seq_idx is not checked for
+// order (that would cost a wait): the state resets wherever the id changes.
 #pragma once
 #include "mambatron/ops.h"
 
