@@ -5,8 +5,8 @@
 // fixed by max_len and the device's size; one block per (batch, kv head, group of
 // up to 8 query heads, split) reads each key and value of its split once for all
 // its query heads, keeping an online softmax (max m, sum l, unnormalised o) in f32.
-// A second kernel combines the splits of each query head in split order:
-// out = Σ_s o_s·e^(m_s − M) / Σ_s l_s·e^(m_s − M). No atomics: the bits repeat.
+// A second kernel combines the splits of each query head in an order fixed by the
+// shapes: out = Σ_s o_s·e^(m_s − M) / Σ_s l_s·e^(m_s − M). No atomics: the bits repeat.
 #include <algorithm>
 #include <cmath>
 
@@ -412,7 +412,7 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
   const int64_t want = std::max<int64_t>(1, (16 * int64_t(multiprocessors(dev)) + units - 1) / units);
   int64_t per_split = std::max<int64_t>((chunks + want - 1) / want, (chunks + 65534) / 65535);
   // The bf16 path of p 64 or 128 takes one 128-key split per block, up to 16384 splits
-  // (2M keys): the combine kernel holds 4 bytes of shared memory per split.
+  // (2M keys): the combine kernel holds 4 bytes of shared memory per split (64 KB).
   constexpr int64_t kMaxFastSplits = 16384;
   const bool fast = q.dtype() == DType::bf16 && (p == 64 || p == 128) && chunks <= kMaxFastSplits &&
                     aligned16({k_cache.data_ptr(), v_cache.data_ptr()});
@@ -453,7 +453,7 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
     }
     MT_CUDA_LAUNCH_CHECK();
     const size_t csmem = (size_t(combine_groups(int(p))) * size_t(p) + size_t(splits)) * 4;
-    MT_CHECK(csmem <= size_t(max_smem(dev)), ValueError, op, ": head dim ", p, " with ", splits,
+    MT_CHECK(csmem + 32 * sizeof(float) <= size_t(max_smem(dev)), ValueError, op, ": head dim ", p, " with ", splits,
              " splits is more than the combine kernel holds");
     if (csmem > size_t(kSmemDefault))
       MT_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&decode_combine_kernel<T>),

@@ -177,7 +177,8 @@ __global__ void __launch_bounds__(kStateThreads, ChunkStateLayout<T, kQ>::kMinBl
   if (b_async) {
     for (int e = tid; e < kQ * kGroups; e += kStateThreads) {
       const int t = e / kGroups, cc = (e - t * kGroups) * V;
-      cp_async<16>(bs.p + t * Lay::ldB + cc, bsrc + t * bstride + cc, t < ch.L && cc < valid_n);
+      const bool ok = t < ch.L && cc < valid_n;  // else zeros, and the address stays inside B
+      cp_async<16>(bs.p + t * Lay::ldB + cc, bsrc + (ok ? t * bstride + cc : 0), ok);
     }
     cp_commit();
   }
