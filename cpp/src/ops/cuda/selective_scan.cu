@@ -203,6 +203,9 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
       a.nspan = nseg > a.span ? (nseg + a.span - 1) / a.span : 1;
       a.gchunk = std::min(forward_chunk(b, l, d), a.span * PL::kSegment);
       a.ngchunk = a.nspan > 1 ? (l + a.gchunk - 1) / a.gchunk : 1;
+      // A span ends where a gradient chunk ends, and the chunks' ΣΔ fit in dsum.
+      MT_CHECK(a.nspan == 1 || ((a.span * PL::kSegment) % a.gchunk == 0 && a.ngchunk <= nseg), ValueError, op,
+               ": internal chunk plan (span ", a.span, ", chunk ", a.gchunk, ") does not tile the row");
       Tensor ckpt = scratch(b * nseg * n * d, DType::f32, device), dsum = scratch(b * nseg * d, DType::f32, device);
       Tensor gin = scratch(a.nspan > 1 ? b * a.ngchunk * n * d : 0, DType::f32, device);
       Tensor part = scratch(a.per_group > 1 ? 2 * b * g * a.per_group * l * n : 0, DType::f32, device);
