@@ -23,7 +23,16 @@ say() { echo "$*" | tee -a "$log"; }
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) NCCL_NVLS_ENABLE=0
 export PATH=/usr/local/cuda/bin:$PATH
 
-say "== $(date -u +%FT%TZ) commit $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+# The commit under test: a COMMIT file (`git rev-parse --short HEAD > COMMIT`, carried to a
+# machine whose copy of the tree has no history of its own), else git, which also says
+# when the files differ from that commit.
+commit() {
+  if [ -f COMMIT ]; then cat COMMIT; return; fi
+  local c
+  c=$(git rev-parse --short HEAD 2>/dev/null) || { echo unknown; return; }
+  if git diff --quiet HEAD 2>/dev/null; then echo "$c"; else echo "$c with changes"; fi
+}
+say "== $(date -u +%FT%TZ) commit $(commit)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv >> "$log" 2>&1
 # cuDNN (a candidate attention engine): the library PyTorch ships and whether its headers came with it.
 python3 - >> "$log" 2>&1 <<'PY'
