@@ -11,7 +11,9 @@ A checkpoint is ``OUT/step_00000123/`` holding
 
 Everything is written into ``OUT/step_N.tmp-XXXX`` and the folder is renamed into place
 only when complete, so a folder named ``step_N`` is always whole; a crash mid-save leaves
-at most a ``.tmp-`` folder, which the next save removes. ``OUT/latest`` (a text file with
+at most a ``.tmp-`` folder, which the next save removes. Old checkpoints are renamed out of
+the ``step_N`` names before they are deleted, so a crash mid-removal leaves an ``.old-``
+folder, which the next save removes too. ``OUT/latest`` (a text file with
 the folder's name) is replaced atomically after the rename; :func:`find_latest` falls
 back to the highest complete step when ``latest`` names a missing folder.
 """
@@ -86,9 +88,12 @@ def save_checkpoint(out_dir: str, model, trainer, config, state: Dict[str, Any],
     that an interrupted save leaves nothing behind.
     """
     os.makedirs(out_dir, exist_ok=True)
-    for name in os.listdir(out_dir):  # leftovers of a save that crashed
+    for name in os.listdir(out_dir):  # leftovers of a save or a removal that crashed
+        path = os.path.join(out_dir, name)
         if _TMP_DIR.match(name):
-            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
+        elif _STEP_DIR.match(name) and not os.path.isfile(os.path.join(path, "trainer_state.json")):
+            _discard(path)  # a step folder is whole or was being removed in place
     step = trainer.step_count
     name = checkpoint_name(step)
     final = os.path.join(out_dir, name)
@@ -120,10 +125,7 @@ def save_checkpoint(out_dir: str, model, trainer, config, state: Dict[str, Any],
         written("trainer_state.json")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         _fsync_dir(tmp)
-        old = None
-        if os.path.exists(final):  # the same step saved again: swap, then drop the old one
-            old = tempfile.mkdtemp(prefix=name + ".old-", dir=out_dir)
-            os.rename(final, os.path.join(old, name))
+        old = _set_aside(final) if os.path.exists(final) else None  # the same step saved again
         os.rename(tmp, final)
         if old:
             shutil.rmtree(old, ignore_errors=True)
@@ -140,8 +142,21 @@ def save_checkpoint(out_dir: str, model, trainer, config, state: Dict[str, Any],
     if keep_last > 0:
         for _, path in list_checkpoints(out_dir)[:-keep_last]:
             if path != final:
-                shutil.rmtree(path, ignore_errors=True)
+                _discard(path)
     return final
+
+
+def _set_aside(path: str) -> str:
+    """Moves the folder ``path`` into a new ``NAME.old-XXXX`` folder beside it (one atomic
+    rename, so no ``step_N`` name ever holds a partial folder); returns that folder."""
+    parent, name = os.path.split(path)
+    old = tempfile.mkdtemp(prefix=name + ".old-", dir=parent)
+    os.rename(path, os.path.join(old, name))
+    return old
+
+
+def _discard(path: str) -> None:
+    shutil.rmtree(_set_aside(path), ignore_errors=True)
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:

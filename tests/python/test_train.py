@@ -169,6 +169,31 @@ def test_an_interrupted_save_leaves_no_folder(dataset, tmp_path, fail_after):
     assert t2.step_count == 1 and t2.optimizer.step_count == 1
 
 
+def test_a_removal_cut_short_is_cleared_by_the_next_save(tmp_path):
+    # A run killed while deleting an old checkpoint leaves either a set-aside ".old-" folder
+    # or (before removals renamed first) a step folder without trainer_state.json; neither
+    # counts as a checkpoint, and the next save clears both, so keep_last holds.
+    cfg = mt.get_preset("tiny-hybrid").override(*TINY)
+    model = mt.Model(cfg)
+    model.init(0)
+    trainer = mt.Trainer(model, micro_batch=2, decay_steps=10)
+    tokens = np.random.default_rng().integers(0, 256, size=(2, 9), dtype=np.int32)
+    saved = []
+    for _ in range(3):
+        trainer.step([tokens])
+        saved.append(train_checkpoint.save_checkpoint(str(tmp_path), model, trainer, cfg, {"args": {}}))
+    assert sorted(os.listdir(tmp_path)) == ["latest", "step_00000002", "step_00000003"]
+    os.remove(os.path.join(saved[1], "trainer_state.json"))  # step 2, half deleted in place
+    aside = tmp_path / "step_00000001.old-abcd"
+    os.makedirs(aside / "step_00000001")
+    (aside / "step_00000001" / "model.safetensors").write_bytes(b"partial")
+    assert train_checkpoint.find_latest(str(tmp_path)) == saved[2]
+    assert [p for _, p in train_checkpoint.list_checkpoints(str(tmp_path))] == [saved[2]]
+    trainer.step([tokens])
+    train_checkpoint.save_checkpoint(str(tmp_path), model, trainer, cfg, {"args": {}}, keep_last=2)
+    assert sorted(os.listdir(tmp_path)) == ["latest", "step_00000003", "step_00000004"]
+
+
 def test_cli_help_explains_every_option(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--help"])
