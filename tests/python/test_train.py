@@ -147,14 +147,19 @@ def test_checkpoint_loads_with_the_safetensors_package(dataset, tmp_path):
         assert mt.ModelConfig.from_dict(json.load(f)).d_model == 32
 
 
-@pytest.mark.parametrize("fail_after", ["config.json", "model.safetensors", "optimizer.safetensors",
-                                        "trainer_state.json"])
-def test_an_interrupted_save_leaves_no_folder(dataset, tmp_path, fail_after):
+def tiny_trainer():
+    """A tiny hybrid's config, model, trainer and one batch of tokens, for checkpoint tests."""
     cfg = mt.get_preset("tiny-hybrid").override(*TINY)
     model = mt.Model(cfg)
     model.init(0)
     trainer = mt.Trainer(model, micro_batch=2, decay_steps=10)
-    tokens = np.random.default_rng().integers(0, 256, size=(2, 9), dtype=np.int32)
+    return cfg, model, trainer, np.random.default_rng().integers(0, 256, size=(2, 9), dtype=np.int32)
+
+
+@pytest.mark.parametrize("fail_after", ["config.json", "model.safetensors", "optimizer.safetensors",
+                                        "trainer_state.json"])
+def test_an_interrupted_save_leaves_no_folder(dataset, tmp_path, fail_after):
+    cfg, model, trainer, tokens = tiny_trainer()
     trainer.step([tokens])
     first = train_checkpoint.save_checkpoint(str(tmp_path), model, trainer, cfg, {"args": {}})
     trainer.step([tokens])
@@ -173,11 +178,7 @@ def test_a_removal_cut_short_is_cleared_by_the_next_save(tmp_path):
     # A run killed while deleting an old checkpoint leaves either a set-aside ".old-" folder
     # or (before removals renamed first) a step folder without trainer_state.json; neither
     # counts as a checkpoint, and the next save clears both, so keep_last holds.
-    cfg = mt.get_preset("tiny-hybrid").override(*TINY)
-    model = mt.Model(cfg)
-    model.init(0)
-    trainer = mt.Trainer(model, micro_batch=2, decay_steps=10)
-    tokens = np.random.default_rng().integers(0, 256, size=(2, 9), dtype=np.int32)
+    cfg, model, trainer, tokens = tiny_trainer()
     saved = []
     for _ in range(3):
         trainer.step([tokens])
@@ -221,11 +222,7 @@ def test_cli_short_run(dataset, tmp_path, capsys):
 
 
 def test_large_checkpoints_are_sharded_and_load_back(tmp_path):
-    cfg = mt.get_preset("tiny-hybrid").override(*TINY)
-    model = mt.Model(cfg)
-    model.init(0)
-    trainer = mt.Trainer(model, micro_batch=2, decay_steps=10)
-    tokens = np.random.default_rng().integers(0, 256, size=(2, 9), dtype=np.int32)
+    cfg, model, trainer, tokens = tiny_trainer()
     trainer.step([tokens])
     path = train_checkpoint.save_checkpoint(str(tmp_path), model, trainer, cfg, {"args": {}},
                                             max_shard_bytes=16 << 10)
