@@ -246,6 +246,15 @@ __global__ void scan_chunk_local_kernel(ScanArgs<T> a, int64_t kc, int64_t nchun
   dsum[ik * a.d + p.c] = reset ? __int_as_float(0x7fffffff) : S;
 }
 
+// The carry passes' read of slot s (row-major [.., nchunk] slots): the chunk's own part of
+// element (j, c) and its decay exp(A·ΣΔ), 0 where a document starts in it; zeros when !valid.
+__device__ __forceinline__ void chunk_part(const float* parts, const float* dsum, int64_t s, bool valid, int64_t n,
+                                           int64_t d, int64_t j, int64_t c, float A2, float& own, float& decay) {
+  own = valid ? parts[(s * n + j) * d + c] : 0.f;
+  const float S = valid ? dsum[s * d + c] : 0.f;
+  decay = isnan(S) ? 0.f : exp2_ftz(A2 * S);
+}
+
 // Pass 2: states[i, k, j, c] ← the state entering chunk k (in place of chunk k's own
 // part, read first), from the initial state at the row's first token.
 __global__ void scan_chunk_carry_kernel(const float* __restrict__ A, const float* __restrict__ init, int64_t b,
@@ -261,11 +270,7 @@ __global__ void scan_chunk_carry_kernel(const float* __restrict__ A, const float
     float own[U], decay[U];
 #pragma unroll
     for (int q = 0; q < U; ++q) {
-      const int64_t ik = i * nchunk + k0 + q;
-      const bool carried = k0 + q + 1 < nchunk;
-      own[q] = carried ? states[(ik * n + j) * d + c] : 0.f;
-      const float S = carried ? dsum[ik * d + c] : 0.f;
-      decay[q] = isnan(S) ? 0.f : exp2_ftz(A2 * S);
+      chunk_part(states, dsum, i * nchunk + k0 + q, k0 + q + 1 < nchunk, n, d, j, c, A2, own[q], decay[q]);
     }
 #pragma unroll
     for (int q = 0; q < U; ++q)
@@ -416,11 +421,7 @@ __global__ void scan_grad_carry_kernel(const float* __restrict__ A, const float*
     float own[U], decay[U];
 #pragma unroll
     for (int r = 0; r < U; ++r) {
-      const int64_t iq = i * nchunk + q0 - r;
-      const bool valid = q0 - r >= 0;
-      own[r] = valid ? grads[(iq * n + j) * d + c] : 0.f;
-      const float S = valid ? dsum[iq * d + c] : 0.f;
-      decay[r] = isnan(S) ? 0.f : exp2_ftz(A2 * S);
+      chunk_part(grads, dsum, i * nchunk + q0 - r, q0 - r >= 0, n, d, j, c, A2, own[r], decay[r]);
     }
 #pragma unroll
     for (int r = 0; r < U; ++r)
