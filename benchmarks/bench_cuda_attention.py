@@ -2,13 +2,15 @@
 
 Causal attention at l = 2048, 8192 and 16384 with b·l = 16K tokens, 32 query heads of 128
 (32 kv heads, then 8), bf16, timed with CUDA events (median after warm-up) for
-mambatron and for torch.nn.functional.scaled_dot_product_attention(is_causal=True) on
-the same memory in the same run, with PyTorch's own choice of kernel and then held to
-its cuDNN fused-attention backend (a candidate engine; "-" where cuDNN does not take the
-case). TFLOP/s counts the causal half: forward
-2·2·b·h·l²·p / 2, forward+backward 3.5 times that (backward = 2.5 forwards). Decode:
-one query per sequence over a 32K-token KV cache; the achieved bandwidth counts
-reading the cache once, set against the 4.07 TB/s of a plain device copy on the H200
+mambatron with each attention engine it has here (the built-in kernels, and cuDNN's
+fused attention where it loads) and for
+torch.nn.functional.scaled_dot_product_attention(is_causal=True) on the same memory in
+the same run, with PyTorch's own choice of kernel and then held to its cuDNN
+fused-attention backend ("-" where cuDNN does not take the case). TFLOP/s counts the
+causal half: forward 2·2·b·h·l²·p / 2, forward+backward 3.5 times that (backward = 2.5
+forwards). Decode: one query per sequence over a 32K-token KV cache; the achieved
+bandwidth counts reading the cache once, set against a plain device-to-device copy
+measured in the same run (bytes read + written) and against the H200's 4.07 TB/s
 (PERFORMANCE.md). Prints a table; --json PATH writes the numbers. Needs a CUDA device
 and PyTorch.
 """
@@ -20,7 +22,20 @@ import json
 import mambatron as mt
 from gpu_timing import median_ms, require_torch_cuda
 
-COPY_CEILING_TBS = 4.07
+H200_COPY_TBS = 4.07
+
+
+def copy_ceiling_tbs(torch, reps):
+    """TB/s of a 1 GiB device-to-device copy, counting the bytes read and written."""
+    src = torch.empty(1 << 30, device="cuda", dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), torch, reps)
+    return 2 * src.numel() / (ms * 1e-3) / 1e12
+
+
+def engines():
+    """The attention engines this build and machine can run."""
+    return ["builtin"] + (["cudnn"] if mt.cudnn_version() else [])
 
 
 def attention_rows(torch, tokens, lens, hq, kv_heads, p, reps):
@@ -63,12 +78,18 @@ def attention_rows(torch, tokens, lens, hq, kv_heads, p, reps):
 
             flops = 2 * 2 * b * hq * l * l * p / 2
             for name, fn, ref, fl in (("fwd", fwd, sdpa, flops), ("fwd+bwd", fwd_bwd, sdpa_fwd_bwd, 3.5 * flops)):
-                ms, ref_ms = median_ms(fn, torch, reps), median_ms(ref, torch, reps)
+                ref_ms = median_ms(ref, torch, reps)
                 cudnn_ms = cudnn_median_ms(torch, ref, reps)
-                yield {"case": f"{name} b={b} l={l} hq={hq} hkv={hkv} p={p}", "pass": name, "b": b, "l": l, "hq": hq,
-                       "hkv": hkv, "p": p, "ms": ms, "tflops": fl / (ms * 1e-3) / 1e12, "sdpa_ms": ref_ms,
-                       "sdpa_tflops": fl / (ref_ms * 1e-3) / 1e12, "ratio": ref_ms / ms, "cudnn_ms": cudnn_ms,
-                       "cudnn_tflops": None if cudnn_ms is None else fl / (cudnn_ms * 1e-3) / 1e12}
+                row = {"case": f"{name} b={b} l={l} hq={hq} hkv={hkv} p={p}", "pass": name, "b": b, "l": l,
+                       "hq": hq, "hkv": hkv, "p": p, "sdpa_ms": ref_ms, "sdpa_tflops": fl / (ref_ms * 1e-3) / 1e12,
+                       "sdpa_cudnn_ms": cudnn_ms,
+                       "sdpa_cudnn_tflops": None if cudnn_ms is None else fl / (cudnn_ms * 1e-3) / 1e12}
+                for engine in engines():
+                    mt.set_attention_engine(engine)
+                    ms = median_ms(fn, torch, reps)
+                    row[engine] = {"ms": ms, "tflops": fl / (ms * 1e-3) / 1e12, "ratio": ref_ms / ms}
+                mt.set_attention_engine("auto")
+                yield row
 
 
 def cudnn_median_ms(torch, fn, reps):
@@ -82,7 +103,7 @@ def cudnn_median_ms(torch, fn, reps):
         return None
 
 
-def decode_rows(torch, context, batches, hq, hkv, p, reps):
+def decode_rows(torch, context, batches, hq, hkv, p, reps, ceiling):
     dev, bf = "cuda", torch.bfloat16
     D = mt.from_dlpack
     for b in batches:
@@ -96,7 +117,8 @@ def decode_rows(torch, context, batches, hq, hkv, p, reps):
         nbytes = 2 * b * context * hkv * p * 2
         tbs = nbytes / (ms * 1e-3) / 1e12
         yield {"case": f"decode b={b} ctx={context} hq={hq} hkv={hkv} p={p}", "b": b, "context": context, "hq": hq,
-               "hkv": hkv, "p": p, "ms": ms, "bytes": nbytes, "tb_per_s": tbs, "fraction_of_copy": tbs / COPY_CEILING_TBS}
+               "hkv": hkv, "p": p, "ms": ms, "bytes": nbytes, "tb_per_s": tbs, "fraction_of_copy": tbs / ceiling,
+               "fraction_of_h200_copy": tbs / H200_COPY_TBS}
 
 
 def main() -> int:
@@ -111,26 +133,31 @@ def main() -> int:
     if torch is None:
         return 1
     torch.manual_seed(0)
-    print(f"causal attention, bf16, b*l = {args.tokens} tokens; TFLOP/s of the causal half")
-    print(f"{'case':<44} {'ms':>9} {'TFLOP/s':>8} {'SDPA ms':>9} {'TFLOP/s':>8} {'ours/SDPA':>9} "
-          f"{'cuDNN ms':>9} {'TFLOP/s':>8}")
+    names = engines()
+    print(f"causal attention, bf16, b*l = {args.tokens} tokens; TFLOP/s of the causal half; "
+          f"engines: {', '.join(names)} (cuDNN {mt.cudnn_version(reason=True)})")
+    head = "".join(f" {e + ' ms':>11} {'TFLOP/s':>8} {'/SDPA':>6}" for e in names)
+    print(f"{'case':<40}{head} {'SDPA ms':>9} {'TFLOP/s':>8} {'SDPA-cuDNN':>10} {'TFLOP/s':>8}")
     attn = []
     for row in attention_rows(torch, args.tokens, args.lens, 32, [32, 8], 128, args.reps):
         attn.append(row)
-        cudnn = "        -        -" if row["cudnn_ms"] is None else f"{row['cudnn_ms']:9.3f} {row['cudnn_tflops']:8.1f}"
-        print(f"{row['case']:<44} {row['ms']:9.3f} {row['tflops']:8.1f} {row['sdpa_ms']:9.3f} {row['sdpa_tflops']:8.1f} "
-              f"{row['ratio']:9.2f} {cudnn}")
-    print(f"decode, bf16 cache read once; ceiling {COPY_CEILING_TBS} TB/s (device copy)")
-    print(f"{'case':<44} {'ms':>9} {'GB read':>8} {'TB/s':>6} {'of ceiling':>10}")
+        ours = "".join(f" {row[e]['ms']:11.3f} {row[e]['tflops']:8.1f} {row[e]['ratio']:6.2f}" for e in names)
+        cudnn = ("          -        -" if row["sdpa_cudnn_ms"] is None
+                 else f" {row['sdpa_cudnn_ms']:10.3f} {row['sdpa_cudnn_tflops']:8.1f}")
+        print(f"{row['case']:<40}{ours} {row['sdpa_ms']:9.3f} {row['sdpa_tflops']:8.1f}{cudnn}")
+    ceiling = copy_ceiling_tbs(torch, 20)
+    print(f"decode, bf16 cache read once; device copy here {ceiling:.2f} TB/s (H200: {H200_COPY_TBS})")
+    print(f"{'case':<44} {'ms':>9} {'GB read':>8} {'TB/s':>6} {'of copy':>8} {'of H200 copy':>12}")
     dec = []
-    for row in decode_rows(torch, args.context, [1, 8], 32, 8, 128, max(args.reps, 20)):
+    for row in decode_rows(torch, args.context, [1, 8], 32, 8, 128, max(args.reps, 20), ceiling):
         dec.append(row)
         print(f"{row['case']:<44} {row['ms']:9.3f} {row['bytes'] / 1e9:8.3f} {row['tb_per_s']:6.2f} "
-              f"{100 * row['fraction_of_copy']:9.1f}%")
+              f"{100 * row['fraction_of_copy']:7.1f}% {100 * row['fraction_of_h200_copy']:11.1f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"benchmark": "cuda_attention", "device": torch.cuda.get_device_name(), "tokens": args.tokens,
-                       "copy_ceiling_tb_per_s": COPY_CEILING_TBS, "attention": attn, "decode": dec}, f, indent=2)
+                       "cudnn_version": mt.cudnn_version(), "engines": names, "copy_tb_per_s": ceiling,
+                       "h200_copy_tb_per_s": H200_COPY_TBS, "attention": attn, "decode": dec}, f, indent=2)
     return 0
 
 

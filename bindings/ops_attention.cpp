@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include <optional>
+#include <string>
 
 #include "convert.h"
 #include "mambatron/ops.h"
@@ -38,6 +39,45 @@ int64_t size_or_zero(const Tensor& t, int d) { return t.defined() && t.dim() > d
 }  // namespace
 
 void bind_attention_ops(py::module_& m) {
+  m.def(
+      "set_attention_engine",
+      [](const std::string& name) {
+        if (name == "auto") return set_attention_engine(AttentionEngine::Auto);
+        if (name == "cudnn") return set_attention_engine(AttentionEngine::Cudnn);
+        if (name == "builtin") return set_attention_engine(AttentionEngine::Builtin);
+        throw ValueError("set_attention_engine: engine is '" + name + "', expected 'auto', 'cudnn' or 'builtin'");
+      },
+      py::arg("engine"),
+      R"(Chooses what runs attention_forward/attention_backward on CUDA, process-wide.
+
+'auto' (the default): cuDNN's fused attention where it loads and takes the call
+(bf16, no seq_idx, head dim a multiple of 8 up to 256), else the built-in kernels.
+'cudnn': cuDNN only; a call it cannot take raises, naming the reason, and choosing
+it where cuDNN is not usable raises at once (see cudnn_version). 'builtin': the
+built-in kernels only. The environment variable MAMBATRON_ATTENTION_ENGINE sets the
+starting value. Either engine gives the same bits on every run.)");
+  m.def(
+      "attention_engine",
+      [] {
+        switch (attention_engine()) {
+          case AttentionEngine::Cudnn: return "cudnn";
+          case AttentionEngine::Builtin: return "builtin";
+          default: return "auto";
+        }
+      },
+      "The attention engine in use: 'auto', 'cudnn' or 'builtin' (see set_attention_engine).");
+  m.def(
+      "cudnn_version",
+      [](bool reason) -> py::object {
+        std::string why;
+        const int64_t v = cudnn_version(&why);
+        if (reason) return py::make_tuple(v, why);
+        return py::int_(v);
+      },
+      py::kw_only(), py::arg("reason") = false,
+      R"(The cuDNN version attention can use (e.g. 91900 for 9.19.0), or 0 when none can be:
+no CUDA device, a build without cudnn_frontend (pip install nvidia-cudnn-frontend,
+then rebuild), or no libcudnn 9 to open. With reason=True, returns (version, why_not).)");
   m.def(
       "attention_forward",
       [](py::handle q, py::handle k, py::handle v, py::handle seq_idx, py::handle softmax_scale, py::handle out,

@@ -47,6 +47,13 @@ except ImportError:
 print(f"cuDNN through torch: {v}; cudnn.h in: {sorted(set(roots)) or 'none found'}")
 PY
 
+# cudnn_frontend's headers (the cuDNN attention engine): a wheel carried in .deps/ when
+# the machine cannot reach PyPI (pip download nvidia-cudnn-frontend -d .deps).
+if compgen -G ".deps/nvidia_cudnn_frontend-*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps .deps/nvidia_cudnn_frontend-*.whl >> "$log" 2>&1 \
+    || say "cudnn_frontend: the carried wheel did not install"
+fi
+
 t0=$(date +%s)
 # The jobs need only the package; the tests' binary is built for the test runs.
 build_tests=ON
@@ -56,7 +63,9 @@ MAMBATRON_CUDA=ON MAMBATRON_BUILD_TESTS=$build_tests python3 -m pip install --no
 build_rc=$?
 say "build: exit $build_rc in $(( $(date +%s) - t0 )) s"
 if [ $build_rc -ne 0 ]; then tail -40 "$OUT/build.log"; exit 1; fi
-grep -E "mambatron: CUDA backend" "$OUT/build.log" | tee -a "$log"
+grep -E "mambatron: (CUDA backend|cuDNN attention)" "$OUT/build.log" | tee -a "$log"
+python3 -c "import mambatron as mt; print('cuDNN for attention (version, why not):', mt.cudnn_version(reason=True))" \
+  2>&1 | tee -a "$log"
 
 if [ $jobs -eq 1 ]; then
   job_rc=0

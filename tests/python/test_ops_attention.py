@@ -189,3 +189,38 @@ def test_errors_name_the_argument(rng):
         mt.rope_forward(q, rotary_fraction=0.125)
     with pytest.raises(ValueError, match="'cache_lens'.*0 at sequence"):
         mt.attention_decode(np.ascontiguousarray(q[:, 0]), np.zeros((2, 4, 2, 8)), np.zeros((2, 4, 2, 8)), np.zeros(2, np.int32))
+
+
+def test_attention_engine_setting():
+    assert mt.attention_engine() == "auto"
+    version, why = mt.cudnn_version(reason=True)
+    assert isinstance(version, int) and version == mt.cudnn_version()
+    assert (version == 0) == bool(why)
+    try:
+        mt.set_attention_engine("builtin")
+        assert mt.attention_engine() == "builtin"
+        with pytest.raises(ValueError, match="'flash'.*'auto', 'cudnn' or 'builtin'"):
+            mt.set_attention_engine("flash")
+        assert mt.attention_engine() == "builtin"
+        if version == 0:  # asking for cuDNN where it cannot run says why, and changes nothing
+            with pytest.raises(RuntimeError, match="cuDNN is not usable here: " + why[:20]):
+                mt.set_attention_engine("cudnn")
+            assert mt.attention_engine() == "builtin"
+    finally:
+        mt.set_attention_engine("auto")
+
+
+def test_attention_engine_from_the_environment():
+    import subprocess
+    import sys
+
+    def engine(value):
+        env = dict(__import__("os").environ, MAMBATRON_ATTENTION_ENGINE=value)
+        run = subprocess.run([sys.executable, "-c", "import mambatron as mt; print(mt.attention_engine())"],
+                             env=env, capture_output=True, text=True)
+        return run.returncode, run.stdout.strip(), run.stderr
+
+    assert engine("builtin")[:2] == (0, "builtin")
+    assert engine("")[:2] == (0, "auto")
+    rc, _, err = engine("fast")
+    assert rc != 0 and "MAMBATRON_ATTENTION_ENGINE is 'fast', expected auto, cudnn or builtin" in err

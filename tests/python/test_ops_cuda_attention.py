@@ -1,6 +1,7 @@
 """The attention family's bindings on CUDA: outputs they allocate live on the input's
 device with the dtypes the CUDA ops take (activations like q, lse f32), and the results
-agree with the CPU op within the rule. The kernels themselves are tested in
+agree with the CPU op within the rule, under each attention engine (auto, the built-in
+kernels, cuDNN's fused attention where it loads). The kernels themselves are tested in
 tests/cpp/test_cuda_attention.cpp. Skipped without a GPU."""
 import numpy as np
 import pytest
@@ -28,11 +29,67 @@ def documents(rng, b, l):
     return np.cumsum(steps, axis=1).astype(np.int32) + 2
 
 
+@pytest.fixture
+def engine(request):
+    """Runs the test under the attention engine named by the test's parameter, then back to auto."""
+    name = request.param
+    if name == "cudnn" and not mt.cudnn_version():
+        pytest.skip(f"cuDNN is not usable here: {mt.cudnn_version(reason=True)[1]}")
+    mt.set_attention_engine(name)
+    yield name
+    mt.set_attention_engine("auto")
+
+
+@pytest.mark.parametrize("engine", ["auto", "builtin"], indirect=True)
 @pytest.mark.parametrize("dtype", ["bf16", "f32"])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("l,hkv,p", [(97, 2, 64), (300, 1, 128), (77, 8, 96)])
-def test_attention_forward_and_backward_on_the_device(dtype, packed, l, hkv, p, rng):
-    b, hq = 2, 8
+def test_attention_forward_and_backward_on_the_device(engine, dtype, packed, l, hkv, p, rng):
+    check_attention(dtype, packed, l, hkv, p, rng)
+
+
+@pytest.mark.parametrize("engine", ["cudnn"], indirect=True)
+@pytest.mark.parametrize("b,l,hq,hkv,p", [(2, 97, 8, 8, 64), (2, 300, 8, 2, 128), (1, 257, 8, 1, 128),
+                                          (3, 64, 4, 4, 96), (1, 1030, 32, 8, 128)])
+def test_cudnn_engine_forward_and_backward(engine, b, l, hq, hkv, p, rng):
+    check_attention("bf16", False, l, hkv, p, rng, b=b, hq=hq)
+
+
+@pytest.mark.parametrize("engine", ["cudnn"], indirect=True)
+def test_cudnn_engine_repeats_its_bits_and_feeds_the_builtin_backward(engine, rng):
+    b, l, hq, hkv, p = 2, 1000, 8, 2, 128
+    q, k, v, d = (mt.tensor(rng.standard_normal((b, l, h, p)), dtype="bf16").cuda() for h in (hq, hkv, hkv, hq))
+    out, lse = mt.attention_forward(q, k, v)
+    grads = [mt.attention_backward(d, q, k, v, out, lse) for _ in range(2)]
+    for g1, g2 in zip(*grads):
+        assert np.array_equal(host(g1), host(g2))
+    out2, lse2 = mt.attention_forward(q, k, v)
+    assert np.array_equal(host(out), host(out2)) and np.array_equal(host(lse), host(lse2))
+    # The lse means the same to both engines: cuDNN's forward feeds the built-in backward.
+    mt.set_attention_engine("builtin")
+    out_b, lse_b = mt.attention_forward(q, k, v)
+    assert np.abs(host(lse_b) - host(lse)).max() < 1e-3
+    for g_c, g_b in zip(grads[0], mt.attention_backward(d, q, k, v, out, lse)):
+        scale = np.abs(host(g_b)).max()
+        assert np.abs(host(g_c) - host(g_b)).max() < 0.05 * scale
+
+
+@pytest.mark.parametrize("engine", ["cudnn"], indirect=True)
+def test_cudnn_engine_refuses_what_it_does_not_take(engine, rng):
+    b, l, hq, hkv, p = 1, 16, 4, 2, 32
+    q = mt.tensor(rng.standard_normal((b, l, hq, p)), dtype="bf16").cuda()
+    k = mt.tensor(rng.standard_normal((b, l, hkv, p)), dtype="bf16").cuda()
+    seq = mt.tensor(documents(rng, b, l), dtype="i32").cuda()
+    with pytest.raises(RuntimeError, match="engine is cudnn.*seq_idx"):
+        mt.attention_forward(q, k, k, seq_idx=seq)
+    with pytest.raises(RuntimeError, match="engine is cudnn.*dtype f32"):
+        mt.attention_forward(q.to("f32"), k.to("f32"), k.to("f32"))
+    mt.set_attention_engine("auto")  # the same calls fall back to the built-in kernels
+    mt.attention_forward(q, k, k, seq_idx=seq)
+    mt.attention_forward(q.to("f32"), k.to("f32"), k.to("f32"))
+
+
+def check_attention(dtype, packed, l, hkv, p, rng, b=2, hq=8):
     q, q32, q64 = rounded(rng, (b, l, hq, p), dtype, 2.0)
     k, k32, k64 = rounded(rng, (b, l, hkv, p), dtype)
     v, v32, v64 = rounded(rng, (b, l, hkv, p), dtype)

@@ -4,6 +4,7 @@
 // forms that return a tensor allocate it.
 #pragma once
 #include <optional>
+#include <string>
 
 #include "mambatron/tensor.h"
 
@@ -328,6 +329,22 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& seq_idx = Tensor(),
                         std::optional<double> softmax_scale = std::nullopt);
+
+// Which implementation runs attention_forward/attention_backward on CUDA:
+//   Auto     cuDNN's fused attention where it loads and takes the call (bf16, no
+//            seq_idx, head dim a multiple of 8 up to 256), else the built-in kernels;
+//   Cudnn    cuDNN only: a call it cannot take raises, naming the reason;
+//   Builtin  the built-in kernels only.
+// Process-wide; starts from the environment variable MAMBATRON_ATTENTION_ENGINE
+// (auto, cudnn or builtin; default auto). Choosing Cudnn where cuDNN is not usable
+// raises at once. Either engine's forward feeds either backward (the same lse), and
+// both give the same bits on every run.
+enum class AttentionEngine { Auto, Cudnn, Builtin };
+void set_attention_engine(AttentionEngine engine);
+AttentionEngine attention_engine();
+// The cuDNN version attention can use (e.g. 91900 for 9.19.0), or 0: no CUDA, built
+// without cudnn_frontend, or no libcudnn 9 to load. *why_not (optional) says which.
+int64_t cudnn_version(std::string* why_not = nullptr);
 
 // Rotary position embedding, rotate-half convention, on the first
 // rotary_dim = rotary_fraction · p dims of every head (rotary_dim must be an even

@@ -2,14 +2,19 @@
 // CPU: ops/cpu/attention.cpp and ops/cpu/rope.cpp (f32 or f64); CUDA:
 // ops/cuda/attention.cu, attention_backward.cu, attention_decode.cu and rope.cu
 // (activations bf16 or f32, lse f32).
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "backend.h"
 #include "cpu/attention.h"
 #ifdef MAMBATRON_WITH_CUDA
 #include "cuda/attention.h"
+#include "cuda/attention_cudnn.h"
 #endif
 #include "mambatron/check.h"
+#include "mambatron/cuda.h"
 #include "mambatron/ops.h"
 
 namespace mambatron {
@@ -127,7 +132,48 @@ void rope(const Tensor& x, Tensor& out, const Tensor& positions, const RopeOptio
   MT_DISPATCH(x, rope_apply, x, out, positions, rd, opt.base, inverse);
 }
 
+AttentionEngine parse_engine(const std::string& name, const char* where) {
+  if (name == "auto") return AttentionEngine::Auto;
+  if (name == "cudnn") return AttentionEngine::Cudnn;
+  if (name == "builtin") return AttentionEngine::Builtin;
+  throw ValueError(detail::cat(where, " is '", name, "', expected auto, cudnn or builtin"));
+}
+
+std::atomic<int>& engine_slot() {
+  static std::atomic<int> slot{[] {
+    const char* env = std::getenv("MAMBATRON_ATTENTION_ENGINE");
+    return int(env && *env ? parse_engine(env, "MAMBATRON_ATTENTION_ENGINE") : AttentionEngine::Auto);
+  }()};
+  return slot;
+}
+
 }  // namespace
+
+int64_t cudnn_version(std::string* why_not) {
+#ifdef MAMBATRON_WITH_CUDA
+  if (!cuda_available()) {
+    if (why_not) *why_not = "no usable CUDA device";
+    return 0;
+  }
+  std::string why;
+  if (cuda::cudnn_attention_loadable(&why)) return cuda::cudnn_attention_version();
+  if (why_not) *why_not = why;
+  return 0;
+#else
+  if (why_not) *why_not = "this build has no CUDA backend";
+  return 0;
+#endif
+}
+
+void set_attention_engine(AttentionEngine engine) {
+  if (engine == AttentionEngine::Cudnn) {
+    std::string why;
+    MT_CHECK(cudnn_version(&why) != 0, Error, "set_attention_engine: cuDNN is not usable here: ", why);
+  }
+  engine_slot().store(int(engine));
+}
+
+AttentionEngine attention_engine() { return AttentionEngine(engine_slot().load()); }
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                        const Tensor& seq_idx, std::optional<double> softmax_scale) {

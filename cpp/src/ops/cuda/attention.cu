@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "attention.h"
+#include "attention_cudnn.h"
 #include "attention_mma.cuh"
 #include "attention_tile.cuh"
 
@@ -133,13 +134,14 @@ void launch_forward(const FwdArgs& a, int64_t b, int dev) {
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                        const Tensor& seq_idx, double scale) {
+  if (q.size(0) == 0 || q.size(1) == 0 || q.size(2) == 0) return;
+  if (cudnn_attention_forward(q, k, v, out, lse, seq_idx, scale)) return;
   const int dev = q.device().index;
   DeviceGuard guard(dev);
   FwdArgs a{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), static_cast<float*>(lse.data_ptr()),
             seq_idx.defined() ? static_cast<const int32_t*>(seq_idx.data_ptr()) : nullptr,
             q.size(1), int(q.size(2)), int(k.size(2)), int(q.size(3)), float(scale)};
   const int64_t b = q.size(0);
-  if (b == 0 || a.l == 0 || a.hq == 0) return;
   if (attention_mma_supported(q, {&q, &k, &v, &out})) return attention_forward_mma(q, k, v, out, lse, seq_idx, scale);
   visit_bf16_f32(q.dtype(), "attention_forward", "q", [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -4,7 +4,9 @@
 // on the device. All arithmetic is f32. The public entry points (ops/attention.cpp)
 // check the arguments; these assume them valid and the softmax scale resolved.
 //
-// Forward and backward are flash-style tiled kernels: no l × l matrix is stored,
+// Forward and backward first offer the call to cuDNN's fused attention
+// (attention_cudnn.h), as the attention engine setting allows; otherwise they run
+// the built-in flash-style tiled kernels: no l × l matrix is stored,
 // causal tiles above the diagonal and tiles of other documents are skipped. The
 // backward writes dk and dv per key tile (its query heads summed in order) and dq
 // per query tile, each in its own pass: no atomics, the same bits on every run.

@@ -9,6 +9,7 @@
 // P and dS are recomputed in both passes (from lse, as the CPU op does); tiles of
 // disjoint documents are skipped. Every sum runs in a fixed order.
 #include "attention.h"
+#include "attention_cudnn.h"
 #include "attention_mma.cuh"
 #include "attention_tile.cuh"
 
@@ -248,10 +249,11 @@ void launch_backward(const BwdArgs& a, int64_t b, int dev) {
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& seq_idx, double scale) {
-  const int dev = q.device().index;
-  DeviceGuard guard(dev);
   const int64_t b = q.size(0), l = q.size(1), hq = q.size(2), p = q.size(3);
   if (b == 0 || l == 0 || hq == 0) return;
+  if (cudnn_attention_backward(dout, q, k, v, out, lse, dq, dk, dv, seq_idx, scale)) return;
+  const int dev = q.device().index;
+  DeviceGuard guard(dev);
   Tensor D = Tensor::empty({b * hq * l}, DType::f32, q.device());
   BwdArgs a{dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), static_cast<const float*>(lse.data_ptr()),
             static_cast<const float*>(D.data_ptr()), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),

@@ -1,0 +1,322 @@
+// cuDNN's fused causal attention; see attention_cudnn.h. Compiled in every CUDA
+// build; the cuDNN parts only where CMake found cudnn_frontend (MAMBATRON_WITH_CUDNN).
+#include "attention_cudnn.h"
+
+#include <cstring>
+
+#include "mambatron/ops.h"
+
+#if defined(MAMBATRON_WITH_CUDNN)
+#define NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING
+#include <dlfcn.h>
+
+#include <cudnn_frontend.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <unordered_map>
+
+#include "../../core/cuda_context.h"
+
+// cudnn_frontend calls libcudnn through this handle when loading at run time.
+namespace cudnn_frontend {
+void* cudnn_dlhandle = nullptr;
+}
+#endif
+
+namespace mambatron::cuda {
+
+#if defined(MAMBATRON_WITH_CUDNN)
+namespace {
+namespace fe = cudnn_frontend;
+
+// Tensor ids in the graphs' variant packs.
+enum : int64_t { kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV };
+
+struct Library {
+  int64_t version = 0;
+  std::string error;
+};
+
+// Opens libcudnn once: by soname (a system install, or one already loaded into the
+// process, e.g. by PyTorch), else at the path CMake found it.
+const Library& library() {
+  static const Library lib = [] {
+    Library l;
+    std::string tried;
+    const char* names[] = {"libcudnn.so.9",
+#ifdef MAMBATRON_CUDNN_LIBRARY
+                           MAMBATRON_CUDNN_LIBRARY
+#endif
+    };
+    void* h = nullptr;
+    for (const char* name : names) {
+      if (!name || !*name) continue;
+      h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (h) break;
+      const char* e = dlerror();
+      tried += std::string(tried.empty() ? "" : "; ") + (e ? e : name);
+    }
+    if (!h) {
+      l.error = "libcudnn.so.9 could not be opened (" + tried + ")";
+      return l;
+    }
+    fe::cudnn_dlhandle = h;
+    try {
+      l.version = int64_t(fe::detail::get_backend_version());
+    } catch (const std::exception& e) {
+      l.error = std::string("libcudnn opened but not usable: ") + e.what();
+      return l;
+    }
+    if (l.version < 90000) {
+      l.error = "cuDNN " + std::to_string(l.version) + " is older than 9.0";
+      l.version = 0;
+    }
+    return l;
+  }();
+  return lib;
+}
+
+// One shape's graph: built once, or the reason cuDNN refused it.
+struct Plan {
+  std::shared_ptr<fe::graph::Graph> graph;
+  int64_t workspace = 0;
+  std::string error;
+};
+
+using Key = std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t>;
+
+struct State {
+  std::mutex mu;  // held while building and executing: the handles and the cache are shared
+  std::unordered_map<int, cudnnHandle_t> handles;
+  std::map<Key, Plan> plans;
+};
+
+State& state() {
+  static State* s = new State();  // never destroyed: handles outlive static teardown order
+  return *s;
+}
+
+cudnnHandle_t handle_for(State& s, int dev) {
+  auto it = s.handles.find(dev);
+  if (it != s.handles.end()) return it->second;
+  cudnnHandle_t h = nullptr;
+  const cudnnStatus_t st = fe::detail::create_handle(&h);
+  MT_CHECK(st == CUDNN_STATUS_SUCCESS, CudaError, "cudnnCreate failed on cuda:", dev, " with status ", int(st));
+  s.handles.emplace(dev, h);
+  return h;
+}
+
+// [b, l, h, p] contiguous, as cuDNN's [b, h, l, p] with strides.
+std::shared_ptr<fe::graph::Tensor_attributes> bshd(fe::graph::Graph& g, const char* name, int64_t uid, int64_t b,
+                                                   int64_t l, int64_t h, int64_t p) {
+  return g.tensor(fe::graph::Tensor_attributes()
+                      .set_name(name)
+                      .set_uid(uid)
+                      .set_dim({b, h, l, p})
+                      .set_stride({l * h * p, p, h * p, 1}));
+}
+
+void set_bshd(const std::shared_ptr<fe::graph::Tensor_attributes>& t, int64_t uid, int64_t b, int64_t l, int64_t h,
+              int64_t p) {
+  t->set_output(true).set_uid(uid).set_dim({b, h, l, p}).set_stride({l * h * p, p, h * p, 1});
+}
+
+std::shared_ptr<fe::graph::Tensor_attributes> stats(fe::graph::Graph& g, int64_t b, int64_t l, int64_t h) {
+  return g.tensor(fe::graph::Tensor_attributes()
+                      .set_name("lse")
+                      .set_uid(kStats)
+                      .set_dim({b, h, l, 1})
+                      .set_stride({h * l, l, 1, 1})
+                      .set_data_type(fe::DataType_t::FLOAT));
+}
+
+std::shared_ptr<fe::graph::Graph> new_graph() {
+  auto g = std::make_shared<fe::graph::Graph>();
+  g->set_io_data_type(fe::DataType_t::BFLOAT16)
+      .set_intermediate_data_type(fe::DataType_t::FLOAT)
+      .set_compute_data_type(fe::DataType_t::FLOAT);
+  return g;
+}
+
+std::shared_ptr<fe::graph::Graph> forward_graph(int64_t b, int64_t l, int64_t hq, int64_t hkv, int64_t p, float scale) {
+  auto g = new_graph();
+  auto q = bshd(*g, "q", kQ, b, l, hq, p), k = bshd(*g, "k", kK, b, l, hkv, p), v = bshd(*g, "v", kV, b, l, hkv, p);
+  auto opts = fe::graph::SDPA_attributes().set_name("attention").set_generate_stats(true).set_attn_scale(scale);
+  opts.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT).set_diagonal_band_right_bound(0);
+  auto [o, lse] = g->sdpa(q, k, v, opts);
+  set_bshd(o, kO, b, l, hq, p);
+  lse->set_output(true).set_uid(kStats).set_data_type(fe::DataType_t::FLOAT).set_dim({b, hq, l, 1}).set_stride(
+      {hq * l, l, 1, 1});
+  return g;
+}
+
+std::shared_ptr<fe::graph::Graph> backward_graph(int64_t b, int64_t l, int64_t hq, int64_t hkv, int64_t p,
+                                                 float scale) {
+  auto g = new_graph();
+  auto q = bshd(*g, "q", kQ, b, l, hq, p), k = bshd(*g, "k", kK, b, l, hkv, p), v = bshd(*g, "v", kV, b, l, hkv, p);
+  auto o = bshd(*g, "out", kO, b, l, hq, p), dout = bshd(*g, "dout", kDO, b, l, hq, p);
+  auto opts = fe::graph::SDPA_backward_attributes()
+                  .set_name("attention_backward")
+                  .set_attn_scale(scale)
+                  .set_deterministic_algorithm(true);
+  opts.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT).set_diagonal_band_right_bound(0);
+  auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats(*g, b, l, hq), opts);
+  set_bshd(dq, kDQ, b, l, hq, p);
+  set_bshd(dk, kDK, b, l, hkv, p);
+  set_bshd(dv, kDV, b, l, hkv, p);
+  return g;
+}
+
+// What we hand cuDNN: bf16 activations, f32 lse, no documents, head dim a multiple of 8
+// up to 256, 16-byte aligned buffers. Empty when the call fits.
+std::string outside_cases(const Tensor& q, const Tensor& lse, const Tensor& seq_idx,
+                          std::initializer_list<const Tensor*> acts) {
+  if (seq_idx.defined()) return "seq_idx (packed documents) is not handed to cuDNN";
+  const int64_t p = q.size(3);
+  if (p % 8 != 0 || p > 256) return "head dim " + std::to_string(p) + " is not a multiple of 8 up to 256";
+  for (const Tensor* t : acts) {
+    if (t->dtype() != DType::bf16) return std::string("dtype ") + dtype_name(t->dtype()) + ", cuDNN takes bf16";
+    if (!t->is_contiguous() || reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0)
+      return "a tensor is not contiguous and 16-byte aligned";
+  }
+  if (lse.dtype() != DType::f32 || !lse.is_contiguous()) return "lse is not contiguous f32";
+  return {};
+}
+
+// Finds or builds the plan for a shape; null (with *why) when cuDNN refuses it.
+Plan* plan_for(State& s, cudnnHandle_t h, const Key& key, int64_t b, int64_t l, int64_t hq, int64_t hkv, int64_t p,
+               float scale, bool backward, std::string* why) {
+  auto it = s.plans.find(key);
+  if (it == s.plans.end()) {
+    Plan plan;
+    try {
+      plan.graph = backward ? backward_graph(b, l, hq, hkv, p, scale) : forward_graph(b, l, hq, hkv, p, scale);
+      fe::error_t st = plan.graph->build(h, {fe::HeurMode_t::A});
+      if (st.is_good()) st = plan.graph->get_workspace_size(plan.workspace);
+      if (!st.is_good()) plan.error = st.get_message();
+    } catch (const std::exception& e) {
+      plan.error = e.what();
+    }
+    if (!plan.error.empty()) plan.graph.reset();
+    it = s.plans.emplace(key, std::move(plan)).first;
+  }
+  if (!it->second.graph) {
+    if (why) *why = "cuDNN found no engine for this shape: " + it->second.error;
+    return nullptr;
+  }
+  return &it->second;
+}
+
+bool run(bool backward, const Tensor& q, const Tensor& k, double scale, const Tensor& lse,
+         const Tensor& seq_idx, std::initializer_list<const Tensor*> acts,
+         const std::unordered_map<int64_t, void*>& pack, std::string* why) {
+  const Library& lib = library();
+  if (lib.version == 0) {
+    if (why) *why = lib.error;
+    return false;
+  }
+  const std::string outside = outside_cases(q, lse, seq_idx, acts);
+  if (!outside.empty()) {
+    if (why) *why = outside;
+    return false;
+  }
+  const int dev = q.device().index;
+  const int64_t b = q.size(0), l = q.size(1), hq = q.size(2), p = q.size(3), hkv = k.size(2);
+  const float fscale = float(scale);
+  uint32_t bits;
+  std::memcpy(&bits, &fscale, 4);
+  const Key key{dev, backward, b, l, hq, hkv, p, bits};
+
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  DeviceGuard guard(dev);
+  cudnnHandle_t h = handle_for(s, dev);
+  Plan* plan = plan_for(s, h, key, b, l, hq, hkv, p, fscale, backward, why);
+  if (!plan) return false;
+  const cudnnStatus_t st = fe::detail::set_stream(h, stream(dev));
+  MT_CHECK(st == CUDNN_STATUS_SUCCESS, CudaError, "cudnnSetStream failed with status ", int(st));
+  Tensor ws;
+  if (plan->workspace > 0) ws = Tensor::empty({plan->workspace}, DType::u8, q.device());
+  std::unordered_map<int64_t, void*> variant(pack);
+  fe::error_t rc = plan->graph->execute(h, variant, ws.defined() ? ws.data_ptr() : nullptr);
+  MT_CHECK(rc.is_good(), CudaError, backward ? "attention_backward" : "attention_forward",
+           ": cuDNN execution failed: ", rc.get_message());
+  return true;
+}
+
+// The engine setting applied to one call: run on cuDNN, or leave it to the built-in
+// kernels, or raise when only cuDNN may run it.
+bool dispatch(const char* op, bool backward, const Tensor& q, const Tensor& k, double scale, const Tensor& lse,
+              const Tensor& seq_idx, std::initializer_list<const Tensor*> acts,
+              const std::unordered_map<int64_t, void*>& pack) {
+  const AttentionEngine engine = attention_engine();
+  if (engine == AttentionEngine::Builtin) return false;
+  std::string why;
+  if (run(backward, q, k, scale, lse, seq_idx, acts, pack, &why)) return true;
+  MT_CHECK(engine == AttentionEngine::Auto, Error, op, ": the attention engine is cudnn, which cannot take "
+           "this call: ", why);
+  return false;
+}
+
+}  // namespace
+
+bool cudnn_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
+                             const Tensor& seq_idx, double scale) {
+  const std::unordered_map<int64_t, void*> pack{
+      {kQ, q.data_ptr()}, {kK, k.data_ptr()}, {kV, v.data_ptr()}, {kO, out.data_ptr()}, {kStats, lse.data_ptr()}};
+  return dispatch("attention_forward", false, q, k, scale, lse, seq_idx, {&q, &k, &v, &out}, pack);
+}
+
+bool cudnn_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv,
+                              const Tensor& seq_idx, double scale) {
+  const std::unordered_map<int64_t, void*> pack{
+      {kQ, q.data_ptr()},       {kK, k.data_ptr()},       {kV, v.data_ptr()},   {kO, out.data_ptr()},
+      {kStats, lse.data_ptr()}, {kDO, dout.data_ptr()},   {kDQ, dq.data_ptr()}, {kDK, dk.data_ptr()},
+      {kDV, dv.data_ptr()}};
+  return dispatch("attention_backward", true, q, k, scale, lse, seq_idx, {&dout, &q, &k, &v, &out, &dq, &dk, &dv},
+                  pack);
+}
+
+bool cudnn_attention_loadable(std::string* why) {
+  const Library& lib = library();
+  if (lib.version == 0 && why) *why = lib.error;
+  return lib.version != 0;
+}
+
+int64_t cudnn_attention_version() { return library().version; }
+
+#else  // built without cudnn_frontend
+
+namespace {
+const char* kNotBuilt =
+    "this build has no cuDNN attention (cudnn_frontend's headers were not found: pip install "
+    "nvidia-cudnn-frontend, then rebuild)";
+
+bool not_built(const char* op) {
+  MT_CHECK(attention_engine() != AttentionEngine::Cudnn, Error, op,
+           ": the attention engine is cudnn, but ", kNotBuilt);
+  return false;
+}
+}  // namespace
+
+bool cudnn_attention_forward(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&, const Tensor&, double) {
+  return not_built("attention_forward");
+}
+bool cudnn_attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                              const Tensor&, Tensor&, Tensor&, Tensor&, const Tensor&, double) {
+  return not_built("attention_backward");
+}
+bool cudnn_attention_loadable(std::string* why) {
+  if (why) *why = kNotBuilt;
+  return false;
+}
+int64_t cudnn_attention_version() { return 0; }
+
+#endif
+
+}  // namespace mambatron::cuda

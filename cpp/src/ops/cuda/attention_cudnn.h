@@ -1,0 +1,33 @@
+// Causal attention through cuDNN's fused attention (its graph API by way of the
+// header-only cudnn_frontend). libcudnn is opened at run time, so a machine without
+// it still loads mambatron and runs the built-in kernels. Arguments as for
+// attention_forward/attention_backward in attention.h (already checked).
+//
+// Each call runs on cuDNN and returns true when the attention engine (ops.h) allows
+// it and cuDNN takes the call; otherwise it does nothing and returns false, for the
+// built-in kernels to run, except under AttentionEngine::Cudnn, where it raises
+// with the reason: this build has no cudnn_frontend, libcudnn (>= 9) does not load,
+// the case is outside what we hand cuDNN (bf16 only, no seq_idx, head dim a multiple
+// of 8 up to 256), or cuDNN has no engine for the shape. Graphs are built once per
+// shape and device and kept; a shape cuDNN refused is not retried.
+// The backward asks cuDNN for its deterministic algorithm (the same bits every run).
+// Both directions use the same lse as the built-in kernels (natural-log
+// log-sum-exp of the scaled scores), so either engine's forward feeds either backward.
+#pragma once
+#include <string>
+
+#include "mambatron/tensor.h"
+
+namespace mambatron::cuda {
+
+bool cudnn_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
+                             const Tensor& seq_idx, double scale);
+bool cudnn_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv,
+                              const Tensor& seq_idx, double scale);
+// Whether libcudnn loads (version 9 or later) in a build with cudnn_frontend; *why says why not.
+bool cudnn_attention_loadable(std::string* why);
+// The cuDNN version that was loaded (e.g. 91900), 0 when none.
+int64_t cudnn_attention_version();
+
+}  // namespace mambatron::cuda
