@@ -8,11 +8,11 @@ torch.nn.functional.scaled_dot_product_attention(is_causal=True) on the same mem
 the same run, with PyTorch's own choice of kernel and then held to its cuDNN
 fused-attention backend ("-" where cuDNN does not take the case). TFLOP/s counts the
 causal half: forward 2·2·b·h·l²·p / 2, forward+backward 3.5 times that (backward = 2.5
-forwards). Decode: one query per sequence over a 32K-token KV cache; the achieved
-bandwidth counts reading the cache once, set against a plain device-to-device copy
-measured in the same run (bytes read + written) and against the H200's 4.07 TB/s
-(PERFORMANCE.md). Prints a table; --json PATH writes the numbers. Needs a CUDA device
-and PyTorch.
+forwards); GiB is the scratch each engine allocated beyond its inputs and outputs.
+Decode: one query per sequence over a 32K-token KV cache; the achieved bandwidth counts
+reading the cache once, set against a plain device-to-device copy measured in the same
+run (bytes read + written) and against the H200's 4.07 TB/s (PERFORMANCE.md). Prints a
+table; --json PATH writes the numbers. Needs a CUDA device and PyTorch.
 """
 from __future__ import annotations
 
@@ -86,8 +86,11 @@ def attention_rows(torch, tokens, lens, hq, kv_heads, p, reps):
                        "sdpa_cudnn_tflops": None if cudnn_ms is None else fl / (cudnn_ms * 1e-3) / 1e12}
                 for engine in engines():
                     mt.set_attention_engine(engine)
+                    mt.reset_peak_memory_stats()
+                    base = mt.memory_allocated()
                     ms = median_ms(fn, torch, reps)
-                    row[engine] = {"ms": ms, "tflops": fl / (ms * 1e-3) / 1e12, "ratio": ref_ms / ms}
+                    row[engine] = {"ms": ms, "tflops": fl / (ms * 1e-3) / 1e12, "ratio": ref_ms / ms,
+                                   "scratch_gib": (mt.max_memory_allocated() - base) / 2**30}
                 mt.set_attention_engine("auto")
                 yield row
 
@@ -136,12 +139,13 @@ def main() -> int:
     names = engines()
     print(f"causal attention, bf16, b*l = {args.tokens} tokens; TFLOP/s of the causal half; "
           f"engines: {', '.join(names)} (cuDNN {mt.cudnn_version(reason=True)})")
-    head = "".join(f" {e + ' ms':>11} {'TFLOP/s':>8} {'/SDPA':>6}" for e in names)
+    head = "".join(f" {e + ' ms':>11} {'TFLOP/s':>8} {'/SDPA':>6} {'GiB':>5}" for e in names)
     print(f"{'case':<40}{head} {'SDPA ms':>9} {'TFLOP/s':>8} {'SDPA-cuDNN':>10} {'TFLOP/s':>8}")
     attn = []
     for row in attention_rows(torch, args.tokens, args.lens, 32, [32, 8], 128, args.reps):
         attn.append(row)
-        ours = "".join(f" {row[e]['ms']:11.3f} {row[e]['tflops']:8.1f} {row[e]['ratio']:6.2f}" for e in names)
+        ours = "".join(f" {row[e]['ms']:11.3f} {row[e]['tflops']:8.1f} {row[e]['ratio']:6.2f} "
+                       f"{row[e]['scratch_gib']:5.2f}" for e in names)
         cudnn = ("          -        -" if row["sdpa_cudnn_ms"] is None
                  else f" {row['sdpa_cudnn_ms']:10.3f} {row['sdpa_cudnn_tflops']:8.1f}")
         print(f"{row['case']:<40}{ours} {row['sdpa_ms']:9.3f} {row['sdpa_tflops']:8.1f}{cudnn}")
