@@ -146,15 +146,25 @@ TEST(CudaAttention, BackwardMatchesCpuWithinRule) {
 // The tensor-core path (bf16, p 64 and 128): forward and backward against the CPU
 // within the rule, GQA ratios 1, 4 and 8, documents, lengths that are not multiples
 // of the 64- and 128-row tiles, poisoned outputs, two runs bit-identical.
-TEST(CudaAttention, TensorCorePathMatchesCpuWithinRule) {
-  SKIP_WITHOUT_GPU();
+namespace {
+// Runs a test under one attention engine, then restores the one before.
+struct EngineScope {
+  explicit EngineScope(mt::AttentionEngine e) : prev(mt::attention_engine()) { mt::set_attention_engine(e); }
+  ~EngineScope() { mt::set_attention_engine(prev); }
+  mt::AttentionEngine prev;
+};
+
+// The bf16 cases of the built-in tensor-core kernels (documents included) and of
+// cuDNN's fused attention (documents go to the built-in kernels under auto).
+void expect_bf16_cases_within_rule(const char* name, bool with_documents) {
   const DType dt = DType::bf16;
   const Config configs[] = {{1, 1, 2, 1, 64},     {2, 77, 4, 1, 64},   {1, 300, 8, 1, 128}, {2, 77, 4, 4, 128},
                             {1, 300, 8, 2, 64},   {1, 300, 16, 2, 128}, {2, 129, 8, 1, 64}, {1, 1, 4, 4, 128},
                             {1, 520, 4, 1, 128},  {2, 256, 4, 4, 64}};
   for (const Config& c : configs) {
     for (bool docs : {false, true}) {
-      const std::string what = label("tensor-core attention", dt, c, docs);
+      if (docs && !with_documents) continue;
+      const std::string what = label(name, dt, c, docs);
       AttnInputs in = attn_inputs(c, dt, docs);
       const Shape qs{c.b, c.l, c.hq, c.p}, ks{c.b, c.l, c.hkv, c.p};
       const CpuForward f = expect_forward_within_rule(in, c, dt, what);
@@ -184,6 +194,21 @@ TEST(CudaAttention, TensorCorePathMatchesCpuWithinRule) {
       EXPECT_TRUE(same_bits(dq, dq2) && same_bits(dk, dk2) && same_bits(dv, dv2)) << what << ": two runs differ";
     }
   }
+}
+}  // namespace
+
+TEST(CudaAttention, TensorCorePathMatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  EngineScope builtin(mt::AttentionEngine::Builtin);
+  expect_bf16_cases_within_rule("tensor-core attention", true);
+}
+
+TEST(CudaAttention, CudnnEngineMatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  std::string why;
+  if (mt::cudnn_version(&why) == 0) GTEST_SKIP() << "cuDNN is not usable here: " << why;
+  EngineScope cudnn(mt::AttentionEngine::Cudnn);
+  expect_bf16_cases_within_rule("cuDNN attention", false);
 }
 
 // One small packed case through forward and backward: quick, and small enough for
