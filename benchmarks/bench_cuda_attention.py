@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import mambatron as mt
 from gpu_timing import median_ms, require_torch_cuda
@@ -88,9 +89,14 @@ def attention_rows(torch, tokens, lens, hq, kv_heads, p, reps):
                     mt.set_attention_engine(engine)
                     mt.reset_peak_memory_stats()
                     base = mt.memory_allocated()
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    fn()  # the first call of a shape: cuDNN builds its graphs here
+                    torch.cuda.synchronize()
+                    first_ms = (time.perf_counter() - t0) * 1e3
                     ms = median_ms(fn, torch, reps)
                     row[engine] = {"ms": ms, "tflops": fl / (ms * 1e-3) / 1e12, "ratio": ref_ms / ms,
-                                   "scratch_gib": (mt.max_memory_allocated() - base) / 2**30}
+                                   "scratch_gib": (mt.max_memory_allocated() - base) / 2**30, "first_call_ms": first_ms}
                 mt.set_attention_engine("auto")
                 yield row
 
@@ -157,6 +163,9 @@ def main() -> int:
         dec.append(row)
         print(f"{row['case']:<44} {row['ms']:9.3f} {row['bytes'] / 1e9:8.3f} {row['tb_per_s']:6.2f} "
               f"{100 * row['fraction_of_copy']:7.1f}% {100 * row['fraction_of_h200_copy']:11.1f}%")
+    for e in names:
+        first = [round(r[e]["first_call_ms"], 1) for r in attn]
+        print(f"{e}: first call of each case (graph building included), ms: {first}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"benchmark": "cuda_attention", "device": torch.cuda.get_device_name(), "tokens": args.tokens,
