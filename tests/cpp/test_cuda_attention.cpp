@@ -401,10 +401,13 @@ TEST(CudaAttention, DecodeMatchesCpuWithinRule) {
   struct Case {
     int64_t b, max_len, hq, hkv, p;
   };
-  // One split and many; 16-byte loads (p a multiple of 8) and scalar ones (p = 100, 13);
-  // head groups of 1, 3, 4 and 16 (two blocks of 8 heads).
-  const Case cases[] = {{1, 1, 1, 1, 8},      {3, 5, 4, 2, 13},    {2, 129, 12, 4, 64}, {3, 1000, 32, 8, 128},
-                        {2, 5000, 16, 1, 128}, {1, 700, 4, 4, 100}, {5, 300, 8, 8, 96},  {1, 40000, 8, 2, 64}};
+  // One split and many, lengths 1 to max_len (not a multiple of the 64-key chunk);
+  // rows of 16-byte units through the shared-memory ring (p 8, 64, 80, 96, 128, bf16
+  // 256, f32 100) and rows read directly (p 13, bf16 100, f32 256); head groups of 1,
+  // 3, 4, 8, 16 (two blocks of 8 heads) and 32 (four).
+  const Case cases[] = {{1, 1, 1, 1, 8},       {3, 5, 4, 2, 13},    {2, 129, 12, 4, 64}, {3, 1000, 32, 8, 128},
+                        {2, 5000, 16, 1, 128}, {1, 700, 4, 4, 100}, {5, 300, 8, 8, 96},  {1, 40000, 8, 2, 64},
+                        {2, 333, 32, 1, 80},   {2, 150, 8, 1, 256}, {6, 2000, 32, 8, 128}};
   for (DType dt : {DType::bf16, DType::f32}) {
     for (const Case& c : cases) {
       const std::string what = mt::detail::cat("attention_decode ", mt::dtype_name(dt), " b=", c.b, " max_len=",
@@ -429,6 +432,34 @@ TEST(CudaAttention, DecodeMatchesCpuWithinRule) {
       mt::attention_decode(q.dev, kd, vd, ld, out2);
       check_cuda(out, cpu, ref, what);
       EXPECT_TRUE(same_bits(out, out2)) << what << ": two runs differ";
+    }
+  }
+}
+
+// The lengths are read on the device and clamped to [0, max_len]: an empty or negative
+// length gives zeros, one past max_len attends to the whole cache.
+TEST(CudaAttention, DecodeClampsLengthsOnTheDevice) {
+  SKIP_WITHOUT_GPU();
+  const int64_t b = 4, max_len = 70, hq = 8, hkv = 2;
+  const int32_t dev_lens[] = {0, int32_t(max_len) + 9, -3, 5}, cpu_lens[] = {1, int32_t(max_len), 1, 5};
+  for (DType dt : {DType::bf16, DType::f32}) {
+    for (int64_t p : {64, 13}) {
+      const std::string what = mt::detail::cat("attention_decode clamped lengths ", mt::dtype_name(dt), " p=", p);
+      Input q = input({b, hq, p}, dt, 2.0), k = input({b, max_len, hkv, p}, dt), v = input({b, max_len, hkv, p}, dt);
+      Tensor ld = Tensor::empty({b}, DType::i32), lc = Tensor::empty({b}, DType::i32);
+      std::memcpy(ld.data<int32_t>(), dev_lens, sizeof(dev_lens));
+      std::memcpy(lc.data<int32_t>(), cpu_lens, sizeof(cpu_lens));
+      Tensor ref = empty({b, hq, p}, DType::f64), cpu = empty({b, hq, p}, DType::f32);
+      mt::attention_decode(q.f64, k.f64, v.f64, lc, ref);
+      mt::attention_decode(q.f32, k.f32, v.f32, lc, cpu);
+      Tensor out = poisoned({b, hq, p}, dt, kGpu);
+      mt::attention_decode(q.dev, k.dev, v.dev, ld.to(kGpu), out);
+      const Tensor zeros = Tensor::zeros({1, hq, p}, DType::f64);
+      for (int64_t bi : {0, 2})  // NaN (an unwritten row) counts as infinitely far
+        EXPECT_EQ(mt::testing::max_abs_diff(out.narrow(0, bi, 1), zeros), 0.0) << what << " sequence " << bi;
+      for (int64_t bi : {1, 3})
+        check_cuda(out.narrow(0, bi, 1), cpu.narrow(0, bi, 1), ref.narrow(0, bi, 1),
+                   mt::detail::cat(what, " sequence ", bi));
     }
   }
 }

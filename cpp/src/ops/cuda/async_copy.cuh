@@ -1,6 +1,7 @@
 // Asynchronous copies from global to shared memory (cp.async, sm_80 and later): the
-// copy runs while the thread goes on; cp_commit closes a group of copies and
-// cp_wait_all waits for every group, after which a barrier makes them visible to the block.
+// copy runs while the thread goes on; cp_commit closes a group of copies, cp_wait<N>
+// waits until at most the N most recent groups are pending and cp_wait_all waits for
+// every group, after which a barrier makes the copies visible to the block.
 #pragma once
 #include <cstdint>
 
@@ -34,5 +35,9 @@ __device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid)
 
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
 }  // namespace mambatron::cuda

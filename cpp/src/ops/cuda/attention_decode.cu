@@ -1,28 +1,36 @@
 // KV-cache append and one-token decode attention on CUDA.
 // Append: one block per sequence copies its token's k and v into the caches at
 // position cache_lens[i], then bumps cache_lens[i] (the caller checked the lengths).
-// Decode, split-K: the context of each sequence is cut into splits of a length
-// fixed by max_len and the device's size; one block per (batch, kv head, group of
-// up to 8 query heads, split) reads each key and value of its split once for all
-// its query heads, keeping an online softmax (max m, sum l, unnormalised o) in f32.
-// A second kernel combines the splits of each query head in an order fixed by the
-// shapes: out = Σ_s o_s·e^(m_s − M) / Σ_s l_s·e^(m_s − M). No atomics: the bits repeat.
+// Decode is bound by one read of the caches, so it is shaped to keep memory busy.
+// Split-K: one block per (batch, kv head, group of up to 8 query heads, split), with
+// as many splits as make one wave of resident blocks; each sequence deals its 64-key
+// chunks evenly to the splits from its length, which is read on the device only. A
+// block walks its chunks through a ring of shared-memory slots filled by cp.async, so
+// the next chunks' keys and values are in flight while one is computed; each key and
+// value read serves all the block's query heads, with an online softmax (max m, sum
+// l, unnormalised o) in f32. Rows that are not whole 16-byte units, or too wide for
+// the ring, are read from global memory directly (slower, same arithmetic). A second
+// kernel combines the splits of each query head in a fixed order:
+// out = Σ_s o_s·e^(m_s − M) / Σ_s l_s·e^(m_s − M). No atomics: the bits repeat.
 #include <algorithm>
 #include <cmath>
 
 #include "attention.h"
-#include "attention_mma.cuh"
+#include "async_copy.cuh"
 #include "dense.cuh"
 
 namespace mambatron::cuda {
 
 namespace {
 constexpr int kAppendThreads = 256;
-constexpr int kThreads = 128;    // decode block
-constexpr int kChunk = 128;      // keys per step of a split (the split length is a multiple)
-constexpr int kMaxHeads = 8;     // query heads per block
-constexpr int kKeyLanes = 8;     // lanes per key in the score step
+constexpr int kThreads = 256;             // decode block: 8 warps
+constexpr int kKeys = 64;                 // keys per chunk, one ring slot
+constexpr int kStages = 3;                // ring slots: kStages − 1 chunks in flight while one is computed
+constexpr int kMaxHeads = 8;              // query heads per block, one softmax warp each
+constexpr int kParts = kThreads / kKeys;  // threads per key in the score step
 constexpr int kSmemDefault = 48 * 1024;
+static_assert(kMaxHeads <= kThreads / 32 && kKeys % 32 == 0 && kParts * kKeys == kThreads, "decode block shape");
+static_assert(kKeys / (kThreads / 32) % 8 == 0 && kStages >= 2, "value step: 8 keys a step; a ring");
 
 template <class T>
 __global__ void kv_append_kernel(const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ kc,
@@ -43,258 +51,283 @@ struct DecodeArgs {
   const void *q, *kc, *vc;
   const int32_t* lens;
   float *pm, *pl, *po;  // partials [b·hq, splits] and [b·hq, splits, p]
-  int64_t max_len, slen;
+  int64_t max_len;
   int hq, hkv, p, heads, head_groups, splits;
   float scale;
 };
-
-// V consecutive elements of a row as f32: one 16-byte load when V > 1.
-template <class T, int V>
-__device__ __forceinline__ void load_f32(const T* __restrict__ p, float (&out)[V]) {
-  if constexpr (V == 1) {
-    out[0] = to_f32(p[0]);
-  } else {
-    static_assert(Pack<T>::N == V, "one 16-byte pack");
-    const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(p);
-#pragma unroll
-    for (int e = 0; e < V; ++e) out[e] = to_f32(pk.v[e]);
-  }
-}
 
 __device__ __forceinline__ int64_t valid_len(const int32_t* lens, int64_t bi, int64_t max_len) {
   const int64_t n = lens[bi];
   return n < 0 ? 0 : (n > max_len ? max_len : n);
 }
 
+// Chunks per split of a sequence of n keys: its ceil(n / kKeys) chunks dealt evenly,
+// in order, to the splits (0 when n is 0). Split s holds chunks [s·per, (s + 1)·per).
+__device__ __forceinline__ int64_t split_chunks(int64_t n, int splits) {
+  return ((n + kKeys - 1) / kKeys + splits - 1) / splits;
+}
+
+// Value step: threads per column group, the narrowest warp multiple ≥ p (at most the
+// block); the block's kThreads / col_threads groups each take a share of a chunk's keys.
+__host__ __device__ constexpr int col_threads(int64_t p) {
+  return p <= 32 ? 32 : p <= 64 ? 64 : p <= 128 ? 128 : kThreads;
+}
+// A ring row of `units` 16-byte units: the key step reads one row per thread, so 8
+// neighbouring rows must fall in 8 bank groups: XOR-swizzled when units is a multiple
+// of 8, else padded to an odd count.
+__host__ __device__ constexpr int64_t ring_pitch(int64_t units) { return units % 8 == 0 ? units : units | 1; }
+
+// Shared memory of a decode block: [ring: K then V] scores [kParts][heads][kKeys],
+// q [heads][p], (direct only) o [groups][heads][p], rescale factors [heads].
+size_t decode_smem_bytes(bool staged, int64_t p, int heads, size_t elem) {
+  size_t floats = (size_t(kParts) * kKeys + size_t(p) + 1) * size_t(heads);
+  size_t ring = 0;
+  if (staged) {
+    const int64_t units = p * int64_t(elem) / 16;
+    ring = size_t(kStages) * kKeys * size_t(ring_pitch(units) + units) * 16;
+  } else {
+    floats += size_t(kThreads / col_threads(p)) * size_t(heads) * size_t(p);
+  }
+  return ring + floats * 4;
+}
+
+// One 16-byte unit of a row as V f32 values.
 template <class T, int V>
-__global__ void __launch_bounds__(kThreads) decode_split_kernel(DecodeArgs a) {
+__device__ __forceinline__ void load_f32(const T* __restrict__ p, float (&out)[V]) {
+  static_assert(Pack<T>::N == V, "one 16-byte pack");
+  const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(p);
+#pragma unroll
+  for (int e = 0; e < V; ++e) out[e] = to_f32(pk.v[e]);
+}
+
+// acc + Σ_e q[e]·x[e] in order; q from shared memory, as float4 when V allows.
+template <int V>
+__device__ __forceinline__ float dot(const float* q, const float (&x)[V], float acc) {
+  if constexpr (V % 4 == 0) {
+#pragma unroll
+    for (int e = 0; e < V; e += 4) {
+      const float4 qq = *reinterpret_cast<const float4*>(q + e);
+      acc = fmaf(qq.x, x[e], acc), acc = fmaf(qq.y, x[e + 1], acc);
+      acc = fmaf(qq.z, x[e + 2], acc), acc = fmaf(qq.w, x[e + 3], acc);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc = fmaf(q[e], x[e], acc);
+  }
+  return acc;
+}
+
+// One block per (batch, kv head, group of up to kMaxHeads query heads, split); the
+// split's chunks are walked in order. Per chunk: thread (part, key) scores its key
+// against every head over a quarter of the row (parts summed in order after); one
+// warp per head takes the online softmax; then column group g sums its share of the
+// keys, in order, into its output column. Staged (rows of 16-byte units, p ≤
+// kThreads): chunks come through the cp.async ring, rows past the length zero-filled,
+// and a thread's column lives in registers. Direct (any other shape): rows are read
+// from global memory one element at a time and o lives in shared memory.
+template <class T, int P, bool kStaged>
+__global__ void __launch_bounds__(kThreads, 2) decode_split_kernel(DecodeArgs a) {
+  constexpr int V = kStaged ? 16 / int(sizeof(T)) : 1;  // elements per load
+  static_assert(P == 0 || (kStaged && P / V % kParts == 0 && P <= kThreads), "a fixed p is staged");
   extern __shared__ float4 smem4[];
-  const int gh = a.heads, p = a.p;
-  float* q_s = reinterpret_cast<float*>(smem4);  // [gh][p]
-  float* o_s = q_s + gh * p;                     // [gh][p]
-  float* sc = o_s + gh * p;                      // [gh][kChunk]: scores, then weights
-  float* m_s = sc + gh * kChunk;
-  float* l_s = m_s + gh;
-  float* al_s = l_s + gh;
-
-  const int64_t bx = blockIdx.x, bkv = bx / a.head_groups, bi = bkv / a.hkv;
-  const int hg = int(bx % a.head_groups), kvh = int(bkv % a.hkv), group = a.hq / a.hkv;
-  const int h0 = kvh * group + hg * gh, nh = min(gh, group - hg * gh);
-  const int64_t n = valid_len(a.lens, bi, a.max_len);
-  const int64_t s0 = int64_t(blockIdx.y) * a.slen, s1 = min(n, s0 + a.slen);
-  if (s0 >= s1) return;  // past the sequence's length: the combine does not read this split
-
-  const T* q = static_cast<const T*>(a.q) + (bi * a.hq + h0) * p;
-  for (int e = threadIdx.x; e < nh * p; e += kThreads) q_s[e] = to_f32(q[e]), o_s[e] = 0.f;
-  if (threadIdx.x < nh) m_s[threadIdx.x] = -INFINITY, l_s[threadIdx.x] = 0.f;
-  const int64_t row = int64_t(a.hkv) * p;  // elements between tokens of a cache
-  const T* kb = static_cast<const T*>(a.kc) + bi * a.max_len * row + int64_t(kvh) * p;
-  const T* vb = static_cast<const T*>(a.vc) + bi * a.max_len * row + int64_t(kvh) * p;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int gl = lane % kKeyLanes, slot0 = warp * (32 / kKeyLanes) + lane / kKeyLanes;
-  constexpr int kSlots = kThreads / kKeyLanes;  // keys scored at once
-
-  for (int64_t j0 = s0; j0 < s1; j0 += kChunk) {
-    const int cn = int(min(int64_t(kChunk), s1 - j0));
-    __syncthreads();  // q_s, o_s, m_s ready; the previous chunk's weights are read no more
-    for (int kk = slot0; kk < kChunk; kk += kSlots) {
-      float acc[kMaxHeads];
-#pragma unroll
-      for (int h = 0; h < kMaxHeads; ++h) acc[h] = 0.f;
-      if (kk < cn) {
-        const T* kr = kb + (j0 + kk) * row;
-        for (int d = gl * V; d < p; d += kKeyLanes * V) {
-          float kv[V];
-          load_f32<T, V>(kr + d, kv);
-#pragma unroll
-          for (int h = 0; h < kMaxHeads; ++h)
-            if (h < nh)
-#pragma unroll
-              for (int e = 0; e < V; ++e) acc[h] = fmaf(q_s[h * p + d + e], kv[e], acc[h]);
-        }
-      }
-#pragma unroll
-      for (int h = 0; h < kMaxHeads; ++h)
-        for (int o = kKeyLanes / 2; o > 0; o >>= 1) acc[h] += __shfl_xor_sync(0xffffffffu, acc[h], o);
-      if (gl == 0)
-#pragma unroll
-        for (int h = 0; h < kMaxHeads; ++h)
-          if (h < nh) sc[h * kChunk + kk] = kk < cn ? acc[h] * a.scale : -INFINITY;
-    }
-    __syncthreads();
-    for (int h = warp; h < nh; h += kThreads / 32) {  // one warp per head: running max and sum
-      float x[kChunk / 32], mx = -INFINITY;
-#pragma unroll
-      for (int u = 0; u < kChunk / 32; ++u) x[u] = sc[h * kChunk + lane + 32 * u], mx = fmaxf(mx, x[u]);
-      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      const float mnew = fmaxf(m_s[h], mx);  // finite: key j0 is in the split
-      float sum = 0.f;
-#pragma unroll
-      for (int u = 0; u < kChunk / 32; ++u) {
-        const float w = expf(x[u] - mnew);
-        sc[h * kChunk + lane + 32 * u] = w;
-        sum += w;
-      }
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      if (lane == 0) {
-        const float al = expf(m_s[h] - mnew);
-        l_s[h] = l_s[h] * al + sum;
-        m_s[h] = mnew;
-        al_s[h] = al;
-      }
-    }
-    __syncthreads();
-    for (int d = threadIdx.x; d < p; d += kThreads) {  // o = al·o + Σ_k w_k v_k, keys in order
-      float acc[kMaxHeads];
-#pragma unroll
-      for (int h = 0; h < kMaxHeads; ++h) acc[h] = h < nh ? o_s[h * p + d] * al_s[h] : 0.f;
-#pragma unroll 8
-      for (int kk = 0; kk < cn; ++kk) {
-        const float x = to_f32(vb[(j0 + kk) * row + d]);
-#pragma unroll
-        for (int h = 0; h < kMaxHeads; ++h)
-          if (h < nh) acc[h] = fmaf(sc[h * kChunk + kk], x, acc[h]);
-      }
-#pragma unroll
-      for (int h = 0; h < kMaxHeads; ++h)
-        if (h < nh) o_s[h * p + d] = acc[h];
-    }
-  }
-  __syncthreads();
-  const int64_t slot = (bi * a.hq + h0) * a.splits + blockIdx.y;  // of head h0; head h adds h·splits
-  for (int e = threadIdx.x; e < nh * p; e += kThreads) {
-    const int h = e / p, d = e % p;
-    a.po[(slot + int64_t(h) * a.splits) * p + d] = o_s[e];
-  }
-  if (threadIdx.x < nh) {
-    a.pm[slot + int64_t(threadIdx.x) * a.splits] = m_s[threadIdx.x];
-    a.pl[slot + int64_t(threadIdx.x) * a.splits] = l_s[threadIdx.x];
-  }
-}
-
-// The bf16 path for head dim 64 or 128: one block per (batch, kv head, group of up
-// to 8 query heads, 128 keys). The block's keys and values (up to 64 KiB) are all
-// requested at once with 16-byte cp.async, so many bytes are in flight per SM;
-// then thread r scores key r against the block's query heads, one warp per head
-// takes the softmax, and thread d sums its output column over the keys in order.
-// Writes the same partials as decode_split_kernel (one split = 128 keys).
-constexpr int kFastKeys = 128;
-
-template <int P>
-constexpr size_t fast_smem_bytes() {
-  return size_t(2 * kFastKeys * P) * 2 + size_t(kMaxHeads) * (P + kFastKeys + 2) * 4;
-}
-
-template <int P>
-__global__ void __launch_bounds__(kFastKeys) decode_fast_kernel(DecodeArgs a) {
-  using namespace attn_mma;
-  using bf16 = __nv_bfloat16;
-  extern __shared__ uint4 smem_raw[];
-  bf16* k_s = reinterpret_cast<bf16*>(smem_raw);     // [kFastKeys][P], swizzled
-  bf16* v_s = k_s + kFastKeys * P;                    // [kFastKeys][P], plain rows
-  float* q_s = reinterpret_cast<float*>(v_s + kFastKeys * P);  // [kMaxHeads][P]
-  float* w_s = q_s + kMaxHeads * P;                   // [kMaxHeads][kFastKeys]: scores, then weights
-  float* m_s = w_s + kMaxHeads * kFastKeys;
-  float* l_s = m_s + kMaxHeads;
+  const int p = P ? P : a.p, heads = a.heads, units = p / V;
+  const int pitch = int(ring_pitch(units)), swz = units % 8 == 0 ? 7 : 0;
+  const int cols = col_threads(p), groups = kThreads / cols, kg = kKeys / groups;
+  T* k_ring = reinterpret_cast<T*>(smem4);              // [kStages][kKeys][pitch units]
+  T* v_ring = k_ring + kStages * kKeys * pitch * V;     // [kStages][kKeys][p]
+  float* sp = kStaged ? reinterpret_cast<float*>(v_ring + kStages * kKeys * p) : reinterpret_cast<float*>(smem4);
+  float* q_s = sp + kParts * heads * kKeys;
+  float* o_s = q_s + heads * p;                          // direct only
+  float* al_s = kStaged ? o_s : o_s + groups * heads * p;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t bx = blockIdx.x, bkv = bx / a.head_groups, bi = bkv / a.hkv;
   const int hg = int(bx % a.head_groups), kvh = int(bkv % a.hkv), group = a.hq / a.hkv;
-  const int h0 = kvh * group + hg * a.heads, nh = min(a.heads, group - hg * a.heads);
-  const int64_t n = valid_len(a.lens, bi, a.max_len), j0 = int64_t(blockIdx.y) * kFastKeys;
-  if (j0 >= n) return;  // the combine does not read this split
-  const int cn = int(min(int64_t(kFastKeys), n - j0));
-  const int64_t row = int64_t(a.hkv) * P;
-  const bf16* kb = static_cast<const bf16*>(a.kc) + (bi * a.max_len + j0) * row + int64_t(kvh) * P;
-  const bf16* vb = static_cast<const bf16*>(a.vc) + (bi * a.max_len + j0) * row + int64_t(kvh) * P;
-  constexpr int C = P / 8;
-#pragma unroll 4
-  for (int e = tid; e < kFastKeys * C; e += kFastKeys) {
-    const int r = e / C, c = e % C;
-    const bool ok = r < cn;
-    cp_async<16>(k_s + swz<P>(r, c), kb + (ok ? r : 0) * row + c * 8, ok);
-    cp_async<16>(v_s + r * P + c * 8, vb + (ok ? r : 0) * row + c * 8, ok);
-  }
-  cp_commit();
-  const bf16* q = static_cast<const bf16*>(a.q) + (bi * a.hq + h0) * P;
-  for (int e = tid; e < nh * P; e += kFastKeys) q_s[e] = __bfloat162float(q[e]);
-  cp_wait_all();
-  __syncthreads();
+  const int h0 = kvh * group + hg * heads, nh = min(heads, group - hg * heads);
+  const int64_t n = valid_len(a.lens, bi, a.max_len), per = split_chunks(n, a.splits);
+  const int64_t c0 = int64_t(blockIdx.y) * per, c1 = min((n + kKeys - 1) / kKeys, c0 + per);
+  if (c0 >= c1) return;  // no keys (n = 0 included): the combine does not read this split
 
-  {  // scores: thread tid takes key tid
-    float acc[kMaxHeads];
-#pragma unroll
-    for (int h = 0; h < kMaxHeads; ++h) acc[h] = 0.f;
+  const int64_t row = int64_t(a.hkv) * p;  // elements between tokens of a cache
+  const T* kb = static_cast<const T*>(a.kc) + bi * a.max_len * row + int64_t(kvh) * p;
+  const T* vb = static_cast<const T*>(a.vc) + bi * a.max_len * row + int64_t(kvh) * p;
+  // Chunk c into ring slot `slot`: row r's unit u of K at unit u ^ (r & swz) of its
+  // ring row; rows at or past the length are zeros (their weights are 0 too).
+  auto load_chunk = [&](int64_t c, int slot) {
+    const int64_t j0 = c * kKeys;
+    const int cn = int(min(int64_t(kKeys), n - j0));
+    const T *kr = kb + j0 * row, *vr = vb + j0 * row;
+    T* ks = k_ring + slot * kKeys * pitch * V;
+    T* vs = v_ring + slot * kKeys * p;
+    const int copies = kKeys * units;  // a multiple of kThreads when P is
 #pragma unroll 4
-    for (int c = 0; c < C; ++c) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(k_s + swz<P>(tid, c));
-      const __nv_bfloat162* kp = reinterpret_cast<const __nv_bfloat162*>(&raw);
-      float kv[8];
+    for (int i = 0; i < (copies + kThreads - 1) / kThreads; ++i) {
+      const int e = tid + i * kThreads;
+      if (copies % kThreads != 0 && e >= copies) break;
+      const int r = e / units, u = e % units;
+      const bool ok = r < cn;
+      const int64_t src = int64_t(ok ? r : 0) * row + u * V;
+      cp_async<16>(ks + (r * pitch + (u ^ (r & swz))) * V, kr + src, ok);
+      cp_async<16>(vs + r * p + u * V, vr + src, ok);
+    }
+  };
+  if constexpr (kStaged) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 f = __bfloat1622float2(kp[e]);
-        kv[2 * e] = f.x, kv[2 * e + 1] = f.y;
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (c0 + s < c1) load_chunk(c0 + s, s);
+      cp_commit();  // one group per chunk, empty past the split, so the waits count alike
+    }
+  }
+
+  const T* q = static_cast<const T*>(a.q) + (bi * a.hq + h0) * p;
+  for (int e = tid; e < nh * p; e += kThreads) q_s[e] = to_f32(q[e]);
+  if constexpr (!kStaged)
+    for (int e = tid; e < groups * heads * p; e += kThreads) o_s[e] = 0.f;
+  const int key = tid % kKeys, part = tid / kKeys;        // key step
+  const int g = tid / cols, col = tid % cols, k_lo = g * kg;  // value step
+  float o[kMaxHeads];  // staged: column `col` of each head's unnormalised output
+#pragma unroll
+  for (int h = 0; h < kMaxHeads; ++h) o[h] = 0.f;
+  float m_run = -INFINITY, l_run = 0.f;  // warp h < nh: head h's running max and sum
+
+  int slot = 0;  // chunk c's ring slot
+  for (int64_t c = c0; c < c1; ++c, slot = slot + 1 == kStages ? 0 : slot + 1) {
+    const int64_t j0 = c * kKeys;
+    const int cn = int(min(int64_t(kKeys), n - j0));
+    if constexpr (kStaged) cp_wait<kStages - 2>();  // chunk c's group is done
+    __syncthreads();  // chunk c visible; the slot and weights of chunk c − 1 are read no more
+    if constexpr (kStaged) {
+      if (c + kStages - 1 < c1) load_chunk(c + kStages - 1, slot == 0 ? kStages - 1 : slot - 1);
+      cp_commit();
+    }
+    const T* ks = k_ring + slot * kKeys * pitch * V;
+    const T* vs = v_ring + slot * kKeys * p;
+    // Scores: part `part` of key `key` against each head, over units part,
+    // part + kParts, .. of the row, in order.
+    if constexpr (P > 0) {  // the thread's whole share of the row in registers, then head by head
+      constexpr int B = P / V / kParts;
+      float x[B][V];
+#pragma unroll
+      for (int i = 0; i < B; ++i) load_f32<T, V>(ks + (key * pitch + ((part + kParts * i) ^ (key & swz))) * V, x[i]);
+#pragma unroll
+      for (int h = 0; h < kMaxHeads; ++h)
+        if (h < nh) {
+          float acc = 0.f;
+#pragma unroll
+          for (int i = 0; i < B; ++i) acc = dot<V>(q_s + h * p + (part + kParts * i) * V, x[i], acc);
+          sp[(part * heads + h) * kKeys + key] = acc;
+        }
+    } else {
+      float acc[kMaxHeads];
+#pragma unroll
+      for (int h = 0; h < kMaxHeads; ++h) acc[h] = 0.f;
+      if (kStaged || key < cn) {
+        for (int u = part; u < units; u += kParts) {
+          float x[V];
+          if constexpr (kStaged) load_f32<T, V>(ks + (key * pitch + (u ^ (key & swz))) * V, x);
+          else x[0] = to_f32(kb[(j0 + key) * row + u]);
+#pragma unroll
+          for (int h = 0; h < kMaxHeads; ++h)
+            if (h < nh) acc[h] = dot<V>(q_s + h * p + u * V, x, acc[h]);
+        }
       }
 #pragma unroll
       for (int h = 0; h < kMaxHeads; ++h)
-        if (h < nh)
-#pragma unroll
-          for (int e = 0; e < 8; ++e) acc[h] = fmaf(q_s[h * P + c * 8 + e], kv[e], acc[h]);
+        if (h < nh) sp[(part * heads + h) * kKeys + key] = acc[h];
     }
+    __syncthreads();
+    if (warp < nh) {  // warp h: head h's running max and sum; weights over the parts' scores
+      float x[kKeys / 32], mx = -INFINITY;
 #pragma unroll
-    for (int h = 0; h < kMaxHeads; ++h)
-      if (h < nh) w_s[h * kFastKeys + tid] = tid < cn ? acc[h] * a.scale : -INFINITY;
-  }
-  __syncthreads();
-  for (int h = warp; h < nh; h += kFastKeys / 32) {  // one warp per head
-    float x[kFastKeys / 32], mx = -INFINITY;
+      for (int u = 0; u < kKeys / 32; ++u) {
+        const int k = lane + 32 * u;
+        float s = sp[warp * kKeys + k];
 #pragma unroll
-    for (int u = 0; u < kFastKeys / 32; ++u) x[u] = w_s[h * kFastKeys + lane + 32 * u], mx = fmaxf(mx, x[u]);
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float sum = 0.f;
+        for (int r = 1; r < kParts; ++r) s += sp[(r * heads + warp) * kKeys + k];
+        x[u] = k < cn ? s * a.scale : -INFINITY;
+        mx = fmaxf(mx, x[u]);
+      }
+      for (int k = 16; k > 0; k >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, k));
+      const float mnew = fmaxf(m_run, mx);  // finite: key j0 is in the split
+      float sum = 0.f;
 #pragma unroll
-    for (int u = 0; u < kFastKeys / 32; ++u) {
-      const float w = expf(x[u] - mx);  // finite mx: key j0 is valid
-      w_s[h * kFastKeys + lane + 32 * u] = w;
-      sum += w;
+      for (int u = 0; u < kKeys / 32; ++u) {
+        const float w = expf(x[u] - mnew);
+        sp[warp * kKeys + lane + 32 * u] = w;
+        sum += w;
+      }
+      for (int k = 16; k > 0; k >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, k);
+      const float al = expf(m_run - mnew);
+      l_run = l_run * al + sum;
+      m_run = mnew;
+      if (lane == 0) al_s[warp] = al;
     }
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (lane == 0) m_s[h] = mx, l_s[h] = sum;
-  }
-  __syncthreads();
-  // o[h][d] = Σ_k w[h][k]·v[k][d], keys in order; KS threads share a column
-  // (P = 64: keys split in two halves, added in order after).
-  constexpr int KS = kFastKeys / P;
-  const int d = tid % P, part = tid / P, k_end = min(cn, (part + 1) * (kFastKeys / KS));
-  float acc[kMaxHeads];
+    __syncthreads();
+    // o = al·o + Σ_k w_k v_k over group g's keys k_lo .. k_lo + kg − 1, in order.
+    if constexpr (kStaged) {
+      if (col < p) {
 #pragma unroll
-  for (int h = 0; h < kMaxHeads; ++h) acc[h] = 0.f;
+        for (int h = 0; h < kMaxHeads; ++h)
+          if (h < nh) o[h] *= al_s[h];
+        if (k_lo < cn) {
 #pragma unroll 4
-  for (int kk = part * (kFastKeys / KS); kk < k_end; ++kk) {
-    const float x = __bfloat162float(v_s[kk * P + d]);
+          for (int kk = k_lo; kk < k_lo + kg; kk += 8) {  // 8 keys a step: 2 float4 weight reads a head
+            float x[8];
 #pragma unroll
-    for (int h = 0; h < kMaxHeads; ++h)
-      if (h < nh) acc[h] = fmaf(w_s[h * kFastKeys + kk], x, acc[h]);
+            for (int e = 0; e < 8; ++e) x[e] = to_f32(vs[(kk + e) * p + col]);
+#pragma unroll
+            for (int h = 0; h < kMaxHeads; ++h)
+              if (h < nh) {
+                const float4 w0 = *reinterpret_cast<const float4*>(sp + h * kKeys + kk);
+                const float4 w1 = *reinterpret_cast<const float4*>(sp + h * kKeys + kk + 4);
+                o[h] = fmaf(w0.x, x[0], o[h]), o[h] = fmaf(w0.y, x[1], o[h]);
+                o[h] = fmaf(w0.z, x[2], o[h]), o[h] = fmaf(w0.w, x[3], o[h]);
+                o[h] = fmaf(w1.x, x[4], o[h]), o[h] = fmaf(w1.y, x[5], o[h]);
+                o[h] = fmaf(w1.z, x[6], o[h]), o[h] = fmaf(w1.w, x[7], o[h]);
+              }
+          }
+        }
+      }
+    } else {
+      const int k_end = min(cn, k_lo + kg);
+      for (int d = col; d < p; d += cols) {
+        float acc[kMaxHeads];
+#pragma unroll
+        for (int h = 0; h < kMaxHeads; ++h) acc[h] = h < nh ? o_s[(g * heads + h) * p + d] * al_s[h] : 0.f;
+        for (int kk = k_lo; kk < k_end; ++kk) {
+          const float x = to_f32(vb[(j0 + kk) * row + d]);
+#pragma unroll
+          for (int h = 0; h < kMaxHeads; ++h)
+            if (h < nh) acc[h] = fmaf(sp[h * kKeys + kk], x, acc[h]);
+        }
+#pragma unroll
+        for (int h = 0; h < kMaxHeads; ++h)
+          if (h < nh) o_s[(g * heads + h) * p + d] = acc[h];
+      }
+    }
   }
-  const int64_t slot = (bi * a.hq + h0) * a.splits + blockIdx.y;  // of head h0; head h adds h·splits
-  if constexpr (KS == 2) {
-    __syncthreads();  // w_s is read no more: it takes the second half's sums
-    if (part == 1)
+  __syncthreads();  // the weights are read no more
+  // The groups' outputs [groups][heads][p] (staged: moved into the score buffer, which
+  // holds kParts·kKeys = kThreads ≥ groups·p floats per head), added in group order.
+  float* og = o_s;
+  if constexpr (kStaged) {
+    og = sp;
+    if (col < p)
 #pragma unroll
       for (int h = 0; h < kMaxHeads; ++h)
-        if (h < nh) w_s[h * kFastKeys + d] = acc[h];
+        if (h < nh) og[(g * heads + h) * p + col] = o[h];
     __syncthreads();
-    if (part == 1) return;
-#pragma unroll
-    for (int h = 0; h < kMaxHeads; ++h)
-      if (h < nh) acc[h] += w_s[h * kFastKeys + d];
   }
-#pragma unroll
-  for (int h = 0; h < kMaxHeads; ++h)
-    if (h < nh) a.po[(slot + int64_t(h) * a.splits) * P + d] = acc[h];
-  if (tid < nh) {
-    a.pm[slot + int64_t(tid) * a.splits] = m_s[tid];
-    a.pl[slot + int64_t(tid) * a.splits] = l_s[tid];
+  const int64_t out0 = (bi * a.hq + h0) * a.splits + blockIdx.y;  // of head h0; head h adds h·splits
+  for (int e = tid; e < nh * p; e += kThreads) {
+    const int h = e / p, d = e % p;
+    float sum = og[h * p + d];
+    for (int r = 1; r < groups; ++r) sum += og[(r * heads + h) * p + d];
+    a.po[(out0 + int64_t(h) * a.splits) * p + d] = sum;
+  }
+  if (warp < nh && lane == 0) {
+    a.pm[out0 + int64_t(warp) * a.splits] = m_run;
+    a.pl[out0 + int64_t(warp) * a.splits] = l_run;
   }
 }
 
@@ -302,7 +335,7 @@ __global__ void __launch_bounds__(kFastKeys) decode_fast_kernel(DecodeArgs a) {
 // the sum L = Σ_s l_s·e^(m_s − M) are reduced over the block in a fixed tree; for the
 // output the threads form `groups` row groups, group g summing splits g, g + groups, ..
 // in order over float4 columns (when p allows), then the groups' sums are added in
-// order. The order depends on the shapes alone: the bits repeat.
+// order. The order depends on the shapes and lengths alone: the bits repeat.
 constexpr int kCombineThreads = 256;
 
 __host__ __device__ constexpr int combine_vec(int p) { return p % 4 == 0 ? 4 : 1; }
@@ -319,7 +352,8 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(DecodeA
   float* w = part + groups * p;                   // [splits] weights e^(m_s − M)
   const int64_t bh = blockIdx.x, bi = bh / a.hq;
   const int64_t n = valid_len(a.lens, bi, a.max_len);
-  const int ns = int((n + a.slen - 1) / a.slen);
+  const int64_t per = split_chunks(n, a.splits);
+  const int ns = per > 0 ? int(((n + kKeys - 1) / kKeys + per - 1) / per) : 0;
   const float* m = a.pm + bh * a.splits;
   const float* l = a.pl + bh * a.splits;
   const float* o = a.po + bh * a.splits * p;
@@ -373,7 +407,6 @@ int max_smem(int dev) {
   return n;
 }
 
-size_t split_smem_bytes(int heads, int64_t p) { return size_t(heads) * (2 * size_t(p) + kChunk + 3) * 4; }
 }  // namespace
 
 void kv_cache_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, Tensor& cache_lens) {
@@ -399,61 +432,49 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
   const int64_t b = q.size(0), hq = q.size(1), p = q.size(2), max_len = k_cache.size(1), hkv = k_cache.size(2);
   if (b == 0 || hq == 0) return;
   const int64_t group = hq / hkv;
-  // Query heads per block: up to 8 of a kv head's group, fewer when p is large.
-  int heads = int(std::min<int64_t>(group, kMaxHeads));
-  while (heads > 1 && split_smem_bytes(heads, p) > size_t(kSmemDefault)) --heads;
-  const size_t smem = split_smem_bytes(heads, p);
-  MT_CHECK(smem <= size_t(max_smem(dev)), ValueError, op, ": head dim ", p, " is more than this kernel holds");
-  const int64_t head_groups = (group + heads - 1) / heads, units = b * hkv * head_groups;
-  MT_CHECK(units <= INT32_MAX, ValueError, op, ": ", units, " blocks per split are more than the grid allows");
-  // Splits: enough blocks to fill the device ~16 times over, each split a whole number of
-  // chunks. Fixed by the shapes and the device alone, so the bits repeat.
-  const int64_t chunks = std::max<int64_t>(1, (max_len + kChunk - 1) / kChunk);
-  const int64_t want = std::max<int64_t>(1, (16 * int64_t(multiprocessors(dev)) + units - 1) / units);
-  int64_t per_split = std::max<int64_t>((chunks + want - 1) / want, (chunks + 65534) / 65535);
-  // The bf16 path of p 64 or 128 takes one 128-key split per block, up to 16384 splits
-  // (2M keys): the combine kernel holds 4 bytes of shared memory per split (64 KB).
-  constexpr int64_t kMaxFastSplits = 16384;
-  const bool fast = q.dtype() == DType::bf16 && (p == 64 || p == 128) && chunks <= kMaxFastSplits &&
-                    aligned16({k_cache.data_ptr(), v_cache.data_ptr()});
-  static_assert(kFastKeys == kChunk, "a fast split is one chunk");
-  if (fast) per_split = 1;
-  const int64_t splits = (chunks + per_split - 1) / per_split;
-  Tensor partial = Tensor::empty({b * hq * splits * (p + 2)}, DType::f32, q.device());
-  float* pp = static_cast<float*>(partial.data_ptr());
-  // o first: the combine reads it as float4 (the buffer is 16-byte aligned).
-  float* po = pp;
-  float* pm = po + b * hq * splits * p;
-  DecodeArgs a{q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-               static_cast<const int32_t*>(cache_lens.data_ptr()), pm, pm + b * hq * splits, po, max_len, per_split * kChunk, int(hq), int(hkv), int(p), heads,
-               int(head_groups), int(splits), float(scale)};
+  const size_t max_sm = size_t(max_smem(dev));
   cudaStream_t s = stream(dev);
   visit_bf16_f32(q.dtype(), op, "q", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    constexpr int V = 16 / sizeof(T);
-    const bool vec = p % V == 0 && aligned16({k_cache.data_ptr(), v_cache.data_ptr()});
-    const dim3 grid{unsigned(units), unsigned(splits)};
-    if (fast) {  // bf16 only
-      const void* kernel = p == 64 ? reinterpret_cast<const void*>(&decode_fast_kernel<64>)
-                                   : reinterpret_cast<const void*>(&decode_fast_kernel<128>);
-      const int fsmem = int(p == 64 ? fast_smem_bytes<64>() : fast_smem_bytes<128>());
-      MT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, fsmem));
-      if (p == 64) decode_fast_kernel<64><<<grid, kFastKeys, fsmem, s>>>(a);
-      else decode_fast_kernel<128><<<grid, kFastKeys, fsmem, s>>>(a);
-    } else if (vec) {
-      if (smem > size_t(kSmemDefault))
-        MT_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&decode_split_kernel<T, V>),
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-      decode_split_kernel<T, V><<<grid, kThreads, smem, s>>>(a);
-    } else {
-      if (smem > size_t(kSmemDefault))
-        MT_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&decode_split_kernel<T, 1>),
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-      decode_split_kernel<T, 1><<<grid, kThreads, smem, s>>>(a);
-    }
+    using Kernel = void (*)(DecodeArgs);
+    // The ring takes rows of whole 16-byte units, p ≤ kThreads (one output column a
+    // thread) and what fits in shared memory; other shapes read the caches directly,
+    // with fewer query heads a block if their buffers need it.
+    int heads = int(std::min<int64_t>(group, kMaxHeads));
+    const bool staged = p * int64_t(sizeof(T)) % 16 == 0 && p <= kThreads &&
+                        aligned16({k_cache.data_ptr(), v_cache.data_ptr()}) &&
+                        decode_smem_bytes(true, p, heads, sizeof(T)) <= max_sm;
+    while (!staged && heads > 1 && decode_smem_bytes(false, p, heads, sizeof(T)) > max_sm) --heads;
+    const size_t smem = decode_smem_bytes(staged, p, heads, sizeof(T));
+    MT_CHECK(smem <= max_sm, ValueError, op, ": head dim ", p, " is more than this kernel holds");
+    const Kernel kernel = !staged  ? &decode_split_kernel<T, 0, false>
+                          : p == 64  ? &decode_split_kernel<T, 64, true>
+                          : p == 128 ? &decode_split_kernel<T, 128, true>
+                                     : &decode_split_kernel<T, 0, true>;
+    if (smem > size_t(kSmemDefault))
+      MT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    const int64_t head_groups = (group + heads - 1) / heads, units = b * hkv * head_groups;
+    MT_CHECK(units <= INT32_MAX, ValueError, op, ": ", units, " blocks per split are more than the grid allows");
+    // Splits: as many as keep the grid within one wave of resident blocks (at least
+    // one, at most one a chunk of max_len). Fixed by the shapes and the device alone,
+    // so the bits repeat; each sequence deals its own chunks to them on the device.
+    int per_sm = 0;
+    MT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+    const int64_t slots = int64_t(std::max(per_sm, 1)) * multiprocessors(dev);
+    const int64_t chunks = std::max<int64_t>(1, (max_len + kKeys - 1) / kKeys);
+    const int64_t splits = std::clamp<int64_t>(slots / units, 1, std::min<int64_t>(chunks, 65535));
+    Tensor partial = Tensor::empty({b * hq * splits * (p + 2)}, DType::f32, q.device());
+    float* pp = static_cast<float*>(partial.data_ptr());
+    // o first: the combine reads it as float4 (the buffer is 16-byte aligned).
+    float* po = pp;
+    float* pm = po + b * hq * splits * p;
+    const DecodeArgs a{q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                       static_cast<const int32_t*>(cache_lens.data_ptr()), pm, pm + b * hq * splits, po, max_len,
+                       int(hq), int(hkv), int(p), heads, int(head_groups), int(splits), float(scale)};
+    kernel<<<dim3(unsigned(units), unsigned(splits)), kThreads, smem, s>>>(a);
     MT_CUDA_LAUNCH_CHECK();
     const size_t csmem = (size_t(combine_groups(int(p))) * size_t(p) + size_t(splits)) * 4;
-    MT_CHECK(csmem + 32 * sizeof(float) <= size_t(max_smem(dev)), ValueError, op, ": head dim ", p, " with ", splits,
+    MT_CHECK(csmem + 32 * sizeof(float) <= max_sm, ValueError, op, ": head dim ", p, " with ", splits,
              " splits is more than the combine kernel holds");
     if (csmem > size_t(kSmemDefault))
       MT_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&decode_combine_kernel<T>),
