@@ -1,7 +1,9 @@
 // The attention family on CUDA (forward, backward, RoPE, KV-cache append, decode)
 // against the CPU ops, within DESIGN.md's rule: the reference is the CPU op in f64
 // on the same (bf16- or f32-rounded) inputs, and the CPU's own error is the CPU op
-// in f32 rounded to the output dtype. Outputs are poisoned first; two CUDA runs must
+// in f32 rounded to the output dtype. The forward/backward tests pin the built-in
+// kernels; cuDNN's engine, which keeps P and dS in bf16, has its own test against the
+// rule's bf16-computation yardstick. Outputs are poisoned first; two CUDA runs must
 // agree bit for bit. Skipped without a GPU.
 #include <algorithm>
 #include <cmath>
@@ -25,6 +27,13 @@ using mt::testing::same_bits;
 
 namespace {
 const Device kGpu = Device::cuda(0);
+
+// Runs a test under one attention engine, then restores the one before.
+struct EngineScope {
+  explicit EngineScope(mt::AttentionEngine e) : prev(mt::attention_engine()) { mt::set_attention_engine(e); }
+  ~EngineScope() { mt::set_attention_engine(prev); }
+  mt::AttentionEngine prev;
+};
 
 
 Tensor empty(const Shape& s, DType dt) { return Tensor::empty(s, dt); }
@@ -83,6 +92,7 @@ CpuForward expect_forward_within_rule(const AttnInputs& in, const Config& c, DTy
 // ---------------------------------------------------------------- forward and backward
 TEST(CudaAttention, ForwardMatchesCpuWithinRule) {
   SKIP_WITHOUT_GPU();
+  EngineScope builtin(mt::AttentionEngine::Builtin);
   for (DType dt : {DType::bf16, DType::f32}) {
     for (const Config& c : kConfigs) {
       for (bool docs : {false, true}) {
@@ -94,6 +104,7 @@ TEST(CudaAttention, ForwardMatchesCpuWithinRule) {
 
 TEST(CudaAttention, ForwardWithScaleMatchesCpu) {
   SKIP_WITHOUT_GPU();
+  EngineScope builtin(mt::AttentionEngine::Builtin);
   const Config c{2, 90, 4, 2, 48};
   for (DType dt : {DType::bf16, DType::f32}) {
     const std::string what = label("attention_forward scale 0.37", dt, c, false);
@@ -114,6 +125,7 @@ TEST(CudaAttention, ForwardWithScaleMatchesCpu) {
 // everywhere, so only the backward itself differs.
 TEST(CudaAttention, BackwardMatchesCpuWithinRule) {
   SKIP_WITHOUT_GPU();
+  EngineScope builtin(mt::AttentionEngine::Builtin);
   for (DType dt : {DType::bf16, DType::f32}) {
     for (const Config& c : kConfigs) {
       for (bool docs : {false, true}) {
@@ -147,12 +159,6 @@ TEST(CudaAttention, BackwardMatchesCpuWithinRule) {
 // within the rule, GQA ratios 1, 4 and 8, documents, lengths that are not multiples
 // of the 64- and 128-row tiles, poisoned outputs, two runs bit-identical.
 namespace {
-// Runs a test under one attention engine, then restores the one before.
-struct EngineScope {
-  explicit EngineScope(mt::AttentionEngine e) : prev(mt::attention_engine()) { mt::set_attention_engine(e); }
-  ~EngineScope() { mt::set_attention_engine(prev); }
-  mt::AttentionEngine prev;
-};
 
 // The bf16 cases of the built-in tensor-core kernels, documents included.
 void expect_bf16_cases_within_rule(const char* name) {
@@ -248,6 +254,7 @@ TEST(CudaAttention, CudnnEngineMatchesCpuWithinRule) {
 // compute-sanitizer (racecheck, memcheck).
 TEST(CudaAttention, SmallPackedForwardBackward) {
   SKIP_WITHOUT_GPU();
+  EngineScope builtin(mt::AttentionEngine::Builtin);
   const Config c{2, 130, 4, 2, 64};
   const DType dt = DType::bf16;
   const std::string what = label("attention small", dt, c, true);

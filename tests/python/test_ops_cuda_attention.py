@@ -1,7 +1,8 @@
 """The attention family's bindings on CUDA: outputs they allocate live on the input's
 device with the dtypes the CUDA ops take (activations like q, lse f32), and the results
-agree with the CPU op within the rule, under each attention engine (auto, the built-in
-kernels, cuDNN's fused attention where it loads). The kernels themselves are tested in
+agree with the CPU op within the rule: the built-in kernels with the CPU op in f32 as the
+yardstick, cuDNN's fused attention (P and dS kept in bf16) with the rule's bf16
+computation. The kernels themselves are tested in
 tests/cpp/test_cuda_attention.cpp. Skipped without a GPU."""
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def engine(request):
     mt.set_attention_engine("auto")
 
 
-@pytest.mark.parametrize("engine", ["auto", "builtin"], indirect=True)
+@pytest.mark.parametrize("engine", ["builtin"], indirect=True)
 @pytest.mark.parametrize("dtype", ["bf16", "f32"])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("l,hkv,p", [(97, 2, 64), (300, 1, 128), (77, 8, 96)])

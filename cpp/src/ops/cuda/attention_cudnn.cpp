@@ -7,9 +7,16 @@
 #include "mambatron/ops.h"
 
 #if defined(MAMBATRON_WITH_CUDNN)
-#define NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING
+#include <cuda.h>
+#include <cuda_runtime.h>
 #include <dlfcn.h>
 
+// The cuDNN C functions that cudnn_frontend calls are defined at the end of this file,
+// hidden, forwarding to the libcudnn opened at run time: the package never links
+// libcudnn, and cudnn_frontend calls the CUDA runtime the package itself uses.
+#pragma GCC visibility push(hidden)
+#include <cudnn.h>
+#pragma GCC visibility pop
 #include <cudnn_frontend.h>
 
 #include <cstdint>
@@ -20,11 +27,6 @@
 #include <unordered_map>
 
 #include "../../core/cuda_context.h"
-
-// cudnn_frontend calls libcudnn through this handle when loading at run time.
-namespace cudnn_frontend {
-void* cudnn_dlhandle = nullptr;
-}
 #endif
 
 namespace mambatron::cuda {
@@ -37,6 +39,7 @@ namespace fe = cudnn_frontend;
 enum : int64_t { kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV };
 
 struct Library {
+  void* handle = nullptr;
   int64_t version = 0;
   std::string error;
 };
@@ -52,33 +55,39 @@ const Library& library() {
                            MAMBATRON_CUDNN_LIBRARY
 #endif
     };
-    void* h = nullptr;
     for (const char* name : names) {
       if (!name || !*name) continue;
-      h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-      if (h) break;
+      l.handle = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (l.handle) break;
       const char* e = dlerror();
       tried += std::string(tried.empty() ? "" : "; ") + (e ? e : name);
     }
-    if (!h) {
+    if (!l.handle) {
       l.error = "libcudnn.so.9 could not be opened (" + tried + ")";
       return l;
     }
-    fe::cudnn_dlhandle = h;
-    try {
-      l.version = int64_t(fe::detail::get_backend_version());
-    } catch (const std::exception& e) {
-      l.error = std::string("libcudnn opened but not usable: ") + e.what();
-      return l;
-    }
+    auto get_version = reinterpret_cast<size_t (*)()>(dlsym(l.handle, "cudnnGetVersion"));
+    l.version = get_version ? int64_t(get_version()) : 0;
     if (l.version < 90000) {
-      l.error = "cuDNN " + std::to_string(l.version) + " is older than 9.0";
+      l.error = "the libcudnn opened is not cuDNN 9 or later (version " + std::to_string(l.version) + ")";
       l.version = 0;
     }
     return l;
   }();
   return lib;
 }
+
+}  // namespace
+
+// The function `name` of the opened libcudnn, typed like its declaration F.
+template <class F>
+F* cudnn_symbol(const char* name) {
+  void* f = library().handle ? dlsym(library().handle, name) : nullptr;
+  MT_CHECK(f, Error, "cuDNN attention: libcudnn has no ", name);
+  return reinterpret_cast<F*>(f);
+}
+
+namespace {
 
 // One shape's graph: built once, or the reason cuDNN refused it.
 struct Plan {
@@ -104,7 +113,7 @@ cudnnHandle_t handle_for(State& s, int dev) {
   auto it = s.handles.find(dev);
   if (it != s.handles.end()) return it->second;
   cudnnHandle_t h = nullptr;
-  const cudnnStatus_t st = fe::detail::create_handle(&h);
+  const cudnnStatus_t st = cudnnCreate(&h);
   MT_CHECK(st == CUDNN_STATUS_SUCCESS, CudaError, "cudnnCreate failed on cuda:", dev, " with status ", int(st));
   s.handles.emplace(dev, h);
   return h;
@@ -237,7 +246,7 @@ bool run(bool backward, const Tensor& q, const Tensor& k, double scale, const Te
   cudnnHandle_t h = handle_for(s, dev);
   Plan* plan = plan_for(s, h, key, b, l, hq, hkv, p, fscale, backward, why);
   if (!plan) return false;
-  const cudnnStatus_t st = fe::detail::set_stream(h, stream(dev));
+  const cudnnStatus_t st = cudnnSetStream(h, stream(dev));
   MT_CHECK(st == CUDNN_STATUS_SUCCESS, CudaError, "cudnnSetStream failed with status ", int(st));
   Tensor ws;
   if (plan->workspace > 0) ws = Tensor::empty({plan->workspace}, DType::u8, q.device());
@@ -320,3 +329,36 @@ int64_t cudnn_attention_version() { return 0; }
 #endif
 
 }  // namespace mambatron::cuda
+
+#if defined(MAMBATRON_WITH_CUDNN)
+// cudnn_frontend's calls into cuDNN, each looked up once in the opened library.
+#define MT_CUDNN_FORWARD(ret, name, params, args)                                   \
+  ret name params {                                                                 \
+    static auto* f = ::mambatron::cuda::cudnn_symbol<decltype(name)>(#name);        \
+    return f args;                                                                  \
+  }
+extern "C" {
+MT_CUDNN_FORWARD(size_t, cudnnGetVersion, (void), ())
+MT_CUDNN_FORWARD(const char*, cudnnGetErrorString, (cudnnStatus_t status), (status))
+MT_CUDNN_FORWARD(void, cudnnGetLastErrorString, (char* message, size_t max_size), (message, max_size))
+MT_CUDNN_FORWARD(cudnnStatus_t, cudnnCreate, (cudnnHandle_t * handle), (handle))
+MT_CUDNN_FORWARD(cudnnStatus_t, cudnnSetStream, (cudnnHandle_t handle, cudaStream_t stream), (handle, stream))
+MT_CUDNN_FORWARD(cudnnStatus_t, cudnnGetStream, (cudnnHandle_t handle, cudaStream_t* stream), (handle, stream))
+MT_CUDNN_FORWARD(cudnnStatus_t, cudnnBackendCreateDescriptor,
+                 (cudnnBackendDescriptorType_t type, cudnnBackendDescriptor_t* descriptor), (type, descriptor))
+MT_CUDNN_FORWARD(cudnnStatus_t, cudnnBackendDestroyDescriptor, (cudnnBackendDescriptor_t descriptor), (descriptor))
+MT_CUDNN_FORWARD(cudnnStatus_t, cudnnBackendFinalize, (cudnnBackendDescriptor_t descriptor), (descriptor))
+MT_CUDNN_FORWARD(cudnnStatus_t, cudnnBackendSetAttribute,
+                 (cudnnBackendDescriptor_t descriptor, cudnnBackendAttributeName_t name,
+                  cudnnBackendAttributeType_t type, int64_t count, const void* elements),
+                 (descriptor, name, type, count, elements))
+MT_CUDNN_FORWARD(cudnnStatus_t, cudnnBackendGetAttribute,
+                 (cudnnBackendDescriptor_t const descriptor, cudnnBackendAttributeName_t name,
+                  cudnnBackendAttributeType_t type, int64_t requested, int64_t* count, void* elements),
+                 (descriptor, name, type, requested, count, elements))
+MT_CUDNN_FORWARD(cudnnStatus_t, cudnnBackendExecute,
+                 (cudnnHandle_t handle, cudnnBackendDescriptor_t plan, cudnnBackendDescriptor_t pack),
+                 (handle, plan, pack))
+}
+#undef MT_CUDNN_FORWARD
+#endif
