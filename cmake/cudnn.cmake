@@ -39,7 +39,10 @@ if(CUDNN_FRONTEND_INCLUDE_DIR AND CUDNN_INCLUDE_DIR)
   endif()
   set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/cpp/src/ops/cuda/attention_cudnn.cpp PROPERTIES
     COMPILE_DEFINITIONS "${mt_defs}"
-    COMPILE_OPTIONS "-isystem;${CUDNN_FRONTEND_INCLUDE_DIR};-isystem;${CUDNN_INCLUDE_DIR}")
+    # cudnn_frontend's inline code stays private to this package: without these, its
+    # function-local statics are process-wide (STB_GNU_UNIQUE) and collide with the copy
+    # of cudnn_frontend inside PyTorch when both are loaded.
+    COMPILE_OPTIONS "-isystem;${CUDNN_FRONTEND_INCLUDE_DIR};-isystem;${CUDNN_INCLUDE_DIR};-fno-gnu-unique;-fvisibility=hidden;-fvisibility-inlines-hidden")
   message(STATUS "mambatron: cuDNN attention ON (cudnn_frontend ${CUDNN_FRONTEND_INCLUDE_DIR}, "
                  "cuDNN headers ${CUDNN_INCLUDE_DIR}, library ${CUDNN_LIBRARY})")
 elseif(MAMBATRON_CUDNN STREQUAL "ON")
