@@ -76,8 +76,8 @@ starting value. Either engine gives the same bits on every run.)");
       },
       py::kw_only(), py::arg("reason") = false,
       R"(The cuDNN version attention can use (e.g. 91900 for 9.19.0), or 0 when none can be:
-no CUDA device, a build without cudnn_frontend (pip install nvidia-cudnn-frontend,
-then rebuild), or no libcudnn 9 to open. With reason=True, returns (version, why_not).)");
+no CUDA device, a build without the cuDNN engine (pip install nvidia-cudnn-frontend,
+then rebuild with MAMBATRON_CUDNN=ON), or no libcudnn 9 to open. With reason=True, returns (version, why_not).)");
   m.def(
       "attention_forward",
       [](py::handle q, py::handle k, py::handle v, py::handle seq_idx, py::handle softmax_scale, py::handle out,

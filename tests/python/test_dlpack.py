@@ -126,3 +126,16 @@ def test_jax_array_imports_without_copy():
     t = mt.from_dlpack(x)
     assert t.is_cuda and t.data_ptr() == x.unsafe_buffer_pointer()
     assert np.array_equal(t.cpu().numpy(), np.asarray(x))
+
+
+@pytest.mark.parametrize("order", ["mambatron, torch", "torch, mambatron"])
+def test_imports_beside_torch_in_either_order(order):
+    """Both packages load into one process whichever comes first (no symbol of ours may
+    take the place of one of PyTorch's, or the other way round)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    code = f"import {order}; import mambatron as mt; print(mt.cudnn_version(), mt.attention_engine())"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])

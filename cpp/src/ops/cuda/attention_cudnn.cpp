@@ -303,8 +303,8 @@ int64_t cudnn_attention_version() { return library().version; }
 
 namespace {
 const char* kNotBuilt =
-    "this build has no cuDNN attention (cudnn_frontend's headers were not found: pip install "
-    "nvidia-cudnn-frontend, then rebuild)";
+    "this build has no cuDNN attention (pip install nvidia-cudnn-frontend, then rebuild with "
+    "MAMBATRON_CUDNN=ON)";
 
 bool not_built(const char* op) {
   MT_CHECK(attention_engine() != AttentionEngine::Cudnn, Error, op,
