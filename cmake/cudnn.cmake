@@ -20,10 +20,11 @@ endif()
 set(mt_fe_hints "")
 set(mt_cudnn_hints "")
 set(mt_cudnn_lib_hints "")
+# NVIDIA's wheels for CUDA 13 and later share nvidia/cuNN/; older ones have nvidia/cudnn/.
 foreach(site IN LISTS mt_sites)
   list(APPEND mt_fe_hints ${site}/include)
-  list(APPEND mt_cudnn_hints ${site}/nvidia/cudnn/include)
-  list(APPEND mt_cudnn_lib_hints ${site}/nvidia/cudnn/lib)
+  list(APPEND mt_cudnn_hints ${site}/nvidia/cu${CUDAToolkit_VERSION_MAJOR}/include ${site}/nvidia/cudnn/include)
+  list(APPEND mt_cudnn_lib_hints ${site}/nvidia/cu${CUDAToolkit_VERSION_MAJOR}/lib ${site}/nvidia/cudnn/lib)
 endforeach()
 
 find_path(CUDNN_FRONTEND_INCLUDE_DIR cudnn_frontend.h HINTS ENV CUDNN_FRONTEND_INCLUDE_DIR ${mt_fe_hints})

@@ -44,8 +44,26 @@ struct Library {
   std::string error;
 };
 
-// Opens libcudnn once: by soname (a system install, or one already loaded into the
-// process, e.g. by PyTorch), else at the path CMake found it.
+// Why the libcudnn at `h` cannot serve this build, or "" when it can: cuDNN 9 at least as
+// new as the headers it was compiled against, built for the same CUDA major version as
+// the runtime the package uses.
+std::string unsuitable(void* h, int64_t* version) {
+  auto get_version = reinterpret_cast<size_t (*)()>(dlsym(h, "cudnnGetVersion"));
+  auto get_cudart = reinterpret_cast<size_t (*)()>(dlsym(h, "cudnnGetCudartVersion"));
+  if (!get_version || !get_cudart) return "not a cuDNN library";
+  *version = int64_t(get_version());
+  const int64_t cudart = int64_t(get_cudart());
+  if (*version < CUDNN_VERSION)
+    return "cuDNN " + std::to_string(*version) + " is older than the headers of this build (" +
+           std::to_string(CUDNN_VERSION) + ")";
+  if (cudart / 1000 != CUDART_VERSION / 1000)
+    return "cuDNN " + std::to_string(*version) + " is built for CUDA " + std::to_string(cudart / 1000) +
+           ", this build for CUDA " + std::to_string(CUDART_VERSION / 1000);
+  return {};
+}
+
+// Opens libcudnn once: by soname (a system install, or the copy already loaded into the
+// process, e.g. by PyTorch), else at the path CMake found it; the first suitable one.
 const Library& library() {
   static const Library lib = [] {
     Library l;
@@ -57,21 +75,18 @@ const Library& library() {
     };
     for (const char* name : names) {
       if (!name || !*name) continue;
-      l.handle = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-      if (l.handle) break;
-      const char* e = dlerror();
-      tried += std::string(tried.empty() ? "" : "; ") + (e ? e : name);
+      void* h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      const char* e = h ? nullptr : dlerror();
+      std::string why = h ? unsuitable(h, &l.version) : (e ? e : "not found");
+      if (why.empty()) {
+        l.handle = h;
+        return l;
+      }
+      if (h) dlclose(h);
+      tried += std::string(tried.empty() ? "" : "; ") + name + ": " + why;
     }
-    if (!l.handle) {
-      l.error = "libcudnn.so.9 could not be opened (" + tried + ")";
-      return l;
-    }
-    auto get_version = reinterpret_cast<size_t (*)()>(dlsym(l.handle, "cudnnGetVersion"));
-    l.version = get_version ? int64_t(get_version()) : 0;
-    if (l.version < 90000) {
-      l.error = "the libcudnn opened is not cuDNN 9 or later (version " + std::to_string(l.version) + ")";
-      l.version = 0;
-    }
+    l.version = 0;
+    l.error = "no suitable libcudnn.so.9 (" + tried + ")";
     return l;
   }();
   return lib;
