@@ -34,17 +34,21 @@ commit() {
 }
 say "== $(date -u +%FT%TZ) commit $(commit)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv >> "$log" 2>&1
-# cuDNN (a candidate attention engine): the library PyTorch ships and whether its headers came with it.
+# cuDNN (the attention engine): every libcudnn.so.9 on the machine with its version and
+# the CUDA it was built for, and the one PyTorch loads.
 python3 - >> "$log" 2>&1 <<'PY'
-import glob, os, torch
-v = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-roots = [os.path.dirname(p) for p in glob.glob('/usr/include/cudnn*.h') + glob.glob('/usr/local/cuda/include/cudnn*.h')]
-try:
-    import nvidia.cudnn
-    roots += [os.path.join(p, 'include') for p in nvidia.cudnn.__path__ if os.path.exists(os.path.join(p, 'include', 'cudnn.h'))]
-except ImportError:
-    pass
-print(f"cuDNN through torch: {v}; cudnn.h in: {sorted(set(roots)) or 'none found'}")
+import ctypes, glob, site, sys
+paths = set(glob.glob('/usr/lib/x86_64-linux-gnu/libcudnn.so.9') + glob.glob('/usr/local/cuda*/lib*/libcudnn.so.9'))
+for d in site.getsitepackages() + sys.path:
+    paths.update(glob.glob(f'{d}/nvidia/*/lib/libcudnn.so.9'))
+for p in sorted(paths):
+    try:
+        h = ctypes.CDLL(p)
+        print(f"libcudnn: {p}: {h.cudnnGetVersion()} for CUDA {h.cudnnGetCudartVersion()}")
+    except OSError as e:
+        print(f"libcudnn: {p}: {e}")
+import torch
+print(f"cuDNN through torch: {torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}")
 PY
 
 # cudnn_frontend's headers (the cuDNN attention engine): a wheel carried in .deps/ when
