@@ -11,11 +11,12 @@
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 
-// The cuDNN C functions that cudnn_frontend calls are defined at the end of this file,
-// hidden, forwarding to the libcudnn opened at run time: the package never links
-// libcudnn, and cudnn_frontend calls the CUDA runtime the package itself uses.
+// The cuDNN and NVRTC C functions that cudnn_frontend calls are defined at the end of
+// this file, hidden, forwarding to libraries opened at run time: the package links
+// neither, and cudnn_frontend calls the CUDA runtime the package itself uses.
 #pragma GCC visibility push(hidden)
 #include <cudnn.h>
+#include <nvrtc.h>
 #pragma GCC visibility pop
 #include <cudnn_frontend.h>
 
@@ -100,6 +101,14 @@ F* cudnn_symbol(const char* name) {
   void* f = library().handle ? dlsym(library().handle, name) : nullptr;
   MT_CHECK(f, Error, "cuDNN attention: libcudnn has no ", name);
   return reinterpret_cast<F*>(f);
+}
+
+// The function `name` of NVRTC (opened on first use, for cudnn_frontend's runtime-compiled
+// engines), or null when this CUDA version's libnvrtc cannot be opened.
+template <class F>
+F* nvrtc_symbol(const char* name) {
+  static void* lib = dlopen(("libnvrtc.so." + std::to_string(CUDART_VERSION / 1000)).c_str(), RTLD_NOW | RTLD_LOCAL);
+  return lib ? reinterpret_cast<F*>(dlsym(lib, name)) : nullptr;
 }
 
 namespace {
@@ -376,4 +385,24 @@ MT_CUDNN_FORWARD(cudnnStatus_t, cudnnBackendExecute,
                  (handle, plan, pack))
 }
 #undef MT_CUDNN_FORWARD
+
+#define MT_NVRTC_FORWARD(name, params, args)                                         \
+  nvrtcResult name params {                                                         \
+    static auto* f = ::mambatron::cuda::nvrtc_symbol<decltype(name)>(#name);         \
+    return f ? f args : NVRTC_ERROR_INTERNAL_ERROR;                                 \
+  }
+extern "C" {
+MT_NVRTC_FORWARD(nvrtcCreateProgram,
+                 (nvrtcProgram * prog, const char* src, const char* name, int num_headers,
+                  const char* const* headers, const char* const* include_names),
+                 (prog, src, name, num_headers, headers, include_names))
+MT_NVRTC_FORWARD(nvrtcDestroyProgram, (nvrtcProgram * prog), (prog))
+MT_NVRTC_FORWARD(nvrtcCompileProgram, (nvrtcProgram prog, int num_options, const char* const* options),
+                 (prog, num_options, options))
+MT_NVRTC_FORWARD(nvrtcGetProgramLogSize, (nvrtcProgram prog, size_t* size), (prog, size))
+MT_NVRTC_FORWARD(nvrtcGetProgramLog, (nvrtcProgram prog, char* log), (prog, log))
+MT_NVRTC_FORWARD(nvrtcGetCUBINSize, (nvrtcProgram prog, size_t* size), (prog, size))
+MT_NVRTC_FORWARD(nvrtcGetCUBIN, (nvrtcProgram prog, char* cubin), (prog, cubin))
+}
+#undef MT_NVRTC_FORWARD
 #endif
