@@ -52,7 +52,9 @@ print(f"cuDNN through torch: {torch.backends.cudnn.version() if torch.backends.c
 PY
 
 # cudnn_frontend's headers (the cuDNN attention engine): a wheel carried in .deps/ when
-# the machine cannot reach PyPI (pip download nvidia-cudnn-frontend -d .deps).
+# the machine cannot reach PyPI, fetched for its Python with
+#   pip download --no-deps --only-binary :all: --python-version 3.12 \
+#     --platform manylinux_2_28_x86_64 nvidia-cudnn-frontend -d .deps
 if compgen -G ".deps/nvidia_cudnn_frontend-*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps .deps/nvidia_cudnn_frontend-*.whl >> "$log" 2>&1 \
     || say "cudnn_frontend: the carried wheel did not install"
