@@ -254,3 +254,23 @@ TEST(AttentionChecks, BackwardRejectsBadArguments) {
   expect_error<ValueError>([&] { mt::attention_backward(dout, in.q, in.k, randn({2, 5, 1, 6}), out, lse, dq, dk, dv); },
                            {"'v'", "[2, 5, 2, 6]"});
 }
+
+// The engine setting is process-wide and round-trips; asking for cuDNN where it cannot
+// run raises with the reason and leaves the setting as it was.
+TEST(AttentionEngine, SettingRoundTripsAndCudnnNeedsTheLibrary) {
+  const mt::AttentionEngine before = mt::attention_engine();
+  mt::set_attention_engine(mt::AttentionEngine::Builtin);
+  EXPECT_EQ(mt::attention_engine(), mt::AttentionEngine::Builtin);
+  std::string why;
+  const int64_t version = mt::cudnn_version(&why);
+  EXPECT_EQ(version == 0, !why.empty()) << why;
+  if (version == 0) {
+    expect_error<mt::Error>([&] { mt::set_attention_engine(mt::AttentionEngine::Cudnn); },
+                            "set_attention_engine: cuDNN is not usable here: ", why);
+    EXPECT_EQ(mt::attention_engine(), mt::AttentionEngine::Builtin);
+  } else {
+    EXPECT_GE(version, 90000);
+  }
+  mt::set_attention_engine(before);
+  EXPECT_EQ(mt::attention_engine(), before);
+}
