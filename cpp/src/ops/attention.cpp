@@ -155,10 +155,7 @@ int64_t cudnn_version(std::string* why_not) {
     if (why_not) *why_not = "no usable CUDA device";
     return 0;
   }
-  std::string why;
-  if (cuda::cudnn_attention_loadable(&why)) return cuda::cudnn_attention_version();
-  if (why_not) *why_not = why;
-  return 0;
+  return cuda::cudnn_attention_version(why_not);
 #else
   if (why_not) *why_not = "this build has no CUDA backend";
   return 0;

@@ -315,13 +315,11 @@ bool cudnn_attention_backward(const Tensor& dout, const Tensor& q, const Tensor&
                   pack);
 }
 
-bool cudnn_attention_loadable(std::string* why) {
+int64_t cudnn_attention_version(std::string* why) {
   const Library& lib = library();
   if (lib.version == 0 && why) *why = lib.error;
-  return lib.version != 0;
+  return lib.version;
 }
-
-int64_t cudnn_attention_version() { return library().version; }
 
 #else  // built without cudnn_frontend
 
@@ -344,11 +342,10 @@ bool cudnn_attention_backward(const Tensor&, const Tensor&, const Tensor&, const
                               const Tensor&, Tensor&, Tensor&, Tensor&, const Tensor&, double) {
   return not_built("attention_backward");
 }
-bool cudnn_attention_loadable(std::string* why) {
+int64_t cudnn_attention_version(std::string* why) {
   if (why) *why = kNotBuilt;
-  return false;
+  return 0;
 }
-int64_t cudnn_attention_version() { return 0; }
 
 #endif
 

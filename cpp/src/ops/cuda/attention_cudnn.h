@@ -25,9 +25,8 @@ bool cudnn_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, 
 bool cudnn_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                               const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv,
                               const Tensor& seq_idx, double scale);
-// Whether libcudnn loads (version 9 or later) in a build with cudnn_frontend; *why says why not.
-bool cudnn_attention_loadable(std::string* why);
-// The cuDNN version that was loaded (e.g. 91900), 0 when none.
-int64_t cudnn_attention_version();
+// The cuDNN version loaded (e.g. 91900), or 0 with the reason in *why: no
+// cudnn_frontend in this build, or no suitable libcudnn.
+int64_t cudnn_attention_version(std::string* why);
 
 }  // namespace mambatron::cuda
