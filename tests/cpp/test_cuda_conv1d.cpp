@@ -246,6 +246,25 @@ TEST(CudaConv1d, LongSegmentsWithDocuments) {
   }
 }
 
+// More rows than one grid dimension holds (65,535 backward units): the launches loop.
+TEST(CudaConv1d, MoreUnitsThanOneGridDimension) {
+  SKIP_WITHOUT_GPU();
+  const Case k{70000, 3, 4, 4, true, true, true, false, true, true};
+  const std::string what = k.str();
+  Conv cv = make(k, DType::bf16, DType::f32);
+  Fwd r64 = forward(cv, k, &Input::f64, DType::f64, Device::cpu());
+  Fwd r32 = forward(cv, k, &Input::f32, DType::f32, Device::cpu());
+  Fwd g = forward(cv, k, &Input::dev, DType::bf16, kGpu);
+  check_cuda(g.out, r32.out, r64.out, what + " out");
+  Bwd b64 = backward(cv, k, &Input::f64, DType::f64, DType::f64, Device::cpu());
+  Bwd b32 = backward(cv, k, &Input::f32, DType::f32, DType::f32, Device::cpu());
+  Bwd h = backward(cv, k, &Input::dev, DType::bf16, DType::f32, kGpu);
+  check_cuda(h.dx, b32.dx, b64.dx, what + " dx");
+  check_cuda(h.dw, b32.dw, b64.dw, what + " dweight");
+  check_cuda(h.db, b32.db, b64.db, what + " dbias");
+  check_cuda(h.dinit, b32.dinit, b64.dinit, what + " d_initial_state");
+}
+
 TEST(CudaConv1d, RejectsBadDtypes) {
   SKIP_WITHOUT_GPU();
   using TE = mt::TypeError;
