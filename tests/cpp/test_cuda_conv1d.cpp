@@ -38,9 +38,9 @@ struct Case {
   }
 };
 
-// Odd sizes, one token, an empty sequence, more than one tile of tokens (256 forward,
-// 128 backward), channel counts that take the staged vector path (multiples of 4) and
-// those that do not.
+// Odd sizes, one token, an empty sequence, more than one forward tile (256 tokens) and
+// many backward units (four segments of 16 tokens at these sizes), channel counts that
+// take the staged vector path (multiples of 4) and those that do not.
 const Case kCases[] = {
     {1, 1, 1, 2, false, false, false, false, false, false}, {2, 13, 37, 4, true, true, true, false, true, true},
     {3, 300, 40, 3, true, true, true, true, true, true},    {2, 257, 64, 4, false, true, false, true, true, true},
@@ -54,7 +54,8 @@ struct Conv {
   Tensor seq, seq_gpu;
 };
 
-Conv make(const Case& k, DType at, DType pt) {
+// Documents start at any token with probability 1 / doc_one_in.
+Conv make(const Case& k, DType at, DType pt, int doc_one_in = 6) {
   Conv cv;
   cv.x = input({k.b, k.l, k.c}, at);
   cv.weight = input({k.c, k.w}, pt, 0.5);
@@ -63,7 +64,7 @@ Conv make(const Case& k, DType at, DType pt) {
   cv.dout = input({k.b, k.l, k.c}, at);
   if (k.dfinal) cv.dfinal = input({k.b, k.c, k.w - 1}, at);
   if (k.seq) {
-    cv.seq = random_doc_ids(k.b, k.l, 6);
+    cv.seq = random_doc_ids(k.b, k.l, doc_one_in);
     cv.seq_gpu = cv.seq.to(kGpu);
   }
   return cv;
@@ -212,6 +213,56 @@ TEST(CudaConv1d, HalfMillionTokenRow) {
     check_cuda(dw.narrow(0, c0, 8).contiguous(), dw32, dw64, what + " dweight");
     check_cuda(db.narrow(0, c0, 8).contiguous(), db32, db64, what + " dbias");
   }
+}
+
+// A tensor large enough that the backward's warps walk segments of 128 tokens (small
+// ones get 16), with documents of ~200 tokens, initial states, d_final_state and
+// d_initial_state: the first and last 8 channels against the CPU op on those channels
+// (the conv is depthwise: channels do not mix).
+TEST(CudaConv1d, LongSegmentsWithDocuments) {
+  SKIP_WITHOUT_GPU();
+  const Case k{4, 2085, 4096, 4, true, true, true, true, true, true};
+  const int64_t n = 8;
+  for (DType at : {DType::bf16, DType::f32}) {
+    Conv cv = make(k, at, DType::f32, 200);
+    const Bwd g = backward(cv, k, &Input::dev, at, DType::f32, kGpu);
+    for (int64_t c0 : {int64_t(0), k.c - n}) {
+      const std::string what = k.str() + " act " + mt::dtype_name(at) + " channels " + std::to_string(c0) + "..";
+      auto part = [&](const Input& in, int64_t dim) {
+        return Input{in.dev.narrow(dim, c0, n).contiguous(), in.f32.narrow(dim, c0, n).contiguous(),
+                     in.f64.narrow(dim, c0, n).contiguous()};
+      };
+      Conv sub{part(cv.x, 2), part(cv.weight, 0), part(cv.bias, 0), part(cv.init, 1), part(cv.dout, 2),
+               part(cv.dfinal, 1), cv.seq, cv.seq_gpu};
+      Case ks = k;
+      ks.c = n;
+      Bwd b64 = backward(sub, ks, &Input::f64, DType::f64, DType::f64, Device::cpu());
+      Bwd b32 = backward(sub, ks, &Input::f32, DType::f32, DType::f32, Device::cpu());
+      check_cuda(g.dx.narrow(2, c0, n).contiguous(), b32.dx, b64.dx, what + " dx");
+      check_cuda(g.dw.narrow(0, c0, n).contiguous(), b32.dw, b64.dw, what + " dweight");
+      check_cuda(g.db.narrow(0, c0, n).contiguous(), b32.db, b64.db, what + " dbias");
+      check_cuda(g.dinit.narrow(1, c0, n).contiguous(), b32.dinit, b64.dinit, what + " d_initial_state");
+    }
+  }
+}
+
+// More rows than one grid dimension holds (65,535 backward units): the launches loop.
+TEST(CudaConv1d, MoreUnitsThanOneGridDimension) {
+  SKIP_WITHOUT_GPU();
+  const Case k{70000, 3, 4, 4, true, true, true, false, true, true};
+  const std::string what = k.str();
+  Conv cv = make(k, DType::bf16, DType::f32);
+  Fwd r64 = forward(cv, k, &Input::f64, DType::f64, Device::cpu());
+  Fwd r32 = forward(cv, k, &Input::f32, DType::f32, Device::cpu());
+  Fwd g = forward(cv, k, &Input::dev, DType::bf16, kGpu);
+  check_cuda(g.out, r32.out, r64.out, what + " out");
+  Bwd b64 = backward(cv, k, &Input::f64, DType::f64, DType::f64, Device::cpu());
+  Bwd b32 = backward(cv, k, &Input::f32, DType::f32, DType::f32, Device::cpu());
+  Bwd h = backward(cv, k, &Input::dev, DType::bf16, DType::f32, kGpu);
+  check_cuda(h.dx, b32.dx, b64.dx, what + " dx");
+  check_cuda(h.dw, b32.dw, b64.dw, what + " dweight");
+  check_cuda(h.db, b32.db, b64.db, what + " dbias");
+  check_cuda(h.dinit, b32.dinit, b64.dinit, what + " d_initial_state");
 }
 
 TEST(CudaConv1d, RejectsBadDtypes) {

@@ -26,6 +26,13 @@ int channels_per_thread(int vec, int64_t c, size_t elem, std::initializer_list<c
   return vec;
 }
 
+// f(integral_constant<bool, on>).
+template <class F>
+void visit_bool(bool on, F&& f) {
+  if (on) f(std::true_type{});
+  else f(std::false_type{});
+}
+
 dim3 tile_grid(int64_t b, int64_t l, int64_t c, int v, int groups) {
   const int64_t units = b * conv::tiles_per_row(l, groups);
   return dim3(unsigned((c + conv::kLanes * v - 1) / (conv::kLanes * v)),
@@ -46,6 +53,16 @@ ConvArgs<T, P> make_args(const Tensor& x, const Tensor& weight, const Tensor& bi
   a.c = x.size(2);
   a.silu = silu;
   return a;
+}
+
+template <class T, class P, int W, int V, bool S>
+void launch_bwd(dim3 grid, dim3 block, cudaStream_t s, const ConvArgs<T, P>& a) {
+  constexpr size_t smem = conv::bwd_smem_bytes<T, W, V>();
+  if constexpr (smem > 48 * 1024)
+    MT_CUDA_CHECK(cudaFuncSetAttribute(conv::conv_bwd_kernel<T, P, W, V, S>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  conv::conv_bwd_kernel<T, P, W, V, S><<<grid, block, smem, s>>>(a);
+  MT_CUDA_LAUNCH_CHECK();
 }
 
 // f(T, P) for the activation dtype of x and the dtype of weight.
@@ -103,7 +120,8 @@ void conv1d_backward(const Tensor& dout, const Tensor& d_final_state, const Tens
   cudaStream_t s = stream(dev);
   const int64_t b = x.size(0), l = x.size(1), c = x.size(2), w = weight.size(1);
   if (c == 0) return;
-  const int64_t units = b * conv::tiles_per_row(l, conv::kBwdGroups);
+  const int seg = conv::bwd_segment(b, l, c);
+  const int64_t per_row = conv::bwd_units_per_row(l, seg), units = b * per_row;
   Tensor partial = Tensor::empty({units > 0 ? units * (w + 1) * c : 1}, DType::f32, x.device());
   visit_conv(op, x, weight, [&](auto t, auto p) {
     using T = typename decltype(t)::type;
@@ -114,21 +132,22 @@ void conv1d_backward(const Tensor& dout, const Tensor& d_final_state, const Tens
     a.dx = mptr<T>(dx);
     a.dinit = mptr<T>(d_initial_state);
     a.partial = mptr<float>(partial);
+    a.seg = seg;
+    a.per_row = per_row;
+    a.units = units;
     if (units > 0) {
       constexpr int VEC = 4;
       const int v = channels_per_thread(VEC, c, sizeof(T), {a.x, a.dout, a.dx});
+      const dim3 grid(unsigned((c + conv::kLanes * v - 1) / (conv::kLanes * v)),
+                      unsigned(units < conv::kMaxUnits ? units : conv::kMaxUnits));
+      const dim3 block(conv::kLanes, conv::kBwdWarps);
       visit_width(w, [&](auto wc) {
-        constexpr int W = decltype(wc)::value;
-        const dim3 grid = tile_grid(b, l, c, v, conv::kBwdGroups), block(conv::kLanes, conv::kBwdGroups);
-        if (v == VEC) {
-          constexpr size_t smem = conv::bwd_smem_bytes<T, W, VEC>();
-          MT_CUDA_CHECK(cudaFuncSetAttribute(conv::conv_bwd_kernel<T, P, W, VEC>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-          conv::conv_bwd_kernel<T, P, W, VEC><<<grid, block, smem, s>>>(a);
-        } else {
-          conv::conv_bwd_kernel<T, P, W, 1><<<grid, block, conv::bwd_smem_bytes<T, W, 1>(), s>>>(a);
-        }
-        MT_CUDA_LAUNCH_CHECK();
+        visit_bool(opt.silu, [&](auto sc) {
+          constexpr int W = decltype(wc)::value;
+          constexpr bool S = decltype(sc)::value;
+          if (v == VEC) launch_bwd<T, P, W, VEC, S>(grid, block, s, a);
+          else launch_bwd<T, P, W, 1, S>(grid, block, s, a);
+        });
       });
     }
     visit_bf16_f32(dweight.dtype(), op, "dweight", [&](auto g) {

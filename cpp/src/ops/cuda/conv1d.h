@@ -2,10 +2,11 @@
 // (initial_state, final_state, conv_state, d_final_state, d_initial_state) are bf16
 // or f32 with one dtype; weight and bias are bf16 or f32 with one dtype of their own;
 // dweight and dbias likewise (their own dtype again). Arithmetic is f32. dweight and
-// dbias are summed per tile of 256 tokens in f32, then over tiles in order in f64,
-// through a scratch of (b · ceil(l/256)) × (w + 1) × c floats: no atomics, the same
-// bits on every run. seq_idx is not checked for order (that would cost a wait):
-// a tap counts when its document id equals the token's.
+// dbias are summed in f32 per unit of 4 segments of up to 256 tokens (fewer for small
+// tensors; the count depends on the shape only), then over units in order in f64,
+// through a scratch of units × (w + 1) × c floats: no atomics, the same bits on every
+// run. seq_idx is not checked for order (that would cost a wait): a tap counts when
+// its document id equals the token's.
 #pragma once
 #include "mambatron/ops.h"
 
