@@ -139,3 +139,19 @@ def test_imports_beside_torch_in_either_order(order):
     code = f"import {order}; import mambatron as mt; print(mt.cudnn_version(), mt.attention_engine())"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+
+
+def test_extension_exports_only_its_init_function():
+    """The compiled module offers the dynamic linker nothing but PyInit__C, so none of the
+    C++ library code it carries can take the place of another extension's symbols."""
+    import shutil
+    import subprocess
+
+    from mambatron import _C
+
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) is not installed")
+    listing = subprocess.run([nm, "-D", "--defined-only", _C.__file__], capture_output=True, text=True, check=True)
+    names = [line.split()[-1] for line in listing.stdout.splitlines() if line.strip()]
+    assert names == ["PyInit__C"], names[:20]
