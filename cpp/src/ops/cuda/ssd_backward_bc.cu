@@ -5,7 +5,8 @@
 // The heads run in order inside the block: Σ_j PW_j collects in shared memory (each
 // element owned by one warp), the second terms in accumulator tiles, so the sums
 // need no atomics and no per-head scratch. The states enter the second terms as
-// one bf16 part (dB and dC are bf16 outputs), Σ_j PW_j as two.
+// hi/lo bf16 parts, as Σ_j PW_j does: a one-part state would round each term once
+// more than the CPU op does, which a short sum (n or p of 1) does not average out.
 #include "ssd_backward.h"
 
 namespace mambatron::cuda::ssd {
@@ -22,8 +23,8 @@ struct BcLayout {
   static constexpr int ldK = kQ + 4, ldP = pitch<T>(kPK), ldN = pitch<T>(kN);
   static constexpr size_t pw = 0, region = align128(size_t(kQ) * ldK * sizeof(float));
   static constexpr size_t dys = region, xs = dys + align128(size_t(kQ) * ldP * sizeof(T));
-  static constexpr size_t hs = xs + align128(size_t(kQ) * ldP * sizeof(T)), dhs = hs + operand_bytes<T, 1>(kPK, ldN);
-  static constexpr size_t ops_end = dhs + operand_bytes<T, 1>(kPK, ldN);
+  static constexpr size_t hs = xs + align128(size_t(kQ) * ldP * sizeof(T)), dhs = hs + operand_bytes<T, 2>(kPK, ldN);
+  static constexpr size_t ops_end = dhs + operand_bytes<T, 2>(kPK, ldN);
   // After the heads: B and C columns of this block.
   static constexpr size_t fb = region, fc = fb + align128(size_t(kQ) * ldN * sizeof(T));
   static constexpr size_t fin_end = fc + align128(size_t(kQ) * ldN * sizeof(T));
@@ -132,8 +133,8 @@ __global__ void __launch_bounds__(BcLayout<T, kQ>::kThreads)
         RegBlock<float, kPK, kN, kThreads> hr, dhr;
         hr.load(a.hin + d.co(bi, j, c) + p0 * d.n + k0, d.n, pk, valid_n);
         dhr.load(a.dhout + d.co(bi, j, c) + p0 * d.n + k0, d.n, pk, valid_n);
-        hr.put([&](int r, int cc, const Pack<float>& v) { put_split_vec<1>(hs, r * hs.ld + cc, v.v); });
-        dhr.put([&](int r, int cc, const Pack<float>& v) { put_split_vec<1>(dhs, r * dhs.ld + cc, v.v); });
+        hr.put([&](int r, int cc, const Pack<float>& v) { put_split_vec<2>(hs, r * hs.ld + cc, v.v); });
+        dhr.put([&](int r, int cc, const Pack<float>& v) { put_split_vec<2>(dhs, r * dhs.ld + cc, v.v); });
       }
       __syncthreads();
       for_warp_tri_tiles<Lay::kTri, kWarps>(warp, ntri, [&](int q, int tt, int ss) {
@@ -146,10 +147,10 @@ __global__ void __launch_bounds__(BcLayout<T, kQ>::kThreads)
         if (tt >= Lt) continue;
         Acc<T> tmp;
         tmp.zero();
-        for (int ks = 0; ks < pks; ++ks) mma_tile<Row, Row, 1, 1>(tmp, dys, 16 * tt, 16 * ks, hs, 16 * ks, 16 * nc);
+        for (int ks = 0; ks < pks; ++ks) mma_tile<Row, Row, 1, 2>(tmp, dys, 16 * tt, 16 * ks, hs, 16 * ks, 16 * nc);
         add_scaled(accC[q], tmp, es, tt);
         tmp.zero();
-        for (int ks = 0; ks < pks; ++ks) mma_tile<Row, Row, 1, 1>(tmp, xs, 16 * tt, 16 * ks, dhs, 16 * ks, 16 * nc);
+        for (int ks = 0; ks < pks; ++ks) mma_tile<Row, Row, 1, 2>(tmp, xs, 16 * tt, 16 * ks, dhs, 16 * ks, 16 * nc);
         add_scaled(accB[q], tmp, fds, tt);
       }
     }

@@ -2,9 +2,9 @@
 // state pass (ssd_states.cu), then one block per (row, head, chunk, 64 columns of p)
 // for the outputs
 //   Y = (K ⊙ W)·diag(Δ)·X + diag(e)·C·H_inᵀ + D·X,
-// with C·H_inᵀ accumulated over chunks of n (H_in as one bf16 part: that term feeds
-// only y), and the masked matrix split in place of K (copied in with cp.async) into
-// hi/lo bf16 rows for the last product.
+// with C·H_inᵀ accumulated over chunks of n (H_in in hi/lo bf16 parts), and the masked
+// matrix split in place of K (copied in with cp.async) into hi/lo bf16 rows for the
+// last product.
 #include "ssd_common.cuh"
 
 namespace mambatron::cuda::ssd {
@@ -22,7 +22,7 @@ struct OutLayout {
   static constexpr int ldK = kQ + 4, ldC = pitch<T>(kNK), ldX = pitch<T>(kP);
   // Region 0: the operands of the n loop, then the masked matrix.
   static constexpr size_t cs = 0, hs = cs + align128(size_t(kQ) * ldC * sizeof(T));
-  static constexpr size_t ops_end = hs + operand_bytes<T, 1>(kP, ldC);
+  static constexpr size_t ops_end = hs + operand_bytes<T, 2>(kP, ldC);
   static constexpr size_t kf_end = align128(size_t(kQ) * ldK * sizeof(float));
   static constexpr size_t xs = ops_end > kf_end ? ops_end : kf_end;
   static constexpr size_t stage = xs + align128(size_t(kQ) * ldX * sizeof(T));
@@ -87,14 +87,14 @@ __global__ void __launch_bounds__(OutLayout<T, kQ>::kThreads, OutLayout<T, kQ>::
     const int nk = int(d.n - n0 < kNK ? d.n - n0 : kNK), nks = (nk + 15) / 16, nkp = 16 * nks;
     __syncthreads();  // the previous chunk's products are done with cs, hs
     stage_exact(cs, Cm + d.bco(bi, ch.t0, gi) + n0, d.g * d.n, Lp, nkp, L, nk);
-    stage_split<1>(hs, H + i0 * d.n + n0, d.n, kP, nkp, valid_p, nk);
+    stage_split<2>(hs, H + i0 * d.n + n0, d.n, kP, nkp, valid_p, nk);
     __syncthreads();
 #pragma unroll
     for (int q = 0; q < Lay::kZ; ++q) {
       const int zt = warp + q * kWarps, tt = zt / kPC, pc = zt % kPC;
       if (tt >= Lt) continue;
       for (int ks = 0; ks < nks; ++ks)
-        mma_tile<Row, Col, 1, 1>(accZ[q], cs, 16 * tt, 16 * ks, hs, 16 * ks, 16 * pc);
+        mma_tile<Row, Col, 1, 2>(accZ[q], cs, 16 * tt, 16 * ks, hs, 16 * ks, 16 * pc);
     }
   }
   __syncthreads();  // K overwrites the operands
