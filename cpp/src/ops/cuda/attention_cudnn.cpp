@@ -63,20 +63,28 @@ std::string unsuitable(void* h, int64_t* version) {
   return {};
 }
 
-// Opens libcudnn once: by soname (a system install, or the copy already loaded into the
-// process, e.g. by PyTorch), else at the path CMake found it; the first suitable one.
+// Opens libcudnn once, the first suitable of: the copy already loaded into the process
+// (e.g. by PyTorch; when that one is unsuitable, none: one cuDNN per process), the one
+// the build found (its headers' own library), a system install by soname. The build's
+// own comes before the soname because cuDNN 9 opens its sub-libraries by soname: once a
+// rejected copy is loaded, a later one would run on the rejected copy's sub-libraries.
 const Library& library() {
   static const Library lib = [] {
     Library l;
     std::string tried;
-    const char* names[] = {"libcudnn.so.9",
+    const struct {
+      const char* name;
+      int flags;
+    } candidates[] = {
+        {"libcudnn.so.9", RTLD_NOLOAD},
 #ifdef MAMBATRON_CUDNN_LIBRARY
-                           MAMBATRON_CUDNN_LIBRARY
+        {MAMBATRON_CUDNN_LIBRARY, 0},
 #endif
+        {"libcudnn.so.9", 0},
     };
-    for (const char* name : names) {
-      if (!name || !*name) continue;
-      void* h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+    for (const auto& c : candidates) {
+      void* h = dlopen(c.name, RTLD_NOW | RTLD_LOCAL | c.flags);
+      if (!h && c.flags == RTLD_NOLOAD) continue;  // not loaded yet: nothing to report
       const char* e = h ? nullptr : dlerror();
       std::string why = h ? unsuitable(h, &l.version) : (e ? e : "not found");
       if (why.empty()) {
@@ -84,7 +92,9 @@ const Library& library() {
         return l;
       }
       if (h) dlclose(h);
-      tried += std::string(tried.empty() ? "" : "; ") + name + ": " + why;
+      tried += std::string(tried.empty() ? "" : "; ") + (c.flags == RTLD_NOLOAD ? "already loaded " : "") + c.name +
+               ": " + why;
+      if (c.flags == RTLD_NOLOAD) break;  // a second cuDNN would share the first one's sub-libraries
     }
     l.version = 0;
     l.error = "no suitable libcudnn.so.9 (" + tried + ")";
