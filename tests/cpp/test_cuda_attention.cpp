@@ -12,6 +12,9 @@
 #include <string>
 
 #include "attention_testing.h"
+#if defined(MAMBATRON_WITH_CUDA)
+#include "ops/cuda/attention_cudnn.h"
+#endif
 
 namespace mt = mambatron;
 using mt::Device;
@@ -249,6 +252,75 @@ TEST(CudaAttention, CudnnEngineMatchesCpuWithinRule) {
     EXPECT_TRUE(same_bits(dq, dq2) && same_bits(dk, dk2) && same_bits(dv, dv2)) << what << ": two runs differ";
   }
 }
+
+#if defined(MAMBATRON_WITH_CUDA)  // the workspace limit is a CUDA build's internal setting
+// Where cuDNN's backward would take more workspace than its limit, it runs in groups of
+// batch rows and kv heads (gradients within the rule, the same bits run to run); where
+// one row of one kv head would pass the limit, cuDNN is not handed the call: the
+// built-in kernels run under the auto engine, and the cudnn engine raises.
+TEST(CudaAttention, CudnnBackwardKeepsItsWorkspaceUnderTheLimit) {
+  SKIP_WITHOUT_GPU();
+  std::string why;
+  if (mt::cudnn_version(&why) == 0) GTEST_SKIP() << "cuDNN is not usable here: " << why;
+  struct LimitScope {
+    explicit LimitScope(int64_t bytes) : prev(mt::cuda::set_cudnn_backward_workspace_limit(bytes)) {}
+    ~LimitScope() { mt::cuda::set_cudnn_backward_workspace_limit(prev); }
+    int64_t prev;
+  };
+  const DType dt = DType::bf16;
+  const Config c{2, 300, 8, 4, 64};
+  const double scale = 1.0 / std::sqrt(double(c.p));
+  const std::string what = label("cuDNN attention in head groups", dt, c, false);
+  AttnInputs in = attn_inputs(c, dt, false);
+  const Shape qs{c.b, c.l, c.hq, c.p}, ks{c.b, c.l, c.hkv, c.p}, ls{c.b, c.hq, c.l};
+  Input dout = input(qs, dt);
+  const auto bf = mt::testing::attn::bf16_attention(in.q.f64, in.k.f64, in.v.f64, dout.f64, scale);
+  Tensor out64 = empty(qs, DType::f64), lse64 = empty(ls, DType::f64);
+  mt::attention_forward(in.q.f64, in.k.f64, in.v.f64, out64, lse64);
+  Input o = mt::testing::input_from(out64, dt);
+  Tensor dq64 = empty(qs, DType::f64), dk64 = empty(ks, DType::f64), dv64 = empty(ks, DType::f64);
+  mt::attention_backward(dout.f64, in.q.f64, in.k.f64, in.v.f64, o.f64, lse64, dq64, dk64, dv64);
+  Tensor lse_dev = lse64.to(kGpu, DType::f32);
+  struct Grads {
+    Tensor dq, dk, dv;
+  };
+  auto backward = [&] {
+    Grads g{poisoned(qs, dt, kGpu), poisoned(ks, dt, kGpu), poisoned(ks, dt, kGpu)};
+    mt::attention_backward(dout.dev, in.q.dev, in.k.dev, in.v.dev, o.dev, lse_dev, g.dq, g.dk, g.dv);
+    return g;
+  };
+  auto same = [](const Grads& a, const Grads& b) {
+    return same_bits(a.dq, b.dq) && same_bits(a.dk, b.dk) && same_bits(a.dv, b.dv);
+  };
+
+  const int64_t full = mt::cuda::cudnn_backward_workspace(in.q.dev, in.k.dev, scale);
+  ASSERT_GT(full, 0) << "cuDNN's backward takes no workspace here: nothing to group";
+  {
+    EngineScope cudnn(mt::AttentionEngine::Cudnn);
+    LimitScope limit(full / 2);  // one batch row of two, or two kv heads of four, a launch
+    const Grads a = backward(), b = backward();
+    mt::testing::expect_within_rule(a.dq, bf.dq, dq64, (what + " dq").c_str(), 1e-5);
+    mt::testing::expect_within_rule(a.dk, bf.dk, dk64, (what + " dk").c_str(), 1e-5);
+    mt::testing::expect_within_rule(a.dv, bf.dv, dv64, (what + " dv").c_str(), 1e-5);
+    EXPECT_TRUE(same(a, b)) << what << ": two runs differ";
+  }
+  LimitScope limit(full / (c.b * c.hkv) - 1);  // less than one row of one kv head
+  {
+    EngineScope cudnn(mt::AttentionEngine::Cudnn);
+    expect_error<mt::Error>([&] { backward(); }, "workspace");
+  }
+  Grads builtin, chosen;
+  {
+    EngineScope e(mt::AttentionEngine::Builtin);
+    builtin = backward();
+  }
+  {
+    EngineScope e(mt::AttentionEngine::Auto);
+    chosen = backward();
+  }
+  EXPECT_TRUE(same(builtin, chosen)) << what << ": auto did not fall back to the built-in kernels";
+}
+#endif
 
 // One small packed case through forward and backward: quick, and small enough for
 // compute-sanitizer (racecheck, memcheck).

@@ -20,6 +20,8 @@
 #pragma GCC visibility pop
 #include <cudnn_frontend.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -123,18 +125,31 @@ F* nvrtc_symbol(const char* name) {
 
 namespace {
 
+// What one graph launch covers: b batch rows and hq, hkv heads of tensors with Hq, Hkv
+// heads (their strides).
+struct Shape {
+  int64_t b, l, hq, hkv, p;
+  int64_t Hq, Hkv;
+};
+
 // One shape's graph: built once, or the reason cuDNN refused it.
 struct Plan {
   std::shared_ptr<fe::graph::Graph> graph;
+  Shape shape;
   int64_t workspace = 0;
   std::string error;
 };
+using Key = std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t>;
 
-using Key = std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t>;
+// The deterministic backward keeps an l × l matrix per (batch row, head) in its
+// workspace; past a limit a call runs in groups of batch rows and kv heads. The limit:
+// set by set_cudnn_backward_workspace_limit, else 1/16 of the device's memory.
+std::atomic<int64_t> backward_workspace_limit{0};
 
 struct State {
   std::mutex mu;  // held while building and executing: the handles and the cache are shared
   std::unordered_map<int, cudnnHandle_t> handles;
+  std::unordered_map<int, int64_t> device_memory;
   std::map<Key, Plan> plans;
 };
 
@@ -153,28 +168,24 @@ cudnnHandle_t handle_for(State& s, int dev) {
   return h;
 }
 
-// [b, l, h, p] contiguous, as cuDNN's [b, h, l, p] with strides.
+// h of the H heads of a contiguous [b, l, H, p], as cuDNN's [b, h, l, p] with strides.
 std::shared_ptr<fe::graph::Tensor_attributes> bshd(fe::graph::Graph& g, const char* name, int64_t uid, int64_t b,
-                                                   int64_t l, int64_t h, int64_t p) {
+                                                   int64_t l, int64_t h, int64_t H, int64_t p) {
   return g.tensor(fe::graph::Tensor_attributes()
                       .set_name(name)
                       .set_uid(uid)
                       .set_dim({b, h, l, p})
-                      .set_stride({l * h * p, p, h * p, 1}));
+                      .set_stride({l * H * p, p, H * p, 1}));
 }
 
 void set_bshd(const std::shared_ptr<fe::graph::Tensor_attributes>& t, int64_t uid, int64_t b, int64_t l, int64_t h,
-              int64_t p) {
-  t->set_output(true).set_uid(uid).set_dim({b, h, l, p}).set_stride({l * h * p, p, h * p, 1});
+              int64_t H, int64_t p) {
+  t->set_output(true).set_uid(uid).set_dim({b, h, l, p}).set_stride({l * H * p, p, H * p, 1});
 }
 
-std::shared_ptr<fe::graph::Tensor_attributes> stats(fe::graph::Graph& g, int64_t b, int64_t l, int64_t h) {
-  return g.tensor(fe::graph::Tensor_attributes()
-                      .set_name("lse")
-                      .set_uid(kStats)
-                      .set_dim({b, h, l, 1})
-                      .set_stride({h * l, l, 1, 1})
-                      .set_data_type(fe::DataType_t::FLOAT));
+// h of the H heads of a contiguous f32 lse [b, H, l].
+void set_stats(const std::shared_ptr<fe::graph::Tensor_attributes>& t, int64_t b, int64_t l, int64_t h, int64_t H) {
+  t->set_uid(kStats).set_data_type(fe::DataType_t::FLOAT).set_dim({b, h, l, 1}).set_stride({H * l, l, 1, 1});
 }
 
 std::shared_ptr<fe::graph::Graph> new_graph() {
@@ -185,32 +196,35 @@ std::shared_ptr<fe::graph::Graph> new_graph() {
   return g;
 }
 
-std::shared_ptr<fe::graph::Graph> forward_graph(int64_t b, int64_t l, int64_t hq, int64_t hkv, int64_t p, float scale) {
+std::shared_ptr<fe::graph::Graph> forward_graph(const Shape& x, float scale) {
   auto g = new_graph();
-  auto q = bshd(*g, "q", kQ, b, l, hq, p), k = bshd(*g, "k", kK, b, l, hkv, p), v = bshd(*g, "v", kV, b, l, hkv, p);
+  auto q = bshd(*g, "q", kQ, x.b, x.l, x.hq, x.Hq, x.p), k = bshd(*g, "k", kK, x.b, x.l, x.hkv, x.Hkv, x.p),
+       v = bshd(*g, "v", kV, x.b, x.l, x.hkv, x.Hkv, x.p);
   auto opts = fe::graph::SDPA_attributes().set_name("attention").set_generate_stats(true).set_attn_scale(scale);
   opts.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT).set_diagonal_band_right_bound(0);
   auto [o, lse] = g->sdpa(q, k, v, opts);
-  set_bshd(o, kO, b, l, hq, p);
-  lse->set_output(true).set_uid(kStats).set_data_type(fe::DataType_t::FLOAT).set_dim({b, hq, l, 1}).set_stride(
-      {hq * l, l, 1, 1});
+  set_bshd(o, kO, x.b, x.l, x.hq, x.Hq, x.p);
+  lse->set_output(true);
+  set_stats(lse, x.b, x.l, x.hq, x.Hq);
   return g;
 }
 
-std::shared_ptr<fe::graph::Graph> backward_graph(int64_t b, int64_t l, int64_t hq, int64_t hkv, int64_t p,
-                                                 float scale) {
+std::shared_ptr<fe::graph::Graph> backward_graph(const Shape& x, float scale) {
   auto g = new_graph();
-  auto q = bshd(*g, "q", kQ, b, l, hq, p), k = bshd(*g, "k", kK, b, l, hkv, p), v = bshd(*g, "v", kV, b, l, hkv, p);
-  auto o = bshd(*g, "out", kO, b, l, hq, p), dout = bshd(*g, "dout", kDO, b, l, hq, p);
+  auto q = bshd(*g, "q", kQ, x.b, x.l, x.hq, x.Hq, x.p), k = bshd(*g, "k", kK, x.b, x.l, x.hkv, x.Hkv, x.p),
+       v = bshd(*g, "v", kV, x.b, x.l, x.hkv, x.Hkv, x.p);
+  auto o = bshd(*g, "out", kO, x.b, x.l, x.hq, x.Hq, x.p), dout = bshd(*g, "dout", kDO, x.b, x.l, x.hq, x.Hq, x.p);
+  auto lse = g->tensor(fe::graph::Tensor_attributes().set_name("lse"));
+  set_stats(lse, x.b, x.l, x.hq, x.Hq);
   auto opts = fe::graph::SDPA_backward_attributes()
                   .set_name("attention_backward")
                   .set_attn_scale(scale)
                   .set_deterministic_algorithm(true);
   opts.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT).set_diagonal_band_right_bound(0);
-  auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats(*g, b, l, hq), opts);
-  set_bshd(dq, kDQ, b, l, hq, p);
-  set_bshd(dk, kDK, b, l, hkv, p);
-  set_bshd(dv, kDV, b, l, hkv, p);
+  auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, lse, opts);
+  set_bshd(dq, kDQ, x.b, x.l, x.hq, x.Hq, x.p);
+  set_bshd(dk, kDK, x.b, x.l, x.hkv, x.Hkv, x.p);
+  set_bshd(dv, kDV, x.b, x.l, x.hkv, x.Hkv, x.p);
   return g;
 }
 
@@ -231,13 +245,16 @@ std::string outside_cases(const Tensor& q, const Tensor& lse, const Tensor& seq_
 }
 
 // Finds or builds the plan for a shape; null (with *why) when cuDNN refuses it.
-Plan* plan_for(State& s, cudnnHandle_t h, const Key& key, int64_t b, int64_t l, int64_t hq, int64_t hkv, int64_t p,
-               float scale, bool backward, std::string* why) {
+Plan* plan_for(State& s, cudnnHandle_t h, int dev, bool backward, const Shape& x, float scale, std::string* why) {
+  uint32_t bits;
+  std::memcpy(&bits, &scale, 4);
+  const Key key{dev, backward, x.b, x.l, x.hq, x.hkv, x.p, x.Hq, x.Hkv, bits};
   auto it = s.plans.find(key);
   if (it == s.plans.end()) {
     Plan plan;
+    plan.shape = x;
     try {
-      plan.graph = backward ? backward_graph(b, l, hq, hkv, p, scale) : forward_graph(b, l, hq, hkv, p, scale);
+      plan.graph = backward ? backward_graph(x, scale) : forward_graph(x, scale);
       fe::error_t st = plan.graph->build(h, {fe::HeurMode_t::A});
       if (st.is_good()) st = plan.graph->get_workspace_size(plan.workspace);
       if (!st.is_good()) plan.error = st.get_message();
@@ -254,6 +271,50 @@ Plan* plan_for(State& s, cudnnHandle_t h, const Key& key, int64_t b, int64_t l, 
   return &it->second;
 }
 
+int64_t workspace_limit(State& s, int dev) {
+  if (const int64_t set = backward_workspace_limit.load(); set > 0) return set;
+  auto it = s.device_memory.find(dev);
+  if (it == s.device_memory.end()) {
+    size_t free = 0, total = 0;
+    MT_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    it = s.device_memory.emplace(dev, int64_t(total)).first;
+  }
+  return it->second / 16;
+}
+
+// The plan for a whole call, or, where the backward's workspace would pass the limit,
+// for the largest equal groups of batch rows and kv heads (with their query heads)
+// that stay under it. Null (with *why) when cuDNN refuses the shape, or when one batch
+// row of one kv head would need more (the built-in kernels take such a call).
+Plan* choose_plan(State& s, cudnnHandle_t h, int dev, bool backward, Shape x, float scale, std::string* why) {
+  Plan* all = plan_for(s, h, dev, backward, x, scale, why);
+  if (!all || !backward) return all;
+  const int64_t limit = workspace_limit(s, dev);
+  if (all->workspace <= limit) return all;
+  // The workspace grows with rows and heads: skip the groups it certainly outgrows.
+  const int64_t unit = all->workspace / (x.b * x.Hkv), r = x.Hq / x.Hkv;
+  std::vector<std::pair<int64_t, int64_t>> groups;  // (rows, kv heads), largest first
+  for (int64_t rows = 1; rows <= x.b; ++rows)
+    for (int64_t g = 1; g <= x.Hkv; ++g)
+      if (x.b % rows == 0 && x.Hkv % g == 0 && rows * g < x.b * x.Hkv && unit * rows * g <= limit)
+        groups.emplace_back(rows, g);
+  std::sort(groups.begin(), groups.end(), [](const auto& a, const auto& b) {
+    return a.first * a.second != b.first * b.second ? a.first * a.second > b.first * b.second : a.second > b.second;
+  });
+  for (const auto& [rows, g] : groups) {
+    x.b = rows, x.hkv = g, x.hq = g * r;
+    Plan* plan = plan_for(s, h, dev, backward, x, scale, why);
+    if (!plan || plan->workspace <= limit) return plan;
+  }
+  if (why)
+    *why = "cuDNN's deterministic backward needs " + std::to_string(unit) +
+           " bytes of workspace for one batch row of one kv head here (an l x l matrix per row and head), more "
+           "than its limit of " + std::to_string(limit);
+  return nullptr;
+}
+
+// Runs one direction over the whole call. `pack` holds the tensors' base pointers; a
+// group of rows and heads reads and writes at its own offsets.
 bool run(bool backward, const Tensor& q, const Tensor& k, double scale, const Tensor& lse,
          const Tensor& seq_idx, std::initializer_list<const Tensor*> acts,
          const std::unordered_map<int64_t, void*>& pack, std::string* why) {
@@ -268,26 +329,35 @@ bool run(bool backward, const Tensor& q, const Tensor& k, double scale, const Te
     return false;
   }
   const int dev = q.device().index;
-  const int64_t b = q.size(0), l = q.size(1), hq = q.size(2), p = q.size(3), hkv = k.size(2);
-  const float fscale = float(scale);
-  uint32_t bits;
-  std::memcpy(&bits, &fscale, 4);
-  const Key key{dev, backward, b, l, hq, hkv, p, bits};
+  const int64_t b = q.size(0), l = q.size(1), Hq = q.size(2), p = q.size(3), Hkv = k.size(2);
+  const Shape all{b, l, Hq, Hkv, p, Hq, Hkv};
 
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
   DeviceGuard guard(dev);
   cudnnHandle_t h = handle_for(s, dev);
-  Plan* plan = plan_for(s, h, key, b, l, hq, hkv, p, fscale, backward, why);
+  Plan* plan = choose_plan(s, h, dev, backward, all, float(scale), why);
   if (!plan) return false;
   const cudnnStatus_t st = cudnnSetStream(h, stream(dev));
   MT_CHECK(st == CUDNN_STATUS_SUCCESS, CudaError, "cudnnSetStream failed with status ", int(st));
   Tensor ws;
   if (plan->workspace > 0) ws = Tensor::empty({plan->workspace}, DType::u8, q.device());
-  std::unordered_map<int64_t, void*> variant(pack);
-  fe::error_t rc = plan->graph->execute(h, variant, ws.defined() ? ws.data_ptr() : nullptr);
-  MT_CHECK(rc.is_good(), CudaError, backward ? "attention_backward" : "attention_forward",
-           ": cuDNN execution failed: ", rc.get_message());
+  const int64_t rows = plan->shape.b, gkv = plan->shape.hkv, r = Hq / Hkv;
+  for (int64_t r0 = 0; r0 < b; r0 += rows) {
+    for (int64_t g0 = 0; g0 < Hkv; g0 += gkv) {
+      std::unordered_map<int64_t, void*> variant;
+      for (const auto& [uid, ptr] : pack) {
+        const bool kv_heads = uid == kK || uid == kV || uid == kDK || uid == kDV;
+        const int64_t offset = uid == kStats ? (r0 * Hq + g0 * r) * l * int64_t(sizeof(float))
+                               : kv_heads    ? (r0 * l * Hkv + g0) * p * int64_t(sizeof(uint16_t))
+                                             : (r0 * l * Hq + g0 * r) * p * int64_t(sizeof(uint16_t));
+        variant[uid] = static_cast<char*>(ptr) + offset;
+      }
+      fe::error_t rc = plan->graph->execute(h, variant, ws.defined() ? ws.data_ptr() : nullptr);
+      MT_CHECK(rc.is_good(), CudaError, backward ? "attention_backward" : "attention_forward",
+               ": cuDNN execution failed: ", rc.get_message());
+    }
+  }
   return true;
 }
 
@@ -331,6 +401,19 @@ int64_t cudnn_attention_version(std::string* why) {
   return lib.version;
 }
 
+int64_t set_cudnn_backward_workspace_limit(int64_t bytes) { return backward_workspace_limit.exchange(bytes); }
+
+int64_t cudnn_backward_workspace(const Tensor& q, const Tensor& k, double scale) {
+  if (library().version == 0) return -1;
+  const int dev = q.device().index;
+  const int64_t b = q.size(0), l = q.size(1), Hq = q.size(2), p = q.size(3), Hkv = k.size(2);
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  DeviceGuard guard(dev);
+  Plan* plan = plan_for(s, handle_for(s, dev), dev, true, Shape{b, l, Hq, Hkv, p, Hq, Hkv}, float(scale), nullptr);
+  return plan ? plan->workspace : -1;
+}
+
 #else  // built without cudnn_frontend
 
 namespace {
@@ -356,6 +439,8 @@ int64_t cudnn_attention_version(std::string* why) {
   if (why) *why = kNotBuilt;
   return 0;
 }
+int64_t set_cudnn_backward_workspace_limit(int64_t bytes) { return bytes; }
+int64_t cudnn_backward_workspace(const Tensor&, const Tensor&, double) { return -1; }
 
 #endif
 
