@@ -183,9 +183,11 @@ void set_bshd(const std::shared_ptr<fe::graph::Tensor_attributes>& t, int64_t ui
   t->set_output(true).set_uid(uid).set_dim({b, h, l, p}).set_stride({l * H * p, p, H * p, 1});
 }
 
-// h of the H heads of a contiguous f32 lse [b, H, l].
+// h of the H heads of a contiguous f32 lse [b, H, l] (cuDNN wants it packed: one row
+// of some heads, or all heads of some rows).
 void set_stats(const std::shared_ptr<fe::graph::Tensor_attributes>& t, int64_t b, int64_t l, int64_t h, int64_t H) {
-  t->set_uid(kStats).set_data_type(fe::DataType_t::FLOAT).set_dim({b, h, l, 1}).set_stride({H * l, l, 1, 1});
+  t->set_uid(kStats).set_data_type(fe::DataType_t::FLOAT).set_dim({b, h, l, 1}).set_stride(
+      {(b == 1 ? h : H) * l, l, 1, 1});
 }
 
 std::shared_ptr<fe::graph::Graph> new_graph() {
@@ -283,8 +285,9 @@ int64_t workspace_limit(State& s, int dev) {
 }
 
 // The plan for a whole call, or, where the backward's workspace would pass the limit,
-// for the largest equal groups of batch rows and kv heads (with their query heads)
-// that stay under it. Null (with *why) when cuDNN refuses the shape, or when one batch
+// for the largest equal groups that stay under it: all heads of some batch rows, or
+// some kv heads (with their query heads) of one row, the groups whose lse slice is
+// packed, as cuDNN requires. Null (with *why) when cuDNN refuses the shape, or when one
 // row of one kv head would need more (the built-in kernels take such a call).
 Plan* choose_plan(State& s, cudnnHandle_t h, int dev, bool backward, Shape x, float scale, std::string* why) {
   Plan* all = plan_for(s, h, dev, backward, x, scale, why);
@@ -296,20 +299,23 @@ Plan* choose_plan(State& s, cudnnHandle_t h, int dev, bool backward, Shape x, fl
   std::vector<std::pair<int64_t, int64_t>> groups;  // (rows, kv heads), largest first
   for (int64_t rows = 1; rows <= x.b; ++rows)
     for (int64_t g = 1; g <= x.Hkv; ++g)
-      if (x.b % rows == 0 && x.Hkv % g == 0 && rows * g < x.b * x.Hkv && unit * rows * g <= limit)
+      if (x.b % rows == 0 && x.Hkv % g == 0 && (rows == 1 || g == x.Hkv) && rows * g < x.b * x.Hkv &&
+          unit * rows * g <= limit)
         groups.emplace_back(rows, g);
   std::sort(groups.begin(), groups.end(), [](const auto& a, const auto& b) {
     return a.first * a.second != b.first * b.second ? a.first * a.second > b.first * b.second : a.second > b.second;
   });
+  std::string refused;
   for (const auto& [rows, g] : groups) {
     x.b = rows, x.hkv = g, x.hq = g * r;
-    Plan* plan = plan_for(s, h, dev, backward, x, scale, why);
-    if (!plan || plan->workspace <= limit) return plan;
+    Plan* plan = plan_for(s, h, dev, backward, x, scale, &refused);
+    if (plan && plan->workspace <= limit) return plan;
   }
   if (why)
     *why = "cuDNN's deterministic backward needs " + std::to_string(unit) +
-           " bytes of workspace for one batch row of one kv head here (an l x l matrix per row and head), more "
-           "than its limit of " + std::to_string(limit);
+           " bytes of workspace for one batch row of one kv head here (an l x l matrix per row and head), and no "
+           "group of rows or heads it takes stays under its limit of " + std::to_string(limit) +
+           (refused.empty() ? "" : " (" + refused + ")");
   return nullptr;
 }
 
