@@ -1,7 +1,8 @@
-# cuDNN fused attention (cpp/src/ops/cuda/attention_cudnn.cpp), built on request
-# (MAMBATRON_CUDNN=AUTO or ON; OFF by default until it has passed the whole GPU suite beside
-# PyTorch in one process) when cudnn_frontend's headers (PyPI: nvidia-cudnn-frontend, or
-# CUDNN_FRONTEND_INCLUDE_DIR) and cuDNN's own headers are found. libcudnn is opened at run time, never linked: the package loads without it.
+# cuDNN fused attention (cpp/src/ops/cuda/attention_cudnn.cpp), built in a CUDA build when
+# cudnn_frontend's headers (PyPI: nvidia-cudnn-frontend, or CUDNN_FRONTEND_INCLUDE_DIR) and
+# cuDNN's own headers are found (MAMBATRON_CUDNN=AUTO, the default; ON requires them, OFF
+# leaves the engine out). libcudnn is opened at run time, never linked: the package loads
+# without it.
 # Where the build finds libcudnn (e.g. PyTorch's nvidia-cudnn wheel) is recorded as the
 # place to open it from when the plain soname does not resolve.
 set(MAMBATRON_WITH_CUDNN OFF)

@@ -64,7 +64,7 @@ t0=$(date +%s)
 # The jobs need only the package; the tests' binary is built for the test runs.
 build_tests=ON
 [ $tests -eq 0 ] && build_tests=OFF
-MAMBATRON_CUDA=ON MAMBATRON_CUDNN=AUTO MAMBATRON_BUILD_TESTS=$build_tests python3 -m pip install --no-build-isolation --no-deps -v \
+MAMBATRON_CUDA=ON MAMBATRON_BUILD_TESTS=$build_tests python3 -m pip install --no-build-isolation --no-deps -v \
   -C build-dir=build/gpu . > "$OUT/build.log" 2>&1
 build_rc=$?
 say "build: exit $build_rc in $(( $(date +%s) - t0 )) s"

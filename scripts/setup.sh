@@ -27,7 +27,7 @@ python3 -m pip install -q --upgrade "pip>=23" >/dev/null
 python3 -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=1.24" "cmake>=3.24" \
   "pytest>=7" nbclient nbformat ipykernel safetensors tokenizers tqdm matplotlib \
   "lm_eval>=0.4.13"  # the harness for `lm_eval --model mambatron` and its test (no torch: about 2 min, 0.7 GB)
-# cudnn_frontend's headers, for a CUDA build with the cuDNN attention engine (MAMBATRON_CUDNN=AUTO or ON).
+# cudnn_frontend's headers: a CUDA build then includes the cuDNN attention engine.
 if command -v nvcc >/dev/null; then python3 -m pip install -q nvidia-cudnn-frontend; fi
 echo "setup: building mambatron ($(command -v nvcc >/dev/null && echo 'CPU + CUDA' || echo 'CPU only'))"
 MAMBATRON_BUILD_TESTS=ON python3 -m pip install -q --no-build-isolation -C build-dir=build/pip . \
