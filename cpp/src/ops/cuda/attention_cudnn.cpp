@@ -267,7 +267,7 @@ Plan* plan_for(State& s, cudnnHandle_t h, int dev, bool backward, const Shape& x
     it = s.plans.emplace(key, std::move(plan)).first;
   }
   if (!it->second.graph) {
-    if (why) *why = "cuDNN found no engine for this shape: " + it->second.error;
+    if (why) *why = "cuDNN cannot run this shape: " + it->second.error;
     return nullptr;
   }
   return &it->second;
@@ -360,8 +360,14 @@ bool run(bool backward, const Tensor& q, const Tensor& k, double scale, const Te
         variant[uid] = static_cast<char*>(ptr) + offset;
       }
       fe::error_t rc = plan->graph->execute(h, variant, ws.defined() ? ws.data_ptr() : nullptr);
-      MT_CHECK(rc.is_good(), CudaError, backward ? "attention_backward" : "attention_forward",
-               ": cuDNN execution failed: ", rc.get_message());
+      if (!rc.is_good()) {
+        // Refused at execution (what it wrote is written again by whoever takes the
+        // call): remembered like a refusal at build time.
+        plan->graph.reset();
+        plan->error = "execution failed: " + rc.get_message();
+        if (why) *why = "cuDNN " + plan->error;
+        return false;
+      }
     }
   }
   return true;

@@ -4,12 +4,13 @@
 // attention_forward/attention_backward in attention.h (already checked).
 //
 // Each call runs on cuDNN and returns true when the attention engine (ops.h) allows
-// it and cuDNN takes the call; otherwise it does nothing and returns false, for the
-// built-in kernels to run, except under AttentionEngine::Cudnn, where it raises
-// with the reason: this build has no cudnn_frontend, libcudnn (>= 9) does not load,
-// the case is outside what we hand cuDNN (bf16 only, no seq_idx, head dim a multiple
-// of 8 up to 256), or cuDNN has no engine for the shape. Graphs are built once per
-// shape and device and kept; a shape cuDNN refused is not retried.
+// it and cuDNN takes the call; otherwise it returns false, for the built-in kernels
+// to run (writing every output again), except under AttentionEngine::Cudnn, where it
+// raises with the reason: this build has no cudnn_frontend, libcudnn (>= 9) does not
+// load, the case is outside what we hand cuDNN (bf16 only, no seq_idx, head dim a
+// multiple of 8 up to 256), or cuDNN refuses the shape (building its graph, or
+// running it). Graphs are built once per shape and device and kept; a shape cuDNN
+// refused is not retried.
 // The backward asks cuDNN for its deterministic algorithm (the same bits every run),
 // which keeps an l × l matrix per batch row and head in its workspace: where the whole
 // call would need more than the workspace limit (1/16 of the device's memory), it runs
