@@ -8,7 +8,8 @@ torch.nn.functional.scaled_dot_product_attention(is_causal=True) on the same mem
 the same run, with PyTorch's own choice of kernel and then held to its cuDNN
 fused-attention backend ("-" where cuDNN does not take the case). TFLOP/s counts the
 causal half: forward 2·2·b·h·l²·p / 2, forward+backward 3.5 times that (backward = 2.5
-forwards); GiB is the scratch each engine allocated beyond its inputs and outputs.
+forwards); GiB is the scratch each engine allocated beyond its inputs and outputs; an
+engine that cannot take a case shows "-" there, with its reason printed above the row.
 Decode: one query per sequence over a 32K-token KV cache; the achieved bandwidth counts
 reading the cache once, set against a plain device-to-device copy measured in the same
 run (bytes read + written) and against the H200's 4.07 TB/s (PERFORMANCE.md). Prints a
@@ -91,7 +92,12 @@ def attention_rows(torch, tokens, lens, hq, kv_heads, p, reps):
                     base = mt.memory_allocated()
                     torch.cuda.synchronize()
                     t0 = time.perf_counter()
-                    fn()  # the first call of a shape: cuDNN builds its graphs here
+                    try:
+                        fn()  # the first call of a shape: cuDNN builds its graphs here
+                    except RuntimeError as e:  # the engine cannot take this case: say why, go on
+                        print(f"  ({engine} does not run {name} b={b} l={l} hkv={hkv}: {str(e)[:160]})")
+                        row[engine] = {"ms": None, "refused": str(e)}
+                        continue
                     torch.cuda.synchronize()
                     first_ms = (time.perf_counter() - t0) * 1e3
                     ms = median_ms(fn, torch, reps)
@@ -150,7 +156,8 @@ def main() -> int:
     attn = []
     for row in attention_rows(torch, args.tokens, args.lens, 32, [32, 8], 128, args.reps):
         attn.append(row)
-        ours = "".join(f" {row[e]['ms']:11.3f} {row[e]['tflops']:8.1f} {row[e]['ratio']:6.2f} "
+        ours = "".join(f" {'-':>11} {'-':>8} {'-':>6} {'-':>5}" if row[e]["ms"] is None else
+                       f" {row[e]['ms']:11.3f} {row[e]['tflops']:8.1f} {row[e]['ratio']:6.2f} "
                        f"{row[e]['scratch_gib']:5.2f}" for e in names)
         cudnn = ("          -        -" if row["sdpa_cudnn_ms"] is None
                  else f" {row['sdpa_cudnn_ms']:10.3f} {row['sdpa_cudnn_tflops']:8.1f}")
@@ -164,7 +171,7 @@ def main() -> int:
         print(f"{row['case']:<44} {row['ms']:9.3f} {row['bytes'] / 1e9:8.3f} {row['tb_per_s']:6.2f} "
               f"{100 * row['fraction_of_copy']:7.1f}% {100 * row['fraction_of_h200_copy']:11.1f}%")
     for e in names:
-        first = [round(r[e]["first_call_ms"], 1) for r in attn]
+        first = [round(r[e]["first_call_ms"], 1) if r[e]["ms"] is not None else None for r in attn]
         print(f"{e}: first call of each case (graph building included), ms: {first}")
     if args.json:
         with open(args.json, "w") as f:
