@@ -19,7 +19,7 @@ import argparse
 import json
 
 import mambatron as mt
-from gpu_timing import median_ms, require_torch_cuda
+from gpu_timing import kernel_us, median_ms, print_kernel_us, require_torch_cuda
 
 COPY_CEILING_TBS = 4.07
 PEER_MS = {"fwd": 2.42, "fwd+bwd": 12.1}  # selective_scan_fn, d 8192, n 16, b 4 × l 4096
@@ -72,6 +72,7 @@ def main() -> int:
     ap.add_argument("--d", type=int, default=8192)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--g", type=int, default=1)
+    ap.add_argument("--kernels", action="store_true", help="also print each kernel's time at the first b")
     args = ap.parse_args()
     torch = require_torch_cuda("bench_cuda_selective_scan")
     if torch is None:
@@ -98,11 +99,17 @@ def main() -> int:
             print(f"{b:>3} {name:<8} {ms:8.3f} {nbytes / 1e9:9.3f} {tbs:6.2f} {100 * row['fraction_of_copy']:9.1f}% "
                   f"{row['state_updates_per_s'] / 1e9:8.0f} {peer if peer else '':>8} "
                   f"{format(peer / ms, '.2f') if peer else '':>7}{'' if finite else '  NON-FINITE OUTPUT'}")
+    kernels = {}
+    if args.kernels:
+        for name, fn, _, _ in cases(torch, args.b[0], args.l, args.d, args.n, args.g):
+            if name != "fwd+bwd":
+                kernels[name] = kernel_us(fn, torch, strip=("mambatron::cuda::scan::",))
+                print_kernel_us(f"kernels, b {args.b[0]}, {name} (us per call):", kernels[name])
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"benchmark": "cuda_selective_scan", "device": torch.cuda.get_device_name(), "l": args.l,
                        "d": args.d, "n": args.n, "g": args.g, "copy_ceiling_tb_per_s": COPY_CEILING_TBS,
-                       "rows": rows}, f, indent=2)
+                       "rows": rows, "kernels_us": kernels}, f, indent=2)
     return 0 if ok else 1
 
 

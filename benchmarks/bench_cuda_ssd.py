@@ -27,7 +27,7 @@ import json
 import numpy as np
 
 import mambatron as mt
-from gpu_timing import median_ms, require_torch_cuda
+from gpu_timing import kernel_us, median_ms, print_kernel_us, require_torch_cuda
 
 COPY_CEILING_TBS = 4.07
 BF16_CEILING_TFLOPS = 757.0
@@ -91,30 +91,17 @@ def check_against_cpu(torch, q):
 
 
 def kernel_times(torch, b, l, q):
-    """{kernel name: microseconds per forward+backward} from PyTorch's profiler (CUPTI)."""
+    """{kernel name: microseconds per forward+backward}."""
     inp = make_inputs(torch, b, l)
     t = {k: mt.from_dlpack(v) for k, v in inp.items()}
     dy = mt.from_dlpack(torch.randn_like(inp["x"], dtype=torch.float32).to(torch.bfloat16))
     opts = dict(chunk_size=q, dt_softplus=True)
-    reps = 5
-    for _ in range(2):
+
+    def both():
         mt.ssd_forward(**t, **opts)
         mt.ssd_backward(dy, **t, **opts)
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            mt.ssd_forward(**t, **opts)
-            mt.ssd_backward(dy, **t, **opts)
-        torch.cuda.synchronize()
-    out = {}
-    for ev in prof.key_averages():
-        us = getattr(ev, "self_device_time_total", None)
-        us = getattr(ev, "self_cuda_time_total", 0.0) if us is None else us
-        if us > 0:
-            name = ev.key.replace("void ", "").replace("(anonymous namespace)::", "")
-            name = name.replace("mambatron::cuda::ssd::", "").replace("__nv_bfloat16", "bf16").split("(")[0]
-            out[name] = out.get(name, 0.0) + us / reps
-    return out
+
+    return kernel_us(both, torch, strip=("mambatron::cuda::ssd::",))
 
 
 def main() -> int:
@@ -175,9 +162,8 @@ def main() -> int:
         for q in CHUNKS:
             kt = kernel_times(torch, 4, 4096, q)
             kernels[q] = kt
-            print(f"kernels, b 4 x l 4096, Q {q}, forward+backward (us per call, unfused allocations included):")
-            for name, us in sorted(kt.items(), key=lambda kv: -kv[1]):
-                print(f"  {us:9.1f}  {name}")
+            print_kernel_us(f"kernels, b 4 x l 4096, Q {q}, forward+backward (us per call, unfused allocations "
+                            f"included):", kt)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"benchmark": "cuda_ssd", "device": torch.cuda.get_device_name(), "checks": checks,

@@ -36,3 +36,34 @@ def median_ms(fn, torch, reps: int, warmup: int = 5) -> float:
         end.record()
     torch.cuda.synchronize()
     return statistics.median(start.elapsed_time(end) for start, end in events)
+
+
+def kernel_us(fn, torch, reps: int = 5, warmup: int = 2, strip: tuple = ()) -> dict:
+    """{kernel name: microseconds per call of fn()} from PyTorch's profiler (CUPTI).
+
+    Names lose their argument lists, "void ", anonymous namespaces and each prefix in
+    ``strip``; kernels of one name are added together."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    out = {}
+    for ev in prof.key_averages():
+        us = getattr(ev, "self_device_time_total", None)
+        us = getattr(ev, "self_cuda_time_total", 0.0) if us is None else us
+        if us > 0:
+            name = ev.key.replace("void ", "").replace("(anonymous namespace)::", "").replace("__nv_bfloat16", "bf16")
+            for prefix in strip:
+                name = name.replace(prefix, "")
+            name = name.split("(")[0]
+            out[name] = out.get(name, 0.0) + us / reps
+    return out
+
+
+def print_kernel_us(title: str, times: dict) -> None:
+    print(title)
+    for name, us in sorted(times.items(), key=lambda kv: -kv[1]):
+        print(f"  {us:9.1f}  {name}")
