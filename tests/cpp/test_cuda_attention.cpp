@@ -295,14 +295,17 @@ TEST(CudaAttention, CudnnBackwardKeepsItsWorkspaceUnderTheLimit) {
 
   const int64_t full = mt::cuda::cudnn_backward_workspace(in.q.dev, in.k.dev, scale);
   ASSERT_GT(full, 0) << "cuDNN's backward takes no workspace here: nothing to group";
-  {
+  // Half the workspace: one batch row of two a launch; a quarter: some kv heads of one
+  // row (two or one of four) a launch.
+  for (const int64_t limit_bytes : {full / 2, full / (2 * c.b)}) {
     EngineScope cudnn(mt::AttentionEngine::Cudnn);
-    LimitScope limit(full / 2);  // one batch row of two, or two kv heads of four, a launch
+    LimitScope limit(limit_bytes);
+    const std::string at = what + " (limit " + std::to_string(limit_bytes) + " of " + std::to_string(full) + ")";
     const Grads a = backward(), b = backward();
-    mt::testing::expect_within_rule(a.dq, bf.dq, dq64, (what + " dq").c_str(), 1e-5);
-    mt::testing::expect_within_rule(a.dk, bf.dk, dk64, (what + " dk").c_str(), 1e-5);
-    mt::testing::expect_within_rule(a.dv, bf.dv, dv64, (what + " dv").c_str(), 1e-5);
-    EXPECT_TRUE(same(a, b)) << what << ": two runs differ";
+    mt::testing::expect_within_rule(a.dq, bf.dq, dq64, (at + " dq").c_str(), 1e-5);
+    mt::testing::expect_within_rule(a.dk, bf.dk, dk64, (at + " dk").c_str(), 1e-5);
+    mt::testing::expect_within_rule(a.dv, bf.dv, dv64, (at + " dv").c_str(), 1e-5);
+    EXPECT_TRUE(same(a, b)) << at << ": two runs differ";
   }
   LimitScope limit(full / (c.b * c.hkv) - 1);  // less than one row of one kv head
   {

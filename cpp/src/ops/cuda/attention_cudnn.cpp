@@ -242,7 +242,8 @@ std::string outside_cases(const Tensor& q, const Tensor& lse, const Tensor& seq_
     if (!t->is_contiguous() || reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0)
       return "a tensor is not contiguous and 16-byte aligned";
   }
-  if (lse.dtype() != DType::f32 || !lse.is_contiguous()) return "lse is not contiguous f32";
+  if (lse.dtype() != DType::f32 || !lse.is_contiguous() || reinterpret_cast<uintptr_t>(lse.data_ptr()) % 16 != 0)
+    return "lse is not contiguous 16-byte aligned f32";
   return {};
 }
 
@@ -294,13 +295,15 @@ Plan* choose_plan(State& s, cudnnHandle_t h, int dev, bool backward, Shape x, fl
   if (!all || !backward) return all;
   const int64_t limit = workspace_limit(s, dev);
   if (all->workspace <= limit) return all;
-  // The workspace grows with rows and heads: skip the groups it certainly outgrows.
+  // The workspace grows with rows and heads: skip the groups it outgrows by the
+  // estimate (each chosen one is checked). Every group's lse slice starts 16-byte
+  // aligned, as cuDNN takes its tensors.
   const int64_t unit = all->workspace / (x.b * x.Hkv), r = x.Hq / x.Hkv;
   std::vector<std::pair<int64_t, int64_t>> groups;  // (rows, kv heads), largest first
   for (int64_t rows = 1; rows <= x.b; ++rows)
     for (int64_t g = 1; g <= x.Hkv; ++g)
       if (x.b % rows == 0 && x.Hkv % g == 0 && (rows == 1 || g == x.Hkv) && rows * g < x.b * x.Hkv &&
-          unit * rows * g <= limit)
+          unit * rows * g <= limit && (rows == 1 ? g * r : rows * x.Hq) * x.l % 4 == 0)
         groups.emplace_back(rows, g);
   std::sort(groups.begin(), groups.end(), [](const auto& a, const auto& b) {
     return a.first * a.second != b.first * b.second ? a.first * a.second > b.first * b.second : a.second > b.second;
@@ -361,8 +364,12 @@ bool run(bool backward, const Tensor& q, const Tensor& k, double scale, const Te
       }
       fe::error_t rc = plan->graph->execute(h, variant, ws.defined() ? ws.data_ptr() : nullptr);
       if (!rc.is_good()) {
-        // Refused at execution (what it wrote is written again by whoever takes the
-        // call): remembered like a refusal at build time.
+        // A CUDA error is the device's, not a refusal; otherwise cuDNN refused the graph
+        // when it ran: remembered like a refusal at build time (a later call tries the
+        // next group size or the built-in kernels, which write every output again).
+        const cudaError_t ce = cudaPeekAtLastError();
+        MT_CHECK(ce == cudaSuccess, CudaError, backward ? "attention_backward" : "attention_forward",
+                 ": cuDNN execution failed: ", rc.get_message(), " (", cudaGetErrorString(ce), ")");
         plan->graph.reset();
         plan->error = "execution failed: " + rc.get_message();
         if (why) *why = "cuDNN " + plan->error;
@@ -451,7 +458,7 @@ int64_t cudnn_attention_version(std::string* why) {
   if (why) *why = kNotBuilt;
   return 0;
 }
-int64_t set_cudnn_backward_workspace_limit(int64_t bytes) { return bytes; }
+int64_t set_cudnn_backward_workspace_limit(int64_t) { return 0; }
 int64_t cudnn_backward_workspace(const Tensor&, const Tensor&, double) { return -1; }
 
 #endif
