@@ -103,9 +103,12 @@ python3 -m pytest tests/python/test_train_gpu.py -q -s -k follows 2>&1 | grep "w
 bench_rc=0
 if [ $bench -eq 1 ]; then
   # Every GPU benchmark: the gemm beside torch, each CUDA op family, whole-model training.
+  # The SSM benchmarks also list each kernel's time (the profiler's), for the next change.
   for b in benchmarks/bench_gemm.py benchmarks/bench_cuda_*.py benchmarks/bench_train.py; do
     name=$(basename "$b" .py)
-    python3 "$b" --json "$OUT/$name.json" 2>&1 | tee -a "$log"
+    extra=()
+    case $name in bench_cuda_ssd | bench_cuda_selective_scan) extra=(--kernels) ;; esac
+    python3 "$b" --json "$OUT/$name.json" "${extra[@]}" 2>&1 | tee -a "$log"
     rc=${PIPESTATUS[0]}
     say "$name: exit $rc"
     [ $rc -ne 0 ] && bench_rc=1
