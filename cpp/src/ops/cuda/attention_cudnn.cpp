@@ -273,7 +273,7 @@ Plan* plan_for(State& s, cudnnHandle_t h, int dev, bool backward, const Shape& x
   }
   return &it->second;
 }
-
+// The backward's workspace limit on device `dev`, in bytes.
 int64_t workspace_limit(State& s, int dev) {
   if (const int64_t set = backward_workspace_limit.load(); set > 0) return set;
   auto it = s.device_memory.find(dev);
