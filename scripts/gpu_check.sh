@@ -5,17 +5,20 @@
 # printed are a summary.
 #   scripts/gpu_check.sh            build + tests + benchmarks
 #   scripts/gpu_check.sh --no-bench build + tests
+#   scripts/gpu_check.sh --bench    build + benchmarks (a second call after the tests)
 #   scripts/gpu_check.sh --jobs     build + the user-facing jobs on the GPU: the main job
 #                                   (`mambatron train`, timed) and notebooks/paper_findings.ipynb
 #                                   in its full setting (figure and numbers into $OUT)
 # GTEST_FILTER and PYTEST_ARGS (e.g. "tests/python/test_ops_ssd.py -k cuda")
-# narrow the tests to one area while a kernel is being written.
+# narrow the tests to one area while a kernel is being written; BENCHMARKS (e.g.
+# "bench_cuda_attention bench_cuda_ssd") the benchmarks.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 bench=1 tests=1 jobs=0
 [ "${1:-}" = "--no-bench" ] && bench=0
+[ "${1:-}" = "--bench" ] && tests=0
 [ "${1:-}" = "--jobs" ] && bench=0 tests=0 jobs=1
 log="$OUT/gpu_check.log"
 : > "$log"
@@ -61,9 +64,10 @@ if compgen -G ".deps/nvidia_cudnn_frontend-*.whl" >/dev/null; then
 fi
 
 t0=$(date +%s)
-# The jobs need only the package; the tests' binary is built for the test runs.
+# The jobs need only the package; the tests' binary is built otherwise (also with --bench,
+# so that a call after a test call on the same machine rebuilds nothing).
 build_tests=ON
-[ $tests -eq 0 ] && build_tests=OFF
+[ $jobs -eq 1 ] && build_tests=OFF
 MAMBATRON_CUDA=ON MAMBATRON_BUILD_TESTS=$build_tests python3 -m pip install --no-build-isolation --no-deps -v \
   -C build-dir=build/gpu . > "$OUT/build.log" 2>&1
 build_rc=$?
@@ -73,6 +77,7 @@ grep -E "mambatron: (CUDA backend|cuDNN attention)" "$OUT/build.log" | tee -a "$
 python3 -c "import mambatron as mt; print('cuDNN for attention (version, why not):', mt.cudnn_version(reason=True))" \
   2>&1 | tee -a "$log"
 
+gtest_rc=0 pytest_rc=0
 if [ $jobs -eq 1 ]; then
   job_rc=0
   t0=$(date +%s)
@@ -88,6 +93,7 @@ if [ $jobs -eq 1 ]; then
   exit $job_rc
 fi
 
+if [ $tests -eq 1 ]; then
 build/gpu/mambatron_tests --gtest_filter="${GTEST_FILTER:-*}" --gtest_output=xml:"$OUT/gtest.xml" > "$OUT/gtest.log" 2>&1
 gtest_rc=$?
 say "gtest: exit $gtest_rc; $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/gtest.log" | tr '\n' ' ')"
@@ -99,6 +105,7 @@ say "pytest: exit $pytest_rc; $(tail -1 "$OUT/pytest.log")"
 [ $pytest_rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error" "$OUT/pytest.log" | head -30 | tee -a "$log"
 # The GPU-vs-CPU training curve's numbers (the test prints them).
 python3 -m pytest tests/python/test_train_gpu.py -q -s -k follows 2>&1 | grep "window means" | tee -a "$log"
+fi
 
 bench_rc=0
 if [ $bench -eq 1 ]; then
@@ -106,6 +113,7 @@ if [ $bench -eq 1 ]; then
   # The SSM benchmarks also list each kernel's time (the profiler's), for the next change.
   for b in benchmarks/bench_gemm.py benchmarks/bench_cuda_*.py benchmarks/bench_train.py; do
     name=$(basename "$b" .py)
+    [ -n "${BENCHMARKS:-}" ] && [[ " $BENCHMARKS " != *" $name "* ]] && continue
     extra=()
     case $name in bench_cuda_ssd | bench_cuda_selective_scan) extra=(--kernels) ;; esac
     python3 "$b" --json "$OUT/$name.json" "${extra[@]}" 2>&1 | tee -a "$log"
@@ -114,10 +122,12 @@ if [ $bench -eq 1 ]; then
     [ $rc -ne 0 ] && bench_rc=1
   done
   # Activation recomputation: its peak memory and tokens/s beside the rows above.
-  python3 benchmarks/bench_train.py --recompute --json "$OUT/bench_train_recompute.json" 2>&1 | tee -a "$log"
-  rc=${PIPESTATUS[0]}
-  say "bench_train --recompute: exit $rc"
-  [ $rc -ne 0 ] && bench_rc=1
+  if [ -z "${BENCHMARKS:-}" ] || [[ " $BENCHMARKS " == *" bench_train "* ]]; then
+    python3 benchmarks/bench_train.py --recompute --json "$OUT/bench_train_recompute.json" 2>&1 | tee -a "$log"
+    rc=${PIPESTATUS[0]}
+    say "bench_train --recompute: exit $rc"
+    [ $rc -ne 0 ] && bench_rc=1
+  fi
 fi
 say "== summary: build $build_rc, gtest $gtest_rc, pytest $pytest_rc, benchmarks $bench_rc"
 [ $gtest_rc -eq 0 ] && [ $pytest_rc -eq 0 ] && [ $bench_rc -eq 0 ]
