@@ -94,17 +94,17 @@ if [ $jobs -eq 1 ]; then
 fi
 
 if [ $tests -eq 1 ]; then
-build/gpu/mambatron_tests --gtest_filter="${GTEST_FILTER:-*}" --gtest_output=xml:"$OUT/gtest.xml" > "$OUT/gtest.log" 2>&1
-gtest_rc=$?
-say "gtest: exit $gtest_rc; $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/gtest.log" | tr '\n' ' ')"
-grep -E '^\[  FAILED  \]|Failure|error' "$OUT/gtest.log" | head -30 | tee -a "$log"
+  build/gpu/mambatron_tests --gtest_filter="${GTEST_FILTER:-*}" --gtest_output=xml:"$OUT/gtest.xml" > "$OUT/gtest.log" 2>&1
+  gtest_rc=$?
+  say "gtest: exit $gtest_rc; $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/gtest.log" | tr '\n' ' ')"
+  grep -E '^\[  FAILED  \]|Failure|error' "$OUT/gtest.log" | head -30 | tee -a "$log"
 
-python3 -m pytest ${PYTEST_ARGS:-tests/python} -q -rs --durations=10 > "$OUT/pytest.log" 2>&1
-pytest_rc=$?
-say "pytest: exit $pytest_rc; $(tail -1 "$OUT/pytest.log")"
-[ $pytest_rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error" "$OUT/pytest.log" | head -30 | tee -a "$log"
-# The GPU-vs-CPU training curve's numbers (the test prints them).
-python3 -m pytest tests/python/test_train_gpu.py -q -s -k follows 2>&1 | grep "window means" | tee -a "$log"
+  python3 -m pytest ${PYTEST_ARGS:-tests/python} -q -rs --durations=10 > "$OUT/pytest.log" 2>&1
+  pytest_rc=$?
+  say "pytest: exit $pytest_rc; $(tail -1 "$OUT/pytest.log")"
+  [ $pytest_rc -ne 0 ] && grep -E "^(FAILED|ERROR)|Error" "$OUT/pytest.log" | head -30 | tee -a "$log"
+  # The GPU-vs-CPU training curve's numbers (the test prints them).
+  python3 -m pytest tests/python/test_train_gpu.py -q -s -k follows 2>&1 | grep "window means" | tee -a "$log"
 fi
 
 bench_rc=0
