@@ -222,9 +222,14 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
         if (l > 0) chunk_entry_states<T, NS>(a, PL::kSegment, nseg, a.ckpt, mptr<float>(dsum), s);
         // ΣΔ of the gradient's chunks reuses dsum (ngchunk <= nseg), done with by now.
         if (a.nspan > 1) chunk_entry_grads<T, NS>(a, a.gchunk, a.ngchunk, mptr<float>(gin), mptr<float>(dsum), s);
-        auto kernel = scan::scan_bwd_kernel<T, NS>;
-        MT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(PL::kSmemBytes)));
-        kernel<<<unsigned(rows * a.blocks_per_row), PL::kThreads, PL::kSmemBytes, s>>>(a, nseg);
+        // Staged (selective_scan.cuh): a block's channels in one group, B and C rows of NS
+        // elements in 16-byte packs, the activations' rows 16-byte aligned.
+        const bool staged = a.bc_vec && a.cpg % PL::kThreads == 0 && d * int64_t(sizeof(T)) % 16 == 0 &&
+                            aligned16({a.u, a.delta, a.z, a.dy});
+        auto kernel = staged ? scan::scan_bwd_kernel<T, NS, true> : scan::scan_bwd_kernel<T, NS, false>;
+        const size_t smem = staged ? scan::Stage<T, NS>::kSmemBytes : PL::kSmemBytes;
+        MT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+        kernel<<<unsigned(rows * a.blocks_per_row), PL::kThreads, smem, s>>>(a, nseg);
         MT_CUDA_LAUNCH_CHECK();
         if (a.per_group > 1 && l > 0) {
           scan::scan_group_sum_kernel<T><<<grid_for(2 * b * l * g * n, kThreads * 2), kThreads * 2, 0, s>>>(

@@ -22,6 +22,7 @@
 #pragma once
 #include <cstdint>
 
+#include "async_copy.cuh"
 #include "dense.cuh"
 
 namespace mambatron::cuda::scan {
@@ -460,17 +461,115 @@ __device__ __forceinline__ Span block_span(const ScanArgs<T>& a, int64_t k, int 
   return s;
 }
 
+// Staged blocks: when a block's channels are all of one group (the group's width a
+// multiple of the block), B and C are rows of NS elements in 16-byte packs and the
+// activations' rows are 16-byte aligned, every visit of a chunk of K tokens (the
+// segment's walk forward, then each chunk again in reverse) reads the chunk's inputs
+// from a shared-memory slot that cp.async filled during the previous visit: no token
+// waits on global memory. dB and dC are then summed over the block's channels by warp
+// shuffles (a fixed butterfly) and the warps' sums added in warp order.
+template <class T, int NS>
+struct Stage {
+  using PL = Plan<NS>;
+  static constexpr int BC = PL::kThreads, K = PL::kChunk, W = BC / 32, P = Pack<T>::N;
+  static_assert(BC % P == 0 && NS % P == 0, "whole 16-byte packs");
+  // A slot: [4][K][BC] T (u, delta, z, dy), [2][K][NS] T (B, C), [K + 1] int32 (the
+  // document ids of tokens t0 − 1 … t0 + K − 1).
+  static constexpr size_t kChannels = size_t(4) * K * BC * sizeof(T);
+  static constexpr size_t kRows = size_t(2) * K * NS * sizeof(T);
+  static constexpr size_t kSlot = kChannels + kRows + (size_t(K + 1) * 4 + 15) / 16 * 16;
+  // The warps' dB and dC sums (but warp 0's) of two tokens: [2][W − 1][2·NS] floats.
+  static constexpr size_t kSums = size_t(2) * (W - 1) * 2 * NS * sizeof(float);
+  static constexpr size_t kSmemBytes = size_t(PL::kChunks + K) * NS * BC * sizeof(float) + kSums + 2 * kSlot;
+};
+
+// Tokens [t0, t0 + K) of row i, channels from c0, into a slot (zeros past the row).
+template <class T, int NS>
+__device__ __forceinline__ void stage_chunk(const ScanArgs<T>& a, char* slot, int64_t i, int64_t t0, int64_t c0,
+                                            int64_t gr, int tid) {
+  using S = Stage<T, NS>;
+  constexpr int K = S::K, P = S::P, cu = S::BC / P, ru = NS / P;  // 16-byte units of a token's channels, of a row
+  T* ch = reinterpret_cast<T*>(slot);
+  for (int e = tid; e < 4 * K * cu; e += S::BC) {
+    const int q = e / (K * cu), k = e / cu % K, w = e % cu;
+    const T* src = q == 0 ? a.u : q == 1 ? a.delta : q == 2 ? a.z : a.dy;
+    const bool ok = t0 + k < a.l && src != nullptr;
+    cp_async<16>(ch + (q * K + k) * S::BC + w * P, ok ? src + (i * a.l + t0 + k) * a.d + c0 + w * P : a.u, ok);
+  }
+  T* rows = reinterpret_cast<T*>(slot + S::kChannels);
+  for (int e = tid; e < 2 * K * ru; e += S::BC) {
+    const int q = e / (K * ru), k = e / ru % K, w = e % ru;
+    const bool ok = t0 + k < a.l;
+    const T* src = (q == 0 ? a.B : a.C) + (ok ? ((i * a.l + t0 + k) * a.g + gr) * NS + w * P : 0);
+    cp_async<16>(rows + (q * K + k) * NS + w * P, src, ok);
+  }
+  if (a.seq) {
+    int32_t* ids = reinterpret_cast<int32_t*>(slot + S::kChannels + S::kRows);
+    for (int e = tid; e <= K; e += S::BC) {
+      const int64_t t = t0 - 1 + e;
+      const bool ok = t >= 0 && t < a.l;
+      cp_async<4>(ids + e, a.seq + (ok ? i * a.l + t : 0), ok);
+    }
+  }
+}
+
+// Token t0 + k of a slot, as load_token reads it from global memory; dy beside it.
+template <class T, int NS>
+__device__ __forceinline__ void read_token(const ScanArgs<T>& a, const char* slot, int k, int64_t t, int tid,
+                                           float bias, bool with_c, Token<NS>& o, float* dy = nullptr) {
+  using S = Stage<T, NS>;
+  constexpr int K = S::K, P = S::P;
+  const T* ch = reinterpret_cast<const T*>(slot);
+  o.u = to_f32(ch[k * S::BC + tid]);
+  o.v = to_f32(ch[(K + k) * S::BC + tid]) + bias;
+  o.z = to_f32(ch[(2 * K + k) * S::BC + tid]);
+  if (dy) *dy = to_f32(ch[(3 * K + k) * S::BC + tid]);
+  const Pack<T>* rows = reinterpret_cast<const Pack<T>*>(slot + S::kChannels);
+#pragma unroll
+  for (int p = 0; p < NS / P; ++p) {
+    const Pack<T> b = rows[k * (NS / P) + p];
+    const Pack<T> c = with_c ? rows[(K + k) * (NS / P) + p] : Pack<T>{};
+#pragma unroll
+    for (int e = 0; e < P; ++e) {
+      o.B[p * P + e] = to_f32(b.v[e]);
+      o.C[p * P + e] = with_c ? to_f32(c.v[e]) : 0.f;
+    }
+  }
+  const int32_t* ids = reinterpret_cast<const int32_t*>(slot + S::kChannels + S::kRows);
+  o.reset = a.seq && t > 0 && ids[k + 1] != ids[k];
+}
+
+// Σ over the warp's lanes of v[x], x < V (a multiple of 32), reduce-scattered: lane L
+// ends with the sums of x = L·V/32 + r in v[r], r < V/32. A butterfly of fixed order.
+template <int V>
+__device__ __forceinline__ void warp_reduce_scatter(float (&v)[V], int lane) {
+  static_assert(V % 32 == 0, "whole lanes");
+#pragma unroll
+  for (int s = 0; s < 5; ++s) {
+    const int o = 16 >> s, h = V >> (s + 1);
+    const bool up = lane & o;
+#pragma unroll
+    for (int r = 0; r < h; ++r) {
+      const float send = up ? v[r] : v[r + h], keep = up ? v[r + h] : v[r];
+      v[r] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+    }
+  }
+}
+
 // Blocks (row, span, channel block), the channel block fastest so that blocks running
 // together share tokens' B and C in L2.
-template <class T, int NS>
+template <class T, int NS, bool kStaged>
 __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T> a, int64_t nseg) {
   using PL = Plan<NS>;
+  using S = Stage<T, NS>;
   constexpr int BC = PL::kThreads, K = PL::kChunk, M = PL::kChunks, K2 = PL::kSegment, R = PL::kTermRow;
   extern __shared__ float4 scan_smem[];
   float* fk = reinterpret_cast<float*>(scan_smem);  // [M][NS][BC]
   float* hs = fk + M * NS * BC;                      // [K][NS][BC]
-  float* red = hs + K * NS * BC;                     // [BC][R]: dB terms, then dC terms
-  const int tid = threadIdx.x;
+  // Not staged: [BC][R], dB terms, then dC terms. Staged: the warps' sums, then two slots.
+  float* red = hs + K * NS * BC;
+  char* slots = reinterpret_cast<char*>(red) + S::kSums;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   // Segment indices fit in 32 bits (rows of fewer than 2^36 tokens); few values stay
   // live across the walk, where registers are short.
   // The grid and its factors are below 2^31.
@@ -480,7 +579,7 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
   const Span sp = block_span(a, blockIdx.x % unsigned(a.blocks_per_row), BC);
   const int64_t c = sp.c0 + tid;
   const int seg0 = sn * int(a.span), seg1 = seg0 + a.span < nseg ? seg0 + int(a.span) : int(nseg);
-  const bool active = c < sp.c1;
+  const bool active = c < sp.c1;  // always, staged
   const int64_t gr = active ? c / a.cpg : sp.g0;
   float Ar[NS], G[NS];
   load_channel<T, NS>(a, c, active, Ar);
@@ -502,6 +601,22 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
   const int spread = outputs > 0 && outputs < BC ? BC / outputs : 1;
   const bool direct = a.per_group == 1;
 
+  // Staged: the slot of the current visit; the parity of the warps' sums.
+  int slot = 0, parity = 0;
+  // The next visit's chunk (from token next_t0; none when negative) into the other slot,
+  // then this visit's chunk waited for. Every thread passes here together.
+  auto begin_visit = [&](int64_t next_t0) {
+    __syncthreads();  // the other slot's last visit is over
+    if (next_t0 >= 0) stage_chunk<T, NS>(a, slots + (slot ^ 1) * S::kSlot, i, next_t0, sp.c0, gr, tid);
+    cp_commit();
+    cp_wait<1>();
+    __syncthreads();
+  };
+  if constexpr (kStaged) {
+    if (seg1 > seg0) stage_chunk<T, NS>(a, slots, i, int64_t(seg1 - 1) * K2, sp.c0, gr, tid);
+    cp_commit();
+  }
+
   for (int seg = seg1 - 1; seg >= seg0; --seg) {
     const int64_t ts0 = int64_t(seg) * K2, ts1 = ts0 + K2 < a.l ? ts0 + K2 : a.l;
     const int nck = int((ts1 - ts0 + K - 1) / K);
@@ -511,24 +626,48 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
       dA_seg[j] = 0.f;
       h[j] = active && j < a.n ? a.ckpt[((i * nseg + seg) * a.n + j) * a.d + c] : 0.f;
     }
-    // The state entering each chunk of the segment (inputs read one token ahead).
+    // The state entering each chunk of the segment.
     Token<NS> next;
-    if (active) load_token<T, NS>(a, i, ts0, c, gr, bc, false, next);
-    for (int64_t t = ts0; t < ts1; ++t) {
-      if ((t - ts0) % K == 0)
+    if constexpr (kStaged) {
+      for (int m = 0; m < nck; ++m) {
+        const int64_t t0 = ts0 + int64_t(m) * K, t1 = t0 + K < ts1 ? t0 + K : ts1;
 #pragma unroll
-        for (int j = 0; j < NS; ++j) fk[((t - ts0) / K * NS + j) * BC + tid] = h[j];
-      if (!active) continue;
-      const Token<NS> k = next;
-      if (t + 1 < ts1) load_token<T, NS>(a, i, t + 1, c, gr, bc, false, next);
-      advance<NS>(h, Ar, k, step_size(k.v, a.softplus));
+        for (int j = 0; j < NS; ++j) fk[(m * NS + j) * BC + tid] = h[j];
+        begin_visit(m + 1 < nck ? t0 + K : ts0 + int64_t(nck - 1) * K);  // then the last chunk, in reverse
+        const char* cur = slots + slot * S::kSlot;
+        for (int64_t t = t0; t < t1; ++t) {
+          read_token<T, NS>(a, cur, int(t - t0), t, tid, bc, false, next);
+          advance<NS>(h, Ar, next, step_size(next.v, a.softplus));
+        }
+        slot ^= 1;
+      }
+    } else {  // inputs read one token ahead
+      if (active) load_token<T, NS>(a, i, ts0, c, gr, bc, false, next);
+      for (int64_t t = ts0; t < ts1; ++t) {
+        if ((t - ts0) % K == 0)
+#pragma unroll
+          for (int j = 0; j < NS; ++j) fk[((t - ts0) / K * NS + j) * BC + tid] = h[j];
+        if (!active) continue;
+        const Token<NS> k = next;
+        if (t + 1 < ts1) load_token<T, NS>(a, i, t + 1, c, gr, bc, false, next);
+        advance<NS>(h, Ar, k, step_size(k.v, a.softplus));
+      }
     }
     for (int m = nck - 1; m >= 0; --m) {
       const int64_t t0 = ts0 + int64_t(m) * K, t1 = t0 + K < ts1 ? t0 + K : ts1;
       // The state entering each token of the chunk (before a document reset).
 #pragma unroll
       for (int j = 0; j < NS; ++j) h[j] = fk[(m * NS + j) * BC + tid];
-      if (active) {
+      const char* cur = slots + slot * S::kSlot;
+      if constexpr (kStaged) {
+        begin_visit(m > 0 ? t0 - K : seg > seg0 ? int64_t(seg - 1) * K2 : -1);
+        for (int64_t t = t0; t < t1; ++t) {
+#pragma unroll
+          for (int j = 0; j < NS; ++j) hs[((t - t0) * NS + j) * BC + tid] = h[j];
+          read_token<T, NS>(a, cur, int(t - t0), t, tid, bc, false, next);
+          advance<NS>(h, Ar, next, step_size(next.v, a.softplus));
+        }
+      } else if (active) {
         load_token<T, NS>(a, i, t0, c, gr, bc, false, next);
         for (int64_t t = t0; t < t1; ++t) {
 #pragma unroll
@@ -539,12 +678,21 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
         }
         load_token<T, NS>(a, i, t1 - 1, c, gr, bc, true, next);
       }
-      // The reverse recurrence over the chunk, token t − 1's inputs read during token t.
+      // The reverse recurrence over the chunk (not staged: token t − 1's inputs read
+      // during token t).
       for (int64_t t = t1 - 1; t >= t0; --t) {
+        float terms[2 * NS];  // this channel's dB terms, then its dC terms
         if (active) {
-          const Token<NS> k = next;
-          if (t > t0) load_token<T, NS>(a, i, t - 1, c, gr, bc, true, next);
+          Token<NS> k;
+          float dyc;  // gradient of the output before the gate
           const int64_t idx = (i * a.l + t) * a.d + c;
+          if constexpr (kStaged) {
+            read_token<T, NS>(a, cur, int(t - t0), t, tid, bc, true, k, &dyc);
+          } else {
+            k = next;
+            if (t > t0) load_token<T, NS>(a, i, t - 1, c, gr, bc, true, next);
+            dyc = to_f32(a.dy[idx]);
+          }
           const float dt = step_size(k.v, a.softplus);
           const float dsp = !a.softplus || k.v > 20.f ? 1.f : sigmoid(k.v);  // dΔ/dv
           float hp[NS], E[NS], hc[NS];
@@ -556,7 +704,6 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
             hc[j] = E[j] * hp[j] + dt * k.u * k.B[j];
             ypre += hc[j] * k.C[j];
           }
-          float dyc = to_f32(a.dy[idx]);  // gradient of the output before the gate
           if (a.z) {
             const float sg = sigmoid(k.z);
             ypre += Dc * k.u;
@@ -569,8 +716,8 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
 #pragma unroll
           for (int j = 0; j < NS; ++j) {
             const float gj = G[j] + dyc * k.C[j];  // total gradient of h_t
-            red[tid * R + j] = dtu * gj;           // dB
-            red[tid * R + NS + j] = dyc * hc[j];  // dC
+            terms[j] = dtu * gj;                   // dB
+            terms[NS + j] = dyc * hc[j];           // dC
             gB += gj * k.B[j];
             const float geh = gj * E[j] * hp[j];
             dA_seg[j] += dt * geh;
@@ -583,33 +730,61 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
           dbias_acc += double(dd);
         } else {
 #pragma unroll
-          for (int j = 0; j < 2 * NS; ++j) red[tid * R + j] = 0.f;
+          for (int j = 0; j < 2 * NS; ++j) terms[j] = 0.f;
         }
-        __syncthreads();
-        // Sums over each group's channels of the block, in channel order.
-        if (tid % spread == 0) {
-          for (int o = tid / spread; o < outputs; o += BC / spread) {
-            const int which = o / int(sp.ngr * a.n), gl = (o / int(a.n)) % int(sp.ngr), j = o % int(a.n);
-            const float* col = red + gl * sp.width * R + which * NS + j;
-            // Four running sums (channels q mod 4), added in a fixed order at the end.
-            float s4[4] = {0.f, 0.f, 0.f, 0.f};
-            int64_t q = 0;
-            for (; q + 4 <= sp.width; q += 4)
+        const int64_t half = a.b * a.g * a.per_group * a.l * a.n;
+        if constexpr (kStaged) {
+          // Sums over the block's channels: each warp's by shuffles, then the warps' in order.
+          constexpr int RV = 2 * NS / 32;
+          warp_reduce_scatter<2 * NS>(terms, lane);
+          float* xs = red + parity * (S::W - 1) * 2 * NS;
+          if (S::W > 1) {
+            if (warp > 0)
 #pragma unroll
-              for (int r = 0; r < 4; ++r) s4[r] += col[(q + r) * R];
-            for (; q < sp.width; ++q) s4[q % 4] += col[q * R];
-            const float s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
-            if (direct) {
-              T* out = which == 0 ? a.dB : a.dC;
-              out[((i * a.l + t) * a.g + sp.g0 + gl) * a.n + j] = from_f32<T>(s);
-            } else {
-              const int64_t half = a.b * a.g * a.per_group * a.l * a.n;
-              a.part[which * half + (((i * a.g + sp.g0) * a.per_group + sp.p) * a.l + t) * a.n + j] = s;
+              for (int r = 0; r < RV; ++r) xs[(warp - 1) * 2 * NS + lane * RV + r] = terms[r];
+            __syncthreads();
+            parity ^= 1;
+          }
+          if (warp == 0)
+#pragma unroll
+            for (int r = 0; r < RV; ++r) {
+              float s = terms[r];
+              for (int w = 1; w < S::W; ++w) s += xs[(w - 1) * 2 * NS + lane * RV + r];
+              const int x = lane * RV + r, which = x / NS, j = x % NS;
+              if (direct)
+                (which == 0 ? a.dB : a.dC)[((i * a.l + t) * a.g + sp.g0) * NS + j] = from_f32<T>(s);
+              else
+                a.part[which * half + (((i * a.g + sp.g0) * a.per_group + sp.p) * a.l + t) * NS + j] = s;
+            }
+        } else {
+#pragma unroll
+          for (int j = 0; j < 2 * NS; ++j) red[tid * R + j] = terms[j];
+          __syncthreads();
+          // Sums over each group's channels of the block, in channel order.
+          if (tid % spread == 0) {
+            for (int o = tid / spread; o < outputs; o += BC / spread) {
+              const int which = o / int(sp.ngr * a.n), gl = (o / int(a.n)) % int(sp.ngr), j = o % int(a.n);
+              const float* col = red + gl * sp.width * R + which * NS + j;
+              // Four running sums (channels q mod 4), added in a fixed order at the end.
+              float s4[4] = {0.f, 0.f, 0.f, 0.f};
+              int64_t q = 0;
+              for (; q + 4 <= sp.width; q += 4)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) s4[r] += col[(q + r) * R];
+              for (; q < sp.width; ++q) s4[q % 4] += col[q * R];
+              const float s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+              if (direct) {
+                T* out = which == 0 ? a.dB : a.dC;
+                out[((i * a.l + t) * a.g + sp.g0 + gl) * a.n + j] = from_f32<T>(s);
+              } else {
+                a.part[which * half + (((i * a.g + sp.g0) * a.per_group + sp.p) * a.l + t) * a.n + j] = s;
+              }
             }
           }
+          __syncthreads();
         }
-        __syncthreads();
       }
+      if constexpr (kStaged) slot ^= 1;
     }
     if (active)
       for (int j = 0; j < NS; ++j)
