@@ -17,9 +17,11 @@
 // between the two (a few microseconds of a batch-1 call's ~60).
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "attention.h"
 #include "async_copy.cuh"
+#include "attention_mma.cuh"
 #include "dense.cuh"
 
 namespace mambatron::cuda {
@@ -349,6 +351,170 @@ __global__ void __launch_bounds__(kThreads, 2) decode_split_kernel(DecodeArgs a)
   }
 }
 
+// Tensor-core decode (bf16 caches, p 64 or 128, 16-byte aligned rows, up to 16 query
+// heads a block): the same split and ring of 64-key chunks, 4 warps a block. Each warp
+// runs its own online softmax over keys 16w .. 16w + 15 of every chunk: scores
+// S (16 query rows, the heads padded with zeros, × 16 keys) = Q·Kᵀ and O += P·V by
+// mma.sync (P split into bf16 hi + lo, so the products lose almost nothing); at the end
+// the block adds its warps' (m, l, o) in warp order into the split's partials, which
+// the combine kernel reads as from any split. Memory-bound where the FMA kernel above
+// is not: a 64-key chunk costs each warp 48 to 96 mma instead of thousands of FMAs.
+constexpr int kMmaThreads = 128;
+constexpr int kMmaHeads = 16;  // rows of an mma tile
+static_assert(kMmaThreads / 32 * 16 == kKeys, "a warp takes 16 keys of a chunk");
+
+template <int P>
+constexpr size_t decode_mma_smem_bytes() {
+  // ring [kStages][K, V][kKeys][P] bf16, q [16][P] bf16, the warps' m and l [2][4][16]
+  return size_t(kStages) * 2 * kKeys * P * 2 + size_t(kMmaHeads) * P * 2 + 2 * 4 * kMmaHeads * 4;
+}
+
+template <int P>
+__global__ void __launch_bounds__(kMmaThreads) decode_mma_kernel(DecodeArgs a) {
+  using namespace attn_mma;
+  using bf16 = __nv_bfloat16;
+  static_assert(P == 64 || P == 128, "head dim 64 or 128");
+  allow_dependent_launch();
+  extern __shared__ float4 smem4[];
+  bf16* ring = reinterpret_cast<bf16*>(smem4);  // [kStages][K, V][kKeys][P], swizzled
+  bf16* q_s = ring + kStages * 2 * kKeys * P;   // [16][P], swizzled
+  float* mw = reinterpret_cast<float*>(q_s + kMmaHeads * P);  // [4][16]
+  float* lw = mw + 4 * kMmaHeads;                               // [4][16]
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  const int64_t bx = blockIdx.x, bkv = bx / a.head_groups, bi = bkv / a.hkv;
+  const int hg = int(bx % a.head_groups), kvh = int(bkv % a.hkv), group = a.hq / a.hkv;
+  const int h0 = kvh * group + hg * a.heads, nh = min(a.heads, group - hg * a.heads);
+  const int64_t n = valid_len(a.lens, bi, a.max_len), per = split_chunks(n, a.splits);
+  const int64_t c0 = int64_t(blockIdx.y) * per, c1 = min((n + kKeys - 1) / kKeys, c0 + per);
+  if (c0 >= c1) return;  // no keys (n = 0 included): the combine does not read this split
+
+  const int64_t row = int64_t(a.hkv) * P;  // elements between tokens of a cache
+  const bf16* kb = static_cast<const bf16*>(a.kc) + bi * a.max_len * row + int64_t(kvh) * P;
+  const bf16* vb = static_cast<const bf16*>(a.vc) + bi * a.max_len * row + int64_t(kvh) * P;
+  auto load_chunk = [&](int64_t c, int slot) {
+    bf16* kt = ring + slot * 2 * kKeys * P;
+    load_tile<kKeys, P, kMmaThreads>(kt, kb, row, c * kKeys, n);
+    load_tile<kKeys, P, kMmaThreads>(kt + kKeys * P, vb, row, c * kKeys, n);
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (c0 + s < c1) load_chunk(c0 + s, s);
+    cp_commit();  // one group per chunk, empty past the split, so the waits count alike
+  }
+  const bf16* q = static_cast<const bf16*>(a.q) + (bi * a.hq + h0) * P;
+  for (int e = tid; e < kMmaHeads * P / 8; e += kMmaThreads) {
+    const int r = e / (P / 8), c = e % (P / 8);
+    Pack<bf16> v{};
+    if (r < nh) v = *reinterpret_cast<const Pack<bf16>*>(q + r * P + c * 8);
+    *reinterpret_cast<Pack<bf16>*>(q_s + swz<P>(r, c)) = v;
+  }
+  __syncthreads();
+  uint32_t qf[P / 16][4];
+#pragma unroll
+  for (int kc = 0; kc < P / 16; ++kc) ldsm_x4(qf[kc], a_addr<P>(q_s, 0, 2 * kc));
+
+  float o[P / 8][4];
+  zero_frags(o);
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // rows g and g + 8
+  int slot = 0;
+  for (int64_t c = c0; c < c1; ++c, slot = slot + 1 == kStages ? 0 : slot + 1) {
+    const int cn = int(min(int64_t(kKeys), n - c * kKeys));
+    cp_wait<kStages - 2>();  // chunk c's group is done
+    __syncthreads();         // chunk c visible; the slot of chunk c − 1 is read no more
+    if (c + kStages - 1 < c1) load_chunk(c + kStages - 1, slot == 0 ? kStages - 1 : slot - 1);
+    cp_commit();
+    const bf16* kt = ring + slot * 2 * kKeys * P;
+    const bf16* vt = kt + kKeys * P;
+    float s[2][4];
+    zero_frags(s);
+#pragma unroll
+    for (int kc = 0; kc < P / 16; ++kc) {
+      uint32_t b[4];
+      ldsm_x4(b, b_addr<P>(kt, 16 * warp, 2 * kc));
+      mma(s[0], qf[kc], b[0], b[1]);
+      mma(s[1], qf[kc], b[2], b[3]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = 16 * warp + 8 * nt + 2 * t + (e & 1);
+        s[nt][e] = key < cn ? s[nt][e] * a.scale : -INFINITY;
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = fmaxf(fmaxf(s[0][2 * r], s[0][2 * r + 1]), fmaxf(s[1][2 * r], s[1][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mnew = fmaxf(m[r], mx), base = mnew == -INFINITY ? 0.f : mnew;  // no key yet: all zeros
+      const float al = expf(m[r] - base);
+      m[r] = mnew;
+      l[r] *= al;
+#pragma unroll
+      for (int nt = 0; nt < P / 8; ++nt) o[nt][2 * r] *= al, o[nt][2 * r + 1] *= al;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 2 * r; e < 2 * r + 2; ++e) {
+          s[nt][e] = expf(s[nt][e] - base);
+          l[r] += s[nt][e];
+        }
+    }
+    uint32_t hi[4], lo[4];
+    split_bf16(s[0][0], s[0][1], hi[0], lo[0]);
+    split_bf16(s[0][2], s[0][3], hi[1], lo[1]);
+    split_bf16(s[1][0], s[1][1], hi[2], lo[2]);
+    split_bf16(s[1][2], s[1][3], hi[3], lo[3]);
+#pragma unroll
+    for (int np = 0; np < P / 16; ++np) {
+      uint32_t b[4];
+      ldsm_x4_t(b, a_addr<P>(vt, 16 * warp, 2 * np));
+      mma(o[2 * np], hi, b[0], b[1]);
+      mma(o[2 * np + 1], hi, b[2], b[3]);
+      mma(o[2 * np], lo, b[0], b[1]);
+      mma(o[2 * np + 1], lo, b[2], b[3]);
+    }
+  }
+  // The warps' (m, l, o) into shared memory (o over the ring, free now), then added
+  // in warp order: M = max m_w, L = Σ l_w·e^(m_w − M), O = Σ o_w·e^(m_w − M).
+  cp_wait_all();
+  __syncthreads();
+  float* ow = reinterpret_cast<float*>(ring);  // [4][16][P]
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    const int h = g + 8 * r;
+    if (h < nh) {
+      if (t == 0) mw[warp * kMmaHeads + h] = m[r], lw[warp * kMmaHeads + h] = l[r];
+#pragma unroll
+      for (int nt = 0; nt < P / 8; ++nt)
+        *reinterpret_cast<float2*>(ow + (warp * kMmaHeads + h) * P + 8 * nt + 2 * t) =
+            make_float2(o[nt][2 * r], o[nt][2 * r + 1]);
+    }
+  }
+  __syncthreads();
+  const int64_t out0 = (bi * a.hq + h0) * a.splits + blockIdx.y;  // of head h0; head h adds h·splits
+  for (int e = tid; e < nh * P; e += kMmaThreads) {
+    const int h = e / P, d = e % P;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) M = fmaxf(M, mw[w * kMmaHeads + h]);  // finite: warp 0 holds the split's first key
+    float O = 0.f, L = 0.f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float f = expf(mw[w * kMmaHeads + h] - M);
+      O = fmaf(ow[(w * kMmaHeads + h) * P + d], f, O);
+      L = fmaf(lw[w * kMmaHeads + h], f, L);
+    }
+    a.po[(out0 + int64_t(h) * a.splits) * P + d] = O;
+    if (d == 0) {
+      a.pm[out0 + int64_t(h) * a.splits] = M;
+      a.pl[out0 + int64_t(h) * a.splits] = L;
+    }
+  }
+}
+
 // One block per (batch, query head) over the splits that hold keys. The maximum M and
 // the sum L = Σ_s l_s·e^(m_s − M) are reduced over the block in a fixed tree; for the
 // output the threads form `groups` row groups, group g summing splits g, g + groups, ..
@@ -456,17 +622,23 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
   visit_bf16_f32(q.dtype(), op, "q", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using Kernel = void (*)(DecodeArgs);
-    // The ring takes rows of whole 16-byte units, p ≤ kThreads (one output column a
-    // thread) and what fits in shared memory; other shapes read the caches directly,
-    // with fewer query heads a block if their buffers need it.
-    int heads = int(std::min<int64_t>(group, kMaxHeads));
+    // bf16 rows of 64 or 128 in 16-byte aligned buffers go to the tensor cores. Else the
+    // ring takes rows of whole 16-byte units, p ≤ kThreads (one output column a thread)
+    // and what fits in shared memory; other shapes read the caches directly, with fewer
+    // query heads a block if their buffers need it.
+    const bool mma = std::is_same_v<T, __nv_bfloat16> && (p == 64 || p == 128) &&
+                     aligned16({q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr()});
+    int heads = int(std::min<int64_t>(group, mma ? kMmaHeads : kMaxHeads));
     const bool staged = p * int64_t(sizeof(T)) % 16 == 0 && p <= kThreads &&
                         aligned16({k_cache.data_ptr(), v_cache.data_ptr()}) &&
                         decode_smem_bytes(true, p, heads, sizeof(T)) <= max_sm;
-    while (!staged && heads > 1 && decode_smem_bytes(false, p, heads, sizeof(T)) > max_sm) --heads;
-    const size_t smem = decode_smem_bytes(staged, p, heads, sizeof(T));
+    while (!mma && !staged && heads > 1 && decode_smem_bytes(false, p, heads, sizeof(T)) > max_sm) --heads;
+    const size_t smem = mma ? (p == 64 ? decode_mma_smem_bytes<64>() : decode_mma_smem_bytes<128>())
+                            : decode_smem_bytes(staged, p, heads, sizeof(T));
     MT_CHECK(smem <= max_sm, ValueError, op, ": head dim ", p, " is more than this kernel holds");
-    const Kernel kernel = !staged  ? &decode_split_kernel<T, 0, false>
+    const int threads = mma ? kMmaThreads : kThreads;
+    const Kernel kernel = mma        ? (p == 64 ? &decode_mma_kernel<64> : &decode_mma_kernel<128>)
+                          : !staged  ? &decode_split_kernel<T, 0, false>
                           : p == 64  ? &decode_split_kernel<T, 64, true>
                           : p == 128 ? &decode_split_kernel<T, 128, true>
                                      : &decode_split_kernel<T, 0, true>;
@@ -478,7 +650,7 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
     // one, at most one a chunk of max_len). Fixed by the shapes and the device alone,
     // so the bits repeat; each sequence deals its own chunks to them on the device.
     int per_sm = 0;
-    MT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+    MT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
     const int64_t slots = int64_t(std::max(per_sm, 1)) * multiprocessors(dev);
     const int64_t chunks = std::max<int64_t>(1, (max_len + kKeys - 1) / kKeys);
     const int64_t splits = std::clamp<int64_t>(slots / units, 1, std::min<int64_t>(chunks, 65535));
@@ -490,7 +662,7 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
     const DecodeArgs a{q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
                        static_cast<const int32_t*>(cache_lens.data_ptr()), pm, pm + b * hq * splits, po, max_len,
                        int(hq), int(hkv), int(p), heads, int(head_groups), int(splits), float(scale)};
-    kernel<<<dim3(unsigned(units), unsigned(splits)), kThreads, smem, s>>>(a);
+    kernel<<<dim3(unsigned(units), unsigned(splits)), threads, smem, s>>>(a);
     MT_CUDA_LAUNCH_CHECK();
     const size_t csmem = (size_t(combine_groups(int(p))) * size_t(p) + size_t(splits)) * 4;
     MT_CHECK(csmem + 32 * sizeof(float) <= max_sm, ValueError, op, ": head dim ", p, " with ", splits,
