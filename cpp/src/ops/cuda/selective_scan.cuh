@@ -110,18 +110,27 @@ __device__ __forceinline__ float step_size(float v, bool softplus) {
   return softplus && v <= 20.f ? log1pf(expf(v)) : v;
 }
 
-// h ← exp(Δ·A) ⊙ h + Δ·u·B (from zero at a document start).
-template <int NS>
-__device__ __forceinline__ void advance(float (&h)[NS], const float (&Ar)[NS], const Token<NS>& k, float dt) {
-  const float du = dt * k.u;
-#pragma unroll
-  for (int j = 0; j < NS; ++j) h[j] = expf(dt * Ar[j]) * (k.reset ? 0.f : h[j]) + du * k.B[j];
+// 2^x by the hardware's approximation (within 2 ulp), without the fix-up of results
+// below 2^-126: a decay that small is as good as 0.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
-template <class T, int NS>
-__device__ __forceinline__ void load_channel(const ScanArgs<T>& a, int64_t c, bool active, float (&Ar)[NS]) {
+// h ← exp(Δ·A) ⊙ h + Δ·u·B (from zero at a document start), A2 = A·log2(e).
+template <int NS>
+__device__ __forceinline__ void advance(float (&h)[NS], const float (&A2)[NS], const Token<NS>& k, float dt) {
+  const float du = dt * k.u;
 #pragma unroll
-  for (int j = 0; j < NS; ++j) Ar[j] = active && j < a.n ? a.A[c * a.n + j] : 0.f;
+  for (int j = 0; j < NS; ++j) h[j] = exp2_ftz(dt * A2[j]) * (k.reset ? 0.f : h[j]) + du * k.B[j];
+}
+
+// A·log2(e) of channel c (zeros when !active): exp(Δ·A) = exp2(Δ·A₂).
+template <class T, int NS>
+__device__ __forceinline__ void load_channel(const ScanArgs<T>& a, int64_t c, bool active, float (&A2)[NS]) {
+#pragma unroll
+  for (int j = 0; j < NS; ++j) A2[j] = active && j < a.n ? a.A[c * a.n + j] * 1.4426950408889634f : 0.f;
 }
 
 // ---------------------------------------------------------------- chunks of tokens
@@ -176,14 +185,6 @@ __device__ __forceinline__ void load_raw(const ScanArgs<T>& a, int64_t i, int64_
       if (WithC) o.C[j / P].v[j % P] = j < a.n ? a.C[row + j] : T{};
     }
   }
-}
-
-// 2^x by the hardware's approximation (within 2 ulp), without the fix-up of results
-// below 2^-126: a decay that small is as good as 0.
-__device__ __forceinline__ float exp2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
 }
 
 // A·log2(e) of channel c: exp(Δ·A) = exp2(Δ·A₂).
@@ -581,8 +582,8 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
   const int seg0 = sn * int(a.span), seg1 = seg0 + a.span < nseg ? seg0 + int(a.span) : int(nseg);
   const bool active = c < sp.c1;  // always, staged
   const int64_t gr = active ? c / a.cpg : sp.g0;
-  float Ar[NS], G[NS];
-  load_channel<T, NS>(a, c, active, Ar);
+  float A2[NS], G[NS];
+  load_channel<T, NS>(a, c, active, A2);
 #pragma unroll
   for (int j = 0; j < NS; ++j) G[j] = 0.f;
   if (active && sn + 1 < int(nspan)) {  // from the chunk that ends where the next span starts
@@ -637,7 +638,7 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
         const char* cur = slots + slot * S::kSlot;
         for (int64_t t = t0; t < t1; ++t) {
           read_token<T, NS>(a, cur, int(t - t0), t, tid, bc, false, next);
-          advance<NS>(h, Ar, next, step_size(next.v, a.softplus));
+          advance<NS>(h, A2, next, step_size(next.v, a.softplus));
         }
         slot ^= 1;
       }
@@ -650,7 +651,7 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
         if (!active) continue;
         const Token<NS> k = next;
         if (t + 1 < ts1) load_token<T, NS>(a, i, t + 1, c, gr, bc, false, next);
-        advance<NS>(h, Ar, k, step_size(k.v, a.softplus));
+        advance<NS>(h, A2, k, step_size(k.v, a.softplus));
       }
     }
     for (int m = nck - 1; m >= 0; --m) {
@@ -665,7 +666,7 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
 #pragma unroll
           for (int j = 0; j < NS; ++j) hs[((t - t0) * NS + j) * BC + tid] = h[j];
           read_token<T, NS>(a, cur, int(t - t0), t, tid, bc, false, next);
-          advance<NS>(h, Ar, next, step_size(next.v, a.softplus));
+          advance<NS>(h, A2, next, step_size(next.v, a.softplus));
         }
       } else if (active) {
         load_token<T, NS>(a, i, t0, c, gr, bc, false, next);
@@ -674,7 +675,7 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
           for (int j = 0; j < NS; ++j) hs[((t - t0) * NS + j) * BC + tid] = h[j];
           const Token<NS> k = next;
           if (t + 1 < t1) load_token<T, NS>(a, i, t + 1, c, gr, bc, false, next);
-          advance<NS>(h, Ar, k, step_size(k.v, a.softplus));
+          advance<NS>(h, A2, k, step_size(k.v, a.softplus));
         }
         load_token<T, NS>(a, i, t1 - 1, c, gr, bc, true, next);
       }
@@ -700,7 +701,7 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
 #pragma unroll
           for (int j = 0; j < NS; ++j) {
             hp[j] = k.reset ? 0.f : hs[((t - t0) * NS + j) * BC + tid];
-            E[j] = expf(dt * Ar[j]);
+            E[j] = exp2_ftz(dt * A2[j]);
             hc[j] = E[j] * hp[j] + dt * k.u * k.B[j];
             ypre += hc[j] * k.C[j];
           }
@@ -721,11 +722,11 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
             gB += gj * k.B[j];
             const float geh = gj * E[j] * hp[j];
             dA_seg[j] += dt * geh;
-            gEHA += geh * Ar[j];
+            gEHA += geh * A2[j];  // times ln 2 below
             G[j] = k.reset ? 0.f : gj * E[j];  // nothing flows into a previous document
           }
           a.du[idx] = from_f32<T>(dt * gB + Dc * dyc);
-          const float dd = (gEHA + k.u * gB) * dsp;
+          const float dd = (gEHA * 0.6931471805599453f + k.u * gB) * dsp;
           a.ddelta[idx] = from_f32<T>(dd);
           dbias_acc += double(dd);
         } else {
