@@ -2,14 +2,17 @@
 // Append: one block per sequence copies its token's k and v into the caches at
 // position cache_lens[i], then bumps cache_lens[i] (the caller checked the lengths).
 // Decode is bound by one read of the caches, so it is shaped to keep memory busy.
-// Split-K: one block per (batch, kv head, group of up to 8 query heads, split), with
-// as many splits as make one wave of resident blocks; each sequence deals its 64-key
-// chunks evenly to the splits from its length, which is read on the device only. A
-// block walks its chunks through a ring of shared-memory slots filled by cp.async, so
-// the next chunks' keys and values are in flight while one is computed; each key and
+// Split-K: one block per (batch, kv head, group of query heads, split), with as many
+// splits as make one wave of resident blocks; each sequence deals its 64-key chunks
+// evenly to the splits from its length, which is read on the device only. A block
+// walks its chunks through a ring of shared-memory slots filled by cp.async, so the
+// next chunks' keys and values are in flight while one is computed; each key and
 // value read serves all the block's query heads, with an online softmax (max m, sum
-// l, unnormalised o) in f32. Rows that are not whole 16-byte units, or too wide for
-// the ring, are read from global memory directly (slower, same arithmetic). A second
+// l, unnormalised o) in f32. bf16 caches with p 64 or 128 take the products on the
+// tensor cores (decode_mma_kernel, up to 16 heads a block); other rows of 16-byte units
+// take them in f32 FMAs (decode_split_kernel, up to 8 heads); rows that are not whole
+// 16-byte units, or too wide for the ring, are read from global memory directly
+// (slower, same arithmetic). A second
 // kernel combines the splits of each query head in a fixed order:
 // out = Σ_s o_s·e^(m_s − M) / Σ_s l_s·e^(m_s − M). No atomics: the bits repeat.
 // The combine is a programmatic dependent launch (sm_90): it is scheduled while the
