@@ -487,7 +487,7 @@ TEST(CudaAttention, DecodeMatchesCpuWithinRule) {
   // bf16 p 64 and 128 on the tensor cores (head groups of 1 to 16 in one block, 32 in
   // two); other rows of 16-byte units through the shared-memory ring (p 8, 80, 96, f32
   // 64 and 128, bf16 256, f32 100) and rows read directly (p 13, bf16 100, f32 256);
-  // head groups of 1, 3, 4, 8, 16 (two blocks of 8 heads) and 32 (four).
+  // there, head groups of 1, 3, 4, 8, 16 (two blocks of 8 heads) and 32 (four).
   const Case cases[] = {{1, 1, 1, 1, 8},       {3, 5, 4, 2, 13},    {2, 129, 12, 4, 64}, {3, 1000, 32, 8, 128},
                         {2, 5000, 16, 1, 128}, {1, 700, 4, 4, 100}, {5, 300, 8, 8, 96},  {1, 40000, 8, 2, 64},
                         {2, 333, 32, 1, 80},   {2, 150, 8, 1, 256}, {6, 2000, 32, 8, 128}, {2, 200, 32, 1, 64},

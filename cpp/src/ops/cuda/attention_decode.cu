@@ -361,7 +361,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_split_kernel(DecodeArgs a)
 // mma.sync (P split into bf16 hi + lo, so the products lose almost nothing); at the end
 // the block adds its warps' (m, l, o) in warp order into the split's partials, which
 // the combine kernel reads as from any split. Memory-bound where the FMA kernel above
-// is not: a 64-key chunk costs each warp 48 to 96 mma instead of thousands of FMAs.
+// is not: a 64-key chunk costs each warp 24 (p 64) or 48 (p 128) mma, not hundreds of FMAs a thread.
 constexpr int kMmaThreads = 128;
 constexpr int kMmaHeads = 16;  // rows of an mma tile
 static_assert(kMmaThreads / 32 * 16 == kKeys, "a warp takes 16 keys of a chunk");
