@@ -89,6 +89,29 @@ __device__ __forceinline__ int64_t split_chunks(int64_t n, int splits) {
   return ((n + kKeys - 1) / kKeys + splits - 1) / splits;
 }
 
+// The block's place: batch row bi, query heads h0 .. h0 + nh − 1 (up to `heads` a
+// block) on one kv head, whose rows start at element kv of either cache (row elements
+// between tokens); the sequence's length n and its chunks [c0, c1) in this split.
+struct SplitBlock {
+  int64_t bi, n, c0, c1, row, kv;
+  int h0, nh;
+};
+__device__ __forceinline__ SplitBlock split_block(const DecodeArgs& a, int heads, int p) {
+  SplitBlock s;
+  const int64_t bx = blockIdx.x, bkv = bx / a.head_groups;
+  s.bi = bkv / a.hkv;
+  const int hg = int(bx % a.head_groups), group = a.hq / a.hkv, kvh = int(bkv % a.hkv);
+  s.h0 = kvh * group + hg * heads;
+  s.nh = min(heads, group - hg * heads);
+  s.n = valid_len(a.lens, s.bi, a.max_len);
+  const int64_t per = split_chunks(s.n, a.splits);
+  s.c0 = int64_t(blockIdx.y) * per;
+  s.c1 = min((s.n + kKeys - 1) / kKeys, s.c0 + per);
+  s.row = int64_t(a.hkv) * p;
+  s.kv = s.bi * a.max_len * s.row + int64_t(kvh) * p;
+  return s;
+}
+
 // Value step: threads per column group, the narrowest warp multiple ≥ p (at most the
 // block); the block's kThreads / col_threads groups each take a share of a chunk's keys.
 __host__ __device__ constexpr int col_threads(int64_t p) {
@@ -164,16 +187,11 @@ __global__ void __launch_bounds__(kThreads, 2) decode_split_kernel(DecodeArgs a)
 
   allow_dependent_launch();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t bx = blockIdx.x, bkv = bx / a.head_groups, bi = bkv / a.hkv;
-  const int hg = int(bx % a.head_groups), kvh = int(bkv % a.hkv), group = a.hq / a.hkv;
-  const int h0 = kvh * group + hg * heads, nh = min(heads, group - hg * heads);
-  const int64_t n = valid_len(a.lens, bi, a.max_len), per = split_chunks(n, a.splits);
-  const int64_t c0 = int64_t(blockIdx.y) * per, c1 = min((n + kKeys - 1) / kKeys, c0 + per);
+  const SplitBlock sb = split_block(a, heads, p);
+  const int64_t bi = sb.bi, n = sb.n, c0 = sb.c0, c1 = sb.c1, row = sb.row;
+  const int h0 = sb.h0, nh = sb.nh;
   if (c0 >= c1) return;  // no keys (n = 0 included): the combine does not read this split
-
-  const int64_t row = int64_t(a.hkv) * p;  // elements between tokens of a cache
-  const T* kb = static_cast<const T*>(a.kc) + bi * a.max_len * row + int64_t(kvh) * p;
-  const T* vb = static_cast<const T*>(a.vc) + bi * a.max_len * row + int64_t(kvh) * p;
+  const T *kb = static_cast<const T*>(a.kc) + sb.kv, *vb = static_cast<const T*>(a.vc) + sb.kv;
   // Chunk c into ring slot `slot`: row r's unit u of K at unit u ^ (r & swz) of its
   // ring row; rows at or past the length are zeros (their weights are 0 too).
   auto load_chunk = [&](int64_t c, int slot) {
@@ -384,16 +402,11 @@ __global__ void __launch_bounds__(kMmaThreads) decode_mma_kernel(DecodeArgs a) {
   float* mw = reinterpret_cast<float*>(q_s + kMmaHeads * P);  // [4][16]
   float* lw = mw + 4 * kMmaHeads;                               // [4][16]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-  const int64_t bx = blockIdx.x, bkv = bx / a.head_groups, bi = bkv / a.hkv;
-  const int hg = int(bx % a.head_groups), kvh = int(bkv % a.hkv), group = a.hq / a.hkv;
-  const int h0 = kvh * group + hg * a.heads, nh = min(a.heads, group - hg * a.heads);
-  const int64_t n = valid_len(a.lens, bi, a.max_len), per = split_chunks(n, a.splits);
-  const int64_t c0 = int64_t(blockIdx.y) * per, c1 = min((n + kKeys - 1) / kKeys, c0 + per);
+  const SplitBlock sb = split_block(a, a.heads, P);
+  const int64_t bi = sb.bi, n = sb.n, c0 = sb.c0, c1 = sb.c1, row = sb.row;
+  const int h0 = sb.h0, nh = sb.nh;
   if (c0 >= c1) return;  // no keys (n = 0 included): the combine does not read this split
-
-  const int64_t row = int64_t(a.hkv) * P;  // elements between tokens of a cache
-  const bf16* kb = static_cast<const bf16*>(a.kc) + bi * a.max_len * row + int64_t(kvh) * P;
-  const bf16* vb = static_cast<const bf16*>(a.vc) + bi * a.max_len * row + int64_t(kvh) * P;
+  const bf16 *kb = static_cast<const bf16*>(a.kc) + sb.kv, *vb = static_cast<const bf16*>(a.vc) + sb.kv;
   auto load_chunk = [&](int64_t c, int slot) {
     bf16* kt = ring + slot * 2 * kKeys * P;
     load_tile<kKeys, P, kMmaThreads>(kt, kb, row, c * kKeys, n);
@@ -411,10 +424,6 @@ __global__ void __launch_bounds__(kMmaThreads) decode_mma_kernel(DecodeArgs a) {
     if (r < nh) v = *reinterpret_cast<const Pack<bf16>*>(q + r * P + c * 8);
     *reinterpret_cast<Pack<bf16>*>(q_s + swz<P>(r, c)) = v;
   }
-  __syncthreads();
-  uint32_t qf[P / 16][4];
-#pragma unroll
-  for (int kc = 0; kc < P / 16; ++kc) ldsm_x4(qf[kc], a_addr<P>(q_s, 0, 2 * kc));
 
   float o[P / 8][4];
   zero_frags(o);
@@ -426,17 +435,13 @@ __global__ void __launch_bounds__(kMmaThreads) decode_mma_kernel(DecodeArgs a) {
     __syncthreads();         // chunk c visible; the slot of chunk c − 1 is read no more
     if (c + kStages - 1 < c1) load_chunk(c + kStages - 1, slot == 0 ? kStages - 1 : slot - 1);
     cp_commit();
-    const bf16* kt = ring + slot * 2 * kKeys * P;
+    // The warp's 16 keys: rows 16·warp .. of the chunk's tiles (a multiple of 8 rows
+    // from their start, so the swizzle reads the same).
+    const bf16* kt = ring + slot * 2 * kKeys * P + 16 * warp * P;
     const bf16* vt = kt + kKeys * P;
     float s[2][4];
     zero_frags(s);
-#pragma unroll
-    for (int kc = 0; kc < P / 16; ++kc) {
-      uint32_t b[4];
-      ldsm_x4(b, b_addr<P>(kt, 16 * warp, 2 * kc));
-      mma(s[0], qf[kc], b[0], b[1]);
-      mma(s[1], qf[kc], b[2], b[3]);
-    }
+    gemm_abt<P, 2>(s, q_s, 0, kt);
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
@@ -463,20 +468,7 @@ __global__ void __launch_bounds__(kMmaThreads) decode_mma_kernel(DecodeArgs a) {
           l[r] += s[nt][e];
         }
     }
-    uint32_t hi[4], lo[4];
-    split_bf16(s[0][0], s[0][1], hi[0], lo[0]);
-    split_bf16(s[0][2], s[0][3], hi[1], lo[1]);
-    split_bf16(s[1][0], s[1][1], hi[2], lo[2]);
-    split_bf16(s[1][2], s[1][3], hi[3], lo[3]);
-#pragma unroll
-    for (int np = 0; np < P / 16; ++np) {
-      uint32_t b[4];
-      ldsm_x4_t(b, a_addr<P>(vt, 16 * warp, 2 * np));
-      mma(o[2 * np], hi, b[0], b[1]);
-      mma(o[2 * np + 1], hi, b[2], b[3]);
-      mma(o[2 * np], lo, b[0], b[1]);
-      mma(o[2 * np + 1], lo, b[2], b[3]);
-    }
+    gemm_xb<P, 1, true>(o, s, vt);
   }
   // The warps' (m, l, o) into shared memory (o over the ring, free now), then added
   // in warp order: M = max m_w, L = Σ l_w·e^(m_w − M), O = Σ o_w·e^(m_w − M).
