@@ -1,7 +1,9 @@
-// Mamba-1 selective scan on CUDA: launchers of the kernels in selective_scan.cuh.
+// Mamba-1 selective scan on CUDA: launchers of the kernels in selective_scan.cuh and
+// selective_scan_backward.cuh.
 #include <algorithm>
 
 #include "selective_scan.cuh"
+#include "selective_scan_backward.cuh"
 #include "selective_scan.h"
 
 namespace mambatron::cuda {
@@ -89,7 +91,7 @@ int64_t backward_span(int64_t row_blocks, int64_t nseg) {
   return span;
 }
 
-// Passes 1 and 2 of the state gradient (selective_scan.cuh): grads [b, nchunk, n, d]
+// Passes 1 and 2 of the state gradient (selective_scan_backward.cuh): grads [b, nchunk, n, d]
 // ← the G entering each chunk of kc tokens from the right. nchunk >= 2.
 template <class T, int NS>
 void chunk_entry_grads(const ScanArgs<T>& a, int64_t kc, int64_t nchunk, float* grads, float* dsum,
@@ -222,7 +224,7 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
         if (l > 0) chunk_entry_states<T, NS>(a, PL::kSegment, nseg, a.ckpt, mptr<float>(dsum), s);
         // ΣΔ of the gradient's chunks reuses dsum (ngchunk <= nseg), done with by now.
         if (a.nspan > 1) chunk_entry_grads<T, NS>(a, a.gchunk, a.ngchunk, mptr<float>(gin), mptr<float>(dsum), s);
-        // Staged (selective_scan.cuh): a block's channels in one group, B and C rows of NS
+        // Staged (selective_scan_backward.cuh): a block's channels in one group, B and C rows of NS
         // elements in 16-byte packs, the activations' rows 16-byte aligned.
         const bool staged = a.bc_vec && a.cpg % PL::kThreads == 0 && d * int64_t(sizeof(T)) % 16 == 0 &&
                             aligned16({a.u, a.delta, a.z, a.dy});

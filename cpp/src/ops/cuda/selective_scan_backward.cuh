@@ -1,0 +1,561 @@
+// Kernels of the CUDA Mamba-1 selective scan's backward (launched by selective_scan.cu).
+//
+// Backward never stores per-token states: the chunk passes keep the state entering
+// every kSegment-th token (a coarse checkpoint, [b, l/K2, n, d] floats). The state
+// gradient G runs backwards through tokens by a recurrence that needs no states, so
+// two more chunk passes give the G entering each span of segments from the right
+// (see "state gradient over chunks"). The backward kernel then runs a block per (row,
+// span, channel block): it walks the span's segments in reverse, recomputes the
+// segment forward to keep the state entering each chunk of K tokens in shared memory,
+// then for each chunk in reverse recomputes the chunk's states into shared memory and
+// runs the reverse recurrence over it. Sums over the channels of a group (dB, dC) are
+// made per token, per block, in a fixed order (in shared memory, four running sums over
+// the channels taken in turn, then added; or, in staged blocks, by warp shuffles, see
+// "Staged blocks"); a group wider than a block gets per-block
+// partials that a last kernel adds in block order. dA, dD, ddelta_bias are summed per
+// (row, span) in f64 (dA in f32 within a segment) and then over spans and rows in
+// order. No atomics: the same bits on every run.
+#pragma once
+#include <cstdint>
+
+#include "async_copy.cuh"
+#include "selective_scan.cuh"
+
+namespace mambatron::cuda::scan {
+
+// Shared-memory plan of the backward kernel for NS state slots: threads per block,
+// tokens per chunk (K), chunks per segment (M).
+template <int NS>
+struct Plan {
+  static constexpr int kThreads = NS <= 16 ? 64 : 32;
+  static constexpr int kChunk = NS <= 32 ? 8 : 4;
+  static constexpr int kChunks = 8;
+  static constexpr int kSegment = kChunk * kChunks;
+  // One thread's dB and dC terms of a token: a row of 2·NS + 1 floats (the odd
+  // stride keeps both the row writes and the column sums free of bank conflicts).
+  static constexpr int kTermRow = 2 * NS + 1;
+  // floats: chunk-entry states [M][NS][threads], token-entry states [K][NS][threads],
+  // the dB and dC terms [threads][kTermRow]
+  static constexpr size_t kSmemBytes = (size_t(kChunks + kChunk) * NS + kTermRow) * kThreads * sizeof(float);
+};
+
+// ---------------------------------------------------------------- state gradient over chunks
+// Going backwards, token t turns the gradient of the state after it, G, into
+//   G ← reset_t ? 0 : (G + dyc_t·C_t) ⊙ exp(Δ_t·A),   dyc = dy (times z·σ(z) with a gate),
+// which needs no states and is linear in G. Over a chunk [t0, t1) the G leaving it to
+// the left (after token t0) is therefore decay ⊙ G_right + G_local: G_local is the walk
+// from G = 0, decay = exp(A·ΣΔ), or 0 when a document starts at any token of the chunk,
+// t0 included (a reset at t0 cuts the flow from t0 into t0 − 1, out of the chunk).
+//  1. scan_grad_local_kernel walks every chunk but a row's first in reverse from G = 0.
+//  2. scan_grad_carry_kernel, a thread per (row, state, channel), walks a row's chunks
+//     from the last, where G is d_final_state, and writes the G entering each chunk
+//     from the right.
+// Chunk q's slot [b, nchunk, n, d] holds chunk q + 1's G_local after pass 1 and the G
+// entering chunk q after pass 2 (slot nchunk − 1 is unused); ΣΔ [b, nchunk, d] likewise.
+
+// One token's inputs of that recurrence, as stored.
+template <class T, int NS>
+struct GradToken {
+  static constexpr int P = Pack<T>::N;
+  T delta, z, dy;
+  bool reset;
+  Pack<T> C[NS / P];
+  __device__ __forceinline__ float c(int j) const { return to_f32(C[j / P].v[j % P]); }
+};
+
+template <class T, int NS>
+__device__ __forceinline__ void load_grad(const ScanArgs<T>& a, int64_t i, int64_t t, int64_t c, int64_t gr,
+                                          GradToken<T, NS>& o) {
+  constexpr int P = Pack<T>::N;
+  const int64_t tok = i * a.l + t, idx = tok * a.d + c, row = (tok * a.g + gr) * a.n;
+  o.delta = a.delta[idx];
+  o.dy = a.dy[idx];
+  o.z = a.z ? a.z[idx] : T{};
+  o.reset = a.seq && t > 0 && a.seq[tok] != a.seq[tok - 1];
+  if (a.bc_vec) {
+#pragma unroll
+    for (int p = 0; p < NS / P; ++p) o.C[p] = reinterpret_cast<const Pack<T>*>(a.C + row)[p];
+  } else {
+#pragma unroll
+    for (int j = 0; j < NS; ++j) o.C[j / P].v[j % P] = j < a.n ? a.C[row + j] : T{};
+  }
+}
+
+// Pass 1 over chunks 1 … nchunk − 1 of every row (nothing leaves chunk 0 but
+// d_initial_state, which the backward kernel writes). dsum is NaN where a document
+// starts in the chunk.
+template <class T, int NS>
+__global__ void scan_grad_local_kernel(ScanArgs<T> a, int64_t kc, int64_t nchunk, float* grads, float* dsum) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= a.b * (nchunk - 1) * a.d) return;
+  ChunkPos p = chunk_pos(e, nchunk - 1, a.d, a.l, kc);  // p.k: the slot, chunk p.k + 1
+  p.t0 += kc;
+  p.t1 = p.t0 + kc < a.l ? p.t0 + kc : a.l;
+  const int64_t gr = p.c / (a.d / a.g), iq = p.i * nchunk + p.k;
+  float A2[NS], G[NS];
+  load_channel_log2<T, NS>(a, p.c, A2);
+#pragma unroll
+  for (int j = 0; j < NS; ++j) G[j] = 0.f;
+  const float bc = a.bias ? a.bias[p.c] : 0.f;
+  float S = 0.f;
+  bool reset = false;
+  GradToken<T, NS> next;
+  if (kAhead<NS> && p.t0 < p.t1) load_grad<T, NS>(a, p.i, p.t1 - 1, p.c, gr, next);
+  for (int64_t t = p.t1 - 1; t >= p.t0; --t) {
+    if (!kAhead<NS>) load_grad<T, NS>(a, p.i, t, p.c, gr, next);
+    const GradToken<T, NS> k = next;
+    if (kAhead<NS> && t > p.t0) load_grad<T, NS>(a, p.i, t - 1, p.c, gr, next);
+    const float dt = step_size(to_f32(k.delta) + bc, a.softplus);
+    float dyc = to_f32(k.dy);
+    if (a.z) {
+      const float z = to_f32(k.z);
+      dyc *= z * sigmoid(z);
+    }
+#pragma unroll
+    for (int j = 0; j < NS; ++j) G[j] = k.reset ? 0.f : (G[j] + dyc * k.c(j)) * exp2_ftz(dt * A2[j]);
+    S += dt;
+    reset |= k.reset;
+  }
+#pragma unroll
+  for (int j = 0; j < NS; ++j)
+    if (j < a.n) grads[(iq * a.n + j) * a.d + p.c] = G[j];
+  dsum[iq * a.d + p.c] = reset ? __int_as_float(0x7fffffff) : S;
+}
+
+// Pass 2: grads[i, q, j, c] ← the G entering chunk q from the right (in place of chunk
+// q + 1's own part, read first), from d_final_state at the row's last token.
+__global__ void scan_grad_carry_kernel(const float* __restrict__ A, const float* __restrict__ dfinal, int64_t b,
+                                       int64_t d, int64_t n, int64_t nchunk, const float* __restrict__ dsum,
+                                       float* __restrict__ grads) {
+  constexpr int U = 8;  // chunks read ahead of the dependent updates
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= b * n * d) return;
+  const int64_t c = e % d, j = (e / d) % n, i = e / d / n;
+  const float A2 = A[c * n + j] * 1.4426950408889634f;
+  float G = dfinal ? dfinal[(i * d + c) * n + j] : 0.f;
+  for (int64_t q0 = nchunk - 2; q0 >= 0; q0 -= U) {
+    float own[U], decay[U];
+#pragma unroll
+    for (int r = 0; r < U; ++r) {
+      chunk_part(grads, dsum, i * nchunk + q0 - r, q0 - r >= 0, n, d, j, c, A2, own[r], decay[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < U; ++r)
+      if (q0 - r >= 0) {
+        G = decay[r] * G + own[r];
+        grads[((i * nchunk + q0 - r) * n + j) * d + c] = G;
+      }
+  }
+}
+
+// ---------------------------------------------------------------- backward
+// Channel block k of a row: channels [c0, c1) holding ngr groups from g0 (several
+// whole groups, or a slice p of one group when a group is wider than a block).
+struct Span {
+  int64_t c0, c1, g0, ngr, p, width;  // width: channels per group within the block
+};
+
+template <class T>
+__device__ __forceinline__ Span block_span(const ScanArgs<T>& a, int64_t k, int threads) {
+  Span s;
+  if (a.cpg >= threads) {
+    s.g0 = k / a.per_group;
+    s.p = k % a.per_group;
+    s.c0 = s.g0 * a.cpg + s.p * threads;
+    s.c1 = s.c0 + threads < (s.g0 + 1) * a.cpg ? s.c0 + threads : (s.g0 + 1) * a.cpg;
+    s.ngr = 1;
+    s.width = s.c1 - s.c0;
+  } else {
+    s.g0 = k * a.gpb;
+    s.ngr = s.g0 + a.gpb < a.g ? a.gpb : a.g - s.g0;
+    s.p = 0;
+    s.c0 = s.g0 * a.cpg;
+    s.c1 = s.c0 + s.ngr * a.cpg;
+    s.width = a.cpg;
+  }
+  return s;
+}
+
+// Staged blocks: when a block's channels are all of one group (the group's width a
+// multiple of the block), B and C are rows of NS elements in 16-byte packs and the
+// activations' rows are 16-byte aligned, every visit of a chunk of K tokens (the
+// segment's walk forward, then each chunk again in reverse) reads the chunk's inputs
+// from a shared-memory slot that cp.async filled during the previous visit: no token
+// waits on global memory. dB and dC are then summed over the block's channels by warp
+// shuffles (a fixed butterfly) and the warps' sums added in warp order.
+template <class T, int NS>
+struct Stage {
+  using PL = Plan<NS>;
+  static constexpr int BC = PL::kThreads, K = PL::kChunk, W = BC / 32, P = Pack<T>::N;
+  static_assert(BC % P == 0 && NS % P == 0, "whole 16-byte packs");
+  // A slot: [4][K][BC] T (u, delta, z, dy), [2][K][NS] T (B, C), [K + 1] int32 (the
+  // document ids of tokens t0 − 1 … t0 + K − 1).
+  static constexpr size_t kChannels = size_t(4) * K * BC * sizeof(T);
+  static constexpr size_t kRows = size_t(2) * K * NS * sizeof(T);
+  static constexpr size_t kSlot = kChannels + kRows + (size_t(K + 1) * 4 + 15) / 16 * 16;
+  // The warps' dB and dC sums (but warp 0's) of two tokens: [2][W − 1][2·NS] floats.
+  static constexpr size_t kSums = size_t(2) * (W - 1) * 2 * NS * sizeof(float);
+  static constexpr size_t kSmemBytes = size_t(PL::kChunks + K) * NS * BC * sizeof(float) + kSums + 2 * kSlot;
+};
+
+// Tokens [t0, t0 + K) of row i, channels from c0, into a slot (zeros past the row).
+template <class T, int NS>
+__device__ __forceinline__ void stage_chunk(const ScanArgs<T>& a, char* slot, int64_t i, int64_t t0, int64_t c0,
+                                            int64_t gr, int tid) {
+  using S = Stage<T, NS>;
+  constexpr int K = S::K, P = S::P, cu = S::BC / P, ru = NS / P;  // 16-byte units of a token's channels, of a row
+  T* ch = reinterpret_cast<T*>(slot);
+  for (int e = tid; e < 4 * K * cu; e += S::BC) {
+    const int q = e / (K * cu), k = e / cu % K, w = e % cu;
+    const T* src = q == 0 ? a.u : q == 1 ? a.delta : q == 2 ? a.z : a.dy;
+    const bool ok = t0 + k < a.l && src != nullptr;
+    cp_async<16>(ch + (q * K + k) * S::BC + w * P, ok ? src + (i * a.l + t0 + k) * a.d + c0 + w * P : a.u, ok);
+  }
+  T* rows = reinterpret_cast<T*>(slot + S::kChannels);
+  for (int e = tid; e < 2 * K * ru; e += S::BC) {
+    const int q = e / (K * ru), k = e / ru % K, w = e % ru;
+    const bool ok = t0 + k < a.l;
+    const T* src = (q == 0 ? a.B : a.C) + (ok ? ((i * a.l + t0 + k) * a.g + gr) * NS + w * P : 0);
+    cp_async<16>(rows + (q * K + k) * NS + w * P, src, ok);
+  }
+  if (a.seq) {
+    int32_t* ids = reinterpret_cast<int32_t*>(slot + S::kChannels + S::kRows);
+    for (int e = tid; e <= K; e += S::BC) {
+      const int64_t t = t0 - 1 + e;
+      const bool ok = t >= 0 && t < a.l;
+      cp_async<4>(ids + e, a.seq + (ok ? i * a.l + t : 0), ok);
+    }
+  }
+}
+
+// Token t0 + k of a slot, as load_token reads it from global memory; dy beside it.
+template <class T, int NS>
+__device__ __forceinline__ void read_token(const ScanArgs<T>& a, const char* slot, int k, int64_t t, int tid,
+                                           float bias, bool with_c, Token<NS>& o, float* dy = nullptr) {
+  using S = Stage<T, NS>;
+  constexpr int K = S::K, P = S::P;
+  const T* ch = reinterpret_cast<const T*>(slot);
+  o.u = to_f32(ch[k * S::BC + tid]);
+  o.v = to_f32(ch[(K + k) * S::BC + tid]) + bias;
+  o.z = to_f32(ch[(2 * K + k) * S::BC + tid]);
+  if (dy) *dy = to_f32(ch[(3 * K + k) * S::BC + tid]);
+  const Pack<T>* rows = reinterpret_cast<const Pack<T>*>(slot + S::kChannels);
+#pragma unroll
+  for (int p = 0; p < NS / P; ++p) {
+    const Pack<T> b = rows[k * (NS / P) + p];
+    const Pack<T> c = with_c ? rows[(K + k) * (NS / P) + p] : Pack<T>{};
+#pragma unroll
+    for (int e = 0; e < P; ++e) {
+      o.B[p * P + e] = to_f32(b.v[e]);
+      o.C[p * P + e] = with_c ? to_f32(c.v[e]) : 0.f;
+    }
+  }
+  const int32_t* ids = reinterpret_cast<const int32_t*>(slot + S::kChannels + S::kRows);
+  o.reset = a.seq && t > 0 && ids[k + 1] != ids[k];
+}
+
+// Σ over the warp's lanes of v[x], x < V (a multiple of 32), reduce-scattered: lane L
+// ends with the sums of x = L·V/32 + r in v[r], r < V/32. A butterfly of fixed order.
+template <int V>
+__device__ __forceinline__ void warp_reduce_scatter(float (&v)[V], int lane) {
+  static_assert(V % 32 == 0, "whole lanes");
+#pragma unroll
+  for (int s = 0; s < 5; ++s) {
+    const int o = 16 >> s, h = V >> (s + 1);
+    const bool up = lane & o;
+#pragma unroll
+    for (int r = 0; r < h; ++r) {
+      const float send = up ? v[r] : v[r + h], keep = up ? v[r + h] : v[r];
+      v[r] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+    }
+  }
+}
+
+// Blocks (row, span, channel block), the channel block fastest so that blocks running
+// together share tokens' B and C in L2.
+template <class T, int NS, bool kStaged>
+__global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T> a, int64_t nseg) {
+  using PL = Plan<NS>;
+  using S = Stage<T, NS>;
+  constexpr int BC = PL::kThreads, K = PL::kChunk, M = PL::kChunks, K2 = PL::kSegment, R = PL::kTermRow;
+  extern __shared__ float4 scan_smem[];
+  float* fk = reinterpret_cast<float*>(scan_smem);  // [M][NS][BC]
+  float* hs = fk + M * NS * BC;                      // [K][NS][BC]
+  // Not staged: [BC][R], dB terms, then dC terms. Staged: the warps' sums, then two slots.
+  float* red = hs + K * NS * BC;
+  char* slots = reinterpret_cast<char*>(red) + S::kSums;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  // Segment indices fit in 32 bits (rows of fewer than 2^36 tokens); few values stay
+  // live across the walk, where registers are short.
+  // The grid and its factors are below 2^31.
+  const unsigned rs = blockIdx.x / unsigned(a.blocks_per_row), nspan = unsigned(a.nspan);
+  const int64_t i = rs / nspan;
+  const int sn = int(rs % nspan);
+  const Span sp = block_span(a, blockIdx.x % unsigned(a.blocks_per_row), BC);
+  const int64_t c = sp.c0 + tid;
+  const int seg0 = sn * int(a.span), seg1 = seg0 + a.span < nseg ? seg0 + int(a.span) : int(nseg);
+  const bool active = c < sp.c1;  // always, staged
+  const int64_t gr = active ? c / a.cpg : sp.g0;
+  float A2[NS], G[NS];
+  load_channel<T, NS>(a, c, active, A2);
+#pragma unroll
+  for (int j = 0; j < NS; ++j) G[j] = 0.f;
+  if (active && sn + 1 < int(nspan)) {  // from the chunk that ends where the next span starts
+    const float* g = a.gin + (i * a.ngchunk + (sn + 1) * a.span * K2 / a.gchunk - 1) * a.n * a.d + c;
+#pragma unroll
+    for (int j = 0; j < NS; ++j)
+      if (j < a.n) G[j] = g[j * a.d];
+  } else if (active && a.dfinal) {
+#pragma unroll
+    for (int j = 0; j < NS; ++j)
+      if (j < a.n) G[j] = a.dfinal[(i * a.d + c) * a.n + j];
+  }
+  const float Dc = active && a.D ? a.D[c] : 0.f, bc = active && a.bias ? a.bias[c] : 0.f;
+  double dD_acc = 0, dbias_acc = 0;
+  const int outputs = int(sp.ngr * 2 * a.n);  // per token: (dB | dC, group, state)
+  const int spread = outputs > 0 && outputs < BC ? BC / outputs : 1;
+  const bool direct = a.per_group == 1;
+
+  // Staged: the slot of the current visit; the parity of the warps' sums.
+  int slot = 0, parity = 0;
+  // The next visit's chunk (from token next_t0; none when negative) into the other slot,
+  // then this visit's chunk waited for. Every thread passes here together.
+  auto begin_visit = [&](int64_t next_t0) {
+    __syncthreads();  // the other slot's last visit is over
+    if (next_t0 >= 0) stage_chunk<T, NS>(a, slots + (slot ^ 1) * S::kSlot, i, next_t0, sp.c0, gr, tid);
+    cp_commit();
+    cp_wait<1>();
+    __syncthreads();
+  };
+  if constexpr (kStaged) {
+    if (seg1 > seg0) stage_chunk<T, NS>(a, slots, i, int64_t(seg1 - 1) * K2, sp.c0, gr, tid);
+    cp_commit();
+  }
+
+  for (int seg = seg1 - 1; seg >= seg0; --seg) {
+    const int64_t ts0 = int64_t(seg) * K2, ts1 = ts0 + K2 < a.l ? ts0 + K2 : a.l;
+    const int nck = int((ts1 - ts0 + K - 1) / K);
+    float dA_seg[NS], h[NS];
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      dA_seg[j] = 0.f;
+      h[j] = active && j < a.n ? a.ckpt[((i * nseg + seg) * a.n + j) * a.d + c] : 0.f;
+    }
+    // The state entering each chunk of the segment.
+    Token<NS> next;
+    if constexpr (kStaged) {
+      for (int m = 0; m < nck; ++m) {
+        const int64_t t0 = ts0 + int64_t(m) * K, t1 = t0 + K < ts1 ? t0 + K : ts1;
+#pragma unroll
+        for (int j = 0; j < NS; ++j) fk[(m * NS + j) * BC + tid] = h[j];
+        begin_visit(m + 1 < nck ? t0 + K : ts0 + int64_t(nck - 1) * K);  // then the last chunk, in reverse
+        const char* cur = slots + slot * S::kSlot;
+        for (int64_t t = t0; t < t1; ++t) {
+          read_token<T, NS>(a, cur, int(t - t0), t, tid, bc, false, next);
+          advance<NS>(h, A2, next, step_size(next.v, a.softplus));
+        }
+        slot ^= 1;
+      }
+    } else {  // inputs read one token ahead
+      if (active) load_token<T, NS>(a, i, ts0, c, gr, bc, false, next);
+      for (int64_t t = ts0; t < ts1; ++t) {
+        if ((t - ts0) % K == 0)
+#pragma unroll
+          for (int j = 0; j < NS; ++j) fk[((t - ts0) / K * NS + j) * BC + tid] = h[j];
+        if (!active) continue;
+        const Token<NS> k = next;
+        if (t + 1 < ts1) load_token<T, NS>(a, i, t + 1, c, gr, bc, false, next);
+        advance<NS>(h, A2, k, step_size(k.v, a.softplus));
+      }
+    }
+    for (int m = nck - 1; m >= 0; --m) {
+      const int64_t t0 = ts0 + int64_t(m) * K, t1 = t0 + K < ts1 ? t0 + K : ts1;
+      // The state entering each token of the chunk (before a document reset).
+#pragma unroll
+      for (int j = 0; j < NS; ++j) h[j] = fk[(m * NS + j) * BC + tid];
+      const char* cur = slots + slot * S::kSlot;
+      if constexpr (kStaged) {
+        begin_visit(m > 0 ? t0 - K : seg > seg0 ? int64_t(seg - 1) * K2 : -1);
+        for (int64_t t = t0; t < t1; ++t) {
+#pragma unroll
+          for (int j = 0; j < NS; ++j) hs[((t - t0) * NS + j) * BC + tid] = h[j];
+          read_token<T, NS>(a, cur, int(t - t0), t, tid, bc, false, next);
+          advance<NS>(h, A2, next, step_size(next.v, a.softplus));
+        }
+      } else if (active) {
+        load_token<T, NS>(a, i, t0, c, gr, bc, false, next);
+        for (int64_t t = t0; t < t1; ++t) {
+#pragma unroll
+          for (int j = 0; j < NS; ++j) hs[((t - t0) * NS + j) * BC + tid] = h[j];
+          const Token<NS> k = next;
+          if (t + 1 < t1) load_token<T, NS>(a, i, t + 1, c, gr, bc, false, next);
+          advance<NS>(h, A2, k, step_size(k.v, a.softplus));
+        }
+        load_token<T, NS>(a, i, t1 - 1, c, gr, bc, true, next);
+      }
+      // The reverse recurrence over the chunk (not staged: token t − 1's inputs read
+      // during token t).
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        float terms[2 * NS];  // this channel's dB terms, then its dC terms
+        if (active) {
+          Token<NS> k;
+          float dyc;  // gradient of the output before the gate
+          const int64_t idx = (i * a.l + t) * a.d + c;
+          if constexpr (kStaged) {
+            read_token<T, NS>(a, cur, int(t - t0), t, tid, bc, true, k, &dyc);
+          } else {
+            k = next;
+            if (t > t0) load_token<T, NS>(a, i, t - 1, c, gr, bc, true, next);
+            dyc = to_f32(a.dy[idx]);
+          }
+          const float dt = step_size(k.v, a.softplus);
+          const float dsp = !a.softplus || k.v > 20.f ? 1.f : sigmoid(k.v);  // dΔ/dv
+          float hp[NS], E[NS], hc[NS];
+          float ypre = 0.f;
+#pragma unroll
+          for (int j = 0; j < NS; ++j) {
+            hp[j] = k.reset ? 0.f : hs[((t - t0) * NS + j) * BC + tid];
+            E[j] = exp2_ftz(dt * A2[j]);
+            hc[j] = E[j] * hp[j] + dt * k.u * k.B[j];
+            ypre += hc[j] * k.C[j];
+          }
+          if (a.z) {
+            const float sg = sigmoid(k.z);
+            ypre += Dc * k.u;
+            a.dz[idx] = from_f32<T>(dyc * ypre * sg * (1.f + k.z * (1.f - sg)));
+            dyc *= k.z * sg;
+          }
+          dD_acc += double(dyc) * double(k.u);
+          float gB = 0.f, gEHA = 0.f;
+          const float dtu = dt * k.u;
+#pragma unroll
+          for (int j = 0; j < NS; ++j) {
+            const float gj = G[j] + dyc * k.C[j];  // total gradient of h_t
+            terms[j] = dtu * gj;                   // dB
+            terms[NS + j] = dyc * hc[j];           // dC
+            gB += gj * k.B[j];
+            const float geh = gj * E[j] * hp[j];
+            dA_seg[j] += dt * geh;
+            gEHA += geh * A2[j];  // times ln 2 below
+            G[j] = k.reset ? 0.f : gj * E[j];  // nothing flows into a previous document
+          }
+          a.du[idx] = from_f32<T>(dt * gB + Dc * dyc);
+          const float dd = (gEHA * 0.6931471805599453f + k.u * gB) * dsp;
+          a.ddelta[idx] = from_f32<T>(dd);
+          dbias_acc += double(dd);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 2 * NS; ++j) terms[j] = 0.f;
+        }
+        const int64_t half = a.b * a.g * a.per_group * a.l * a.n;
+        if constexpr (kStaged) {
+          // Sums over the block's channels: each warp's by shuffles, then the warps' in order.
+          constexpr int RV = 2 * NS / 32;
+          warp_reduce_scatter<2 * NS>(terms, lane);
+          float* xs = red + parity * (S::W - 1) * 2 * NS;
+          if (S::W > 1) {
+            if (warp > 0)
+#pragma unroll
+              for (int r = 0; r < RV; ++r) xs[(warp - 1) * 2 * NS + lane * RV + r] = terms[r];
+            __syncthreads();
+            parity ^= 1;
+          }
+          if (warp == 0)
+#pragma unroll
+            for (int r = 0; r < RV; ++r) {
+              float s = terms[r];
+              for (int w = 1; w < S::W; ++w) s += xs[(w - 1) * 2 * NS + lane * RV + r];
+              const int x = lane * RV + r, which = x / NS, j = x % NS;
+              if (direct)
+                (which == 0 ? a.dB : a.dC)[((i * a.l + t) * a.g + sp.g0) * NS + j] = from_f32<T>(s);
+              else
+                a.part[which * half + (((i * a.g + sp.g0) * a.per_group + sp.p) * a.l + t) * NS + j] = s;
+            }
+        } else {
+#pragma unroll
+          for (int j = 0; j < 2 * NS; ++j) red[tid * R + j] = terms[j];
+          __syncthreads();
+          // Sums over each group's channels of the block, in channel order.
+          if (tid % spread == 0) {
+            for (int o = tid / spread; o < outputs; o += BC / spread) {
+              const int which = o / int(sp.ngr * a.n), gl = (o / int(a.n)) % int(sp.ngr), j = o % int(a.n);
+              const float* col = red + gl * sp.width * R + which * NS + j;
+              // Four running sums (channels q mod 4), added in a fixed order at the end.
+              float s4[4] = {0.f, 0.f, 0.f, 0.f};
+              int64_t q = 0;
+              for (; q + 4 <= sp.width; q += 4)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) s4[r] += col[(q + r) * R];
+              for (; q < sp.width; ++q) s4[q % 4] += col[q * R];
+              const float s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+              if (direct) {
+                T* out = which == 0 ? a.dB : a.dC;
+                out[((i * a.l + t) * a.g + sp.g0 + gl) * a.n + j] = from_f32<T>(s);
+              } else {
+                a.part[which * half + (((i * a.g + sp.g0) * a.per_group + sp.p) * a.l + t) * a.n + j] = s;
+              }
+            }
+          }
+          __syncthreads();
+        }
+      }
+      if constexpr (kStaged) slot ^= 1;
+    }
+    if (active)
+      for (int j = 0; j < NS; ++j)
+        if (j < a.n) {
+          double* r = a.dA_rows + (rs * a.d + c) * a.n + j;
+          *r = (seg == seg1 - 1 ? 0.0 : *r) + double(dA_seg[j]);
+        }
+  }
+  if (!active) return;
+  if (seg1 <= seg0)  // no tokens (l = 0)
+    for (int j = 0; j < NS; ++j)
+      if (j < a.n) a.dA_rows[(rs * a.d + c) * a.n + j] = 0.0;
+  a.dD_rows[rs * a.d + c] = dD_acc;
+  a.dbias_rows[rs * a.d + c] = dbias_acc;
+  if (a.dinit && seg0 == 0)  // the gradient after token 0 (never a reset)
+    for (int j = 0; j < NS; ++j)
+      if (j < a.n) a.dinit[(i * a.d + c) * a.n + j] = G[j];
+}
+
+// dB, dC [b, l, g, n] = Σ_p part[·, i, γ, p, t, j], p in order.
+template <class T>
+__global__ void scan_group_sum_kernel(const float* __restrict__ part, int64_t b, int64_t l, int64_t g, int64_t n,
+                                      int64_t per_group, T* __restrict__ dB, T* __restrict__ dC) {
+  const int64_t half = b * l * g * n;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < 2 * half; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t which = e / half, r = e % half;
+    const int64_t j = r % n, gr = (r / n) % g, t = (r / (n * g)) % l, i = r / (n * g * l);
+    const float* p = part + which * half * per_group + ((i * g + gr) * per_group * l + t) * n + j;
+    float s = 0.f;
+    for (int64_t q = 0; q < per_group; ++q) s += p[q * l * n];
+    (which == 0 ? dB : dC)[r] = from_f32<T>(s);
+  }
+}
+
+// dA [d, n] = Σ_r dA_rows[r] over the partials r = (row, span), in order, in f64; dD
+// and ddelta_bias [d] likewise.
+__global__ void scan_param_sum_kernel(const double* __restrict__ dA_rows, const double* __restrict__ dD_rows,
+                                      const double* __restrict__ dbias_rows, int64_t rows, int64_t d, int64_t n,
+                                      float* __restrict__ dA, float* __restrict__ dD, float* __restrict__ dbias) {
+  const int64_t dn = d * n;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < dn + d; e += int64_t(gridDim.x) * blockDim.x) {
+    if (e < dn) {
+      double s = 0;
+      for (int64_t r = 0; r < rows; ++r) s += dA_rows[r * dn + e];
+      dA[e] = float(s);
+    } else {
+      const int64_t c = e - dn;
+      double sD = 0, sb = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        sD += dD_rows[r * d + c];
+        sb += dbias_rows[r * d + c];
+      }
+      if (dD) dD[c] = float(sD);
+      if (dbias) dbias[c] = float(sb);
+    }
+  }
+}
+
+}  // namespace mambatron::cuda::scan
