@@ -624,7 +624,7 @@ void attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
     const bool mma = std::is_same_v<T, __nv_bfloat16> && (p == 64 || p == 128) &&
                      aligned16({q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr()});
     int heads = int(std::min<int64_t>(group, mma ? kMmaHeads : kMaxHeads));
-    const bool staged = p * int64_t(sizeof(T)) % 16 == 0 && p <= kThreads &&
+    const bool staged = !mma && p * int64_t(sizeof(T)) % 16 == 0 && p <= kThreads &&
                         aligned16({k_cache.data_ptr(), v_cache.data_ptr()}) &&
                         decode_smem_bytes(true, p, heads, sizeof(T)) <= max_sm;
     while (!mma && !staged && heads > 1 && decode_smem_bytes(false, p, heads, sizeof(T)) > max_sm) --heads;
