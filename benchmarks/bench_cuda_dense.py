@@ -73,6 +73,19 @@ def cases(torch, rows, d, vocab):
     mt.gated_rmsnorm_forward(mx, mz, mw, groups, 1e-5, out=mo, rstd=mgr)
     yield "gated_rmsnorm bwd", (lambda: mt.gated_rmsnorm_backward(mg, mx, mz, mw, mgr, groups, dy=mdx, dz=mdz,
                                                                   dweight=mdw)), 5 * n * 2
+    # The 8B models' groups: d_inner 8192 in 8 groups of 1024, the same tensors as [rows / 2, 2d].
+    r2, d2 = rows // 2, 2 * d
+    n2 = r2 * d2
+    v2 = [D(t.view(-1)[:n2].view(r2, d2)) for t in (x, z, out, g, dx, dz)]
+    w2 = torch.randn(d2, device=dev, dtype=f32)
+    dw2 = torch.empty_like(w2)
+    grstd2 = torch.empty(r2, groups, device=dev, dtype=f32)
+    mw2, mdw2, mrstd2 = D(w2), D(dw2), D(grstd2)
+    yield "gated_rmsnorm fwd, groups of 1024", (lambda: mt.gated_rmsnorm_forward(v2[0], v2[1], mw2, groups, 1e-5,
+                                                                                 out=v2[2], rstd=mrstd2)), 3 * n2 * 2
+    mt.gated_rmsnorm_forward(v2[0], v2[1], mw2, groups, 1e-5, out=v2[2], rstd=mrstd2)
+    yield "gated_rmsnorm bwd, groups of 1024", (lambda: mt.gated_rmsnorm_backward(
+        v2[3], v2[0], v2[1], mw2, mrstd2, groups, dy=v2[4], dz=v2[5], dweight=mdw2)), 5 * n2 * 2
 
     # Embedding: an f32 table, bf16 activations; rows tokens in one sequence.
     table = torch.randn(vocab, d, device=dev, dtype=f32)

@@ -247,13 +247,33 @@ TEST(CudaNorm, Layernorm1pMatchesCpuWithinRule) {
   }
 }
 
+namespace {
+struct GatedCase { Shape s; int64_t groups; };
+
+// A copy of t one element into a fresh buffer, so not 16-byte aligned.
+Tensor shifted(const Tensor& t) {
+  const int64_t n = t.numel();
+  Tensor v = Tensor::zeros({n + 1}, t.dtype(), t.device()).slice(0, 1, n + 1).view(t.shape());
+  v.copy_(t);
+  return v;
+}
+
+// Group widths (d / groups) that are a multiple of the 16-byte vector (8 bf16, 4 f32) take
+// the register-resident kernels: sub-warp teams (widths 8 to 64; 12 in f32 only), then a
+// warp or a block a group: 520 (a ragged last sweep), the models' 1024, and 8192 on up to
+// 512 threads (where the f32 backward goes generic). The other widths take the generic
+// kernels. 33 to 1000 rows make several row chunks for dweight's sum.
+const GatedCase kGated[] = {{{1, 1}, 1},       {{7, 37}, 1},     {{7, 37}, 37},    {{1000, 36}, 4},
+                            {{1000, 4104}, 8}, {{2, 3, 4099}, 1}, {{5, 64}, 8},     {{33, 48}, 2},
+                            {{50, 48}, 4},     {{2, 3, 256}, 4},  {{40, 1040}, 2},  {{1000, 2048}, 2},
+                            {{300, 8192}, 8},  {{70, 8192}, 1}};
+}  // namespace
+
 TEST(CudaNorm, GatedRmsnormMatchesCpuWithinRule) {
   SKIP_WITHOUT_GPU();
-  struct Case { Shape s; int64_t groups; };
   for (DType dt : {DType::bf16, DType::f32}) {
     for (DType pt : {DType::f32, DType::bf16}) {
-      for (const Case& c : {Case{{1, 1}, 1}, Case{{7, 37}, 1}, Case{{7, 37}, 37}, Case{{1000, 36}, 4},
-                            Case{{1000, 4104}, 8}, Case{{2, 3, 4099}, 1}}) {
+      for (const GatedCase& c : kGated) {
         const Shape& s = c.s;
         const std::string what = label("gated_rmsnorm", dt, s) + " groups " + std::to_string(c.groups) + " params " +
                                  mt::dtype_name(pt);
@@ -286,6 +306,20 @@ TEST(CudaNorm, GatedRmsnormMatchesCpuWithinRule) {
         check_cuda(dz, dz32, dz64, what + " dz", du * term_scale({y.f64}) * 1.1);
         check_cuda(dw, dw32, dw64, what + " dweight");
         EXPECT_TRUE(same_bits(dy, dyb) && same_bits(dz, dzb) && same_bits(dw, dwb)) << what << ": two runs differ";
+
+        // y one element into its buffer is not 16-byte aligned: the generic kernels, within
+        // the same rule. Both paths round dweight's terms alike and add them in the same
+        // order (row chunks, then the chunks), so its bits agree.
+        const Tensor ys = shifted(y.dev);
+        Tensor outs = poisoned(s, dt, kGpu), rss = stat_gpu(rs_shape);
+        mt::gated_rmsnorm_forward(ys, z.dev, w.dev, c.groups, kEps, outs, rss);
+        check_cuda(outs, cpu, ref, what + " out, y unaligned");
+        check_cuda(rss, r32, r64, what + " rstd, y unaligned");
+        Tensor dys = poisoned(s, dt, kGpu), dzs = poisoned(s, dt, kGpu), dws = poisoned({d}, pt, kGpu);
+        mt::gated_rmsnorm_backward(g.dev, ys, z.dev, w.dev, rg, c.groups, dys, dzs, dws);
+        check_cuda(dys, dy32, dy64, what + " dy, y unaligned", du * (term_scale({z.f64}) + 0.3));
+        check_cuda(dzs, dz32, dz64, what + " dz, y unaligned", du * term_scale({y.f64}) * 1.1);
+        EXPECT_TRUE(same_bits(dw, dws)) << what << ": dweight differs with y unaligned";
       }
     }
   }
