@@ -24,12 +24,14 @@
 namespace mambatron::cuda::scan {
 
 // Shared-memory plan of the backward kernel for NS state slots: threads per block,
-// tokens per chunk (K), chunks per segment (M).
+// tokens per chunk (K), chunks per segment (M). The walks are bound by latency, so
+// the plan keeps shared memory small enough for the registers to set the occupancy
+// (ten warps an SM at NS 16), at the price of a finer checkpoint.
 template <int NS>
 struct Plan {
   static constexpr int kThreads = NS <= 16 ? 64 : 32;
-  static constexpr int kChunk = NS <= 32 ? 8 : 4;
-  static constexpr int kChunks = 8;
+  static constexpr int kChunk = NS == 32 ? 8 : 4;
+  static constexpr int kChunks = NS <= 16 ? 4 : 8;
   static constexpr int kSegment = kChunk * kChunks;
   // One thread's dB and dC terms of a token: a row of 2·NS + 1 floats (the odd
   // stride keeps both the row writes and the column sums free of bank conflicts).
