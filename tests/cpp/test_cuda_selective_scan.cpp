@@ -48,7 +48,10 @@ struct Case {
 // cases; the last three have enough blocks (about 8200 of one segment) to take spans
 // of 2 segments (n 16 and 64; n 32 with a group wider than a block), entered from
 // gradient chunks of one or two segments, with documents starting on span and chunk
-// boundaries.
+// boundaries. Staged blocks (teams of lanes a channel, a block's channels in one
+// group: d 256, 64 and 32 with n 16, 32 and 64) write dB and dC directly when a group
+// is one block (d 32, g 2), and take a whole row as one span when the row has enough
+// blocks (d 32768).
 const Case kCases[] = {
     {1, 1, 1, 1, 1, false, false, false, false, false, false, false},
     {2, 13, 37, 5, 1, true, true, true, true, true, false, true},
@@ -70,6 +73,8 @@ const Case kCases[] = {
     {64, 8200, 1, 16, 1, true, true, true, true, true, true, true},
     {32, 8200, 3, 64, 3, true, true, false, true, true, true, true},
     {32, 8200, 33, 32, 1, true, true, true, true, true, true, true},
+    {2, 140, 32, 16, 2, true, true, true, true, true, true, true},
+    {1, 40, 32768, 16, 1, true, true, true, true, true, true, true},
 };
 
 struct Scan {

@@ -85,14 +85,16 @@ int64_t forward_chunk(int64_t b, int64_t l, int64_t d) { return chunk_tokens(b, 
 // The backward's gradient chunks: a thread a walker, about eight waves on an H100.
 int64_t gradient_chunk(int64_t b, int64_t l, int64_t d) { return chunk_tokens(b, l, d, int64_t(1) << 20); }
 
-// Segments per block of the backward (a span): the most that still give kMinBlocks
-// blocks, about ten waves on an H100 (3 blocks per SM by shared memory), so that the
-// per-(row, span) f64 partials of dA, dD and ddelta_bias stay below about
-// 2·kMinBlocks·threads·(n + 2) doubles (one segment per block when that gives fewer).
-int64_t backward_span(int64_t row_blocks, int64_t nseg) {
-  constexpr int64_t kMinBlocks = 4096;
+// Segments per block of the backward (a span): the most that still give min_blocks
+// blocks, so that the per-(row, span) f64 partials of dA, dD and ddelta_bias stay below
+// about 2·min_blocks·threads·(n + 2) doubles (one segment per block when that gives
+// fewer). A thread a channel: about ten waves on an H100 (kSpanBlocks). Teams: the
+// walkers of one wave (kTeamSpanBlocks, 2^17 threads), so that a row of the 8B shapes is
+// one span and the state gradient's chunk passes do not run.
+constexpr int64_t kSpanBlocks = 4096, kTeamSpanBlocks = 2048;
+int64_t backward_span(int64_t row_blocks, int64_t nseg, int64_t min_blocks) {
   int64_t span = 1;
-  while (span < nseg && row_blocks * ((nseg + 2 * span - 1) / (2 * span)) >= kMinBlocks) span *= 2;
+  while (span < nseg && row_blocks * ((nseg + 2 * span - 1) / (2 * span)) >= min_blocks) span *= 2;
   return span;
 }
 
@@ -195,18 +197,25 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
       const int64_t nseg = (l + PL::kSegment - 1) / PL::kSegment;
       set_bc_vec<T, NS>(a);
       a.cpg = d / g;
-      if (a.cpg >= PL::kThreads) {
-        a.per_group = (a.cpg + PL::kThreads - 1) / PL::kThreads;
+      // Staged (selective_scan_backward.cuh): a block's channels in one group, B and C rows of NS
+      // elements in 16-byte packs, the activations' rows 16-byte aligned; teams of kTeam
+      // lanes a channel.
+      const int64_t team_channels = PL::kThreads / scan::kTeam;
+      const bool staged = a.bc_vec && a.cpg % team_channels == 0 && d * int64_t(sizeof(T)) % 16 == 0 &&
+                          aligned16({a.u, a.delta, a.z, a.dy});
+      const int64_t channels = staged ? team_channels : PL::kThreads;  // a block's
+      if (a.cpg >= channels) {
+        a.per_group = (a.cpg + channels - 1) / channels;
         a.gpb = 1;
         a.blocks_per_row = g * a.per_group;
       } else {
         a.per_group = 1;
-        a.gpb = PL::kThreads / a.cpg;
+        a.gpb = channels / a.cpg;
         a.blocks_per_row = (g + a.gpb - 1) / a.gpb;
       }
       // Spans of a.span segments; the G entering a span from chunks of gchunk tokens
       // (powers of two times kSegment: a span ends where a chunk ends).
-      a.span = backward_span(b * a.blocks_per_row, nseg);
+      a.span = backward_span(b * a.blocks_per_row, nseg, staged ? kTeamSpanBlocks : kSpanBlocks);
       a.nspan = nseg > a.span ? (nseg + a.span - 1) / a.span : 1;
       a.gchunk = std::min(gradient_chunk(b, l, d), a.span * PL::kSegment);
       a.ngchunk = a.nspan > 1 ? (l + a.gchunk - 1) / a.gchunk : 1;
@@ -229,10 +238,6 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
         if (l > 0) chunk_entry_states<T, NS>(a, PL::kSegment, nseg, a.ckpt, mptr<float>(dsum), s);
         // ΣΔ of the gradient's chunks reuses dsum (ngchunk <= nseg), done with by now.
         if (a.nspan > 1) chunk_entry_grads<T, NS>(a, a.gchunk, a.ngchunk, mptr<float>(gin), mptr<float>(dsum), s);
-        // Staged (selective_scan_backward.cuh): a block's channels in one group, B and C rows of NS
-        // elements in 16-byte packs, the activations' rows 16-byte aligned.
-        const bool staged = a.bc_vec && a.cpg % PL::kThreads == 0 && d * int64_t(sizeof(T)) % 16 == 0 &&
-                            aligned16({a.u, a.delta, a.z, a.dy});
         auto kernel = staged ? scan::scan_bwd_kernel<T, NS, true> : scan::scan_bwd_kernel<T, NS, false>;
         const size_t smem = staged ? scan::Stage<T, NS>::kSmemBytes : PL::kSmemBytes;
         MT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));

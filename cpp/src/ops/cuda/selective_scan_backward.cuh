@@ -179,25 +179,30 @@ __device__ __forceinline__ Span block_span(const ScanArgs<T>& a, int64_t k, int 
 }
 
 // Staged blocks: when a block's channels are all of one group (the group's width a
-// multiple of the block), B and C are rows of NS elements in 16-byte packs and the
-// activations' rows are 16-byte aligned, every visit of a chunk of K tokens (the
-// segment's walk forward, then each chunk again in reverse) reads the chunk's inputs
-// from a shared-memory slot that cp.async filled during the previous visit: no token
-// waits on global memory. dB and dC are then summed over the block's channels by warp
-// shuffles (a fixed butterfly) and the warps' sums added in warp order.
+// multiple of the block's channels), B and C are rows of NS elements in 16-byte packs
+// and the activations' rows are 16-byte aligned, every visit of a chunk of K tokens
+// (the segment's walk forward, then each chunk again in reverse) reads the chunk's
+// inputs from a shared-memory slot that cp.async filled during the previous visit: no
+// token waits on global memory. A channel's state slots are then shared by a team of
+// kTeam adjacent lanes, NS / kTeam each (as in the forward), which quarters the
+// registers and shared memory a thread needs; the sums over a channel's slots (y, the
+// gradients of u and Δ) run by a fixed butterfly inside the team. dB and dC are summed
+// over the block's channels by warp shuffles (a fixed butterfly) and the warps' sums
+// added in warp order.
 template <class T, int NS>
 struct Stage {
   using PL = Plan<NS>;
   static constexpr int BC = PL::kThreads, K = PL::kChunk, W = BC / 32, P = Pack<T>::N;
-  static_assert(BC % P == 0 && NS % P == 0, "whole 16-byte packs");
-  // A slot: [4][K][BC] T (u, delta, z, dy), [2][K][NS] T (B, C), [K + 1] int32 (the
+  static constexpr int CH = BC / kTeam, SL = NS / kTeam;  // channels of a block, slots of a thread
+  static_assert(CH % P == 0 && NS % P == 0, "whole 16-byte packs");
+  // A slot: [4][K][CH] T (u, delta, z, dy), [2][K][NS] T (B, C), [K + 1] int32 (the
   // document ids of tokens t0 − 1 … t0 + K − 1).
-  static constexpr size_t kChannels = size_t(4) * K * BC * sizeof(T);
+  static constexpr size_t kChannels = size_t(4) * K * CH * sizeof(T);
   static constexpr size_t kRows = size_t(2) * K * NS * sizeof(T);
   static constexpr size_t kSlot = kChannels + kRows + (size_t(K + 1) * 4 + 15) / 16 * 16;
   // The warps' dB and dC sums (but warp 0's) of two tokens: [2][W − 1][2·NS] floats.
   static constexpr size_t kSums = size_t(2) * (W - 1) * 2 * NS * sizeof(float);
-  static constexpr size_t kSmemBytes = size_t(PL::kChunks + K) * NS * BC * sizeof(float) + kSums + 2 * kSlot;
+  static constexpr size_t kSmemBytes = size_t(PL::kChunks + K) * SL * BC * sizeof(float) + kSums + 2 * kSlot;
 };
 
 // Tokens [t0, t0 + K) of row i, channels from c0, into a slot (zeros past the row).
@@ -205,13 +210,13 @@ template <class T, int NS>
 __device__ __forceinline__ void stage_chunk(const ScanArgs<T>& a, char* slot, int64_t i, int64_t t0, int64_t c0,
                                             int64_t gr, int tid) {
   using S = Stage<T, NS>;
-  constexpr int K = S::K, P = S::P, cu = S::BC / P, ru = NS / P;  // 16-byte units of a token's channels, of a row
+  constexpr int K = S::K, P = S::P, cu = S::CH / P, ru = NS / P;  // 16-byte units of a token's channels, of a row
   T* ch = reinterpret_cast<T*>(slot);
   for (int e = tid; e < 4 * K * cu; e += S::BC) {
     const int q = e / (K * cu), k = e / cu % K, w = e % cu;
     const T* src = q == 0 ? a.u : q == 1 ? a.delta : q == 2 ? a.z : a.dy;
     const bool ok = t0 + k < a.l && src != nullptr;
-    cp_async<16>(ch + (q * K + k) * S::BC + w * P, ok ? src + (i * a.l + t0 + k) * a.d + c0 + w * P : a.u, ok);
+    cp_async<16>(ch + (q * K + k) * S::CH + w * P, ok ? src + (i * a.l + t0 + k) * a.d + c0 + w * P : a.u, ok);
   }
   T* rows = reinterpret_cast<T*>(slot + S::kChannels);
   for (int e = tid; e < 2 * K * ru; e += S::BC) {
@@ -230,40 +235,46 @@ __device__ __forceinline__ void stage_chunk(const ScanArgs<T>& a, char* slot, in
   }
 }
 
-// Token t0 + k of a slot, as load_token reads it from global memory; dy beside it.
+// Token t0 + k of a slot for channel `ch` of the block and its team lane q (the slots
+// q·SL … of B and C), as load_token reads a whole channel's from global memory; dy
+// beside it.
 template <class T, int NS>
-__device__ __forceinline__ void read_token(const ScanArgs<T>& a, const char* slot, int k, int64_t t, int tid,
-                                           float bias, bool with_c, Token<NS>& o, float* dy = nullptr) {
+__device__ __forceinline__ void read_token(const ScanArgs<T>& a, const char* slot, int k, int64_t t, int ch, int q,
+                                           float bias, bool with_c, Token<Stage<T, NS>::SL>& o, float* dy = nullptr) {
   using S = Stage<T, NS>;
-  constexpr int K = S::K, P = S::P;
-  const T* ch = reinterpret_cast<const T*>(slot);
-  o.u = to_f32(ch[k * S::BC + tid]);
-  o.v = to_f32(ch[(K + k) * S::BC + tid]) + bias;
-  o.z = to_f32(ch[(2 * K + k) * S::BC + tid]);
-  if (dy) *dy = to_f32(ch[(3 * K + k) * S::BC + tid]);
-  const Pack<T>* rows = reinterpret_cast<const Pack<T>*>(slot + S::kChannels);
+  constexpr int K = S::K, SL = S::SL;
+  const T* chs = reinterpret_cast<const T*>(slot);
+  o.u = to_f32(chs[k * S::CH + ch]);
+  o.v = to_f32(chs[(K + k) * S::CH + ch]) + bias;
+  o.z = to_f32(chs[(2 * K + k) * S::CH + ch]);
+  if (dy) *dy = to_f32(chs[(3 * K + k) * S::CH + ch]);
+  const T* rows = reinterpret_cast<const T*>(slot + S::kChannels);
 #pragma unroll
-  for (int p = 0; p < NS / P; ++p) {
-    const Pack<T> b = rows[k * (NS / P) + p];
-    const Pack<T> c = with_c ? rows[(K + k) * (NS / P) + p] : Pack<T>{};
-#pragma unroll
-    for (int e = 0; e < P; ++e) {
-      o.B[p * P + e] = to_f32(b.v[e]);
-      o.C[p * P + e] = with_c ? to_f32(c.v[e]) : 0.f;
-    }
+  for (int s = 0; s < SL; ++s) {
+    o.B[s] = to_f32(rows[k * NS + q * SL + s]);
+    o.C[s] = with_c ? to_f32(rows[(K + k) * NS + q * SL + s]) : 0.f;
   }
   const int32_t* ids = reinterpret_cast<const int32_t*>(slot + S::kChannels + S::kRows);
   o.reset = a.seq && t > 0 && ids[k + 1] != ids[k];
 }
 
-// Σ over the warp's lanes of v[x], x < V (a multiple of 32), reduce-scattered: lane L
-// ends with the sums of x = L·V/32 + r in v[r], r < V/32. A butterfly of fixed order.
-template <int V>
-__device__ __forceinline__ void warp_reduce_scatter(float (&v)[V], int lane) {
-  static_assert(V % 32 == 0, "whole lanes");
+// Σ over the W lanes of a team (adjacent lanes, W a power of two), the same bits on each.
+template <int W>
+__device__ __forceinline__ float team_sum(float v) {
 #pragma unroll
-  for (int s = 0; s < 5; ++s) {
-    const int o = 16 >> s, h = V >> (s + 1);
+  for (int o = W / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Σ of v[x], x < V, over the lanes of the warp that share lane mod W (32 / W of them; V
+// a multiple of that), reduce-scattered: lane L ends with the sums of
+// x = ⌊L / W⌋·RV + r in v[r], r < RV = V·W / 32. A butterfly of fixed order.
+template <int V, int W>
+__device__ __forceinline__ void warp_reduce_scatter(float (&v)[V], int lane) {
+  static_assert(V * W % 32 == 0, "whole lanes");
+#pragma unroll
+  for (int o = 16; o >= W; o >>= 1) {
+    const int h = V * o / 32;
     const bool up = lane & o;
 #pragma unroll
     for (int r = 0; r < h; ++r) {
@@ -273,47 +284,56 @@ __device__ __forceinline__ void warp_reduce_scatter(float (&v)[V], int lane) {
   }
 }
 
+// Blocks an SM the staged kernel's registers must allow: 8 at NS 16 (128 registers, none
+// spilled); the 2048 blocks of a b 4 × d 8192 backward then fill two waves of 132 SMs.
+constexpr int kBwdTeamBlocks = 8;
 // Blocks (row, span, channel block), the channel block fastest so that blocks running
-// together share tokens' B and C in L2.
+// together share tokens' B and C in L2. Staged blocks run teams of kTeam lanes per
+// channel (SL slots a thread); the others a thread per channel.
 template <class T, int NS, bool kStaged>
-__global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T> a, int64_t nseg) {
+__global__ void __launch_bounds__(Plan<NS>::kThreads, kStaged ? kBwdTeamBlocks : 1) scan_bwd_kernel(ScanArgs<T> a, int64_t nseg) {
   using PL = Plan<NS>;
   using S = Stage<T, NS>;
   constexpr int BC = PL::kThreads, K = PL::kChunk, M = PL::kChunks, K2 = PL::kSegment, R = PL::kTermRow;
+  constexpr int W = kStaged ? kTeam : 1, SL = NS / W, CH = BC / W;
   extern __shared__ float4 scan_smem[];
-  float* fk = reinterpret_cast<float*>(scan_smem);  // [M][NS][BC]
-  float* hs = fk + M * NS * BC;                      // [K][NS][BC]
+  float* fk = reinterpret_cast<float*>(scan_smem);  // [M][SL][BC]
+  float* hs = fk + M * SL * BC;                      // [K][SL][BC]
   // Not staged: [BC][R], dB terms, then dC terms. Staged: the warps' sums, then two slots.
-  float* red = hs + K * NS * BC;
+  float* red = hs + K * SL * BC;
   char* slots = reinterpret_cast<char*>(red) + S::kSums;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, q = tid % W, chn = tid / W;
   // Segment indices fit in 32 bits (rows of fewer than 2^36 tokens); few values stay
   // live across the walk, where registers are short.
   // The grid and its factors are below 2^31.
   const unsigned rs = blockIdx.x / unsigned(a.blocks_per_row), nspan = unsigned(a.nspan);
   const int64_t i = rs / nspan;
   const int sn = int(rs % nspan);
-  const Span sp = block_span(a, blockIdx.x % unsigned(a.blocks_per_row), BC);
-  const int64_t c = sp.c0 + tid;
+  const Span sp = block_span(a, blockIdx.x % unsigned(a.blocks_per_row), CH);
+  const int64_t c = sp.c0 + chn;
   const int seg0 = sn * int(a.span), seg1 = seg0 + a.span < nseg ? seg0 + int(a.span) : int(nseg);
   const bool active = c < sp.c1;  // always, staged
   const int64_t gr = active ? c / a.cpg : sp.g0;
-  float A2[NS], G[NS];
-  load_channel<T, NS>(a, c, active, A2);
+  // This thread's slots j = q·SL + s of channel c.
+  auto slot_of = [&](int s) { return q * SL + s; };
+  float A2[SL], G[SL];
 #pragma unroll
-  for (int j = 0; j < NS; ++j) G[j] = 0.f;
+  for (int s = 0; s < SL; ++s) {
+    A2[s] = active && slot_of(s) < a.n ? a.A[c * a.n + slot_of(s)] * 1.4426950408889634f : 0.f;
+    G[s] = 0.f;
+  }
   if (active && sn + 1 < int(nspan)) {  // from the chunk that ends where the next span starts
     const float* g = a.gin + (i * a.ngchunk + (sn + 1) * a.span * K2 / a.gchunk - 1) * a.n * a.d + c;
 #pragma unroll
-    for (int j = 0; j < NS; ++j)
-      if (j < a.n) G[j] = g[j * a.d];
+    for (int s = 0; s < SL; ++s)
+      if (slot_of(s) < a.n) G[s] = g[slot_of(s) * a.d];
   } else if (active && a.dfinal) {
 #pragma unroll
-    for (int j = 0; j < NS; ++j)
-      if (j < a.n) G[j] = a.dfinal[(i * a.d + c) * a.n + j];
+    for (int s = 0; s < SL; ++s)
+      if (slot_of(s) < a.n) G[s] = a.dfinal[(i * a.d + c) * a.n + slot_of(s)];
   }
   const float Dc = active && a.D ? a.D[c] : 0.f, bc = active && a.bias ? a.bias[c] : 0.f;
-  double dD_acc = 0, dbias_acc = 0;
+  double dD_acc = 0, dbias_acc = 0;  // lane 0 of a team only
   const int outputs = int(sp.ngr * 2 * a.n);  // per token: (dB | dC, group, state)
   const int spread = outputs > 0 && outputs < BC ? BC / outputs : 1;
   const bool direct = a.per_group == 1;
@@ -337,24 +357,24 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
   for (int seg = seg1 - 1; seg >= seg0; --seg) {
     const int64_t ts0 = int64_t(seg) * K2, ts1 = ts0 + K2 < a.l ? ts0 + K2 : a.l;
     const int nck = int((ts1 - ts0 + K - 1) / K);
-    float dA_seg[NS], h[NS];
+    float dA_seg[SL], h[SL];
 #pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      dA_seg[j] = 0.f;
-      h[j] = active && j < a.n ? a.ckpt[((i * nseg + seg) * a.n + j) * a.d + c] : 0.f;
+    for (int s = 0; s < SL; ++s) {
+      dA_seg[s] = 0.f;
+      h[s] = active && slot_of(s) < a.n ? a.ckpt[((i * nseg + seg) * a.n + slot_of(s)) * a.d + c] : 0.f;
     }
     // The state entering each chunk of the segment.
-    Token<NS> next;
+    Token<SL> next;
     if constexpr (kStaged) {
       for (int m = 0; m < nck; ++m) {
         const int64_t t0 = ts0 + int64_t(m) * K, t1 = t0 + K < ts1 ? t0 + K : ts1;
 #pragma unroll
-        for (int j = 0; j < NS; ++j) fk[(m * NS + j) * BC + tid] = h[j];
+        for (int s = 0; s < SL; ++s) fk[(m * SL + s) * BC + tid] = h[s];
         begin_visit(m + 1 < nck ? t0 + K : ts0 + int64_t(nck - 1) * K);  // then the last chunk, in reverse
         const char* cur = slots + slot * S::kSlot;
         for (int64_t t = t0; t < t1; ++t) {
-          read_token<T, NS>(a, cur, int(t - t0), t, tid, bc, false, next);
-          advance<NS>(h, A2, next, step_size(next.v, a.softplus));
+          read_token<T, NS>(a, cur, int(t - t0), t, chn, q, bc, false, next);
+          advance<SL>(h, A2, next, step_size(next.v, a.softplus));
         }
         slot ^= 1;
       }
@@ -363,48 +383,48 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
       for (int64_t t = ts0; t < ts1; ++t) {
         if ((t - ts0) % K == 0)
 #pragma unroll
-          for (int j = 0; j < NS; ++j) fk[((t - ts0) / K * NS + j) * BC + tid] = h[j];
+          for (int s = 0; s < SL; ++s) fk[((t - ts0) / K * SL + s) * BC + tid] = h[s];
         if (!active) continue;
-        const Token<NS> k = next;
+        const Token<SL> k = next;
         if (t + 1 < ts1) load_token<T, NS>(a, i, t + 1, c, gr, bc, false, next);
-        advance<NS>(h, A2, k, step_size(k.v, a.softplus));
+        advance<SL>(h, A2, k, step_size(k.v, a.softplus));
       }
     }
     for (int m = nck - 1; m >= 0; --m) {
       const int64_t t0 = ts0 + int64_t(m) * K, t1 = t0 + K < ts1 ? t0 + K : ts1;
       // The state entering each token of the chunk (before a document reset).
 #pragma unroll
-      for (int j = 0; j < NS; ++j) h[j] = fk[(m * NS + j) * BC + tid];
+      for (int s = 0; s < SL; ++s) h[s] = fk[(m * SL + s) * BC + tid];
       const char* cur = slots + slot * S::kSlot;
       if constexpr (kStaged) {
         begin_visit(m > 0 ? t0 - K : seg > seg0 ? int64_t(seg - 1) * K2 : -1);
         for (int64_t t = t0; t < t1; ++t) {
 #pragma unroll
-          for (int j = 0; j < NS; ++j) hs[((t - t0) * NS + j) * BC + tid] = h[j];
-          read_token<T, NS>(a, cur, int(t - t0), t, tid, bc, false, next);
-          advance<NS>(h, A2, next, step_size(next.v, a.softplus));
+          for (int s = 0; s < SL; ++s) hs[((t - t0) * SL + s) * BC + tid] = h[s];
+          read_token<T, NS>(a, cur, int(t - t0), t, chn, q, bc, false, next);
+          advance<SL>(h, A2, next, step_size(next.v, a.softplus));
         }
       } else if (active) {
         load_token<T, NS>(a, i, t0, c, gr, bc, false, next);
         for (int64_t t = t0; t < t1; ++t) {
 #pragma unroll
-          for (int j = 0; j < NS; ++j) hs[((t - t0) * NS + j) * BC + tid] = h[j];
-          const Token<NS> k = next;
+          for (int s = 0; s < SL; ++s) hs[((t - t0) * SL + s) * BC + tid] = h[s];
+          const Token<SL> k = next;
           if (t + 1 < t1) load_token<T, NS>(a, i, t + 1, c, gr, bc, false, next);
-          advance<NS>(h, A2, k, step_size(k.v, a.softplus));
+          advance<SL>(h, A2, k, step_size(k.v, a.softplus));
         }
         load_token<T, NS>(a, i, t1 - 1, c, gr, bc, true, next);
       }
       // The reverse recurrence over the chunk (not staged: token t − 1's inputs read
       // during token t).
       for (int64_t t = t1 - 1; t >= t0; --t) {
-        float terms[2 * NS];  // this channel's dB terms, then its dC terms
+        float terms[2 * SL];  // this thread's dB terms, then its dC terms
         if (active) {
-          Token<NS> k;
+          Token<SL> k;
           float dyc;  // gradient of the output before the gate
           const int64_t idx = (i * a.l + t) * a.d + c;
           if constexpr (kStaged) {
-            read_token<T, NS>(a, cur, int(t - t0), t, tid, bc, true, k, &dyc);
+            read_token<T, NS>(a, cur, int(t - t0), t, chn, q, bc, true, k, &dyc);
           } else {
             k = next;
             if (t > t0) load_token<T, NS>(a, i, t - 1, c, gr, bc, true, next);
@@ -412,66 +432,75 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
           }
           const float dt = step_size(k.v, a.softplus);
           const float dsp = !a.softplus || k.v > 20.f ? 1.f : sigmoid(k.v);  // dΔ/dv
-          float hp[NS], E[NS], hc[NS];
+          float hp[SL], E[SL], hc[SL];
           float ypre = 0.f;
 #pragma unroll
-          for (int j = 0; j < NS; ++j) {
-            hp[j] = k.reset ? 0.f : hs[((t - t0) * NS + j) * BC + tid];
-            E[j] = exp2_ftz(dt * A2[j]);
-            hc[j] = E[j] * hp[j] + dt * k.u * k.B[j];
-            ypre += hc[j] * k.C[j];
+          for (int s = 0; s < SL; ++s) {
+            hp[s] = k.reset ? 0.f : hs[((t - t0) * SL + s) * BC + tid];
+            E[s] = exp2_ftz(dt * A2[s]);
+            hc[s] = E[s] * hp[s] + dt * k.u * k.B[s];
+            ypre += hc[s] * k.C[s];
           }
           if (a.z) {
             const float sg = sigmoid(k.z);
-            ypre += Dc * k.u;
-            a.dz[idx] = from_f32<T>(dyc * ypre * sg * (1.f + k.z * (1.f - sg)));
+            ypre = team_sum<W>(ypre) + Dc * k.u;
+            if (q == 0) a.dz[idx] = from_f32<T>(dyc * ypre * sg * (1.f + k.z * (1.f - sg)));
             dyc *= k.z * sg;
           }
-          dD_acc += double(dyc) * double(k.u);
+          if (q == 0) dD_acc += double(dyc) * double(k.u);
           float gB = 0.f, gEHA = 0.f;
           const float dtu = dt * k.u;
 #pragma unroll
-          for (int j = 0; j < NS; ++j) {
-            const float gj = G[j] + dyc * k.C[j];  // total gradient of h_t
-            terms[j] = dtu * gj;                   // dB
-            terms[NS + j] = dyc * hc[j];           // dC
-            gB += gj * k.B[j];
-            const float geh = gj * E[j] * hp[j];
-            dA_seg[j] += dt * geh;
-            gEHA += geh * A2[j];  // times ln 2 below
-            G[j] = k.reset ? 0.f : gj * E[j];  // nothing flows into a previous document
+          for (int s = 0; s < SL; ++s) {
+            const float gj = G[s] + dyc * k.C[s];  // total gradient of h_t
+            terms[s] = dtu * gj;                   // dB
+            terms[SL + s] = dyc * hc[s];           // dC
+            gB += gj * k.B[s];
+            const float geh = gj * E[s] * hp[s];
+            dA_seg[s] += dt * geh;
+            gEHA += geh * A2[s];  // times ln 2 below
+            G[s] = k.reset ? 0.f : gj * E[s];  // nothing flows into a previous document
           }
-          a.du[idx] = from_f32<T>(dt * gB + Dc * dyc);
-          const float dd = (gEHA * 0.6931471805599453f + k.u * gB) * dsp;
-          a.ddelta[idx] = from_f32<T>(dd);
-          dbias_acc += double(dd);
+          gB = team_sum<W>(gB);
+          gEHA = team_sum<W>(gEHA);
+          if (q == 0) {
+            a.du[idx] = from_f32<T>(dt * gB + Dc * dyc);
+            const float dd = (gEHA * 0.6931471805599453f + k.u * gB) * dsp;
+            a.ddelta[idx] = from_f32<T>(dd);
+            dbias_acc += double(dd);
+          }
         } else {
 #pragma unroll
-          for (int j = 0; j < 2 * NS; ++j) terms[j] = 0.f;
+          for (int s = 0; s < 2 * SL; ++s) terms[s] = 0.f;
         }
         const int64_t half = a.b * a.g * a.per_group * a.l * a.n;
         if constexpr (kStaged) {
           // Sums over the block's channels: each warp's by shuffles, then the warps' in order.
-          constexpr int RV = 2 * NS / 32;
-          warp_reduce_scatter<2 * NS>(terms, lane);
+          // Lane L holds the sums of values x = ⌊L / W⌋·RV + r of its slots (q = L mod W).
+          constexpr int RV = 2 * SL * W / 32;
+          warp_reduce_scatter<2 * SL, W>(terms, lane);
           float* xs = red + parity * (S::W - 1) * 2 * NS;
+          auto at = [&](int r) {  // (dB | dC)·NS + state of value r
+            const int x = lane / W * RV + r;
+            return x / SL * NS + q * SL + x % SL;
+          };
           if (S::W > 1) {
             if (warp > 0)
 #pragma unroll
-              for (int r = 0; r < RV; ++r) xs[(warp - 1) * 2 * NS + lane * RV + r] = terms[r];
+              for (int r = 0; r < RV; ++r) xs[(warp - 1) * 2 * NS + at(r)] = terms[r];
             __syncthreads();
             parity ^= 1;
           }
           if (warp == 0)
 #pragma unroll
             for (int r = 0; r < RV; ++r) {
-              float s = terms[r];
-              for (int w = 1; w < S::W; ++w) s += xs[(w - 1) * 2 * NS + lane * RV + r];
-              const int x = lane * RV + r, which = x / NS, j = x % NS;
+              const int y = at(r), which = y / NS, j = y % NS;
+              float v = terms[r];
+              for (int w = 1; w < S::W; ++w) v += xs[(w - 1) * 2 * NS + y];
               if (direct)
-                (which == 0 ? a.dB : a.dC)[((i * a.l + t) * a.g + sp.g0) * NS + j] = from_f32<T>(s);
+                (which == 0 ? a.dB : a.dC)[((i * a.l + t) * a.g + sp.g0) * NS + j] = from_f32<T>(v);
               else
-                a.part[which * half + (((i * a.g + sp.g0) * a.per_group + sp.p) * a.l + t) * NS + j] = s;
+                a.part[which * half + (((i * a.g + sp.g0) * a.per_group + sp.p) * a.l + t) * NS + j] = v;
             }
         } else {
 #pragma unroll
@@ -484,11 +513,11 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
               const float* col = red + gl * sp.width * R + which * NS + j;
               // Four running sums (channels q mod 4), added in a fixed order at the end.
               float s4[4] = {0.f, 0.f, 0.f, 0.f};
-              int64_t q = 0;
-              for (; q + 4 <= sp.width; q += 4)
+              int64_t u = 0;
+              for (; u + 4 <= sp.width; u += 4)
 #pragma unroll
-                for (int r = 0; r < 4; ++r) s4[r] += col[(q + r) * R];
-              for (; q < sp.width; ++q) s4[q % 4] += col[q * R];
+                for (int r = 0; r < 4; ++r) s4[r] += col[(u + r) * R];
+              for (; u < sp.width; ++u) s4[u % 4] += col[u * R];
               const float s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
               if (direct) {
                 T* out = which == 0 ? a.dB : a.dC;
@@ -504,21 +533,23 @@ __global__ void __launch_bounds__(Plan<NS>::kThreads) scan_bwd_kernel(ScanArgs<T
       if constexpr (kStaged) slot ^= 1;
     }
     if (active)
-      for (int j = 0; j < NS; ++j)
-        if (j < a.n) {
-          double* r = a.dA_rows + (rs * a.d + c) * a.n + j;
-          *r = (seg == seg1 - 1 ? 0.0 : *r) + double(dA_seg[j]);
+      for (int s = 0; s < SL; ++s)
+        if (slot_of(s) < a.n) {
+          double* r = a.dA_rows + (rs * a.d + c) * a.n + slot_of(s);
+          *r = (seg == seg1 - 1 ? 0.0 : *r) + double(dA_seg[s]);
         }
   }
   if (!active) return;
   if (seg1 <= seg0)  // no tokens (l = 0)
-    for (int j = 0; j < NS; ++j)
-      if (j < a.n) a.dA_rows[(rs * a.d + c) * a.n + j] = 0.0;
-  a.dD_rows[rs * a.d + c] = dD_acc;
-  a.dbias_rows[rs * a.d + c] = dbias_acc;
+    for (int s = 0; s < SL; ++s)
+      if (slot_of(s) < a.n) a.dA_rows[(rs * a.d + c) * a.n + slot_of(s)] = 0.0;
+  if (q == 0) {
+    a.dD_rows[rs * a.d + c] = dD_acc;
+    a.dbias_rows[rs * a.d + c] = dbias_acc;
+  }
   if (a.dinit && seg0 == 0)  // the gradient after token 0 (never a reset)
-    for (int j = 0; j < NS; ++j)
-      if (j < a.n) a.dinit[(i * a.d + c) * a.n + j] = G[j];
+    for (int s = 0; s < SL; ++s)
+      if (slot_of(s) < a.n) a.dinit[(i * a.d + c) * a.n + slot_of(s)] = G[s];
 }
 
 // dB, dC [b, l, g, n] = Σ_p part[·, i, γ, p, t, j], p in order.
