@@ -51,7 +51,7 @@ struct Case {
 // boundaries. Staged blocks (teams of lanes a channel, a block's channels in one
 // group: d 256, 64 and 32 with n 16, 32 and 64) write dB and dC directly when a group
 // is one block (d 32, g 2), and take a whole row as one span when the row has enough
-// blocks (d 32768).
+// blocks (d 32768, three segments).
 const Case kCases[] = {
     {1, 1, 1, 1, 1, false, false, false, false, false, false, false},
     {2, 13, 37, 5, 1, true, true, true, true, true, false, true},
@@ -74,7 +74,7 @@ const Case kCases[] = {
     {32, 8200, 3, 64, 3, true, true, false, true, true, true, true},
     {32, 8200, 33, 32, 1, true, true, true, true, true, true, true},
     {2, 140, 32, 16, 2, true, true, true, true, true, true, true},
-    {1, 40, 32768, 16, 1, true, true, true, true, true, true, true},
+    {1, 150, 32768, 16, 1, true, true, true, true, true, true, true},
 };
 
 struct Scan {

@@ -24,14 +24,12 @@
 namespace mambatron::cuda::scan {
 
 // Shared-memory plan of the backward kernel for NS state slots: threads per block,
-// tokens per chunk (K), chunks per segment (M). The walks are bound by latency, so
-// the plan keeps shared memory small enough for the registers to set the occupancy
-// (ten warps an SM at NS 16), at the price of a finer checkpoint.
+// tokens per chunk (K), chunks per segment (M).
 template <int NS>
 struct Plan {
   static constexpr int kThreads = NS <= 16 ? 64 : 32;
-  static constexpr int kChunk = NS == 32 ? 8 : 4;
-  static constexpr int kChunks = NS <= 16 ? 4 : 8;
+  static constexpr int kChunk = NS <= 32 ? 8 : 4;
+  static constexpr int kChunks = 8;
   static constexpr int kSegment = kChunk * kChunks;
   // One thread's dB and dC terms of a token: a row of 2·NS + 1 floats (the odd
   // stride keeps both the row writes and the column sums free of bank conflicts).
@@ -285,7 +283,8 @@ __device__ __forceinline__ void warp_reduce_scatter(float (&v)[V], int lane) {
 }
 
 // Blocks an SM the staged kernel's registers must allow: 8 at NS 16 (128 registers, none
-// spilled); the 2048 blocks of a b 4 × d 8192 backward then fill two waves of 132 SMs.
+// spilled; 19.5 KB of shared memory a block); the 2048 blocks of a b 4 × d 8192 backward
+// then fill two waves of 132 SMs.
 constexpr int kBwdTeamBlocks = 8;
 // Blocks (row, span, channel block), the channel block fastest so that blocks running
 // together share tokens' B and C in L2. Staged blocks run teams of kTeam lanes per
