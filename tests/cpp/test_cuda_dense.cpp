@@ -259,14 +259,15 @@ Tensor shifted(const Tensor& t) {
 }
 
 // Group widths (d / groups) that are a multiple of the 16-byte vector (8 bf16, 4 f32) take
-// the register-resident kernels: sub-warp teams (widths 8 to 64; 12 in f32 only), then a
+// the register-resident kernels: sub-warp teams (widths 8 to 64; 12 in f32 only; 200
+// groups of 8 take more than one block of teams in the backward), then a
 // warp or a block a group: 520 (a ragged last sweep), the models' 1024, and 8192 on up to
 // 512 threads (where the f32 backward goes generic). The other widths take the generic
 // kernels. 33 to 1000 rows make several row chunks for dweight's sum.
 const GatedCase kGated[] = {{{1, 1}, 1},       {{7, 37}, 1},     {{7, 37}, 37},    {{1000, 36}, 4},
                             {{1000, 4104}, 8}, {{2, 3, 4099}, 1}, {{5, 64}, 8},     {{33, 48}, 2},
                             {{50, 48}, 4},     {{2, 3, 256}, 4},  {{40, 1040}, 2},  {{1000, 2048}, 2},
-                            {{300, 8192}, 8},  {{70, 8192}, 1}};
+                            {{300, 8192}, 8},  {{70, 8192}, 1},   {{3, 1600}, 200}};
 }  // namespace
 
 TEST(CudaNorm, GatedRmsnormMatchesCpuWithinRule) {
