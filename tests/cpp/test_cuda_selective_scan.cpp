@@ -45,13 +45,14 @@ struct Case {
 // (lengths not a multiple of 64, with and without an initial state, with document
 // starts) in each kernel variant, and of more than 8 (the carry pass reads 8 at a time).
 // The backward runs a block per span of segments: one segment per span in the small
-// cases; the last three have enough blocks (about 8200 of one segment) to take spans
-// of 2 segments (n 16 and 64; n 32 with a group wider than a block), entered from
-// gradient chunks of one or two segments, with documents starting on span and chunk
-// boundaries. Staged blocks (teams of lanes a channel, a block's channels in one
-// group: d 256, 64 and 32 with n 16, 32 and 64) write dB and dC directly when a group
-// is one block (d 32, g 2), and take a whole row as one span when the row has enough
-// blocks (d 32768, three segments).
+// cases; the three rows of 8200 tokens have enough blocks (about 8200 of one segment)
+// to take spans of 2 segments (n 16 and 64; n 32 with a group wider than a block),
+// entered from gradient chunks of one or two segments, with documents starting on span
+// and chunk boundaries. Staged blocks (teams of lanes a channel; a group's width a
+// multiple of 64 channels at n 16, of 32 at n 32 and 64) write dB and dC directly when
+// a group is one block (d 64 at n 16; d 128, g 2; d 32 at n 32; d 64, g 2 at n 64) or
+// through per-block partials (d 256 at n 16, d 64 at n 32), and take a whole row of
+// several segments as one span when the rows have enough blocks (b 4 × d 8192).
 const Case kCases[] = {
     {1, 1, 1, 1, 1, false, false, false, false, false, false, false},
     {2, 13, 37, 5, 1, true, true, true, true, true, false, true},
@@ -73,8 +74,10 @@ const Case kCases[] = {
     {64, 8200, 1, 16, 1, true, true, true, true, true, true, true},
     {32, 8200, 3, 64, 3, true, true, false, true, true, true, true},
     {32, 8200, 33, 32, 1, true, true, true, true, true, true, true},
-    {2, 140, 32, 16, 2, true, true, true, true, true, true, true},
-    {1, 150, 32768, 16, 1, true, true, true, true, true, true, true},
+    {2, 140, 128, 16, 2, true, true, true, true, true, true, true},
+    {2, 100, 64, 32, 1, true, true, true, true, true, true, true},
+    {1, 90, 64, 64, 2, true, true, true, true, true, true, true},
+    {4, 150, 8192, 16, 1, true, true, true, true, true, true, true},
 };
 
 struct Scan {

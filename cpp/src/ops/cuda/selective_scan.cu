@@ -57,7 +57,7 @@ void set_bc_vec(ScanArgs<T>& a) {
 template <class T, int NS>
 void chunk_entry_states(const ScanArgs<T>& a, int64_t kc, int64_t nchunk, float* states, float* dsum,
                         cudaStream_t s) {
-  const int64_t local = a.b * (nchunk - 1) * a.d, carry = a.b * a.n * a.d;
+  const int64_t local = a.b * (nchunk - 1) * a.d * scan::kTeam, carry = a.b * a.n * a.d;
   if (local > 0) {
     scan::scan_chunk_local_kernel<T, NS><<<unsigned((local + kThreads - 1) / kThreads), kThreads, 0, s>>>(
         a, kc, nchunk, states, dsum);
@@ -87,11 +87,11 @@ int64_t gradient_chunk(int64_t b, int64_t l, int64_t d) { return chunk_tokens(b,
 
 // Segments per block of the backward (a span): the most that still give min_blocks
 // blocks, so that the per-(row, span) f64 partials of dA, dD and ddelta_bias stay below
-// about 2·min_blocks·threads·(n + 2) doubles (one segment per block when that gives
-// fewer). A thread a channel: about ten waves on an H100 (kSpanBlocks). Teams: the
-// walkers of one wave (kTeamSpanBlocks, 2^17 threads), so that a row of the 8B shapes is
-// one span and the state gradient's chunk passes do not run.
-constexpr int64_t kSpanBlocks = 4096, kTeamSpanBlocks = 2048;
+// about 2·min_blocks·channels·(n + 2) doubles (one segment per block when that gives
+// fewer). A thread a channel: about ten waves on an H100 (kSpanBlocks). Teams: 2^17
+// threads (kTeamSpanThreads), two waves, so that a row of the 8B shapes is one span and
+// the state gradient's chunk passes do not run.
+constexpr int64_t kSpanBlocks = 4096, kTeamSpanThreads = int64_t(1) << 17;
 int64_t backward_span(int64_t row_blocks, int64_t nseg, int64_t min_blocks) {
   int64_t span = 1;
   while (span < nseg && row_blocks * ((nseg + 2 * span - 1) / (2 * span)) >= min_blocks) span *= 2;
@@ -197,25 +197,24 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
       const int64_t nseg = (l + PL::kSegment - 1) / PL::kSegment;
       set_bc_vec<T, NS>(a);
       a.cpg = d / g;
-      // Staged (selective_scan_backward.cuh): a block's channels in one group, B and C rows of NS
-      // elements in 16-byte packs, the activations' rows 16-byte aligned; teams of kTeam
-      // lanes a channel.
-      const int64_t team_channels = PL::kThreads / scan::kTeam;
-      const bool staged = a.bc_vec && a.cpg % team_channels == 0 && d * int64_t(sizeof(T)) % 16 == 0 &&
-                          aligned16({a.u, a.delta, a.z, a.dy});
-      const int64_t channels = staged ? team_channels : PL::kThreads;  // a block's
-      if (a.cpg >= channels) {
-        a.per_group = (a.cpg + channels - 1) / channels;
+      if (a.cpg >= PL::kThreads) {
+        a.per_group = (a.cpg + PL::kThreads - 1) / PL::kThreads;
         a.gpb = 1;
         a.blocks_per_row = g * a.per_group;
       } else {
         a.per_group = 1;
-        a.gpb = channels / a.cpg;
+        a.gpb = PL::kThreads / a.cpg;
         a.blocks_per_row = (g + a.gpb - 1) / a.gpb;
       }
+      // Staged (selective_scan_backward.cuh): a block's channels in one group, B and C rows of NS
+      // elements in 16-byte packs, the activations' rows 16-byte aligned; teams of kTeam
+      // lanes a channel.
+      const bool staged = a.bc_vec && a.cpg % PL::kThreads == 0 && d * int64_t(sizeof(T)) % 16 == 0 &&
+                          aligned16({a.u, a.delta, a.z, a.dy});
+      const int threads = staged ? scan::kBwdThreads<T, NS, true> : scan::kBwdThreads<T, NS, false>;
       // Spans of a.span segments; the G entering a span from chunks of gchunk tokens
       // (powers of two times kSegment: a span ends where a chunk ends).
-      a.span = backward_span(b * a.blocks_per_row, nseg, staged ? kTeamSpanBlocks : kSpanBlocks);
+      a.span = backward_span(b * a.blocks_per_row, nseg, staged ? kTeamSpanThreads / threads : kSpanBlocks);
       a.nspan = nseg > a.span ? (nseg + a.span - 1) / a.span : 1;
       a.gchunk = std::min(gradient_chunk(b, l, d), a.span * PL::kSegment);
       a.ngchunk = a.nspan > 1 ? (l + a.gchunk - 1) / a.gchunk : 1;
@@ -241,7 +240,7 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
         auto kernel = staged ? scan::scan_bwd_kernel<T, NS, true> : scan::scan_bwd_kernel<T, NS, false>;
         const size_t smem = staged ? scan::Stage<T, NS>::kSmemBytes : PL::kSmemBytes;
         MT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-        kernel<<<unsigned(rows * a.blocks_per_row), PL::kThreads, smem, s>>>(a, nseg);
+        kernel<<<unsigned(rows * a.blocks_per_row), threads, smem, s>>>(a, nseg);
         MT_CUDA_LAUNCH_CHECK();
         if (a.per_group > 1 && l > 0) {
           scan::scan_group_sum_kernel<T><<<grid_for(2 * b * l * g * n, kThreads * 2), kThreads * 2, 0, s>>>(

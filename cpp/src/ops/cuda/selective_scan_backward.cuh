@@ -93,7 +93,7 @@ __global__ void scan_grad_local_kernel(ScanArgs<T> a, int64_t kc, int64_t nchunk
   p.t1 = p.t0 + kc < a.l ? p.t0 + kc : a.l;
   const int64_t gr = p.c / (a.d / a.g), iq = p.i * nchunk + p.k;
   float A2[NS], G[NS];
-  load_channel_log2<T, NS>(a, p.c, A2);
+  load_team_channel<T, NS>(a, p.c, 0, A2);  // every slot: a team of one
 #pragma unroll
   for (int j = 0; j < NS; ++j) G[j] = 0.f;
   const float bc = a.bias ? a.bias[p.c] : 0.f;
@@ -177,21 +177,21 @@ __device__ __forceinline__ Span block_span(const ScanArgs<T>& a, int64_t k, int 
 }
 
 // Staged blocks: when a block's channels are all of one group (the group's width a
-// multiple of the block's channels), B and C are rows of NS elements in 16-byte packs
-// and the activations' rows are 16-byte aligned, every visit of a chunk of K tokens
-// (the segment's walk forward, then each chunk again in reverse) reads the chunk's
-// inputs from a shared-memory slot that cp.async filled during the previous visit: no
-// token waits on global memory. A channel's state slots are then shared by a team of
-// kTeam adjacent lanes, NS / kTeam each (as in the forward), which quarters the
-// registers and shared memory a thread needs; the sums over a channel's slots (y, the
-// gradients of u and Δ) run by a fixed butterfly inside the team. dB and dC are summed
-// over the block's channels by warp shuffles (a fixed butterfly) and the warps' sums
-// added in warp order.
+// multiple of the block), B and C are rows of NS elements in 16-byte packs and the
+// activations' rows are 16-byte aligned, every visit of a chunk of K tokens (the
+// segment's walk forward, then each chunk again in reverse) reads the chunk's inputs
+// from a shared-memory slot that cp.async filled during the previous visit: no token
+// waits on global memory. A channel's state slots are then shared by a team of kTeam
+// adjacent lanes, NS / kTeam each (as in the forward): a block has kTeam threads a
+// channel, and a thread a quarter of the registers. The sums over a channel's slots
+// (y, the gradients of u and Δ) run by a fixed butterfly inside the team. dB and dC are
+// summed over the block's channels by warp shuffles (a fixed butterfly) and the warps'
+// sums added in warp order.
 template <class T, int NS>
 struct Stage {
   using PL = Plan<NS>;
-  static constexpr int BC = PL::kThreads, K = PL::kChunk, W = BC / 32, P = Pack<T>::N;
-  static constexpr int CH = BC / kTeam, SL = NS / kTeam;  // channels of a block, slots of a thread
+  static constexpr int CH = PL::kThreads, SL = NS / kTeam;  // channels of a block, slots of a thread
+  static constexpr int BC = CH * kTeam, K = PL::kChunk, W = BC / 32, P = Pack<T>::N;
   static_assert(CH % P == 0 && NS % P == 0, "whole 16-byte packs");
   // A slot: [4][K][CH] T (u, delta, z, dy), [2][K][NS] T (B, C), [K + 1] int32 (the
   // document ids of tokens t0 − 1 … t0 + K − 1).
@@ -282,19 +282,23 @@ __device__ __forceinline__ void warp_reduce_scatter(float (&v)[V], int lane) {
   }
 }
 
-// Blocks an SM the staged kernel's registers must allow: 8 at NS 16 (128 registers, none
-// spilled; 19.5 KB of shared memory a block); the 2048 blocks of a b 4 × d 8192 backward
+// Threads of a block: a staged block has kTeam a channel.
+template <class T, int NS, bool kStaged>
+constexpr int kBwdThreads = kStaged ? Stage<T, NS>::BC : Plan<NS>::kThreads;
+// Blocks an SM the staged kernel's registers must allow: 2 at NS 16 (128 registers, 256
+// threads, 75 KB of shared memory a block); the 512 blocks of a b 4 × d 8192 backward
 // then fill two waves of 132 SMs.
-constexpr int kBwdTeamBlocks = 8;
+constexpr int kBwdTeamBlocks = 2;
 // Blocks (row, span, channel block), the channel block fastest so that blocks running
 // together share tokens' B and C in L2. Staged blocks run teams of kTeam lanes per
 // channel (SL slots a thread); the others a thread per channel.
 template <class T, int NS, bool kStaged>
-__global__ void __launch_bounds__(Plan<NS>::kThreads, kStaged ? kBwdTeamBlocks : 1) scan_bwd_kernel(ScanArgs<T> a, int64_t nseg) {
+__global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTeamBlocks : 1)
+    scan_bwd_kernel(ScanArgs<T> a, int64_t nseg) {
   using PL = Plan<NS>;
   using S = Stage<T, NS>;
-  constexpr int BC = PL::kThreads, K = PL::kChunk, M = PL::kChunks, K2 = PL::kSegment, R = PL::kTermRow;
-  constexpr int W = kStaged ? kTeam : 1, SL = NS / W, CH = BC / W;
+  constexpr int BC = kBwdThreads<T, NS, kStaged>, K = PL::kChunk, M = PL::kChunks, K2 = PL::kSegment;
+  constexpr int R = PL::kTermRow, W = kStaged ? kTeam : 1, SL = NS / W, CH = BC / W;
   extern __shared__ float4 scan_smem[];
   float* fk = reinterpret_cast<float*>(scan_smem);  // [M][SL][BC]
   float* hs = fk + M * SL * BC;                      // [K][SL][BC]
