@@ -52,7 +52,8 @@ struct Case {
 // multiple of 64 channels at n 16, of 32 at n 32 and 64) write dB and dC directly when
 // a group is one block (d 64 at n 16; d 128, g 2; d 32 at n 32; d 64, g 2 at n 64) or
 // through per-block partials (d 256 at n 16, d 64 at n 32), and take a whole row of
-// several segments as one span when the rows have enough blocks (b 4 × d 8192).
+// several segments as one span when the rows have enough blocks (b 4 × d 8192); with
+// and without document ids, initial state and d_final_state.
 const Case kCases[] = {
     {1, 1, 1, 1, 1, false, false, false, false, false, false, false},
     {2, 13, 37, 5, 1, true, true, true, true, true, false, true},
@@ -75,7 +76,8 @@ const Case kCases[] = {
     {32, 8200, 3, 64, 3, true, true, false, true, true, true, true},
     {32, 8200, 33, 32, 1, true, true, true, true, true, true, true},
     {2, 140, 128, 16, 2, true, true, true, true, true, true, true},
-    {2, 100, 64, 32, 1, true, true, true, true, true, true, true},
+    {2, 100, 64, 32, 1, true, true, true, true, true, false, true},
+    {2, 200, 128, 16, 1, false, true, false, true, false, false, false},
     {1, 90, 64, 64, 2, true, true, true, true, true, true, true},
     {4, 150, 8192, 16, 1, true, true, true, true, true, true, true},
 };

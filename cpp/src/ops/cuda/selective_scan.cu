@@ -89,8 +89,8 @@ int64_t gradient_chunk(int64_t b, int64_t l, int64_t d) { return chunk_tokens(b,
 // blocks, so that the per-(row, span) f64 partials of dA, dD and ddelta_bias stay below
 // about 2·min_blocks·channels·(n + 2) doubles (one segment per block when that gives
 // fewer). A thread a channel: about ten waves on an H100 (kSpanBlocks). Teams: 2^17
-// threads (kTeamSpanThreads), two waves, so that a row of the 8B shapes is one span and
-// the state gradient's chunk passes do not run.
+// threads (kTeamSpanThreads; two waves at NS 16), so that a row of the 8B shapes is one
+// span and the state gradient's chunk passes do not run.
 constexpr int64_t kSpanBlocks = 4096, kTeamSpanThreads = int64_t(1) << 17;
 int64_t backward_span(int64_t row_blocks, int64_t nseg, int64_t min_blocks) {
   int64_t span = 1;

@@ -285,9 +285,9 @@ __device__ __forceinline__ void warp_reduce_scatter(float (&v)[V], int lane) {
 // Threads of a block: a staged block has kTeam a channel.
 template <class T, int NS, bool kStaged>
 constexpr int kBwdThreads = kStaged ? Stage<T, NS>::BC : Plan<NS>::kThreads;
-// Blocks an SM the staged kernel's registers must allow: 2 at NS 16 (128 registers, 256
-// threads, 75 KB of shared memory a block); the 512 blocks of a b 4 × d 8192 backward
-// then fill two waves of 132 SMs.
+// Blocks an SM the staged kernel's registers must allow: 2 (at NS 16: 256 threads of at
+// most 128 registers, 75 KB of shared memory a block in bf16, 84 KB in f32); the 512
+// blocks of a b 4 × d 8192 backward then fill two waves of 132 SMs.
 constexpr int kBwdTeamBlocks = 2;
 // Blocks (row, span, channel block), the channel block fastest so that blocks running
 // together share tokens' B and C in L2. Staged blocks run teams of kTeam lanes per
