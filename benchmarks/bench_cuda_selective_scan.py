@@ -19,7 +19,7 @@ import argparse
 import json
 
 import mambatron as mt
-from gpu_timing import kernel_us, median_ms, print_kernel_us, require_torch_cuda
+from gpu_timing import kernel_us, median_ms, print_kernel_us, profile_once, require_torch_cuda
 
 COPY_CEILING_TBS = 4.07
 PEER_MS = {"fwd": 2.42, "fwd+bwd": 12.1}  # selective_scan_fn, d 8192, n 16, b 4 × l 4096
@@ -73,11 +73,18 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--g", type=int, default=1)
     ap.add_argument("--kernels", action="store_true", help="also print each kernel's time at the first b")
+    ap.add_argument("--profile", action="store_true",
+                    help="only one forward+backward at the first b, for a profiler started with "
+                         "--profile-from-start off (after warm-up)")
     args = ap.parse_args()
     torch = require_torch_cuda("bench_cuda_selective_scan")
     if torch is None:
         return 1
     torch.manual_seed(0)
+    if args.profile:
+        both = [fn for name, fn, _, _ in cases(torch, args.b[0], args.l, args.d, args.n, args.g) if name == "fwd+bwd"]
+        profile_once(both[0], torch)
+        return 0
     rows = []
     print(f"selective scan, d {args.d}, n {args.n}, g {args.g}, l {args.l}, bf16 activations; "
           f"ceiling {COPY_CEILING_TBS} TB/s (device copy)")

@@ -27,7 +27,7 @@ import json
 import numpy as np
 
 import mambatron as mt
-from gpu_timing import kernel_us, median_ms, print_kernel_us, require_torch_cuda
+from gpu_timing import kernel_us, median_ms, print_kernel_us, profile_once, require_torch_cuda
 
 COPY_CEILING_TBS = 4.07
 BF16_CEILING_TFLOPS = 757.0
@@ -90,8 +90,8 @@ def check_against_cpu(torch, q):
     return ok, "; ".join(notes)
 
 
-def kernel_times(torch, b, l, q):
-    """{kernel name: microseconds per forward+backward}."""
+def forward_backward_at(torch, b, l, q):
+    """A function running one forward and one backward at b × l, chunk length q."""
     inp = make_inputs(torch, b, l)
     t = {k: mt.from_dlpack(v) for k, v in inp.items()}
     dy = mt.from_dlpack(torch.randn_like(inp["x"], dtype=torch.float32).to(torch.bfloat16))
@@ -101,7 +101,12 @@ def kernel_times(torch, b, l, q):
         mt.ssd_forward(**t, **opts)
         mt.ssd_backward(dy, **t, **opts)
 
-    return kernel_us(both, torch, strip=("mambatron::cuda::ssd::",))
+    return both
+
+
+def kernel_times(torch, b, l, q):
+    """{kernel name: microseconds per forward+backward}."""
+    return kernel_us(forward_backward_at(torch, b, l, q), torch, strip=("mambatron::cuda::ssd::",))
 
 
 def main() -> int:
@@ -109,10 +114,16 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--kernels", action="store_true", help="also print each kernel's time at b 4, Q 64 and 128")
+    ap.add_argument("--profile", action="store_true",
+                    help="only one forward+backward at b 4 × l 4096, Q 128, for a profiler started with "
+                         "--profile-from-start off (after warm-up)")
     args = ap.parse_args()
     torch = require_torch_cuda("bench_cuda_ssd")
     if torch is None:
         return 1
+    if args.profile:
+        profile_once(forward_backward_at(torch, 4, 4096, 128), torch)
+        return 0
     rows, checks = [], {}
     for q in CHUNKS:
         ok, note = check_against_cpu(torch, q)

@@ -63,6 +63,20 @@ def kernel_us(fn, torch, reps: int = 5, warmup: int = 2, strip: tuple = ()) -> d
     return out
 
 
+def profile_once(fn, torch, warmup: int = 2) -> None:
+    """fn() after warm-up, alone between cudaProfilerStart and cudaProfilerStop: the one
+    call a profiler started with ``--profile-from-start off`` (Nsight Compute, Nsight
+    Systems) records, each kernel once."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    cudart = torch.cuda.cudart()
+    cudart.cudaProfilerStart()
+    fn()
+    torch.cuda.synchronize()
+    cudart.cudaProfilerStop()
+
+
 def print_kernel_us(title: str, times: dict) -> None:
     print(title)
     for name, us in sorted(times.items(), key=lambda kv: -kv[1]):

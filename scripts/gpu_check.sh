@@ -9,6 +9,10 @@
 #   scripts/gpu_check.sh --jobs     build + the user-facing jobs on the GPU: the main job
 #                                   (`mambatron train`, timed) and notebooks/paper_findings.ipynb
 #                                   in its full setting (figure and numbers into $OUT)
+#   scripts/gpu_check.sh --profile  build + Nsight Compute (ncu) over one forward+backward of
+#                                   the SSD and the selective scan at their 8B shapes: each
+#                                   kernel's throughput, occupancy and warp stalls, into
+#                                   $OUT/ncu_<benchmark>.txt
 # GTEST_FILTER and PYTEST_ARGS (e.g. "tests/python/test_ops_ssd.py -k cuda")
 # narrow the tests to one area while a kernel is being written; BENCHMARKS (e.g.
 # "bench_cuda_attention bench_cuda_ssd") the benchmarks.
@@ -16,10 +20,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
-bench=1 tests=1 jobs=0
+bench=1 tests=1 jobs=0 profile=0
 [ "${1:-}" = "--no-bench" ] && bench=0
 [ "${1:-}" = "--bench" ] && tests=0
 [ "${1:-}" = "--jobs" ] && bench=0 tests=0 jobs=1
+[ "${1:-}" = "--profile" ] && bench=0 tests=0 profile=1
 log="$OUT/gpu_check.log"
 : > "$log"
 say() { echo "$*" | tee -a "$log"; }
@@ -67,7 +72,7 @@ t0=$(date +%s)
 # The jobs need only the package; the tests' binary is built otherwise (also with --bench,
 # so that a call after a test call on the same machine rebuilds nothing).
 build_tests=ON
-[ $jobs -eq 1 ] && build_tests=OFF
+[ $jobs -eq 1 ] || [ $profile -eq 1 ] && build_tests=OFF
 MAMBATRON_CUDA=ON MAMBATRON_BUILD_TESTS=$build_tests python3 -m pip install --no-build-isolation --no-deps -v \
   -C build-dir=build/gpu . > "$OUT/build.log" 2>&1
 build_rc=$?
@@ -91,6 +96,21 @@ if [ $jobs -eq 1 ]; then
   grep -A6 "^model " "$OUT/paper_findings.log" | tee -a "$log"
   tail -3 "$OUT/paper_findings.log" | tee -a "$log"
   exit $job_rc
+fi
+
+if [ $profile -eq 1 ]; then
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+  [ -z "$ncu" ] && { say "profile: ncu not found"; exit 1; }
+  prof_rc=0
+  for name in bench_cuda_ssd bench_cuda_selective_scan; do
+    "$ncu" --profile-from-start off --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section SchedulerStats python3 "benchmarks/$name.py" --profile \
+      > "$OUT/ncu_$name.txt" 2>&1
+    rc=$?
+    say "profile $name: exit $rc ($(grep -c '^  [a-z_].*(.*)x(.*)' "$OUT/ncu_$name.txt") kernels)"
+    [ $rc -ne 0 ] && { tail -5 "$OUT/ncu_$name.txt" | tee -a "$log"; prof_rc=1; }
+  done
+  exit $prof_rc
 fi
 
 if [ $tests -eq 1 ]; then
