@@ -1,0 +1,362 @@
+// SSD backward on CUDA, dB and dC on mma.sync fragments: bf16 activations, p and n
+// multiples of 64, 16-byte aligned rows (bc_mma_supported). With PW_j = (dY_j·X_jᵀ ⊙ W_j)·diag(Δ_j):
+//   dC = (Σ_j PW_j)·B + Σ_j diag(e_j)·dY_j·H_in,j
+//   dB = (Σ_j PW_j)ᵀ·C + Σ_j diag(f_j ⊙ Δ_j)·X_j·Ĥ_j
+// Two kernels. pw_kernel, per (row, group, chunk), sums PW over the group's heads in
+// order in registers and writes it as hi/lo bf16 parts (its causal 16×16 tiles);
+// bc_kernel, per (row, group, chunk, 64 columns of n), sums the state terms over the
+// heads in order, then adds the PW products. Each walks the (head, 64 columns of p)
+// steps with the next step's operands loading (cp.async) while the current one is
+// multiplied. The states enter their products as hi/lo parts, as in the generic
+// kernel (ssd_backward_bc.cu), which serves every other case.
+#include "mma_bf16.cuh"
+#include "ssd_backward.h"
+
+namespace mambatron::cuda::ssd {
+
+namespace {
+
+using namespace mma_bf16;
+
+constexpr int kPC = 64;  // p per step
+constexpr int kNT = 64;  // columns of dB, dC per bc block
+
+// What one step stages: dY and X of one head's 64 columns of p, the head's S and Δ.
+template <int kQ>
+struct StepLayout {
+  static constexpr size_t dy = 0, x = dy + size_t(kQ) * kPC * 2;
+  static constexpr size_t S = x + size_t(kQ) * kPC * 2, dl = S + kQ * sizeof(double);
+  static constexpr size_t end = align128(dl + kQ * sizeof(float));
+};
+
+template <int kQ, int kThreads>
+__device__ __forceinline__ void load_step(unsigned char* st, const Dims& d, const BackwardArgs<bf16>& a, int64_t bi,
+                                          int64_t j, int64_t p0, int64_t t0, int L) {
+  using S = StepLayout<kQ>;
+  load_tile<kQ, kPC, kThreads>(reinterpret_cast<bf16*>(st + S::dy), a.dy + d.xo(bi, 0, j) + p0, d.h * d.p, t0, t0 + L);
+  load_tile<kQ, kPC, kThreads>(reinterpret_cast<bf16*>(st + S::x), a.x + d.xo(bi, 0, j) + p0, d.h * d.p, t0, t0 + L);
+  for (int t = threadIdx.x; t < kQ; t += kThreads) {
+    const bool ok = t < L;
+    const int64_t o = d.so(bi, j, t0 + (ok ? t : 0));
+    cp_async<8>(st + S::S + t * sizeof(double), a.S + o, ok);
+    cp_async<4>(st + S::dl + t * sizeof(float), a.delta + o, ok);
+  }
+}
+
+// ---------------------------------------------------------------- Σ_j PW_j
+// kT/2 warps; warp w owns the causal tiles of row tiles w and kT − 1 − w (kT + 1 of
+// them, the same count for every warp): flat tile i is (w, i) for i ≤ w, else
+// (kT − 1 − w, i − w − 1).
+template <int kQ>
+struct PwLayout {
+  static constexpr int kT = kQ / 16, kWarps = kT / 2, kThreads = 32 * kWarps, kTiles = kT + 1;
+  static constexpr size_t stage0 = 0, stage1 = StepLayout<kQ>::end, doc = 2 * StepLayout<kQ>::end;
+  static constexpr size_t bytes = doc + align128(kQ * sizeof(int));
+};
+
+template <int kQ>
+__global__ void __launch_bounds__(PwLayout<kQ>::kThreads)
+    pw_kernel(Dims d, BackwardArgs<bf16> a, bf16* __restrict__ pw_out) {
+  using Lay = PwLayout<kQ>;
+  using St = StepLayout<kQ>;
+  constexpr int kT = Lay::kT, kThreads = Lay::kThreads, kTiles = Lay::kTiles;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  int* docs = reinterpret_cast<int*>(smem + Lay::doc);
+
+  int64_t id = blockIdx.x;
+  const int64_t c = id % d.nc;
+  id /= d.nc;
+  const int64_t gi = id % d.g, bi = id / d.g, heads = d.h / d.g;
+  const int64_t t0 = c * d.Q;
+  const int L = int(d.l - t0 < d.Q ? d.l - t0 : d.Q);
+  const int64_t pchunks = d.p / kPC, steps = heads * pchunks;
+  for (int t = tid; t < kQ; t += kThreads) docs[t] = t < L ? doc_at(a.seq, d, bi, t0 + t) : 0;
+
+  const int rA = warp, rB = kT - 1 - warp;
+  float pw[kTiles][2][4];
+#pragma unroll
+  for (int i = 0; i < kTiles; ++i) zero_frags(pw[i]);
+
+  auto stage_of = [&](int64_t s) { return smem + (s & 1 ? Lay::stage1 : Lay::stage0); };
+  auto issue = [&](int64_t s) {
+    load_step<kQ, kThreads>(stage_of(s), d, a, bi, gi * heads + s / pchunks, (s % pchunks) * kPC, t0, L);
+    cp_commit();
+  };
+  issue(0);
+  for (int64_t s = 0; s < steps; ++s) {
+    if (s + 1 < steps) {
+      issue(s + 1);
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    __syncthreads();
+    unsigned char* st = stage_of(s);
+    const bf16* dys = reinterpret_cast<const bf16*>(st + St::dy);
+    const bf16* xs = reinterpret_cast<const bf16*>(st + St::x);
+    const double* Ss = reinterpret_cast<const double*>(st + St::S);
+    const float* dls = reinterpret_cast<const float*>(st + St::dl);
+    uint32_t aA[kPC / 16][4], aB[kPC / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < kPC / 16; ++ks) {
+      ldsm_x4(aA[ks], a_addr<kPC>(dys, 16 * rA, 2 * ks));
+      ldsm_x4(aB[ks], a_addr<kPC>(dys, 16 * rB, 2 * ks));
+    }
+#pragma unroll
+    for (int i = 0; i < kTiles; ++i) {
+      const bool first = i <= warp;
+      const int rt = first ? rA : rB, ct = first ? i : i - warp - 1;
+      float tmp[2][4];
+      zero_frags(tmp);
+#pragma unroll
+      for (int ks = 0; ks < kPC / 16; ++ks) {
+        uint32_t af[4], b[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) af[k] = first ? aA[ks][k] : aB[ks][k];
+        ldsm_x4(b, b_addr<kPC>(xs, 16 * ct, 2 * ks));
+        mma(tmp[0], af, b[0], b[1]);
+        mma(tmp[1], af, b[2], b[3]);
+      }
+      // PW += (Pm ⊙ W)·diag(Δ) on this tile.
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int t = 16 * rt + g + 8 * hr;
+        const double St_ = Ss[t];
+#pragma unroll
+        for (int nh = 0; nh < 2; ++nh)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int sc = 16 * ct + 8 * nh + 2 * tq + e;
+            float w = 0.f;
+            if (sc <= t && t < L && docs[sc] == docs[t]) w = decay<bf16>(St_ - Ss[sc]) * dls[sc];
+            pw[i][nh][2 * hr + e] += tmp[nh][2 * hr + e] * w;
+          }
+      }
+    }
+    __syncthreads();  // the stage is free for step s + 2
+  }
+
+  // The causal tiles as hi/lo bf16 parts: [2][kQ][kQ] for this (row, chunk, group).
+  bf16* out = pw_out + ((bi * d.nc + c) * d.g + gi) * 2 * kQ * kQ;
+#pragma unroll
+  for (int i = 0; i < kTiles; ++i) {
+    const bool first = i <= warp;
+    const int rt = first ? rA : rB, ct = first ? i : i - warp - 1;
+#pragma unroll
+    for (int nh = 0; nh < 2; ++nh)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int t = 16 * rt + g + 8 * hr, sc = 16 * ct + 8 * nh + 2 * tq;
+        uint32_t hi, lo;
+        split_bf16(pw[i][nh][2 * hr], pw[i][nh][2 * hr + 1], hi, lo);
+        *reinterpret_cast<uint32_t*>(out + t * kQ + sc) = hi;
+        *reinterpret_cast<uint32_t*>(out + kQ * kQ + t * kQ + sc) = lo;
+      }
+  }
+}
+
+// ---------------------------------------------------------------- dB, dC
+// kT warps; warp w owns row tile w of dB and dC (64 columns of n). A step stages,
+// besides dY and X, the head's H_in and Ĥ over the step's p and the block's n (f32,
+// rows of kLdH floats: the B fragments read them without bank conflicts and split
+// them into hi/lo as they go).
+template <int kQ>
+struct BcMmaLayout {
+  static constexpr int kT = kQ / 16, kWarps = kT, kThreads = 32 * kWarps, kLdH = kNT + 4;
+  static constexpr size_t hin = StepLayout<kQ>::end, hout = hin + size_t(kPC) * kLdH * 4;
+  static constexpr size_t step = align128(hout + size_t(kPC) * kLdH * 4);
+  static constexpr size_t doc = 2 * step;
+  static constexpr size_t bytes = doc + align128(kQ * sizeof(int));
+  // After the steps, in the stages' place: PW (hi, lo), B and C columns, the output staging.
+  static constexpr size_t pwh = 0, pwl = pwh + size_t(kQ) * kQ * 2, bs = pwl + size_t(kQ) * kQ * 2;
+  static constexpr size_t cs = bs + size_t(kQ) * kNT * 2, out = cs + size_t(kQ) * kNT * 2;
+  static_assert(out + size_t(kQ) * kNT * 2 <= doc, "ssd dB/dC tensor-core kernel: the final operands must fit");
+  static_assert(bytes <= kMaxSmem, "ssd dB/dC tensor-core kernel: too much shared memory");
+};
+
+// acc[nt] += A·H for a warp's 16 rows: A's fragments a[ks] (16 × kPC), H an f32
+// [kPC][kNT] block (row pitch ld) taken as hi + lo bf16 parts.
+__device__ __forceinline__ void gemm_state(float (&acc)[kNT / 8][4], const uint32_t (&a)[kPC / 16][4],
+                                           const float* H, int ld) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int ks = 0; ks < kPC / 16; ++ks)
+#pragma unroll
+    for (int nt = 0; nt < kNT / 8; ++nt) {
+      const float* col = H + (16 * ks + 2 * tq) * ld + 8 * nt + g;
+      uint32_t h0, l0, h1, l1;
+      split_bf16(col[0], col[ld], h0, l0);
+      split_bf16(col[8 * ld], col[9 * ld], h1, l1);
+      mma(acc[nt], a[ks], h0, h1);
+      mma(acc[nt], a[ks], l0, l1);
+    }
+}
+
+template <int kQ>
+__global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
+    bc_mma_kernel(Dims d, BackwardArgs<bf16> a, const bf16* __restrict__ pw_in) {
+  using Lay = BcMmaLayout<kQ>;
+  using St = StepLayout<kQ>;
+  constexpr int kT = Lay::kT, kThreads = Lay::kThreads, kLdH = Lay::kLdH;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
+  int* docs = reinterpret_cast<int*>(smem + Lay::doc);
+
+  const int64_t ntiles = d.n / kNT;
+  int64_t id = blockIdx.x;
+  const int64_t nt = id % ntiles;
+  id /= ntiles;
+  const int64_t c = id % d.nc;
+  id /= d.nc;
+  const int64_t gi = id % d.g, bi = id / d.g, heads = d.h / d.g, n0 = nt * kNT;
+  const int64_t t0 = c * d.Q;
+  const int L = int(d.l - t0 < d.Q ? d.l - t0 : d.Q);
+  const int64_t pchunks = d.p / kPC, steps = heads * pchunks;
+  for (int t = tid; t < kQ; t += kThreads) docs[t] = t < L ? doc_at(a.seq, d, bi, t0 + t) : 0;
+  const int doc_in = doc_at(a.seq, d, bi, t0 > 0 ? t0 - 1 : 0), doc_last = doc_at(a.seq, d, bi, t0 + L - 1);
+
+  float accC[kNT / 8][4], accB[kNT / 8][4];
+  zero_frags(accC);
+  zero_frags(accB);
+
+  auto stage_of = [&](int64_t s) { return smem + (s & 1) * Lay::step; };
+  auto issue = [&](int64_t s) {
+    unsigned char* st = stage_of(s);
+    const int64_t j = gi * heads + s / pchunks, p0 = (s % pchunks) * kPC;
+    load_step<kQ, kThreads>(st, d, a, bi, j, p0, t0, L);
+    const int64_t so = d.co(bi, j, c) + p0 * d.n + n0;
+    constexpr int kPieces = kNT / 4;  // 16-byte pieces of a state row
+    for (int e = tid; e < kPC * kPieces; e += kThreads) {
+      const int r = e / kPieces, c4 = (e - r * kPieces) * 4;
+      cp_async<16>(st + Lay::hin + (r * kLdH + c4) * 4, a.hin + so + r * d.n + c4);
+      cp_async<16>(st + Lay::hout + (r * kLdH + c4) * 4, a.dhout + so + r * d.n + c4);
+    }
+    cp_commit();
+  };
+  issue(0);
+  for (int64_t s = 0; s < steps; ++s) {
+    if (s + 1 < steps) {
+      issue(s + 1);
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    __syncthreads();
+    unsigned char* st = stage_of(s);
+    const bf16* dys = reinterpret_cast<const bf16*>(st + St::dy);
+    const bf16* xs = reinterpret_cast<const bf16*>(st + St::x);
+    const double* Ss = reinterpret_cast<const double*>(st + St::S);
+    const float* dls = reinterpret_cast<const float*>(st + St::dl);
+    // This thread's rows' e and f⊙Δ (as the generic kernel forms them).
+    float e[2], fd[2];
+    const double S_last = Ss[L - 1];
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const int t = 16 * warp + g + 8 * hr;
+      const bool ok = t < L;
+      e[hr] = ok && docs[t] == doc_in ? float(exp(Ss[t])) : 0.f;
+      fd[hr] = ok && docs[t] == doc_last ? float(exp(S_last - Ss[t]) * double(dls[t])) : 0.f;
+    }
+    uint32_t af[kPC / 16][4];
+    float tmp[kNT / 8][4];
+#pragma unroll
+    for (int ks = 0; ks < kPC / 16; ++ks) ldsm_x4(af[ks], a_addr<kPC>(dys, 16 * warp, 2 * ks));
+    zero_frags(tmp);
+    gemm_state(tmp, af, reinterpret_cast<const float*>(st + Lay::hin), kLdH);
+#pragma unroll
+    for (int q = 0; q < kNT / 8; ++q) {
+      accC[q][0] += e[0] * tmp[q][0], accC[q][1] += e[0] * tmp[q][1];
+      accC[q][2] += e[1] * tmp[q][2], accC[q][3] += e[1] * tmp[q][3];
+    }
+#pragma unroll
+    for (int ks = 0; ks < kPC / 16; ++ks) ldsm_x4(af[ks], a_addr<kPC>(xs, 16 * warp, 2 * ks));
+    zero_frags(tmp);
+    gemm_state(tmp, af, reinterpret_cast<const float*>(st + Lay::hout), kLdH);
+#pragma unroll
+    for (int q = 0; q < kNT / 8; ++q) {
+      accB[q][0] += fd[0] * tmp[q][0], accB[q][1] += fd[0] * tmp[q][1];
+      accB[q][2] += fd[1] * tmp[q][2], accB[q][3] += fd[1] * tmp[q][3];
+    }
+    __syncthreads();  // the stage is free for step s + 2
+  }
+
+  // Σ PW (its causal tiles), and this block's columns of B and C.
+  bf16* pwh = reinterpret_cast<bf16*>(smem + Lay::pwh);
+  bf16* pwl = reinterpret_cast<bf16*>(smem + Lay::pwl);
+  bf16* bs = reinterpret_cast<bf16*>(smem + Lay::bs);
+  bf16* cs = reinterpret_cast<bf16*>(smem + Lay::cs);
+  const bf16* pw = pw_in + ((bi * d.nc + c) * d.g + gi) * 2 * kQ * kQ;
+  constexpr int kChunks = kQ / 8;  // 16-byte pieces of a PW row
+  for (int e = tid; e < kQ * kChunks; e += kThreads) {
+    const int r = e / kChunks, ch = e - r * kChunks;
+    if (ch / 2 > r / 16) continue;  // above the causal tiles
+    cp_async<16>(pwh + swz<kQ>(r, ch), pw + r * kQ + 8 * ch);
+    cp_async<16>(pwl + swz<kQ>(r, ch), pw + kQ * kQ + r * kQ + 8 * ch);
+  }
+  load_tile<kQ, kNT, kThreads>(bs, a.B + d.bco(bi, 0, gi) + n0, d.g * d.n, t0, t0 + L);
+  load_tile<kQ, kNT, kThreads>(cs, a.C + d.bco(bi, 0, gi) + n0, d.g * d.n, t0, t0 + L);
+  cp_commit();
+  cp_wait<0>();
+  __syncthreads();
+
+  // dC rows of tile w: Σ_{s ≤ w} PW[w, s]·B[s]; dB rows of tile w: Σ_{t ≥ w} PW[t, w]ᵀ·C[t].
+  for (int ss = 0; ss <= warp; ++ss) {
+    uint32_t hi[4], lo[4];
+    ldsm_x4(hi, a_addr<kQ>(pwh, 16 * warp, 2 * ss));
+    ldsm_x4(lo, a_addr<kQ>(pwl, 16 * warp, 2 * ss));
+#pragma unroll
+    for (int np = 0; np < kNT / 16; ++np) {
+      uint32_t b[4];
+      ldsm_x4_t(b, a_addr<kNT>(bs, 16 * ss, 2 * np));
+      mma(accC[2 * np], hi, b[0], b[1]);
+      mma(accC[2 * np], lo, b[0], b[1]);
+      mma(accC[2 * np + 1], hi, b[2], b[3]);
+      mma(accC[2 * np + 1], lo, b[2], b[3]);
+    }
+  }
+  for (int tt = warp; tt < kT; ++tt) {
+    uint32_t hi[4], lo[4];
+    ldsm_x4_t(hi, b_addr<kQ>(pwh, 16 * tt, 2 * warp));
+    ldsm_x4_t(lo, b_addr<kQ>(pwl, 16 * tt, 2 * warp));
+#pragma unroll
+    for (int np = 0; np < kNT / 16; ++np) {
+      uint32_t b[4];
+      ldsm_x4_t(b, a_addr<kNT>(cs, 16 * tt, 2 * np));
+      mma(accB[2 * np], hi, b[0], b[1]);
+      mma(accB[2 * np], lo, b[0], b[1]);
+      mma(accB[2 * np + 1], hi, b[2], b[3]);
+      mma(accB[2 * np + 1], lo, b[2], b[3]);
+    }
+  }
+
+  bf16* out = reinterpret_cast<bf16*>(smem + Lay::out);
+  const float one[2] = {1.f, 1.f};
+  const int64_t stride = d.g * d.n;
+  store_rows<kNT>(accC, one, out, 16 * warp, a.dC + d.bco(bi, 0, gi) + n0, stride, t0 + 16 * warp, t0 + L);
+  __syncwarp();
+  store_rows<kNT>(accB, one, out, 16 * warp, a.dB + d.bco(bi, 0, gi) + n0, stride, t0 + 16 * warp, t0 + L);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+bool bc_mma_supported(const Dims& d, const BackwardArgs<bf16>& a) {
+  return d.p > 0 && d.n > 0 && d.p % kPC == 0 && d.n % kNT == 0 && d.h % d.g == 0 && aligned16(a.dy) && aligned16(a.x) &&
+         aligned16(a.B) && aligned16(a.C) && aligned16(a.dB) && aligned16(a.dC) && aligned16(a.hin) &&
+         aligned16(a.dhout);
+}
+
+void launch_bc_mma(const Dims& d, const BackwardArgs<bf16>& a, bf16* pw, cudaStream_t s) {
+  with_chunk_tiles(d.Q, [&](auto kq) {
+    constexpr int kQ = decltype(kq)::value;
+    const int64_t pw_blocks = d.b * d.g * d.nc;
+    if (pw_blocks == 0) return;
+    launch_big(pw_kernel<kQ>, unsigned(pw_blocks), PwLayout<kQ>::kThreads, PwLayout<kQ>::bytes, s, d, a, pw);
+    launch_big(bc_mma_kernel<kQ>, unsigned(pw_blocks * (d.n / kNT)), BcMmaLayout<kQ>::kThreads,
+               BcMmaLayout<kQ>::bytes, s, d, a, static_cast<const bf16*>(pw));
+  });
+}
+
+}  // namespace mambatron::cuda::ssd
