@@ -128,9 +128,8 @@ __global__ void __launch_bounds__(PwLayout<kQ>::kThreads)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int sc = 16 * ct + 8 * nh + 2 * tq + e;
-            float w = 0.f;
-            if (sc <= t && t < L && docs[sc] == docs[t]) w = decay<bf16>(St_ - Ss[sc]) * dls[sc];
-            pw[i][nh][2 * hr + e] += tmp[nh][2 * hr + e] * w;
+            if (sc <= t && t < L && docs[sc] == docs[t])
+              pw[i][nh][2 * hr + e] += tmp[nh][2 * hr + e] * (decay<bf16>(St_ - Ss[sc]) * dls[sc]);
           }
       }
     }
@@ -343,7 +342,7 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }  // namespace
 
 bool bc_mma_supported(const Dims& d, const BackwardArgs<bf16>& a) {
-  return d.p > 0 && d.n > 0 && d.p % kPC == 0 && d.n % kNT == 0 && d.h % d.g == 0 && aligned16(a.dy) && aligned16(a.x) &&
+  return d.h > 0 && d.p > 0 && d.n > 0 && d.p % kPC == 0 && d.n % kNT == 0 && d.h % d.g == 0 && aligned16(a.dy) && aligned16(a.x) &&
          aligned16(a.B) && aligned16(a.C) && aligned16(a.dB) && aligned16(a.dC) && aligned16(a.hin) &&
          aligned16(a.dhout);
 }
