@@ -1,8 +1,8 @@
 // SSD backward on CUDA: the per-token scalars, K = C·Bᵀ per group and chunk, the
 // forward state pass (the state entering each chunk), the reverse state pass (the
 // gradient leaving each chunk, and d_initial_state), then the per-chunk gradients
-// (ssd_backward_dx.cu; ssd_backward_bc_mma.cu where it applies, else
-// ssd_backward_bc.cu), and the per-head parameter gradients summed over rows and
+// (ssd_backward_dx_mma.cu and ssd_backward_bc_mma.cu where they apply, else
+// ssd_backward_dx.cu and ssd_backward_bc.cu), and the per-head parameter gradients summed over rows and
 // chunks in a fixed order.
 #include "ssd_backward.h"
 
@@ -80,15 +80,19 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
                          static_cast<float*>(hin.data_ptr()), nullptr, s);
     launch_state_pass<T>(d, true, a.dy, a.C, pdelta, pS, a.seq, cptr<float>(d_final_state),
                          static_cast<float*>(dhout.data_ptr()), mptr<float>(d_initial_state), s);
-    launch_dx<T>(d, a, s);
     if constexpr (kTensorCores<T>) {
+      if (dx_mma_supported(d, a)) launch_dx_mma(d, a, s);
+      else launch_dx<T>(d, a, s);
       if (bc_mma_supported(d, a)) {
         Tensor pw = scratch(bc_mma_scratch(d), DType::bf16);
         launch_bc_mma(d, a, static_cast<bf16*>(pw.data_ptr()), s);
-        return;
+      } else {
+        launch_bc<T>(d, a, s);
       }
+    } else {
+      launch_dx<T>(d, a, s);
+      launch_bc<T>(d, a, s);
     }
-    launch_bc<T>(d, a, s);
   });
   if (d.h > 0) {
     head_sums_kernel<<<grid_for(d.h, 128), 128, 0, s>>>(

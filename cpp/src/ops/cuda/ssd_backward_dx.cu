@@ -53,11 +53,8 @@ struct DxLayout {
   static constexpr size_t stage = h1 + operand_bytes<T, 3>(kP, ldA);
   static constexpr size_t colpart = stage + align128(size_t(kWarps) * 256 * sizeof(float));
   static constexpr size_t parts = colpart + align128(size_t(kWarps) * kQ * sizeof(double));
-  static constexpr size_t f64s = parts + align128(size_t(3) * kPC * kQ * sizeof(double));
-  static constexpr int kF64 = 10;  // S, Δ, slope, e, f, rowZd (then dS), colZ, q, u, Σ dy·x
-  static constexpr size_t f32s = f64s + align128(size_t(kF64) * kQ * sizeof(double));
-  static constexpr size_t doc = f32s + align128(size_t(2) * kQ * sizeof(float));  // Δ, f·Δ
-  static constexpr size_t bytes = doc + align128(kQ * sizeof(int));
+  static constexpr size_t values = parts + align128(size_t(3) * kPC * kQ * sizeof(double));
+  static constexpr size_t bytes = values + token_values_bytes(kQ);
   static_assert(bytes <= kMaxSmem, "ssd dx kernel: too much shared memory");
 };
 
@@ -82,12 +79,10 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
   double* qpart = reinterpret_cast<double*>(smem + Lay::parts);
   double* upart = qpart + kPC * kQ;
   double* dpart = upart + kPC * kQ;
-  double* f64s = reinterpret_cast<double*>(smem + Lay::f64s);
-  double *Ss = f64s, *d64 = Ss + kQ, *slope = d64 + kQ, *e64 = slope + kQ, *fv = e64 + kQ, *rowZ = fv + kQ,
-         *colZ = rowZ + kQ, *qacc = colZ + kQ, *uacc = qacc + kQ, *dacc = uacc + kQ;
-  float* dl32 = reinterpret_cast<float*>(smem + Lay::f32s);
-  float* fd32 = dl32 + kQ;
-  int* docs = reinterpret_cast<int*>(smem + Lay::doc);
+  const TokenValues v = carve_token_values(smem + Lay::values, kQ);
+  double *Ss = v.S, *d64 = v.d64, *rowZ = v.rowZ, *colZ = v.colZ, *qacc = v.qacc, *uacc = v.uacc, *dacc = v.dacc;
+  const float *dl32 = v.dl32, *fd32 = v.fd32;
+  const int* docs = v.docs;
 
   int64_t id = blockIdx.x;
   const int64_t c = id % d.nc;
@@ -96,25 +91,7 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
   const Chunk ch = make_chunk(d, a.S, a.seq, bi, j, c);
   const int L = ch.L, Lt = ch.Lt, Lp = 16 * Lt, ntri = Lt * (Lt + 1) / 2;
   const int64_t t0 = ch.t0;
-  const double bias = a.dt_bias ? double(a.dt_bias[j]) : 0.0;
-
-  for (int t = tid; t < kQ; t += kThreads) {
-    Ss[t] = d64[t] = slope[t] = e64[t] = fv[t] = 0;
-    dl32[t] = fd32[t] = 0.f;
-    docs[t] = 0;
-    if (t < L) {
-      const int64_t tok = t0 + t;
-      const DeltaSlope ds = delta_of(double(to_f32(a.dt[d.dto(bi, tok, j)])) + bias, a.o);
-      Ss[t] = a.S[d.so(bi, j, tok)];
-      d64[t] = ds.value, slope[t] = ds.slope;
-      docs[t] = doc_at(a.seq, d, bi, tok);
-      e64[t] = docs[t] == ch.doc_in ? exp(Ss[t]) : 0.0;
-      fv[t] = docs[t] == ch.doc_last ? exp(ch.S_last - Ss[t]) : 0.0;
-      dl32[t] = float(ds.value);
-      fd32[t] = float(fv[t] * ds.value);
-    }
-    rowZ[t] = colZ[t] = qacc[t] = uacc[t] = dacc[t] = 0;
-  }
+  fill_token_values(v, kQ, d, a, ch);
   for (int e = tid; e < kWarps * kQ; e += kThreads) colpart[e] = 0;
 
   // Causal tiles of an L×L product over chunks of its inner dimension, into `out`;
@@ -291,58 +268,8 @@ __global__ void __launch_bounds__(DxLayout<T, kQ>::kThreads)
       }
   }
 
-  // The last-token term E·⟨Ĥ, H_in⟩, then dS, its reverse sum, and ddt, on one warp:
-  // lane k owns tokens [kR, kR + R); sums across lanes run in fixed shuffle trees.
   hh = block_sum(hh, red);
-  if (warp != 0) return;
-  constexpr int R = kQ / 32;
-  const double E = ch.doc_last == ch.doc_in ? exp(ch.S_last) : 0.0, A = a.A[j];
-  double* dS = rowZ;
-  double last = 0;
-  for (int k = 0; k < R; ++k) {
-    const int t = lane * R + k;
-    if (t >= L) break;
-    const double fq = fv[t] * qacc[t];
-    dS[t] = rowZ[t] - d64[t] * colZ[t] + e64[t] * uacc[t] - d64[t] * fq;
-    last += d64[t] * fq;
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) last += __shfl_xor_sync(0xffffffffu, last, o);
-  __syncwarp();
-  if (lane == (L - 1) / R) dS[L - 1] += E * hh + last;
-  __syncwarp();
-  // da_t = Σ_{u ≥ t} dS_u: the lane's own sum, then the sums of the lanes above it.
-  double own = 0;
-  for (int k = 0; k < R; ++k) own += lane * R + k < L ? dS[lane * R + k] : 0.0;
-  double above = own;  // becomes Σ over lanes ≥ this one
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const double v = __shfl_down_sync(0xffffffffu, above, o);
-    if (lane + o < 32) above += v;
-  }
-  const double below = __shfl_down_sync(0xffffffffu, above, 1);  // Σ over the lanes after this one
-  double da = lane < 31 ? below : 0.0, dA = 0, db = 0, dD = 0;
-  for (int k = R - 1; k >= 0; --k) {
-    const int t = lane * R + k;
-    if (t >= L) continue;
-    da += dS[t];
-    const double gt = (colZ[t] + fv[t] * qacc[t] + A * da) * slope[t];
-    a.ddt[d.dto(bi, t0 + t, j)] = cast_value<T>(gt);
-    db += gt;
-    dA += d64[t] * da;
-    dD += dacc[t];
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    dA += __shfl_xor_sync(0xffffffffu, dA, o);
-    db += __shfl_xor_sync(0xffffffffu, db, o);
-    dD += __shfl_xor_sync(0xffffffffu, dD, o);
-  }
-  if (lane != 0) return;
-  const int64_t pi = (bi * d.h + j) * d.nc + c;
-  a.part_dA[pi] = dA;
-  a.part_dD[pi] = dD;
-  a.part_db[pi] = db;
+  if (warp == 0) finish_chunk<T, kQ>(v, hh, d, a, ch);
 }
 
 }  // namespace
