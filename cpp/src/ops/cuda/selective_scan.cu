@@ -57,7 +57,7 @@ void set_bc_vec(ScanArgs<T>& a) {
 template <class T, int NS>
 void chunk_entry_states(const ScanArgs<T>& a, int64_t kc, int64_t nchunk, float* states, float* dsum,
                         cudaStream_t s) {
-  const int64_t local = a.b * (nchunk - 1) * a.d * scan::kTeam, carry = a.b * a.n * a.d;
+  const int64_t local = a.b * (nchunk - 1) * a.d, carry = a.b * a.n * a.d;
   if (local > 0) {
     scan::scan_chunk_local_kernel<T, NS><<<unsigned((local + kThreads - 1) / kThreads), kThreads, 0, s>>>(
         a, kc, nchunk, states, dsum);
@@ -70,20 +70,16 @@ void chunk_entry_states(const ScanArgs<T>& a, int64_t kc, int64_t nchunk, float*
   }
 }
 
-// Tokens per chunk: the fewest chunks that give about `want` walkers (row, chunk,
-// channel), in chunks of at least kMin tokens so that the chunk states stay small
-// beside the activations (n·4/kMin bytes per token and channel).
-int64_t chunk_tokens(int64_t b, int64_t l, int64_t d, int64_t want) {
-  constexpr int64_t kMin = 64;
+// Tokens per chunk of the forward and of the backward's gradient passes: the fewest
+// chunks that give about kWant walkers (row, chunk, channel; a thread each, several
+// waves on an H100), in chunks of at least kMin tokens so that the chunk states stay
+// small beside the activations (n·4/kMin bytes per token and channel).
+int64_t chunk_tokens(int64_t b, int64_t l, int64_t d) {
+  constexpr int64_t kWant = int64_t(1) << 20, kMin = 64;
   int64_t kc = kMin;
-  while (kc < l && b * d * ((l + kc - 1) / kc) > want) kc *= 2;
+  while (kc < l && b * d * ((l + kc - 1) / kc) > kWant) kc *= 2;
   return kc;
 }
-// The forward: walkers of a team of scan::kTeam threads each, 2^15 of them about 31
-// warps an SM on an H100 (one chunk a row at b 4 × d 8192).
-int64_t forward_chunk(int64_t b, int64_t l, int64_t d) { return chunk_tokens(b, l, d, int64_t(1) << 15); }
-// The backward's gradient chunks: a thread a walker, about eight waves on an H100.
-int64_t gradient_chunk(int64_t b, int64_t l, int64_t d) { return chunk_tokens(b, l, d, int64_t(1) << 20); }
 
 // Segments per block of the backward (a span): the most that still give min_blocks
 // blocks, so that the per-(row, span) f64 partials of dA, dD and ddelta_bias stay below
@@ -120,15 +116,15 @@ template <class T, int NS>
 void launch_forward(ScanArgs<T> a, Device device, cudaStream_t s) {
   if (a.b * a.d == 0) return;
   set_bc_vec<T, NS>(a);
-  const int64_t kc = forward_chunk(a.b, a.l, a.d), nchunk = a.l > kc ? (a.l + kc - 1) / kc : 1;
+  const int64_t kc = chunk_tokens(a.b, a.l, a.d), nchunk = a.l > kc ? (a.l + kc - 1) / kc : 1;
   Tensor states, dsum;
   if (nchunk > 1) {
     states = scratch(a.b * nchunk * a.n * a.d, DType::f32, device);
     dsum = scratch(a.b * nchunk * a.d, DType::f32, device);
     chunk_entry_states<T, NS>(a, kc, nchunk, mptr<float>(states), mptr<float>(dsum), s);
   }
-  const int64_t threads = a.b * nchunk * a.d * scan::kTeam;
-  scan::scan_fwd_kernel<T, NS><<<unsigned((threads + scan::kFwdThreads - 1) / scan::kFwdThreads), scan::kFwdThreads, 0, s>>>(
+  const int64_t threads = a.b * nchunk * a.d;
+  scan::scan_fwd_kernel<T, NS><<<unsigned((threads + kThreads - 1) / kThreads), kThreads, 0, s>>>(
       a, kc, nchunk, nchunk > 1 ? cptr<float>(states) : nullptr);
   MT_CUDA_LAUNCH_CHECK();
 }
@@ -216,7 +212,7 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
       // (powers of two times kSegment: a span ends where a chunk ends).
       a.span = backward_span(b * a.blocks_per_row, nseg, staged ? kTeamSpanThreads / threads : kSpanBlocks);
       a.nspan = nseg > a.span ? (nseg + a.span - 1) / a.span : 1;
-      a.gchunk = std::min(gradient_chunk(b, l, d), a.span * PL::kSegment);
+      a.gchunk = std::min(chunk_tokens(b, l, d), a.span * PL::kSegment);
       a.ngchunk = a.nspan > 1 ? (l + a.gchunk - 1) / a.gchunk : 1;
       // A span ends where a gradient chunk ends, and the chunks' ΣΔ fit in dsum.
       MT_CHECK(a.nspan == 1 || ((a.span * PL::kSegment) % a.gchunk == 0 && a.ngchunk <= nseg), ValueError, op,

@@ -1,13 +1,12 @@
 // Kernels of the CUDA Mamba-1 selective scan (launched by selective_scan.cu).
 //
-// A walker goes through tokens in order with one channel's state h[n] in registers
-// (NS >= n slots; the slots past n stay zero), reading each token's inputs one token
-// ahead (with fewer than 64 slots a thread) so that the loads overlap the previous
-// token's work. The forward's output pass and the staged backward split a channel's
-// slots over a team of lanes. The forward runs over chunks of tokens, a walker per
-// (row, chunk, channel) (see "chunks of tokens").
+// A thread walks tokens in order with one channel's state h[n] in registers (NS >= n
+// slots; the slots past n stay zero), reading each token's inputs one token ahead (for
+// NS <= 32) so that the loads overlap the previous token's work. The forward runs
+// over chunks of tokens, a thread per (row, chunk, channel) (see "chunks of tokens").
 //
-// The backward's kernels are in selective_scan_backward.cuh.
+// The backward's kernels are in selective_scan_backward.cuh (its staged blocks split a
+// channel's slots over a team of lanes).
 #pragma once
 #include <cstdint>
 
@@ -98,70 +97,9 @@ __device__ __forceinline__ void advance(float (&h)[NS], const float (&A2)[NS], c
   for (int j = 0; j < NS; ++j) h[j] = exp2_ftz(dt * A2[j]) * (k.reset ? 0.f : h[j]) + du * k.B[j];
 }
 
-// Whether a token's inputs are read a token ahead: not with 64 state slots, where the
-// registers of two tokens' inputs would spill.
-template <int NS>
-constexpr bool kAhead = NS <= 32;
-
-// ---------------------------------------------------------------- teams
-// Passes 1 and 3 below (and the staged backward) split a channel's state slots over a
-// team of kTeam adjacent lanes, NS / kTeam each, so that a walk has four times the
-// threads of a walk per channel, with a quarter of the registers a thread: enough to
-// fill the card without splitting the forward's rows into chunks at the 8B shapes
-// (passes 1 and 2 then do not run).
-constexpr int kTeam = 4;
-// Threads of a forward block, and blocks an SM the output pass's registers must allow: at
-// NS 16, 64 registers a thread, so that the walkers at the 8B shapes (31 warps an SM)
-// are resident at once; more slots would spill there.
-constexpr int kFwdThreads = 128;
-template <int NS>
-constexpr int kFwdBlocksPerSm = NS <= 16 ? 8 : NS <= 32 ? 4 : 3;
-
-// One token's inputs for one lane of a team: its S state slots of B and C (C and z read
-// only by the output pass, kOut).
-template <class T, int S>
-struct TeamToken {
-  struct alignas(S * sizeof(T) < 16 ? S * sizeof(T) : 16) Part {
-    T v[S];
-  };
-  T u, delta, z;
-  bool reset;
-  Part B, C;
-};
-
-template <class T, int NS, bool kOut>
-__device__ __forceinline__ void load_team(const ScanArgs<T>& a, int64_t i, int64_t t, int64_t c, int64_t gr, int q,
-                                          TeamToken<T, NS / kTeam>& o) {
-  constexpr int S = NS / kTeam;
-  using Part = typename TeamToken<T, S>::Part;
-  const int64_t tok = i * a.l + t, idx = tok * a.d + c, row = (tok * a.g + gr) * a.n + q * S;
-  o.u = a.u[idx];
-  o.delta = a.delta[idx];
-  if (kOut) o.z = a.z ? a.z[idx] : T{};
-  o.reset = a.seq && t > 0 && a.seq[tok] != a.seq[tok - 1];
-  if (a.bc_vec) {  // rows of NS elements, 16-byte aligned: the part is aligned to its size or 16
-    o.B = *reinterpret_cast<const Part*>(a.B + row);
-    if (kOut) o.C = *reinterpret_cast<const Part*>(a.C + row);
-  } else {
-#pragma unroll
-    for (int s = 0; s < S; ++s) {
-      const bool in = q * S + s < a.n;
-      o.B.v[s] = in ? a.B[row + s] : T{};
-      if (kOut) o.C.v[s] = in ? a.C[row + s] : T{};
-    }
-  }
-}
-
-// A·log2(e) of this lane's slots of channel c: exp(Δ·A) = exp2(Δ·A₂).
-template <class T, int S>
-__device__ __forceinline__ void load_team_channel(const ScanArgs<T>& a, int64_t c, int q, float (&A2)[S]) {
-#pragma unroll
-  for (int s = 0; s < S; ++s) A2[s] = q * S + s < a.n ? a.A[c * a.n + q * S + s] * 1.4426950408889634f : 0.f;
-}
-
 // ---------------------------------------------------------------- chunks of tokens
 // The forward and the backward's checkpoints split each row into chunks of kc tokens
-// so that there is a walker per (row, chunk, channel), not just per (row, channel):
+// so that there is a thread per (row, chunk, channel), not just per (row, channel):
 //  1. scan_chunk_local_kernel walks every chunk but a row's last from a zero state: the
 //     chunk's own part of the state leaving it, and ΣΔ over the chunk. A being constant
 //     per (channel, state), the state entering a chunk decays over it by exp(A·ΣΔ), or
@@ -171,6 +109,62 @@ __device__ __forceinline__ void load_team_channel(const ScanArgs<T>& a, int64_t 
 //  3. scan_fwd_kernel walks each chunk again from its entering state and writes y.
 // A row of one chunk (a decode step) needs only the third, from the initial state.
 // Chunk states are [b, nchunk, n, d] floats, ΣΔ [b, nchunk, d].
+
+// One token's inputs as stored, converted where used: B and C in 16-byte packs.
+template <class T, int NS>
+struct RawToken {
+  static constexpr int P = Pack<T>::N;
+  static_assert(NS % P == 0, "whole packs of state slots");
+  T u, delta, z;
+  bool reset;
+  Pack<T> B[NS / P], C[NS / P];
+  __device__ __forceinline__ float b(int j) const { return to_f32(B[j / P].v[j % P]); }
+  __device__ __forceinline__ float c(int j) const { return to_f32(C[j / P].v[j % P]); }
+};
+
+// Whether a token's inputs are read a token ahead: not with 64 state slots, where the
+// registers of two tokens' B and C would spill.
+template <int NS>
+constexpr bool kAhead = NS <= 32;
+
+template <class T, int NS, bool WithC>
+__device__ __forceinline__ void load_raw(const ScanArgs<T>& a, int64_t i, int64_t t, int64_t c, int64_t gr,
+                                         RawToken<T, NS>& o) {
+  constexpr int P = Pack<T>::N;
+  const int64_t tok = i * a.l + t, idx = tok * a.d + c, row = (tok * a.g + gr) * a.n;
+  o.u = a.u[idx];
+  o.delta = a.delta[idx];
+  if (WithC) o.z = a.z ? a.z[idx] : T{};
+  o.reset = a.seq && t > 0 && a.seq[tok] != a.seq[tok - 1];
+  if (a.bc_vec) {
+#pragma unroll
+    for (int p = 0; p < NS / P; ++p) {
+      o.B[p] = reinterpret_cast<const Pack<T>*>(a.B + row)[p];
+      if (WithC) o.C[p] = reinterpret_cast<const Pack<T>*>(a.C + row)[p];
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      o.B[j / P].v[j % P] = j < a.n ? a.B[row + j] : T{};
+      if (WithC) o.C[j / P].v[j % P] = j < a.n ? a.C[row + j] : T{};
+    }
+  }
+}
+
+// A·log2(e) of channel c: exp(Δ·A) = exp2(Δ·A₂).
+template <class T, int NS>
+__device__ __forceinline__ void load_channel_log2(const ScanArgs<T>& a, int64_t c, float (&A2)[NS]) {
+#pragma unroll
+  for (int j = 0; j < NS; ++j) A2[j] = j < a.n ? a.A[c * a.n + j] * 1.4426950408889634f : 0.f;
+}
+
+// h ← exp(Δ·A) ⊙ h + Δ·u·B (from zero at a document start).
+template <class T, int NS>
+__device__ __forceinline__ void advance_raw(float (&h)[NS], const float (&A2)[NS], const RawToken<T, NS>& k, float dt) {
+  const float du = dt * to_f32(k.u);
+#pragma unroll
+  for (int j = 0; j < NS; ++j) h[j] = exp2_ftz(dt * A2[j]) * (k.reset ? 0.f : h[j]) + du * k.b(j);
+}
 
 // Chunk k of the row of thread e, over b·nk·d threads: (i, k, c) and [t0, t1).
 struct ChunkPos {
@@ -186,39 +180,36 @@ __device__ __forceinline__ ChunkPos chunk_pos(int64_t e, int64_t nk, int64_t d, 
   return p;
 }
 
-// Pass 1 over chunks 0 … nchunk − 2 of every row (the last one's carry is never needed),
-// a team a walker. dsum is NaN where a document starts inside the chunk: nothing
-// entering it survives.
+// Pass 1 over chunks 0 … nchunk − 2 of every row (the last one's carry is never needed).
+// dsum is NaN where a document starts inside the chunk: nothing entering it survives.
 template <class T, int NS>
 __global__ void scan_chunk_local_kernel(ScanArgs<T> a, int64_t kc, int64_t nchunk, float* states, float* dsum) {
-  constexpr int S = NS / kTeam;
-  const int64_t e = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kTeam;
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (e >= a.b * (nchunk - 1) * a.d) return;
-  const int q = threadIdx.x % kTeam;
   const ChunkPos p = chunk_pos(e, nchunk - 1, a.d, a.l, kc);
   const int64_t gr = p.c / (a.d / a.g), ik = p.i * nchunk + p.k;
-  float A2[S], h[S];
-  load_team_channel<T, S>(a, p.c, q, A2);
+  float A2[NS], h[NS];
+  load_channel_log2<T, NS>(a, p.c, A2);
 #pragma unroll
-  for (int s = 0; s < S; ++s) h[s] = 0.f;
+  for (int j = 0; j < NS; ++j) h[j] = 0.f;
   const float bc = a.bias ? a.bias[p.c] : 0.f;
-  float sum = 0.f;
+  float S = 0.f;
   bool reset = false;
-  TeamToken<T, S> next;
-  if (p.t0 < p.t1) load_team<T, NS, false>(a, p.i, p.t0, p.c, gr, q, next);
+  RawToken<T, NS> next;
+  if (kAhead<NS> && p.t0 < p.t1) load_raw<T, NS, false>(a, p.i, p.t0, p.c, gr, next);
   for (int64_t t = p.t0; t < p.t1; ++t) {
-    const TeamToken<T, S> k = next;
-    if (t + 1 < p.t1) load_team<T, NS, false>(a, p.i, t + 1, p.c, gr, q, next);
-    const float dt = step_size(to_f32(k.delta) + bc, a.softplus), du = dt * to_f32(k.u);
-#pragma unroll
-    for (int s = 0; s < S; ++s) h[s] = exp2_ftz(dt * A2[s]) * (k.reset ? 0.f : h[s]) + du * to_f32(k.B.v[s]);
-    sum += dt;
+    if (!kAhead<NS>) load_raw<T, NS, false>(a, p.i, t, p.c, gr, next);
+    const RawToken<T, NS> k = next;
+    if (kAhead<NS> && t + 1 < p.t1) load_raw<T, NS, false>(a, p.i, t + 1, p.c, gr, next);
+    const float dt = step_size(to_f32(k.delta) + bc, a.softplus);
+    advance_raw<T, NS>(h, A2, k, dt);
+    S += dt;
     reset |= k.reset;
   }
 #pragma unroll
-  for (int s = 0; s < S; ++s)
-    if (q * S + s < a.n) states[(ik * a.n + q * S + s) * a.d + p.c] = h[s];
-  if (q == 0) dsum[ik * a.d + p.c] = reset ? __int_as_float(0x7fffffff) : sum;
+  for (int j = 0; j < NS; ++j)
+    if (j < a.n) states[(ik * a.n + j) * a.d + p.c] = h[j];
+  dsum[ik * a.d + p.c] = reset ? __int_as_float(0x7fffffff) : S;
 }
 
 // The carry passes' read of slot s (row-major [.., nchunk] slots): the chunk's own part of
@@ -258,55 +249,44 @@ __global__ void scan_chunk_carry_kernel(const float* __restrict__ A, const float
 
 // ---------------------------------------------------------------- forward (and decode step)
 // Pass 3: chunk k of row i from its entering state (entry; the initial state when null,
-// a row of one chunk), y summed over the team's lanes by a fixed butterfly. The row's
-// last chunk writes the final state.
+// a row of one chunk). The row's last chunk writes the final state.
 template <class T, int NS>
-__global__ void __launch_bounds__(kFwdThreads, kFwdBlocksPerSm<NS>)
-    scan_fwd_kernel(ScanArgs<T> a, int64_t kc, int64_t nchunk, const float* entry) {
-  constexpr int S = NS / kTeam;
-  static_assert(NS % kTeam == 0 && 32 % kTeam == 0, "whole teams in a warp");
-  const int64_t e = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kTeam;
-  if (e >= a.b * nchunk * a.d) return;  // the whole team: its lanes are adjacent
-  const int q = threadIdx.x % kTeam;
-  const unsigned team = ((1u << kTeam) - 1) << (threadIdx.x & 31 & ~(kTeam - 1));
+__global__ void scan_fwd_kernel(ScanArgs<T> a, int64_t kc, int64_t nchunk, const float* entry) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= a.b * nchunk * a.d) return;
   const ChunkPos p = chunk_pos(e, nchunk, a.d, a.l, kc);
   const int64_t gr = p.c / (a.d / a.g), ik = p.i * nchunk + p.k, ic = p.i * a.d + p.c;
-  float A2[S], h[S];
-  load_team_channel<T, S>(a, p.c, q, A2);
+  float A2[NS], h[NS];
+  load_channel_log2<T, NS>(a, p.c, A2);
 #pragma unroll
-  for (int s = 0; s < S; ++s) {
-    const int j = q * S + s;
-    h[s] = j >= a.n ? 0.f : entry ? entry[(ik * a.n + j) * a.d + p.c] : a.init ? a.init[ic * a.n + j] : 0.f;
-  }
+  for (int j = 0; j < NS; ++j)
+    h[j] = j >= a.n ? 0.f : entry ? entry[(ik * a.n + j) * a.d + p.c] : a.init ? a.init[ic * a.n + j] : 0.f;
   const float Dc = a.D ? a.D[p.c] : 0.f, bc = a.bias ? a.bias[p.c] : 0.f;
-  TeamToken<T, S> next;
-  if (p.t0 < p.t1) load_team<T, NS, true>(a, p.i, p.t0, p.c, gr, q, next);
+  RawToken<T, NS> next;
+  if (kAhead<NS> && p.t0 < p.t1) load_raw<T, NS, true>(a, p.i, p.t0, p.c, gr, next);
   for (int64_t t = p.t0; t < p.t1; ++t) {
-    const TeamToken<T, S> k = next;
-    if (t + 1 < p.t1) load_team<T, NS, true>(a, p.i, t + 1, p.c, gr, q, next);
+    if (!kAhead<NS>) load_raw<T, NS, true>(a, p.i, t, p.c, gr, next);
+    const RawToken<T, NS> k = next;
+    if (kAhead<NS> && t + 1 < p.t1) load_raw<T, NS, true>(a, p.i, t + 1, p.c, gr, next);
     const float dt = step_size(to_f32(k.delta) + bc, a.softplus);
     const float u = to_f32(k.u), du = dt * u;
     float y = 0.f;
 #pragma unroll
-    for (int s = 0; s < S; ++s) {
-      h[s] = exp2_ftz(dt * A2[s]) * (k.reset ? 0.f : h[s]) + du * to_f32(k.B.v[s]);
-      y += h[s] * to_f32(k.C.v[s]);
+    for (int j = 0; j < NS; ++j) {
+      h[j] = exp2_ftz(dt * A2[j]) * (k.reset ? 0.f : h[j]) + du * k.b(j);
+      y += h[j] * k.c(j);
     }
-#pragma unroll
-    for (int o = kTeam / 2; o > 0; o >>= 1) y += __shfl_xor_sync(team, y, o);
-    if (q == 0) {
-      y += Dc * u;
-      if (a.z) {
-        const float z = to_f32(k.z);
-        y *= z * sigmoid(z);
-      }
-      a.y[(p.i * a.l + t) * a.d + p.c] = from_f32<T>(y);
+    y += Dc * u;
+    if (a.z) {
+      const float z = to_f32(k.z);
+      y *= z * sigmoid(z);
     }
+    a.y[(p.i * a.l + t) * a.d + p.c] = from_f32<T>(y);
   }
   if (a.final_state && p.k == nchunk - 1)
 #pragma unroll
-    for (int s = 0; s < S; ++s)
-      if (q * S + s < a.n) a.final_state[ic * a.n + q * S + s] = h[s];
+    for (int j = 0; j < NS; ++j)
+      if (j < a.n) a.final_state[ic * a.n + j] = h[j];
 }
 
 }  // namespace mambatron::cuda::scan

@@ -93,7 +93,7 @@ __global__ void scan_grad_local_kernel(ScanArgs<T> a, int64_t kc, int64_t nchunk
   p.t1 = p.t0 + kc < a.l ? p.t0 + kc : a.l;
   const int64_t gr = p.c / (a.d / a.g), iq = p.i * nchunk + p.k;
   float A2[NS], G[NS];
-  load_team_channel<T, NS>(a, p.c, 0, A2);  // every slot: a team of one
+  load_channel_log2<T, NS>(a, p.c, A2);
 #pragma unroll
   for (int j = 0; j < NS; ++j) G[j] = 0.f;
   const float bc = a.bias ? a.bias[p.c] : 0.f;
@@ -182,11 +182,11 @@ __device__ __forceinline__ Span block_span(const ScanArgs<T>& a, int64_t k, int 
 // segment's walk forward, then each chunk again in reverse) reads the chunk's inputs
 // from a shared-memory slot that cp.async filled during the previous visit: no token
 // waits on global memory. A channel's state slots are then shared by a team of kTeam
-// adjacent lanes, NS / kTeam each (as in the forward): a block has kTeam threads a
-// channel, and a thread a quarter of the registers. The sums over a channel's slots
-// (y, the gradients of u and Δ) run by a fixed butterfly inside the team. dB and dC are
-// summed over the block's channels by warp shuffles (a fixed butterfly) and the warps'
-// sums added in warp order.
+// adjacent lanes, NS / kTeam each: a block has kTeam threads a channel, and a thread a
+// quarter of the registers. The sums over a channel's slots (y, the gradients of u and
+// Δ) run by a fixed butterfly inside the team. dB and dC are summed over the block's
+// channels by warp shuffles (a fixed butterfly) and the warps' sums added in warp order.
+constexpr int kTeam = 4;
 template <class T, int NS>
 struct Stage {
   using PL = Plan<NS>;
