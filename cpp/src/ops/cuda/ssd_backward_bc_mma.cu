@@ -9,8 +9,8 @@
 // steps with the next step's operands loading (cp.async) while the current one is
 // multiplied. The states enter their products as hi/lo parts, as in the generic
 // kernel (ssd_backward_bc.cu), which serves every other case.
-#include "mma_bf16.cuh"
 #include "ssd_backward.h"
+#include "ssd_mma.cuh"
 
 namespace mambatron::cuda::ssd {
 
@@ -225,12 +225,8 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
     const int64_t j = gi * heads + s / pchunks, p0 = (s % pchunks) * kPC;
     load_step<kQ, kThreads>(st, d, a, bi, j, p0, t0, L);
     const int64_t so = d.co(bi, j, c) + p0 * d.n + n0;
-    constexpr int kPieces = kNT / 4;  // 16-byte pieces of a state row
-    for (int e = tid; e < kPC * kPieces; e += kThreads) {
-      const int r = e / kPieces, c4 = (e - r * kPieces) * 4;
-      cp_async<16>(st + Lay::hin + (r * kLdH + c4) * 4, a.hin + so + r * d.n + c4);
-      cp_async<16>(st + Lay::hout + (r * kLdH + c4) * 4, a.dhout + so + r * d.n + c4);
-    }
+    load_f32_async<kThreads>(reinterpret_cast<float*>(st + Lay::hin), kLdH, a.hin + so, d.n, kPC, kNT);
+    load_f32_async<kThreads>(reinterpret_cast<float*>(st + Lay::hout), kLdH, a.dhout + so, d.n, kPC, kNT);
     cp_commit();
   };
   issue(0);
@@ -337,14 +333,12 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
   store_rows<kNT>(accB, one, out, 16 * warp, a.dB + d.bco(bi, 0, gi) + n0, stride, t0 + 16 * warp, t0 + L);
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 }  // namespace
 
 bool bc_mma_supported(const Dims& d, const BackwardArgs<bf16>& a) {
-  return d.h > 0 && d.p > 0 && d.n > 0 && d.p % kPC == 0 && d.n % kNT == 0 && d.h % d.g == 0 && aligned16(a.dy) && aligned16(a.x) &&
-         aligned16(a.B) && aligned16(a.C) && aligned16(a.dB) && aligned16(a.dC) && aligned16(a.hin) &&
-         aligned16(a.dhout);
+  return d.h > 0 && d.p > 0 && d.n > 0 && d.p % kPC == 0 && d.n % kNT == 0 && d.h % d.g == 0 &&
+         aligned16(a.dy) && aligned16(a.x) && aligned16(a.B) && aligned16(a.C) && aligned16(a.dB) &&
+         aligned16(a.dC) && aligned16(a.hin) && aligned16(a.dhout);
 }
 
 void launch_bc_mma(const Dims& d, const BackwardArgs<bf16>& a, bf16* pw, cudaStream_t s) {

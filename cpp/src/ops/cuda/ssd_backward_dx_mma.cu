@@ -9,8 +9,8 @@
 //     outputs), then q_s = ⟨x_s, T1_s⟩, u_t = ⟨dy_t, U_t⟩ and dx += f_s·Δ_s·T1 + D·dy.
 // M = K ⊙ W reads K (launch_chunk_cb) from global memory at the fragments' places.
 // dY and X load first (cp.async); B, C and the states load while the Z tiles are formed.
-#include "mma_bf16.cuh"
 #include "ssd_backward.h"
+#include "ssd_mma.cuh"
 
 namespace mambatron::cuda::ssd {
 
@@ -29,53 +29,6 @@ struct DxMmaLayout {
   static constexpr size_t bytes = values + token_values_bytes(kQ);
   static_assert(bytes <= kMaxSmem, "ssd dx tensor-core kernel: too much shared memory");
 };
-
-// x ≈ p0 + p1 + p2, each bf16 (pairs packed as an mma operand register).
-__device__ __forceinline__ void split3_bf16(float x0, float x1, uint32_t (&r)[3]) {
-  float v0 = x0, v1 = x1;
-#pragma unroll
-  for (int k = 0; k < 3; ++k) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
-    const float2 hf = __bfloat1622float2(h);
-    r[k] = *reinterpret_cast<const uint32_t*>(&h);
-    v0 -= hf.x, v1 -= hf.y;
-  }
-}
-
-// acc[nt] (16 rows × 64 columns of p) += A·Hᵀ: A a warp's 16 rows of a swizzled
-// [..][kN] bf16 tile (rows r0), H an f32 [64][kLdH] state (row = p, column = n) taken
-// as three bf16 parts.
-template <int kN, int kLdH>
-__device__ __forceinline__ void gemm_state_t(float (&acc)[kP / 8][4], const bf16* a_tile, int r0, const float* H) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-#pragma unroll 2
-  for (int ks = 0; ks < kN / 16; ++ks) {
-    uint32_t a[4];
-    ldsm_x4(a, a_addr<kN>(a_tile, r0, 2 * ks));
-#pragma unroll
-    for (int nt = 0; nt < kP / 8; ++nt) {
-      const float* row = H + (8 * nt + g) * kLdH + 16 * ks + 2 * tq;
-      const float2 v0 = *reinterpret_cast<const float2*>(row), v1 = *reinterpret_cast<const float2*>(row + 8);
-      uint32_t b0[3], b1[3];
-      split3_bf16(v0.x, v0.y, b0);
-      split3_bf16(v1.x, v1.y, b1);
-#pragma unroll
-      for (int k = 0; k < 3; ++k) mma(acc[nt], a, b0[k], b1[k]);
-    }
-  }
-}
-
-// Element (r, col) of a swizzled [..][kP] bf16 tile, col even: the pair (col, col + 1).
-__device__ __forceinline__ float2 tile_pair(const bf16* tile, int r, int col) {
-  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(tile + swz<kP>(r, col >> 3) + (col & 7)));
-}
-
-// The sum over the four lanes of a fragment row (lanes 4g .. 4g + 3), in a fixed tree.
-__device__ __forceinline__ double quad_sum(double v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  v += __shfl_xor_sync(0xffffffffu, v, 2);
-  return v;
-}
 
 template <int kQ, int kN>
 __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads)
@@ -106,15 +59,8 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads)
   cp_commit();
   load_tile<kQ, kN, kThreads>(bs, a.B + d.bco(bi, 0, gi), d.g * d.n, t0, len);
   load_tile<kQ, kN, kThreads>(cs, a.C + d.bco(bi, 0, gi), d.g * d.n, t0, len);
-  {
-    constexpr int kPieces = kN / 4;  // 16-byte pieces of a state row
-    const int64_t so = d.co(bi, j, c);
-    for (int e = tid; e < kP * kPieces; e += kThreads) {
-      const int r = e / kPieces, c4 = (e - r * kPieces) * 4;
-      cp_async<16>(smem + Lay::hout + (r * kLdH + c4) * 4, a.dhout + so + r * d.n + c4);
-      cp_async<16>(smem + Lay::hin + (r * kLdH + c4) * 4, a.hin + so + r * d.n + c4);
-    }
-  }
+  load_f32_async<kThreads>(reinterpret_cast<float*>(smem + Lay::hout), kLdH, a.dhout + d.co(bi, j, c), d.n, kP, kN);
+  load_f32_async<kThreads>(reinterpret_cast<float*>(smem + Lay::hin), kLdH, a.hin + d.co(bi, j, c), d.n, kP, kN);
   cp_commit();
   fill_token_values(v, kQ, d, a, ch);
   cp_wait<1>();
@@ -158,10 +104,7 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads)
             md[nh][2 * hr + e] = m * v.dl32[s];
           }
       uint32_t hi[4], lo[4];
-      split_bf16(md[0][0], md[0][1], hi[0], lo[0]);
-      split_bf16(md[0][2], md[0][3], hi[1], lo[1]);
-      split_bf16(md[1][0], md[1][1], hi[2], lo[2]);
-      split_bf16(md[1][2], md[1][3], hi[3], lo[3]);
+      c_to_a_split(md, hi, lo);
 #pragma unroll
       for (int np = 0; np < kP / 16; ++np) {
         uint32_t b[4];
@@ -224,7 +167,7 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads)
   {
     float t1[kP / 8][4];
     zero_frags(t1);
-    gemm_state_t<kN, kLdH>(t1, bs, 16 * warp, hout);
+    gemm_state_t<kN, 3>(t1, bs, 16 * warp, hout, kLdH);
     double q[2] = {0, 0};
 #pragma unroll
     for (int nt = 0; nt < kP / 8; ++nt)
@@ -250,7 +193,7 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads)
   {
     float u[kP / 8][4];
     zero_frags(u);
-    gemm_state_t<kN, kLdH>(u, cs, 16 * warp, hin);
+    gemm_state_t<kN, 3>(u, cs, 16 * warp, hin, kLdH);
     double us[2] = {0, 0}, ds[2] = {0, 0};
 #pragma unroll
     for (int nt = 0; nt < kP / 8; ++nt)
@@ -271,8 +214,6 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads)
   hh = block_sum(hh, red);  // its barriers also publish the per-token sums
   if (warp == 0) finish_chunk<bf16, kQ>(v, hh, d, a, ch);
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 

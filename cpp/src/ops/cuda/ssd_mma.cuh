@@ -1,0 +1,90 @@
+// What the SSD's mma.sync kernels share (bf16 activations; ssd_output_mma.cu,
+// ssd_backward_dx_mma.cu, ssd_backward_bc_mma.cu): f32 state blocks staged in shared
+// memory and multiplied as a sum of bf16 parts, and small fragment helpers.
+#pragma once
+#include "mma_bf16.cuh"
+#include "ssd_common.cuh"
+
+namespace mambatron::cuda::ssd {
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// The rows × cols f32 block at src (row stride `stride` floats) into shared rows of
+// pitch ld floats, asynchronously (cols and ld multiples of 4, src 16-byte aligned).
+template <int kThreads>
+__device__ __forceinline__ void load_f32_async(float* dst, int ld, const float* __restrict__ src, int64_t stride,
+                                               int rows, int cols) {
+  const int pieces = cols / 4;
+  for (int e = threadIdx.x; e < rows * pieces; e += kThreads) {
+    const int r = e / pieces, c4 = (e - r * pieces) * 4;
+    cp_async<16>(dst + r * ld + c4, src + r * stride + c4);
+  }
+}
+
+// x ≈ r[0] + … + r[N − 1], each bf16, for a pair (packed as an mma operand register).
+template <int N>
+__device__ __forceinline__ void split_parts(float x0, float x1, uint32_t (&r)[N]) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+    const float2 hf = __bfloat1622float2(h);
+    r[k] = *reinterpret_cast<const uint32_t*>(&h);
+    x0 -= hf.x, x1 -= hf.y;
+  }
+}
+
+// acc[nt] (a warp's 16 rows × 64 columns of p) += A·Hᵀ: A the rows r0.. of a swizzled
+// [..][kN] bf16 tile, H an f32 state [64][ld] (row p, column n) taken as N bf16 parts.
+// ld ≡ 8 (mod 32) keeps the float2 reads of a half-warp on distinct banks.
+template <int kN, int N>
+__device__ __forceinline__ void gemm_state_t(float (&acc)[8][4], const __nv_bfloat16* a_tile, int r0, const float* H,
+                                             int ld) {
+  using namespace mma_bf16;
+  const int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+#pragma unroll 2
+  for (int ks = 0; ks < kN / 16; ++ks) {
+    uint32_t a[4];
+    ldsm_x4(a, a_addr<kN>(a_tile, r0, 2 * ks));
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const float* row = H + (8 * nt + g) * ld + 16 * ks + 2 * tq;
+      const float2 v0 = *reinterpret_cast<const float2*>(row), v1 = *reinterpret_cast<const float2*>(row + 8);
+      uint32_t b0[N], b1[N];
+      split_parts<N>(v0.x, v0.y, b0);
+      split_parts<N>(v1.x, v1.y, b1);
+#pragma unroll
+      for (int k = 0; k < N; ++k) mma(acc[nt], a, b0[k], b1[k]);
+    }
+  }
+}
+
+// The pair (col, col + 1) of row r of a swizzled [..][64] bf16 tile, col even.
+__device__ __forceinline__ float2 tile_pair(const __nv_bfloat16* tile, int r, int col) {
+  return __bfloat1622float2(
+      *reinterpret_cast<const __nv_bfloat162*>(tile + mma_bf16::swz<64>(r, col >> 3) + (col & 7)));
+}
+
+// The sum over the four lanes of a fragment row (lanes 4g .. 4g + 3), in a fixed tree.
+__device__ __forceinline__ double quad_sum(double v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  v += __shfl_xor_sync(0xffffffffu, v, 2);
+  return v;
+}
+
+// An f32 16×16 tile in C-fragment layout (two n8 tiles c[0], c[1]) as the A fragment
+// of its hi and lo bf16 parts.
+__device__ __forceinline__ void c_to_a_split(const float (&c)[2][4], uint32_t (&hi)[4], uint32_t (&lo)[4]) {
+  using mma_bf16::split_bf16;
+  split_bf16(c[0][0], c[0][1], hi[0], lo[0]);
+  split_bf16(c[0][2], c[0][3], hi[1], lo[1]);
+  split_bf16(c[1][0], c[1][1], hi[2], lo[2]);
+  split_bf16(c[1][2], c[1][3], hi[3], lo[3]);
+}
+
+// The forward's output on mma.sync: bf16, p 64, n 64 or 128, 16-byte aligned rows.
+bool output_mma_supported(const Dims& d, const void* x, const void* C, const void* y, const float* states);
+void launch_output_mma(const Dims& d, const __nv_bfloat16* x, const __nv_bfloat16* C, const float* D, const double* S,
+                       const float* delta, const int32_t* seq, const float* states, const float* K, __nv_bfloat16* y,
+                       cudaStream_t s);
+
+}  // namespace mambatron::cuda::ssd
