@@ -1,11 +1,11 @@
 // SSD forward on CUDA: per-token scalars, K = C·Bᵀ once per group and chunk, the
-// state pass (ssd_states.cu), then one block per (row, head, chunk, 64 columns of p)
-// for the outputs
+// state pass (ssd_states.cu), then the outputs: on mma.sync fragments where
+// ssd_output_mma.cu applies, else one block per (row, head, chunk, 64 columns of p)
 //   Y = (K ⊙ W)·diag(Δ)·X + diag(e)·C·H_inᵀ + D·X,
 // with C·H_inᵀ accumulated over chunks of n (H_in in hi/lo bf16 parts), and the masked
 // matrix split in place of K (copied in with cp.async) into hi/lo bf16 rows for the
 // last product.
-#include "ssd_common.cuh"
+#include "ssd_mma.cuh"
 
 namespace mambatron::cuda::ssd {
 
@@ -192,8 +192,15 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
     launch_state_pass<T>(d, false, px, pB, pdelta, pS, seq, cptr<float>(initial_state), pstates,
                          mptr<float>(final_state), s);
     launch_chunk_cb<T>(d, pC, pB, static_cast<float*>(K.data_ptr()), s);
-    launch_output<T>(d, px, pC, cptr<float>(D), pS, pdelta, seq, pstates,
-                     static_cast<const float*>(K.data_ptr()), static_cast<T*>(y.data_ptr()), s);
+    const float* pK = static_cast<const float*>(K.data_ptr());
+    T* py = static_cast<T*>(y.data_ptr());
+    if constexpr (kTensorCores<T>) {
+      if (output_mma_supported(d, px, pC, py, pstates)) {
+        launch_output_mma(d, px, pC, cptr<float>(D), pS, pdelta, seq, pstates, pK, py, s);
+        return;
+      }
+    }
+    launch_output<T>(d, px, pC, cptr<float>(D), pS, pdelta, seq, pstates, pK, py, s);
   });
 }
 
