@@ -1,6 +1,7 @@
 // What the SSD's mma.sync kernels share (bf16 activations; ssd_output_mma.cu,
-// ssd_backward_dx_mma.cu, ssd_backward_bc_mma.cu): f32 state blocks staged in shared
-// memory and multiplied as a sum of bf16 parts, and small fragment helpers.
+// ssd_chunk_state_mma.cu, ssd_backward_dx_mma.cu, ssd_backward_bc_mma.cu): f32 state
+// blocks staged in shared memory and multiplied as a sum of bf16 parts, small fragment
+// helpers, and the entry points that ssd_forward.cu and ssd_states.cu dispatch to.
 #pragma once
 #include "mma_bf16.cuh"
 #include "ssd_common.cuh"
@@ -86,5 +87,11 @@ bool output_mma_supported(const Dims& d, const void* x, const void* C, const voi
 void launch_output_mma(const Dims& d, const __nv_bfloat16* x, const __nv_bfloat16* C, const float* D, const double* S,
                        const float* delta, const int32_t* seq, const float* states, const float* K, __nv_bfloat16* y,
                        cudaStream_t s);
+
+// A chunk's own state on mma.sync (ssd_chunk_state_mma.cu): bf16, p 64, n 64 or 128,
+// 16-byte aligned rows; launch_state_pass takes it where it applies.
+bool chunk_state_mma_supported(const Dims& d, const void* X, const void* Bm, const float* states);
+void launch_chunk_state_mma(const Dims& d, bool reverse, const __nv_bfloat16* X, const __nv_bfloat16* Bm,
+                            const float* delta, const double* S, const int32_t* seq, float* states, cudaStream_t s);
 
 }  // namespace mambatron::cuda::ssd

@@ -5,7 +5,7 @@
 // elementwise and bandwidth-bound, in place in the same scratch. Fusing the two in
 // one sequential block per state tile left every chunk step waiting on the one
 // before it (latency-bound at ~0.2 TB/s).
-#include "ssd_common.cuh"
+#include "ssd_mma.cuh"
 
 namespace mambatron::cuda::ssd {
 
@@ -314,7 +314,14 @@ void launch_state_pass(const Dims& d, bool reverse, const T* X, const T* Bm, con
                        const int32_t* seq, const float* init, float* states, float* last, cudaStream_t s) {
   const int64_t ptiles = (d.p + kStateP - 1) / kStateP, ntiles = (d.n + kStateN - 1) / kStateN;
   const int64_t chunk_blocks = d.b * d.nc * d.h * ptiles * ntiles;
-  if (chunk_blocks > 0) {
+  bool mma_done = false;
+  if constexpr (kTensorCores<T>) {
+    if (chunk_state_mma_supported(d, X, Bm, states)) {
+      launch_chunk_state_mma(d, reverse, X, Bm, delta, S, seq, states, s);
+      mma_done = true;
+    }
+  }
+  if (chunk_blocks > 0 && !mma_done) {
     with_chunk_tiles(d.Q, [&](auto kq) {
       constexpr int kQ = decltype(kq)::value;
       auto kernel = reverse ? chunk_state_kernel<T, kQ, true> : chunk_state_kernel<T, kQ, false>;
