@@ -56,7 +56,9 @@ def test_sgd_steps_lower_the_loss_on_a_repeated_batch(rng):
     losses = []
     for _ in range(8):
         losses.append(model.forward_backward(tokens))
-        params -= 0.5 * grads  # in place, through the views
+        # in place, through the views; a step small enough that every one lowers the
+        # loss on any draw (at 0.5 about one draw in 25 overshoots on its last step)
+        params -= 0.25 * grads
     final = model.loss(tokens)
     assert all(b < a for a, b in zip(losses, losses[1:] + [final])), losses
     assert final < losses[0] - 0.5
