@@ -23,7 +23,7 @@ struct OutMmaLayout {
   static constexpr size_t S = hin + size_t(kP) * kLdH * 4, dl = S + kQ * sizeof(double);
   static constexpr size_t e = dl + kQ * sizeof(float), doc = e + kQ * sizeof(float);
   static constexpr size_t bytes = doc + kQ * sizeof(int);
-  static_assert(bytes <= kMaxSmem / 2, "ssd output tensor-core kernel: two blocks an SM");
+  static_assert(kTwoBlocks(bytes), "ssd output tensor-core kernel: two blocks an SM");
 };
 
 template <int kQ, int kN>
@@ -68,6 +68,7 @@ __global__ void __launch_bounds__(OutMmaLayout<kQ, kN>::kThreads, 2)
   }
   cp_wait<0>();
   __syncthreads();
+  if (16 * warp >= L) return;  // rows past the chunk's end (no barrier follows)
 
   // e ⊙ C·H_inᵀ + D·X of this warp's rows.
   float acc[kP / 8][4];
