@@ -19,7 +19,7 @@ struct ChunkStateMmaLayout {
   static constexpr size_t part = size_t(kQ) * kP;  // elements of one part of X·diag(scale)
   static constexpr size_t x = 0, b = x + 3 * part * 2, scale = b + size_t(kQ) * kN * 2;
   static constexpr size_t bytes = scale + kQ * sizeof(float);
-  static_assert(kTwoBlocks(bytes), "chunk states, tensor cores: two blocks an SM");
+  static_assert(fits_two_blocks(bytes), "chunk states, tensor cores: two blocks an SM");
 };
 
 template <int kQ, int kN, bool kReverse>

@@ -12,7 +12,7 @@ inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 1
 
 // Whether two blocks of `bytes` dynamic shared memory fit an SM (228 KB, 1 KB of it
 // reserved per block).
-constexpr bool kTwoBlocks(size_t bytes) { return 2 * (bytes + 1024) <= 228 * 1024; }
+constexpr bool fits_two_blocks(size_t bytes) { return 2 * (bytes + 1024) <= 228 * 1024; }
 
 // The rows × cols f32 block at src (row stride `stride` floats) into shared rows of
 // pitch ld floats, asynchronously (cols and ld multiples of 4, src 16-byte aligned).

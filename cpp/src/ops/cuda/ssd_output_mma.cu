@@ -23,7 +23,7 @@ struct OutMmaLayout {
   static constexpr size_t S = hin + size_t(kP) * kLdH * 4, dl = S + kQ * sizeof(double);
   static constexpr size_t e = dl + kQ * sizeof(float), doc = e + kQ * sizeof(float);
   static constexpr size_t bytes = doc + kQ * sizeof(int);
-  static_assert(kTwoBlocks(bytes), "ssd output tensor-core kernel: two blocks an SM");
+  static_assert(fits_two_blocks(bytes), "ssd output tensor-core kernel: two blocks an SM");
 };
 
 template <int kQ, int kN>
