@@ -43,6 +43,25 @@ __device__ __forceinline__ void load_step(unsigned char* st, const Dims& d, cons
   }
 }
 
+// body(s) for steps 0 .. steps − 1, each with its operands in shared memory: issue(s)
+// starts step s's copies (cp.async, one commit group) into one of two stages, and step
+// s + 1's are in flight while body(s) runs. Every thread of the block takes part.
+template <class Issue, class Body>
+__device__ __forceinline__ void for_steps(int64_t steps, Issue&& issue, Body&& body) {
+  issue(0);
+  for (int64_t s = 0; s < steps; ++s) {
+    if (s + 1 < steps) {
+      issue(s + 1);
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    __syncthreads();
+    body(s);
+    __syncthreads();  // the stage is free for step s + 2
+  }
+}
+
 // ---------------------------------------------------------------- Σ_j PW_j
 // kT/2 warps; warp w owns the causal tiles of row tiles w and kT − 1 − w (kT + 1 of
 // them, the same count for every warp): flat tile i is (w, i) for i ≤ w, else
@@ -83,15 +102,7 @@ __global__ void __launch_bounds__(PwLayout<kQ>::kThreads)
     load_step<kQ, kThreads>(stage_of(s), d, a, bi, gi * heads + s / pchunks, (s % pchunks) * kPC, t0, L);
     cp_commit();
   };
-  issue(0);
-  for (int64_t s = 0; s < steps; ++s) {
-    if (s + 1 < steps) {
-      issue(s + 1);
-      cp_wait<1>();
-    } else {
-      cp_wait<0>();
-    }
-    __syncthreads();
+  for_steps(steps, issue, [&](int64_t s) {
     unsigned char* st = stage_of(s);
     const bf16* dys = reinterpret_cast<const bf16*>(st + St::dy);
     const bf16* xs = reinterpret_cast<const bf16*>(st + St::x);
@@ -133,8 +144,7 @@ __global__ void __launch_bounds__(PwLayout<kQ>::kThreads)
           }
       }
     }
-    __syncthreads();  // the stage is free for step s + 2
-  }
+  });
 
   // The causal tiles as hi/lo bf16 parts: [2][kQ][kQ] for this (row, chunk, group).
   bf16* out = pw_out + ((bi * d.nc + c) * d.g + gi) * 2 * kQ * kQ;
@@ -229,15 +239,7 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
     load_f32_async<kThreads>(reinterpret_cast<float*>(st + Lay::hout), kLdH, a.dhout + so, d.n, kPC, kNT);
     cp_commit();
   };
-  issue(0);
-  for (int64_t s = 0; s < steps; ++s) {
-    if (s + 1 < steps) {
-      issue(s + 1);
-      cp_wait<1>();
-    } else {
-      cp_wait<0>();
-    }
-    __syncthreads();
+  for_steps(steps, issue, [&](int64_t s) {
     unsigned char* st = stage_of(s);
     const bf16* dys = reinterpret_cast<const bf16*>(st + St::dy);
     const bf16* xs = reinterpret_cast<const bf16*>(st + St::x);
@@ -273,8 +275,7 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
       accB[q][0] += fd[0] * tmp[q][0], accB[q][1] += fd[0] * tmp[q][1];
       accB[q][2] += fd[1] * tmp[q][2], accB[q][3] += fd[1] * tmp[q][3];
     }
-    __syncthreads();  // the stage is free for step s + 2
-  }
+  });
 
   // Σ PW (its causal tiles), and this block's columns of B and C.
   bf16* pwh = reinterpret_cast<bf16*>(smem + Lay::pwh);

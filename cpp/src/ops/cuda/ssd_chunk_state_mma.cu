@@ -52,17 +52,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     xv[u] = t < ch.L ? *reinterpret_cast<const uint4*>(X + d.xo(bi, t0 + t, j) + 8 * ck) : make_uint4(0, 0, 0, 0);
   }
   static_assert(kQ <= kThreads, "chunk states: one token a thread");
-  if (tid < kQ) {
-    double v = 0.0;
-    if (tid < ch.L) {
-      const int64_t tok = t0 + tid;
-      const double St = S[d.so(bi, j, tok)];
-      const int doc = doc_at(seq, d, bi, tok);
-      if (kReverse) v = doc == ch.doc_in ? exp(St) : 0.0;
-      else v = doc == ch.doc_last ? exp(ch.S_last - St) * double(delta[d.so(bi, j, tok)]) : 0.0;
-    }
-    scale[tid] = float(v);
-  }
+  if (tid < kQ) scale[tid] = state_scale<kReverse>(d, S, delta, seq, ch, tid);
   __syncthreads();
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {

@@ -94,6 +94,38 @@ __device__ __forceinline__ Chunk make_chunk(const Dims& d, const double* S, cons
   return k;
 }
 
+// The scale of token t of a chunk in its own state (the state pass's diag(scale)):
+// forward f_t·Δ_t (the tokens of the chunk's last document, decayed to its end),
+// reverse e_t (those of its first document, decayed from its start); 0 past L.
+template <bool kReverse>
+__device__ __forceinline__ float state_scale(const Dims& d, const double* S, const float* delta, const int32_t* seq,
+                                             const Chunk& ch, int t) {
+  if (t >= ch.L) return 0.f;
+  const int64_t tok = ch.t0 + t;
+  const double St = S[d.so(ch.bi, ch.j, tok)];
+  const int doc = doc_at(seq, d, ch.bi, tok);
+  if (kReverse) return doc == ch.doc_in ? float(exp(St)) : 0.f;
+  return doc == ch.doc_last ? float(exp(ch.S_last - St) * double(delta[d.so(ch.bi, ch.j, tok)])) : 0.f;
+}
+
+// The output kernels' values of every token of a chunk (zeros past L): S, Δ, e and
+// the document ids, each kQ long; the whole block takes part.
+__device__ __forceinline__ void fill_output_values(const Dims& d, const double* S, const float* delta,
+                                                   const int32_t* seq, const Chunk& ch, int kQ, double* Ss,
+                                                   float* dls, float* es, int* docs) {
+  for (int t = threadIdx.x; t < kQ; t += blockDim.x) {
+    if (t < ch.L) {
+      const int64_t tok = ch.t0 + t;
+      Ss[t] = S[d.so(ch.bi, ch.j, tok)];
+      dls[t] = delta[d.so(ch.bi, ch.j, tok)];
+      docs[t] = doc_at(seq, d, ch.bi, tok);
+      es[t] = docs[t] == ch.doc_in ? float(exp(Ss[t])) : 0.f;
+    } else {
+      Ss[t] = 0, dls[t] = 0.f, es[t] = 0.f, docs[t] = 0;
+    }
+  }
+}
+
 // The chunk length and sizes of one call: x [b, l, h, p], B [b, l, g, n].
 inline Dims make_dims(const Tensor& x, const Tensor& B, const SsdOptions& opt) {
   Dims d;

@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(OutLayout<T, kQ>::kThreads, OutLayout<T, kQ>::
                   const int32_t* __restrict__ seq, const float* __restrict__ states, const float* __restrict__ K,
                   T* __restrict__ y) {
   using Lay = OutLayout<T, kQ>;
-  constexpr int kWarps = Lay::kWarps, kThreads = Lay::kThreads, kP = Lay::kP, kPC = Lay::kPC, kNK = Lay::kNK;
+  constexpr int kWarps = Lay::kWarps, kP = Lay::kP, kPC = Lay::kPC, kNK = Lay::kNK;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const Smem<T> cs{reinterpret_cast<T*>(smem + Lay::cs), Lay::ldC, 0};
@@ -64,17 +64,7 @@ __global__ void __launch_bounds__(OutLayout<T, kQ>::kThreads, OutLayout<T, kQ>::
   const Chunk ch = make_chunk(d, S, seq, bi, j, c);
   const int L = ch.L, Lt = ch.Lt, Lp = 16 * Lt;
 
-  for (int t = tid; t < kQ; t += kThreads) {
-    if (t < L) {
-      const int64_t tok = ch.t0 + t;
-      Ss[t] = S[d.so(bi, j, tok)];
-      dls[t] = delta[d.so(bi, j, tok)];
-      docs[t] = doc_at(seq, d, bi, tok);
-      es[t] = docs[t] == ch.doc_in ? float(exp(Ss[t])) : 0.f;
-    } else {
-      Ss[t] = 0, dls[t] = 0.f, es[t] = 0.f, docs[t] = 0;
-    }
-  }
+  fill_output_values(d, S, delta, seq, ch, kQ, Ss, dls, es, docs);
   const int valid_p = int(d.p - i0 < kP ? d.p - i0 : kP);
   stage_exact(xs, x + d.xo(bi, ch.t0, j) + i0, d.h * d.p, Lp, kP, L, valid_p);
 

@@ -55,17 +55,7 @@ __global__ void __launch_bounds__(OutMmaLayout<kQ, kN>::kThreads, 2)
   load_tile<kQ, kN, kThreads>(cs, Cm + d.bco(bi, 0, gi), d.g * d.n, t0, len);
   load_f32_async<kThreads>(reinterpret_cast<float*>(smem + Lay::hin), kLdH, states + d.co(bi, j, c), d.n, kP, kN);
   cp_commit();
-  for (int t = tid; t < kQ; t += kThreads) {
-    if (t < L) {
-      const int64_t tok = t0 + t;
-      Ss[t] = S[d.so(bi, j, tok)];
-      dls[t] = delta[d.so(bi, j, tok)];
-      docs[t] = doc_at(seq, d, bi, tok);
-      es[t] = docs[t] == ch.doc_in ? float(exp(Ss[t])) : 0.f;
-    } else {
-      Ss[t] = 0, dls[t] = 0.f, es[t] = 0.f, docs[t] = 0;
-    }
-  }
+  fill_output_values(d, S, delta, seq, ch, kQ, Ss, dls, es, docs);
   cp_wait<0>();
   __syncthreads();
   if (16 * warp >= L) return;  // rows past the chunk's end (no barrier follows)

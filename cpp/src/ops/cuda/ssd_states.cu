@@ -184,17 +184,7 @@ __global__ void __launch_bounds__(kStateThreads, ChunkStateLayout<T, kQ>::kMinBl
   }
   RegBlock<T, kQ, kStateP, kStateThreads> xr;
   xr.load(X + d.xo(bi, ch.t0, j) + i0, d.h * d.p, ch.L, valid_p);
-  if (tid < kQ) {
-    double v = 0.0;
-    if (tid < ch.L) {
-      const int64_t tok = ch.t0 + tid;
-      const double St = S[d.so(bi, j, tok)];
-      const int doc = doc_at(seq, d, bi, tok);
-      if (kReverse) v = doc == ch.doc_in ? exp(St) : 0.0;
-      else v = doc == ch.doc_last ? exp(ch.S_last - St) * double(delta[d.so(bi, j, tok)]) : 0.0;
-    }
-    scale[tid] = float(v);
-  }
+  if (tid < kQ) scale[tid] = state_scale<kReverse>(d, S, delta, seq, ch, tid);
   __syncthreads();
   xr.put([&](int t, int r, const Pack<T>& v) {
     float f[Pack<T>::N];
