@@ -143,6 +143,13 @@ const Spec kSpecs[] = {
     // The tensor-core dB/dC path with two steps of p per head and one column tile of n.
     {{1, 200, 4, 128, 2, 64}, 128, {{70, 130}}, {}},
     {{2, 100, 6, 64, 3, 64}, 64, {}, {}, false, true, false},
+    // The tensor-core paths (p 64, n 64 or 128) at their edges: chunks of 32 in tiles of
+    // 64 with a last chunk of 13 tokens; one head a group; a last chunk of one token with
+    // documents; no optional inputs and Δ given directly.
+    {{1, 45, 2, 64, 1, 64}, 32, {}, {}},
+    {{3, 150, 4, 64, 4, 128}, 128, {{20, 100, 30}, {150}, {1, 149}}, {}},
+    {{1, 129, 2, 64, 2, 64}, 128, {{128, 1}}, {}},
+    {{2, 96, 4, 64, 2, 128}, 64, {}, {false, false, false}, true, false, false},
 };
 
 }  // namespace
