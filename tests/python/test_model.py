@@ -132,6 +132,9 @@ def test_errors(rng):
         model.loss(np.zeros((1, 5), dtype=np.float32))
     with pytest.raises(ValueError, match="seq_idx has shape"):
         model.loss(tokens_for(rng, 256, 1, 5), seq_idx=np.zeros((1, 5), dtype=np.int32))
+    # Caught by the model itself, before any op (on CUDA the ops do not check the order).
+    with pytest.raises(ValueError, match=r"Model\.loss: seq_idx decreases in row 0 at position 3 \(2 then 1\)"):
+        model.loss(tokens_for(rng, 256, 1, 5), seq_idx=np.array([[0, 1, 2, 1]], dtype=np.int32))
     with pytest.raises(ValueError, match="unknown preset"):
         mt.Model("tiny-nothing")
     with pytest.raises(ValueError, match="unknown config key 'mamba2.bogus'"):

@@ -211,6 +211,14 @@ Workspace& Model::prepare(std::unique_ptr<Workspace>& slot, const char* op, cons
     MT_CHECK(seq_idx.device().is_cpu(), TypeError, op, ": seq_idx is on ", seq_idx.device().str(),
              ", expected cpu");
     Tensor host_seq = seq_idx.contiguous();
+    // Checked here, on the host, once a batch: the CUDA ops take document ids as given
+    // (checking them on the device would cost a wait on every call).
+    const int32_t* s = host_seq.data<int32_t>();
+    for (int64_t i = 0; i < b; ++i)
+      for (int64_t t = 1; t < l; ++t)
+        MT_CHECK(s[i * l + t] >= s[i * l + t - 1], ValueError, op, ": seq_idx decreases in row ", i, " at position ",
+                 t, " (", s[i * l + t - 1], " then ", s[i * l + t],
+                 "); document ids must be non-decreasing along each row");
     ws.batch.seq_idx = ws.arena.get("seq_idx", {b, l}, DType::i32);
     ws.batch.seq_idx.copy_(host_seq);
     if (has_attention() && config_.attention.rotary_fraction > 0) {
