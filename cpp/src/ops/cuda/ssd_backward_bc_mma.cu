@@ -118,17 +118,13 @@ __global__ void __launch_bounds__(PwLayout<kQ>::kThreads)
     for (int i = 0; i < kTiles; ++i) {
       const bool first = i <= warp;
       const int rt = first ? rA : rB, ct = first ? i : i - warp - 1;
+      uint32_t af[kPC / 16][4];
+#pragma unroll
+      for (int ks = 0; ks < kPC / 16; ++ks)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) af[ks][k] = first ? aA[ks][k] : aB[ks][k];
       float tmp[2][4];
-      zero_frags(tmp);
-#pragma unroll
-      for (int ks = 0; ks < kPC / 16; ++ks) {
-        uint32_t af[4], b[4];
-#pragma unroll
-        for (int k = 0; k < 4; ++k) af[k] = first ? aA[ks][k] : aB[ks][k];
-        ldsm_x4(b, b_addr<kPC>(xs, 16 * ct, 2 * ks));
-        mma(tmp[0], af, b[0], b[1]);
-        mma(tmp[1], af, b[2], b[3]);
-      }
+      tile_abt(tmp, af, xs, 16 * ct);
       // PW += (Pm ⊙ W)·diag(Δ) on this tile.
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
@@ -301,29 +297,13 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
     uint32_t hi[4], lo[4];
     ldsm_x4(hi, a_addr<kQ>(pwh, 16 * warp, 2 * ss));
     ldsm_x4(lo, a_addr<kQ>(pwl, 16 * warp, 2 * ss));
-#pragma unroll
-    for (int np = 0; np < kNT / 16; ++np) {
-      uint32_t b[4];
-      ldsm_x4_t(b, a_addr<kNT>(bs, 16 * ss, 2 * np));
-      mma(accC[2 * np], hi, b[0], b[1]);
-      mma(accC[2 * np], lo, b[0], b[1]);
-      mma(accC[2 * np + 1], hi, b[2], b[3]);
-      mma(accC[2 * np + 1], lo, b[2], b[3]);
-    }
+    gemm_split_a<kNT>(accC, hi, lo, bs, 16 * ss);
   }
   for (int tt = warp; tt < kT; ++tt) {
     uint32_t hi[4], lo[4];
     ldsm_x4_t(hi, b_addr<kQ>(pwh, 16 * tt, 2 * warp));
     ldsm_x4_t(lo, b_addr<kQ>(pwl, 16 * tt, 2 * warp));
-#pragma unroll
-    for (int np = 0; np < kNT / 16; ++np) {
-      uint32_t b[4];
-      ldsm_x4_t(b, a_addr<kNT>(cs, 16 * tt, 2 * np));
-      mma(accB[2 * np], hi, b[0], b[1]);
-      mma(accB[2 * np], lo, b[0], b[1]);
-      mma(accB[2 * np + 1], hi, b[2], b[3]);
-      mma(accB[2 * np + 1], lo, b[2], b[3]);
-    }
+    gemm_split_a<kNT>(accB, hi, lo, cs, 16 * tt);
   }
 
   bf16* out = reinterpret_cast<bf16*>(smem + Lay::out);

@@ -83,14 +83,7 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads)
     double colz[2] = {0, 0};
     for (int tt = warp; tt < kT; ++tt) {
       float pm[2][4];  // Pmᵀ: rows s, columns t
-      zero_frags(pm);
-#pragma unroll
-      for (int ks = 0; ks < kP / 16; ++ks) {
-        uint32_t b[4];
-        ldsm_x4(b, b_addr<kP>(dys, 16 * tt, 2 * ks));
-        mma(pm[0], ax[ks], b[0], b[1]);
-        mma(pm[1], ax[ks], b[2], b[3]);
-      }
+      tile_abt(pm, ax, dys, 16 * tt);
       float md[2][4];  // M_ts·Δ_s at the same places
 #pragma unroll
       for (int nh = 0; nh < 2; ++nh)
@@ -105,15 +98,7 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads)
           }
       uint32_t hi[4], lo[4];
       c_to_a_split(md, hi, lo);
-#pragma unroll
-      for (int np = 0; np < kP / 16; ++np) {
-        uint32_t b[4];
-        ldsm_x4_t(b, a_addr<kP>(dys, 16 * tt, 2 * np));
-        mma(dx[2 * np], hi, b[0], b[1]);
-        mma(dx[2 * np], lo, b[0], b[1]);
-        mma(dx[2 * np + 1], hi, b[2], b[3]);
-        mma(dx[2 * np + 1], lo, b[2], b[3]);
-      }
+      gemm_split_a<kP>(dx, hi, lo, dys, 16 * tt);
     }
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
@@ -129,14 +114,7 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads)
     double rowz[2] = {0, 0};
     for (int ss = 0; ss <= warp; ++ss) {
       float pm[2][4];  // Pm: rows t, columns s
-      zero_frags(pm);
-#pragma unroll
-      for (int ks = 0; ks < kP / 16; ++ks) {
-        uint32_t b[4];
-        ldsm_x4(b, b_addr<kP>(xs, 16 * ss, 2 * ks));
-        mma(pm[0], ay[ks], b[0], b[1]);
-        mma(pm[1], ay[ks], b[2], b[3]);
-      }
+      tile_abt(pm, ay, xs, 16 * ss);
 #pragma unroll
       for (int nh = 0; nh < 2; ++nh)
 #pragma unroll

@@ -86,6 +86,38 @@ __device__ __forceinline__ void c_to_a_split(const float (&c)[2][4], uint32_t (&
   split_bf16(c[1][2], c[1][3], hi[3], lo[3]);
 }
 
+// acc[nt] (a warp's 16 rows × P columns) += (hi + lo)·B: hi, lo the A fragments of a
+// 16×16 operand in two bf16 parts, B the rows r0 .. r0 + 15 of a swizzled [..][P] tile.
+template <int P>
+__device__ __forceinline__ void gemm_split_a(float (&acc)[P / 8][4], const uint32_t (&hi)[4], const uint32_t (&lo)[4],
+                                             const __nv_bfloat16* b_tile, int r0) {
+  using namespace mma_bf16;
+#pragma unroll
+  for (int np = 0; np < P / 16; ++np) {
+    uint32_t b[4];
+    ldsm_x4_t(b, a_addr<P>(b_tile, r0, 2 * np));
+    mma(acc[2 * np], hi, b[0], b[1]);
+    mma(acc[2 * np], lo, b[0], b[1]);
+    mma(acc[2 * np + 1], hi, b[2], b[3]);
+    mma(acc[2 * np + 1], lo, b[2], b[3]);
+  }
+}
+
+// tile (16 × 16, two n8 tiles) = A·Bᵀ over 64 columns: A given as fragments a[ks]
+// (held in registers), B the rows r0 .. r0 + 15 of a swizzled [..][64] tile.
+__device__ __forceinline__ void tile_abt(float (&tile)[2][4], const uint32_t (&a)[4][4], const __nv_bfloat16* b_tile,
+                                         int r0) {
+  using namespace mma_bf16;
+  zero_frags(tile);
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    uint32_t b[4];
+    ldsm_x4(b, b_addr<64>(b_tile, r0, 2 * ks));
+    mma(tile[0], a[ks], b[0], b[1]);
+    mma(tile[1], a[ks], b[2], b[3]);
+  }
+}
+
 // The forward's output on mma.sync: bf16, p 64, n 64 or 128, 16-byte aligned rows.
 bool output_mma_supported(const Dims& d, const void* x, const void* C, const void* y, const float* states);
 void launch_output_mma(const Dims& d, const __nv_bfloat16* x, const __nv_bfloat16* C, const float* D, const double* S,

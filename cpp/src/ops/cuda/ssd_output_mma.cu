@@ -94,15 +94,7 @@ __global__ void __launch_bounds__(OutMmaLayout<kQ, kN>::kThreads, 2)
       }
     uint32_t hi[4], lo[4];
     c_to_a_split(m, hi, lo);
-#pragma unroll
-    for (int np = 0; np < kP / 16; ++np) {
-      uint32_t b[4];
-      ldsm_x4_t(b, a_addr<kP>(xs, 16 * ss, 2 * np));
-      mma(acc[2 * np], hi, b[0], b[1]);
-      mma(acc[2 * np], lo, b[0], b[1]);
-      mma(acc[2 * np + 1], hi, b[2], b[3]);
-      mma(acc[2 * np + 1], lo, b[2], b[3]);
-    }
+    gemm_split_a<kP>(acc, hi, lo, xs, 16 * ss);
   }
   // This warp's rows of C are used up: they stage its rows of y.
   __syncwarp();
