@@ -29,6 +29,19 @@ struct StepLayout {
   static constexpr size_t end = align128(dl + kQ * sizeof(float));
 };
 
+// A staged step's operands.
+struct Step {
+  const bf16 *dy, *x;
+  const double* S;
+  const float* dl;
+};
+template <int kQ>
+__device__ __forceinline__ Step step_at(const unsigned char* st) {
+  using S = StepLayout<kQ>;
+  return {reinterpret_cast<const bf16*>(st + S::dy), reinterpret_cast<const bf16*>(st + S::x),
+          reinterpret_cast<const double*>(st + S::S), reinterpret_cast<const float*>(st + S::dl)};
+}
+
 template <int kQ, int kThreads>
 __device__ __forceinline__ void load_step(unsigned char* st, const Dims& d, const BackwardArgs<bf16>& a, int64_t bi,
                                           int64_t j, int64_t p0, int64_t t0, int L) {
@@ -77,7 +90,6 @@ template <int kQ>
 __global__ void __launch_bounds__(PwLayout<kQ>::kThreads)
     pw_kernel(Dims d, BackwardArgs<bf16> a, bf16* __restrict__ pw_out) {
   using Lay = PwLayout<kQ>;
-  using St = StepLayout<kQ>;
   constexpr int kT = Lay::kT, kThreads = Lay::kThreads, kTiles = Lay::kTiles;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
@@ -104,10 +116,7 @@ __global__ void __launch_bounds__(PwLayout<kQ>::kThreads)
   };
   for_steps(steps, issue, [&](int64_t s) {
     unsigned char* st = stage_of(s);
-    const bf16* dys = reinterpret_cast<const bf16*>(st + St::dy);
-    const bf16* xs = reinterpret_cast<const bf16*>(st + St::x);
-    const double* Ss = reinterpret_cast<const double*>(st + St::S);
-    const float* dls = reinterpret_cast<const float*>(st + St::dl);
+    const auto [dys, xs, Ss, dls] = step_at<kQ>(st);
     uint32_t aA[kPC / 16][4], aB[kPC / 16][4];
 #pragma unroll
     for (int ks = 0; ks < kPC / 16; ++ks) {
@@ -202,7 +211,6 @@ template <int kQ>
 __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
     bc_mma_kernel(Dims d, BackwardArgs<bf16> a, const bf16* __restrict__ pw_in) {
   using Lay = BcMmaLayout<kQ>;
-  using St = StepLayout<kQ>;
   constexpr int kT = Lay::kT, kThreads = Lay::kThreads, kLdH = Lay::kLdH;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
@@ -237,10 +245,7 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
   };
   for_steps(steps, issue, [&](int64_t s) {
     unsigned char* st = stage_of(s);
-    const bf16* dys = reinterpret_cast<const bf16*>(st + St::dy);
-    const bf16* xs = reinterpret_cast<const bf16*>(st + St::x);
-    const double* Ss = reinterpret_cast<const double*>(st + St::S);
-    const float* dls = reinterpret_cast<const float*>(st + St::dl);
+    const auto [dys, xs, Ss, dls] = step_at<kQ>(st);
     // This thread's rows' e and f⊙Δ (as the generic kernel forms them).
     float e[2], fd[2];
     const double S_last = Ss[L - 1];
