@@ -53,7 +53,10 @@ struct Case {
 // a group is one block (d 64 at n 16; d 128, g 2; d 32 at n 32; d 64, g 2 at n 64) or
 // through per-block partials (d 256 at n 16, d 64 at n 32), and take a whole row of
 // several segments as one span when the rows have enough blocks (b 4 × d 8192); with
-// and without document ids, initial state and d_final_state.
+// and without document ids, initial state and d_final_state. Rows of at least 2^13
+// channels in all (b·d) are walked whole, forward and for the backward's checkpoints,
+// when a group is a multiple of 64 channels and B, C come in packs: n 16, 32 and 64,
+// one group, 2 and 8, lengths not a multiple of the 32-token slots.
 const Case kCases[] = {
     {1, 1, 1, 1, 1, false, false, false, false, false, false, false},
     {2, 13, 37, 5, 1, true, true, true, true, true, false, true},
@@ -80,6 +83,8 @@ const Case kCases[] = {
     {2, 200, 128, 16, 1, false, true, false, true, false, false, false},
     {1, 90, 64, 64, 2, true, true, true, true, true, true, true},
     {4, 150, 8192, 16, 1, true, true, true, true, true, true, true},
+    {2, 140, 4096, 64, 2, true, true, true, true, true, true, true},
+    {1, 100, 8192, 32, 8, true, false, true, false, false, true, true},
 };
 
 struct Scan {

@@ -112,11 +112,36 @@ void chunk_entry_grads(const ScanArgs<T>& a, int64_t kc, int64_t nchunk, float* 
   }
 }
 
+// Whether rows are walked whole (selective_scan.cuh, "walks of whole rows"): enough
+// channels to fill the GPU, a group's width a multiple of a block, B and C in packs
+// (set_bc_vec first) and the activations' rows 16-byte aligned.
+template <class T, int NS>
+bool walks(const ScanArgs<T>& a) {
+  constexpr int CH = scan::Walk<T, NS, false>::CH;
+  return a.b * a.d >= scan::kWalkChannels && a.bc_vec && (a.d / a.g) % CH == 0 &&
+         a.d * int64_t(sizeof(T)) % 16 == 0 && aligned16({a.u, a.delta, a.z});
+}
+
+// The walk: y and the final state, or (kCkpt) the state entering every seg-th token
+// into ckpt [b, nseg, n, d].
+template <class T, int NS, bool kCkpt>
+void launch_walk(const ScanArgs<T>& a, float* ckpt, int64_t seg, int64_t nseg, cudaStream_t s) {
+  using Wk = scan::Walk<T, NS, kCkpt>;
+  auto kernel = scan::scan_walk_kernel<T, NS, kCkpt>;
+  MT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Wk::kSmemBytes)));
+  kernel<<<unsigned(a.b * a.d / Wk::CH), Wk::CH, Wk::kSmemBytes, s>>>(a, ckpt, seg, nseg);
+  MT_CUDA_LAUNCH_CHECK();
+}
+
 template <class T, int NS>
 void launch_forward(ScanArgs<T> a, Device device, cudaStream_t s) {
   if (a.b * a.d == 0) return;
   set_bc_vec<T, NS>(a);
   const int64_t kc = chunk_tokens(a.b, a.l, a.d), nchunk = a.l > kc ? (a.l + kc - 1) / kc : 1;
+  if (nchunk > 1 && walks<T, NS>(a)) {
+    launch_walk<T, NS, false>(a, nullptr, 0, 0, s);
+    return;
+  }
   Tensor states, dsum;
   if (nchunk > 1) {
     states = scratch(a.b * nchunk * a.n * a.d, DType::f32, device);
@@ -230,7 +255,10 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
       a.dD_rows = mptr<double>(dD_rows);
       a.dbias_rows = mptr<double>(dbias_rows);
       if (b > 0) {
-        if (l > 0) chunk_entry_states<T, NS>(a, PL::kSegment, nseg, a.ckpt, mptr<float>(dsum), s);
+        if (l > 0 && walks<T, NS>(a))
+          launch_walk<T, NS, true>(a, a.ckpt, PL::kSegment, nseg, s);
+        else if (l > 0)
+          chunk_entry_states<T, NS>(a, PL::kSegment, nseg, a.ckpt, mptr<float>(dsum), s);
         // ΣΔ of the gradient's chunks reuses dsum (ngchunk <= nseg), done with by now.
         if (a.nspan > 1) chunk_entry_grads<T, NS>(a, a.gchunk, a.ngchunk, mptr<float>(gin), mptr<float>(dsum), s);
         auto kernel = staged ? scan::scan_bwd_kernel<T, NS, true> : scan::scan_bwd_kernel<T, NS, false>;

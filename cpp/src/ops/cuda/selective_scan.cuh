@@ -5,11 +5,16 @@
 // NS <= 32) so that the loads overlap the previous token's work. The forward runs
 // over chunks of tokens, a thread per (row, chunk, channel) (see "chunks of tokens").
 //
+// With enough (row, channel) pairs to fill the GPU, the forward and the backward's
+// checkpoints instead walk whole rows with their inputs staged in shared memory (see
+// "walks of whole rows").
+//
 // The backward's kernels are in selective_scan_backward.cuh (its staged blocks split a
 // channel's slots over a team of lanes).
 #pragma once
 #include <cstdint>
 
+#include "async_copy.cuh"
 #include "dense.cuh"
 
 namespace mambatron::cuda::scan {
@@ -245,6 +250,139 @@ __global__ void scan_chunk_carry_kernel(const float* __restrict__ A, const float
         h = decay[q] * h + own[q];
       }
   }
+}
+
+// ---------------------------------------------------------------- token slots
+// A shared-memory slot of K tokens for the CH channels from c0, all of one group: the
+// first NA of the activations u, Δ, z, dy ([NA][K][CH] T), the B and C rows ([2][K][NS]
+// T) and the document ids of tokens t0 − 1 … t0 + K − 1 ([K + 1] int32).
+template <class T, int NS, int K_, int CH_, int NA>
+struct TokenSlot {
+  static constexpr int K = K_, CH = CH_, P = Pack<T>::N;
+  static_assert(CH % P == 0 && NS % P == 0, "whole 16-byte packs");
+  static constexpr size_t kChannels = size_t(NA) * K * CH * sizeof(T);
+  static constexpr size_t kRows = size_t(2) * K * NS * sizeof(T);
+  static constexpr size_t kBytes = kChannels + kRows + (size_t(K + 1) * 4 + 15) / 16 * 16;
+};
+
+// Tokens [t0, t0 + K) of row i, channels from c0, into a slot of layout L by cp.async
+// (zeros past the row and for an absent z), the block's `threads` threads sharing the
+// copies. Needs B and C rows of NS elements and the activations' rows 16-byte aligned.
+template <class T, int NS, class L, int NA>
+__device__ __forceinline__ void stage_tokens(const ScanArgs<T>& a, char* slot, int64_t i, int64_t t0, int64_t c0,
+                                             int64_t gr, int tid, int threads) {
+  constexpr int K = L::K, P = L::P, cu = L::CH / P, ru = NS / P;  // 16-byte units of a token's channels, of a row
+  T* ch = reinterpret_cast<T*>(slot);
+  for (int e = tid; e < NA * K * cu; e += threads) {
+    const int q = e / (K * cu), k = e / cu % K, w = e % cu;
+    const T* src = q == 0 ? a.u : q == 1 ? a.delta : q == 2 ? a.z : a.dy;
+    const bool ok = t0 + k < a.l && src != nullptr;
+    cp_async<16>(ch + (q * K + k) * L::CH + w * P, ok ? src + (i * a.l + t0 + k) * a.d + c0 + w * P : a.u, ok);
+  }
+  T* rows = reinterpret_cast<T*>(slot + L::kChannels);
+  for (int e = tid; e < 2 * K * ru; e += threads) {
+    const int q = e / (K * ru), k = e / ru % K, w = e % ru;
+    const bool ok = t0 + k < a.l;
+    const T* src = (q == 0 ? a.B : a.C) + (ok ? ((i * a.l + t0 + k) * a.g + gr) * NS + w * P : 0);
+    cp_async<16>(rows + (q * K + k) * NS + w * P, src, ok);
+  }
+  if (a.seq) {
+    int32_t* ids = reinterpret_cast<int32_t*>(slot + L::kChannels + L::kRows);
+    for (int e = tid; e <= K; e += threads) {
+      const int64_t t = t0 - 1 + e;
+      const bool ok = t >= 0 && t < a.l;
+      cp_async<4>(ids + e, a.seq + (ok ? i * a.l + t : 0), ok);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- walks of whole rows
+// A block of CH channels of one group walks its row from the first token to the last, a
+// thread a channel, reading each chunk of K tokens from a ring of kSlots shared-memory
+// slots that cp.async fills kSlots − 1 chunks ahead: no token waits on global memory
+// and nothing is walked twice, where the chunk passes walk every token twice. It needs
+// b·d/CH blocks to fill the GPU (kWalkChannels), the conditions of stage_tokens and a
+// group's width a multiple of CH. The forward writes y and the final state; the
+// backward's checkpoint walk writes the state entering every seg-th token.
+constexpr int64_t kWalkChannels = int64_t(1) << 13;
+template <class T, int NS, bool kCkpt>
+struct Walk {
+  static constexpr int K = 32, CH = 64, kSlots = 3;
+  using Slot = TokenSlot<T, NS, K, CH, kCkpt ? 2 : 3>;  // u, Δ (and z)
+  static constexpr size_t kSmemBytes = kSlots * Slot::kBytes;
+};
+
+template <class T, int NS, bool kCkpt>
+__global__ void __launch_bounds__(Walk<T, NS, kCkpt>::CH)
+    scan_walk_kernel(ScanArgs<T> a, float* ckpt, int64_t seg, int64_t nseg) {
+  using Wk = Walk<T, NS, kCkpt>;
+  using L = typename Wk::Slot;
+  constexpr int K = Wk::K, CH = Wk::CH, NSL = Wk::kSlots, P = L::P, NA = kCkpt ? 2 : 3;
+  extern __shared__ float4 walk_smem[];
+  char* slots = reinterpret_cast<char*>(walk_smem);
+  const int tid = threadIdx.x;
+  const int64_t per_row = a.d / CH, i = blockIdx.x / per_row, c0 = blockIdx.x % per_row * CH, c = c0 + tid;
+  const int64_t gr = c0 / (a.d / a.g), ic = i * a.d + c;
+  float A2[NS], h[NS];
+  load_channel_log2<T, NS>(a, c, A2);
+#pragma unroll
+  for (int j = 0; j < NS; ++j) h[j] = j < a.n && a.init ? a.init[ic * a.n + j] : 0.f;
+  const float Dc = a.D ? a.D[c] : 0.f, bc = a.bias ? a.bias[c] : 0.f;
+  const int64_t nk = (a.l + K - 1) / K;
+  int64_t next_ckpt = 0;  // the next token whose entering state is a checkpoint
+  for (int s = 0; s < NSL - 1; ++s) {
+    if (s < nk) stage_tokens<T, NS, L, NA>(a, slots + s * L::kBytes, i, s * K, c0, gr, tid, CH);
+    cp_commit();
+  }
+  for (int64_t k = 0; k < nk; ++k) {
+    cp_wait<NSL - 2>();
+    __syncthreads();  // chunk k has landed; every thread is done with chunk k − 1's slot
+    if (k + NSL - 1 < nk)
+      stage_tokens<T, NS, L, NA>(a, slots + (k + NSL - 1) % NSL * L::kBytes, i, (k + NSL - 1) * K, c0, gr, tid, CH);
+    cp_commit();
+    const char* cur = slots + k % NSL * L::kBytes;
+    const T* chs = reinterpret_cast<const T*>(cur);
+    const Pack<T>* rows = reinterpret_cast<const Pack<T>*>(cur + L::kChannels);
+    const int32_t* ids = reinterpret_cast<const int32_t*>(cur + L::kChannels + L::kRows);
+    const int64_t t0 = k * K;
+    const int kn = a.l - t0 < K ? int(a.l - t0) : K;
+    for (int r = 0; r < kn; ++r) {
+      const int64_t t = t0 + r;
+      if (kCkpt && t == next_ckpt) {
+#pragma unroll
+        for (int j = 0; j < NS; ++j)
+          if (j < a.n) ckpt[((i * nseg + t / seg) * a.n + j) * a.d + c] = h[j];
+        next_ckpt += seg;
+      }
+      const float u = to_f32(chs[r * CH + tid]), dt = step_size(to_f32(chs[(K + r) * CH + tid]) + bc, a.softplus);
+      const bool reset = a.seq && t > 0 && ids[r + 1] != ids[r];
+      const float du = dt * u;
+      Pack<T> Bp[NS / P], Cp[NS / P];
+#pragma unroll
+      for (int p = 0; p < NS / P; ++p) {
+        Bp[p] = rows[r * (NS / P) + p];
+        if (!kCkpt) Cp[p] = rows[(K + r) * (NS / P) + p];
+      }
+      float y = 0.f;
+#pragma unroll
+      for (int j = 0; j < NS; ++j) {
+        h[j] = exp2_ftz(dt * A2[j]) * (reset ? 0.f : h[j]) + du * to_f32(Bp[j / P].v[j % P]);
+        if (!kCkpt) y += h[j] * to_f32(Cp[j / P].v[j % P]);
+      }
+      if (!kCkpt) {
+        y += Dc * u;
+        if (a.z) {
+          const float z = to_f32(chs[(2 * K + r) * CH + tid]);
+          y *= z * sigmoid(z);
+        }
+        a.y[(i * a.l + t) * a.d + c] = from_f32<T>(y);
+      }
+    }
+  }
+  if (!kCkpt && a.final_state)
+#pragma unroll
+    for (int j = 0; j < NS; ++j)
+      if (j < a.n) a.final_state[ic * a.n + j] = h[j];
 }
 
 // ---------------------------------------------------------------- forward (and decode step)

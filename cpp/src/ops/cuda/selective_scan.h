@@ -1,10 +1,12 @@
 // CUDA Mamba-1 selective scan (see ops.h). u, delta, B, C, z, y and their gradients
 // are bf16 or f32 with one dtype; A, D, delta_bias and their gradients are f32; the
 // states (initial_state, final_state, d_final_state, d_initial_state and the decode
-// state) are f32. Arithmetic is f32; n is at most 64. The forward runs over chunks of
-// tokens in parallel and allocates scratch for the state entering each chunk, at most
-// about 2^20·n floats. Backward recomputes the forward from checkpoints and runs a
-// block per (row, span of segments, channel block); it allocates scratch: the state
+// state) are f32. Arithmetic is f32; n is at most 64. The forward walks each row whole
+// when b·d >= 8192 (and a group is a multiple of 64 channels, B and C rows 16-byte
+// aligned); otherwise it runs over chunks of tokens in parallel and allocates scratch
+// for the state entering each chunk, at most about 2^20·n floats. Backward recomputes
+// the forward from checkpoints (walked like the forward) and runs a block per (row,
+// span of segments, channel block); it allocates scratch: the state
 // entering every 64th token, b·l·d·n/64 floats (every 32nd, b·l·d·n/32, for n > 32);
 // the state gradient entering each chunk of a span, at most about 2^20·n floats;
 // when a group has more channels than a block (64 for n <= 16, else 32), per-block

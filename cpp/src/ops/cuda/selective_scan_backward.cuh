@@ -18,7 +18,6 @@
 #pragma once
 #include <cstdint>
 
-#include "async_copy.cuh"
 #include "selective_scan.cuh"
 
 namespace mambatron::cuda::scan {
@@ -185,53 +184,19 @@ __device__ __forceinline__ Span block_span(const ScanArgs<T>& a, int64_t k, int 
 // adjacent lanes, NS / kTeam each: a block has kTeam threads a channel, and a thread a
 // quarter of the registers. The sums over a channel's slots (y, the gradients of u and
 // Δ) run by a fixed butterfly inside the team. dB and dC are summed over the block's
-// channels by warp shuffles (a fixed butterfly) and the warps' sums added in warp order.
+// channels by warp shuffles (a fixed butterfly) per token; the warps' sums of a chunk's
+// tokens are added in warp order once the chunk is done, every thread taking a few.
 constexpr int kTeam = 4;
 template <class T, int NS>
 struct Stage {
   using PL = Plan<NS>;
   static constexpr int CH = PL::kThreads, SL = NS / kTeam;  // channels of a block, slots of a thread
-  static constexpr int BC = CH * kTeam, K = PL::kChunk, W = BC / 32, P = Pack<T>::N;
-  static_assert(CH % P == 0 && NS % P == 0, "whole 16-byte packs");
-  // A slot: [4][K][CH] T (u, delta, z, dy), [2][K][NS] T (B, C), [K + 1] int32 (the
-  // document ids of tokens t0 − 1 … t0 + K − 1).
-  static constexpr size_t kChannels = size_t(4) * K * CH * sizeof(T);
-  static constexpr size_t kRows = size_t(2) * K * NS * sizeof(T);
-  static constexpr size_t kSlot = kChannels + kRows + (size_t(K + 1) * 4 + 15) / 16 * 16;
-  // The warps' dB and dC sums (but warp 0's) of two tokens: [2][W − 1][2·NS] floats.
-  static constexpr size_t kSums = size_t(2) * (W - 1) * 2 * NS * sizeof(float);
-  static constexpr size_t kSmemBytes = size_t(PL::kChunks + K) * SL * BC * sizeof(float) + kSums + 2 * kSlot;
+  static constexpr int BC = CH * kTeam, K = PL::kChunk, W = BC / 32;
+  using Slot = TokenSlot<T, NS, K, CH, 4>;  // u, Δ, z, dy
+  // The warps' dB and dC sums of a chunk's tokens: [K][W][2·NS] floats.
+  static constexpr size_t kSums = size_t(K) * W * 2 * NS * sizeof(float);
+  static constexpr size_t kSmemBytes = size_t(PL::kChunks + K) * SL * BC * sizeof(float) + kSums + 2 * Slot::kBytes;
 };
-
-// Tokens [t0, t0 + K) of row i, channels from c0, into a slot (zeros past the row).
-template <class T, int NS>
-__device__ __forceinline__ void stage_chunk(const ScanArgs<T>& a, char* slot, int64_t i, int64_t t0, int64_t c0,
-                                            int64_t gr, int tid) {
-  using S = Stage<T, NS>;
-  constexpr int K = S::K, P = S::P, cu = S::CH / P, ru = NS / P;  // 16-byte units of a token's channels, of a row
-  T* ch = reinterpret_cast<T*>(slot);
-  for (int e = tid; e < 4 * K * cu; e += S::BC) {
-    const int q = e / (K * cu), k = e / cu % K, w = e % cu;
-    const T* src = q == 0 ? a.u : q == 1 ? a.delta : q == 2 ? a.z : a.dy;
-    const bool ok = t0 + k < a.l && src != nullptr;
-    cp_async<16>(ch + (q * K + k) * S::CH + w * P, ok ? src + (i * a.l + t0 + k) * a.d + c0 + w * P : a.u, ok);
-  }
-  T* rows = reinterpret_cast<T*>(slot + S::kChannels);
-  for (int e = tid; e < 2 * K * ru; e += S::BC) {
-    const int q = e / (K * ru), k = e / ru % K, w = e % ru;
-    const bool ok = t0 + k < a.l;
-    const T* src = (q == 0 ? a.B : a.C) + (ok ? ((i * a.l + t0 + k) * a.g + gr) * NS + w * P : 0);
-    cp_async<16>(rows + (q * K + k) * NS + w * P, src, ok);
-  }
-  if (a.seq) {
-    int32_t* ids = reinterpret_cast<int32_t*>(slot + S::kChannels + S::kRows);
-    for (int e = tid; e <= K; e += S::BC) {
-      const int64_t t = t0 - 1 + e;
-      const bool ok = t >= 0 && t < a.l;
-      cp_async<4>(ids + e, a.seq + (ok ? i * a.l + t : 0), ok);
-    }
-  }
-}
 
 // Token t0 + k of a slot for channel `ch` of the block and its team lane q (the slots
 // q·SL … of B and C), as load_token reads a whole channel's from global memory; dy
@@ -240,19 +205,20 @@ template <class T, int NS>
 __device__ __forceinline__ void read_token(const ScanArgs<T>& a, const char* slot, int k, int64_t t, int ch, int q,
                                            float bias, bool with_c, Token<Stage<T, NS>::SL>& o, float* dy = nullptr) {
   using S = Stage<T, NS>;
+  using L = typename S::Slot;
   constexpr int K = S::K, SL = S::SL;
   const T* chs = reinterpret_cast<const T*>(slot);
   o.u = to_f32(chs[k * S::CH + ch]);
   o.v = to_f32(chs[(K + k) * S::CH + ch]) + bias;
   o.z = to_f32(chs[(2 * K + k) * S::CH + ch]);
   if (dy) *dy = to_f32(chs[(3 * K + k) * S::CH + ch]);
-  const T* rows = reinterpret_cast<const T*>(slot + S::kChannels);
+  const T* rows = reinterpret_cast<const T*>(slot + L::kChannels);
 #pragma unroll
   for (int s = 0; s < SL; ++s) {
     o.B[s] = to_f32(rows[k * NS + q * SL + s]);
     o.C[s] = with_c ? to_f32(rows[(K + k) * NS + q * SL + s]) : 0.f;
   }
-  const int32_t* ids = reinterpret_cast<const int32_t*>(slot + S::kChannels + S::kRows);
+  const int32_t* ids = reinterpret_cast<const int32_t*>(slot + L::kChannels + L::kRows);
   o.reset = a.seq && t > 0 && ids[k + 1] != ids[k];
 }
 
@@ -286,7 +252,7 @@ __device__ __forceinline__ void warp_reduce_scatter(float (&v)[V], int lane) {
 template <class T, int NS, bool kStaged>
 constexpr int kBwdThreads = kStaged ? Stage<T, NS>::BC : Plan<NS>::kThreads;
 // Blocks an SM the staged kernel's registers must allow: 2 (at NS 16: 256 threads of at
-// most 128 registers, 75 KB of shared memory a block in bf16, 84 KB in f32); the 512
+// most 128 registers, 81 KB of shared memory a block in bf16, 90 KB in f32); the 512
 // blocks of a b 4 × d 8192 backward then fill two waves of 132 SMs.
 constexpr int kBwdTeamBlocks = 2;
 // Blocks (row, span, channel block), the channel block fastest so that blocks running
@@ -340,20 +306,21 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
   const int outputs = int(sp.ngr * 2 * a.n);  // per token: (dB | dC, group, state)
   const int spread = outputs > 0 && outputs < BC ? BC / outputs : 1;
   const bool direct = a.per_group == 1;
+  const int64_t half = a.b * a.g * a.per_group * a.l * a.n;  // dB's partials, then dC's
 
-  // Staged: the slot of the current visit; the parity of the warps' sums.
-  int slot = 0, parity = 0;
+  // Staged: the slot of the current visit.
+  int slot = 0;
   // The next visit's chunk (from token next_t0; none when negative) into the other slot,
   // then this visit's chunk waited for. Every thread passes here together.
   auto begin_visit = [&](int64_t next_t0) {
     __syncthreads();  // the other slot's last visit is over
-    if (next_t0 >= 0) stage_chunk<T, NS>(a, slots + (slot ^ 1) * S::kSlot, i, next_t0, sp.c0, gr, tid);
+    if (next_t0 >= 0) stage_tokens<T, NS, typename S::Slot, 4>(a, slots + (slot ^ 1) * S::Slot::kBytes, i, next_t0, sp.c0, gr, tid, BC);
     cp_commit();
     cp_wait<1>();
     __syncthreads();
   };
   if constexpr (kStaged) {
-    if (seg1 > seg0) stage_chunk<T, NS>(a, slots, i, int64_t(seg1 - 1) * K2, sp.c0, gr, tid);
+    if (seg1 > seg0) stage_tokens<T, NS, typename S::Slot, 4>(a, slots, i, int64_t(seg1 - 1) * K2, sp.c0, gr, tid, BC);
     cp_commit();
   }
 
@@ -374,7 +341,7 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
 #pragma unroll
         for (int s = 0; s < SL; ++s) fk[(m * SL + s) * BC + tid] = h[s];
         begin_visit(m + 1 < nck ? t0 + K : ts0 + int64_t(nck - 1) * K);  // then the last chunk, in reverse
-        const char* cur = slots + slot * S::kSlot;
+        const char* cur = slots + slot * S::Slot::kBytes;
         for (int64_t t = t0; t < t1; ++t) {
           read_token<T, NS>(a, cur, int(t - t0), t, chn, q, bc, false, next);
           advance<SL>(h, A2, next, step_size(next.v, a.softplus));
@@ -398,7 +365,7 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
       // The state entering each token of the chunk (before a document reset).
 #pragma unroll
       for (int s = 0; s < SL; ++s) h[s] = fk[(m * SL + s) * BC + tid];
-      const char* cur = slots + slot * S::kSlot;
+      const char* cur = slots + slot * S::Slot::kBytes;
       if constexpr (kStaged) {
         begin_visit(m > 0 ? t0 - K : seg > seg0 ? int64_t(seg - 1) * K2 : -1);
         for (int64_t t = t0; t < t1; ++t) {
@@ -476,35 +443,18 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
 #pragma unroll
           for (int s = 0; s < 2 * SL; ++s) terms[s] = 0.f;
         }
-        const int64_t half = a.b * a.g * a.per_group * a.l * a.n;
         if constexpr (kStaged) {
-          // Sums over the block's channels: each warp's by shuffles, then the warps' in order.
-          // Lane L holds the sums of values x = ⌊L / W⌋·RV + r of its slots (q = L mod W).
+          // This warp's sums over its channels, by shuffles, into the chunk's table. Lane L
+          // holds the sums of values x = ⌊L / W⌋·RV + r of its slots (q = L mod W), value x
+          // being (dB | dC)·NS + state.
           constexpr int RV = 2 * SL * W / 32;
           warp_reduce_scatter<2 * SL, W>(terms, lane);
-          float* xs = red + parity * (S::W - 1) * 2 * NS;
-          auto at = [&](int r) {  // (dB | dC)·NS + state of value r
+          float* xs = red + (int(t - t0) * S::W + warp) * 2 * NS;
+#pragma unroll
+          for (int r = 0; r < RV; ++r) {
             const int x = lane / W * RV + r;
-            return x / SL * NS + q * SL + x % SL;
-          };
-          if (S::W > 1) {
-            if (warp > 0)
-#pragma unroll
-              for (int r = 0; r < RV; ++r) xs[(warp - 1) * 2 * NS + at(r)] = terms[r];
-            __syncthreads();
-            parity ^= 1;
+            xs[x / SL * NS + q * SL + x % SL] = terms[r];
           }
-          if (warp == 0)
-#pragma unroll
-            for (int r = 0; r < RV; ++r) {
-              const int y = at(r), which = y / NS, j = y % NS;
-              float v = terms[r];
-              for (int w = 1; w < S::W; ++w) v += xs[(w - 1) * 2 * NS + y];
-              if (direct)
-                (which == 0 ? a.dB : a.dC)[((i * a.l + t) * a.g + sp.g0) * NS + j] = from_f32<T>(v);
-              else
-                a.part[which * half + (((i * a.g + sp.g0) * a.per_group + sp.p) * a.l + t) * NS + j] = v;
-            }
         } else {
 #pragma unroll
           for (int j = 0; j < 2 * NS; ++j) red[tid * R + j] = terms[j];
@@ -533,7 +483,22 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
           __syncthreads();
         }
       }
-      if constexpr (kStaged) slot ^= 1;
+      if constexpr (kStaged) {
+        // The chunk's dB and dC: the warps' sums added in warp order. The table is
+        // written again only after the next visit's first barrier.
+        __syncthreads();
+        for (int e = tid; e < int(t1 - t0) * 2 * NS; e += BC) {
+          const int k = e / (2 * NS), y = e % (2 * NS), which = y / NS, j = y % NS;
+          const int64_t t = t0 + k;
+          float v = 0.f;
+          for (int w = 0; w < S::W; ++w) v += red[(k * S::W + w) * 2 * NS + y];
+          if (direct)
+            (which == 0 ? a.dB : a.dC)[((i * a.l + t) * a.g + sp.g0) * NS + j] = from_f32<T>(v);
+          else
+            a.part[which * half + (((i * a.g + sp.g0) * a.per_group + sp.p) * a.l + t) * NS + j] = v;
+        }
+        slot ^= 1;
+      }
     }
     if (active)
       for (int s = 0; s < SL; ++s)
