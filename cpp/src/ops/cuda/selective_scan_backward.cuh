@@ -195,22 +195,38 @@ struct Stage {
   using Slot = TokenSlot<T, NS, K, CH, 4>;  // u, Δ, z, dy
   // The warps' dB and dC sums of a chunk's tokens: [K][W][2·NS] floats.
   static constexpr size_t kSums = size_t(K) * W * 2 * NS * sizeof(float);
-  static constexpr size_t kSmemBytes = size_t(PL::kChunks + K) * SL * BC * sizeof(float) + kSums + 2 * Slot::kBytes;
+  // A slot's token factors (token_factors): [4][K][CH] floats, Δ, dΔ/dv, gate, its slope.
+  static constexpr size_t kFactors = size_t(4) * K * CH * sizeof(float);
+  static constexpr size_t kSmemBytes =
+      size_t(PL::kChunks + K) * SL * BC * sizeof(float) + kSums + 2 * (Slot::kBytes + kFactors);
 };
 
+// What the backward takes from a token's v = delta + bias and gate input z: Δ, dΔ/dv,
+// the gate z·σ(z) and its slope σ(z)·(1 + z·(1 − σ(z))) (1 and 0 without a gate).
+struct Factors {
+  float dt, dsp, gate, dgate;
+};
+__device__ __forceinline__ Factors token_factors(float v, float z, bool softplus, bool gated) {
+  Factors f;
+  f.dt = step_size(v, softplus);
+  f.dsp = !softplus || v > 20.f ? 1.f : sigmoid(v);
+  const float sg = gated ? sigmoid(z) : 0.f;
+  f.gate = gated ? z * sg : 1.f;
+  f.dgate = gated ? sg * (1.f + z * (1.f - sg)) : 0.f;
+  return f;
+}
+
 // Token t0 + k of a slot for channel `ch` of the block and its team lane q (the slots
-// q·SL … of B and C), as load_token reads a whole channel's from global memory; dy
-// beside it.
+// q·SL … of B and C), as load_token reads a whole channel's from global memory but for
+// v and z (their factors are in the slot's table); dy beside it.
 template <class T, int NS>
 __device__ __forceinline__ void read_token(const ScanArgs<T>& a, const char* slot, int k, int64_t t, int ch, int q,
-                                           float bias, bool with_c, Token<Stage<T, NS>::SL>& o, float* dy = nullptr) {
+                                           bool with_c, Token<Stage<T, NS>::SL>& o, float* dy = nullptr) {
   using S = Stage<T, NS>;
   using L = typename S::Slot;
   constexpr int K = S::K, SL = S::SL;
   const T* chs = reinterpret_cast<const T*>(slot);
   o.u = to_f32(chs[k * S::CH + ch]);
-  o.v = to_f32(chs[(K + k) * S::CH + ch]) + bias;
-  o.z = to_f32(chs[(2 * K + k) * S::CH + ch]);
   if (dy) *dy = to_f32(chs[(3 * K + k) * S::CH + ch]);
   const T* rows = reinterpret_cast<const T*>(slot + L::kChannels);
 #pragma unroll
@@ -252,7 +268,7 @@ __device__ __forceinline__ void warp_reduce_scatter(float (&v)[V], int lane) {
 template <class T, int NS, bool kStaged>
 constexpr int kBwdThreads = kStaged ? Stage<T, NS>::BC : Plan<NS>::kThreads;
 // Blocks an SM the staged kernel's registers must allow: 2 (at NS 16: 256 threads of at
-// most 128 registers, 81 KB of shared memory a block in bf16, 90 KB in f32); the 512
+// most 128 registers, 97 KB of shared memory a block in bf16, 106 KB in f32); the 512
 // blocks of a b 4 × d 8192 backward then fill two waves of 132 SMs.
 constexpr int kBwdTeamBlocks = 2;
 // Blocks (row, span, channel block), the channel block fastest so that blocks running
@@ -271,6 +287,7 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
   // Not staged: [BC][R], dB terms, then dC terms. Staged: the warps' sums, then two slots.
   float* red = hs + K * SL * BC;
   char* slots = reinterpret_cast<char*>(red) + S::kSums;
+  float* facs = reinterpret_cast<float*>(slots + 2 * S::Slot::kBytes);  // [2][4][K][CH]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, q = tid % W, chn = tid / W;
   // Segment indices fit in 32 bits (rows of fewer than 2^36 tokens); few values stay
   // live across the walk, where registers are short.
@@ -311,13 +328,32 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
   // Staged: the slot of the current visit.
   int slot = 0;
   // The next visit's chunk (from token next_t0; none when negative) into the other slot,
-  // then this visit's chunk waited for. Every thread passes here together.
+  // then this visit's chunk waited for and its token factors made, a (token, channel) a
+  // thread rather than once a team lane. Every thread passes here together.
+  constexpr int KC = K * CH;
   auto begin_visit = [&](int64_t next_t0) {
     __syncthreads();  // the other slot's last visit is over
-    if (next_t0 >= 0) stage_tokens<T, NS, typename S::Slot, 4>(a, slots + (slot ^ 1) * S::Slot::kBytes, i, next_t0, sp.c0, gr, tid, BC);
+    if (next_t0 >= 0)
+      stage_tokens<T, NS, typename S::Slot, 4>(a, slots + (slot ^ 1) * S::Slot::kBytes, i, next_t0, sp.c0, gr, tid, BC);
     cp_commit();
     cp_wait<1>();
     __syncthreads();
+    const T* chs = reinterpret_cast<const T*>(slots + slot * S::Slot::kBytes);
+    float* f = facs + slot * 4 * KC;
+    for (int e = tid; e < KC; e += BC) {
+      const float bias = a.bias ? a.bias[sp.c0 + e % CH] : 0.f;
+      const Factors x = token_factors(to_f32(chs[KC + e]) + bias, to_f32(chs[2 * KC + e]), a.softplus, a.z != nullptr);
+      f[e] = x.dt;
+      f[KC + e] = x.dsp;
+      f[2 * KC + e] = x.gate;
+      f[3 * KC + e] = x.dgate;
+    }
+    __syncthreads();
+  };
+  // Token k's factors of the current visit.
+  auto factors_at = [&](int k) {
+    const float* f = facs + slot * 4 * KC + k * CH + chn;
+    return Factors{f[0], f[KC], f[2 * KC], f[3 * KC]};
   };
   if constexpr (kStaged) {
     if (seg1 > seg0) stage_tokens<T, NS, typename S::Slot, 4>(a, slots, i, int64_t(seg1 - 1) * K2, sp.c0, gr, tid, BC);
@@ -343,8 +379,8 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
         begin_visit(m + 1 < nck ? t0 + K : ts0 + int64_t(nck - 1) * K);  // then the last chunk, in reverse
         const char* cur = slots + slot * S::Slot::kBytes;
         for (int64_t t = t0; t < t1; ++t) {
-          read_token<T, NS>(a, cur, int(t - t0), t, chn, q, bc, false, next);
-          advance<SL>(h, A2, next, step_size(next.v, a.softplus));
+          read_token<T, NS>(a, cur, int(t - t0), t, chn, q, false, next);
+          advance<SL>(h, A2, next, factors_at(int(t - t0)).dt);
         }
         slot ^= 1;
       }
@@ -371,8 +407,8 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
         for (int64_t t = t0; t < t1; ++t) {
 #pragma unroll
           for (int s = 0; s < SL; ++s) hs[((t - t0) * SL + s) * BC + tid] = h[s];
-          read_token<T, NS>(a, cur, int(t - t0), t, chn, q, bc, false, next);
-          advance<SL>(h, A2, next, step_size(next.v, a.softplus));
+          read_token<T, NS>(a, cur, int(t - t0), t, chn, q, false, next);
+          advance<SL>(h, A2, next, factors_at(int(t - t0)).dt);
         }
       } else if (active) {
         load_token<T, NS>(a, i, t0, c, gr, bc, false, next);
@@ -391,17 +427,19 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
         float terms[2 * SL];  // this thread's dB terms, then its dC terms
         if (active) {
           Token<SL> k;
+          Factors x;
           float dyc;  // gradient of the output before the gate
           const int64_t idx = (i * a.l + t) * a.d + c;
           if constexpr (kStaged) {
-            read_token<T, NS>(a, cur, int(t - t0), t, chn, q, bc, true, k, &dyc);
+            read_token<T, NS>(a, cur, int(t - t0), t, chn, q, true, k, &dyc);
+            x = factors_at(int(t - t0));
           } else {
             k = next;
             if (t > t0) load_token<T, NS>(a, i, t - 1, c, gr, bc, true, next);
             dyc = to_f32(a.dy[idx]);
+            x = token_factors(k.v, k.z, a.softplus, a.z != nullptr);
           }
-          const float dt = step_size(k.v, a.softplus);
-          const float dsp = !a.softplus || k.v > 20.f ? 1.f : sigmoid(k.v);  // dΔ/dv
+          const float dt = x.dt;
           float hp[SL], E[SL], hc[SL];
           float ypre = 0.f;
 #pragma unroll
@@ -412,10 +450,9 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
             ypre += hc[s] * k.C[s];
           }
           if (a.z) {
-            const float sg = sigmoid(k.z);
             ypre = team_sum<W>(ypre) + Dc * k.u;
-            if (q == 0) a.dz[idx] = from_f32<T>(dyc * ypre * sg * (1.f + k.z * (1.f - sg)));
-            dyc *= k.z * sg;
+            if (q == 0) a.dz[idx] = from_f32<T>(dyc * ypre * x.dgate);
+            dyc *= x.gate;
           }
           if (q == 0) dD_acc += double(dyc) * double(k.u);
           float gB = 0.f, gEHA = 0.f;
@@ -435,7 +472,7 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
           gEHA = team_sum<W>(gEHA);
           if (q == 0) {
             a.du[idx] = from_f32<T>(dt * gB + Dc * dyc);
-            const float dd = (gEHA * 0.6931471805599453f + k.u * gB) * dsp;
+            const float dd = (gEHA * 0.6931471805599453f + k.u * gB) * x.dsp;
             a.ddelta[idx] = from_f32<T>(dd);
             dbias_acc += double(dd);
           }
