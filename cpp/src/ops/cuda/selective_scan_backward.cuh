@@ -376,7 +376,8 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
         const int64_t t0 = ts0 + int64_t(m) * K, t1 = t0 + K < ts1 ? t0 + K : ts1;
 #pragma unroll
         for (int s = 0; s < SL; ++s) fk[(m * SL + s) * BC + tid] = h[s];
-        begin_visit(m + 1 < nck ? t0 + K : ts0 + int64_t(nck - 1) * K);  // then the last chunk, in reverse
+        if (m == nck - 1) break;  // the last chunk is walked by the reverse pass, which it starts
+        begin_visit(t0 + K);
         const char* cur = slots + slot * S::Slot::kBytes;
         for (int64_t t = t0; t < t1; ++t) {
           read_token<T, NS>(a, cur, int(t - t0), t, chn, q, false, next);
