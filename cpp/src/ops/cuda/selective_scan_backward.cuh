@@ -379,9 +379,9 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
         if (m == nck - 1) break;  // the last chunk is walked by the reverse pass, which it starts
         begin_visit(t0 + K);
         const char* cur = slots + slot * S::Slot::kBytes;
-        for (int64_t t = t0; t < t1; ++t) {
-          read_token<T, NS>(a, cur, int(t - t0), t, chn, q, false, next);
-          advance<SL>(h, A2, next, factors_at(int(t - t0)).dt);
+        for (int r = 0; r < int(t1 - t0); ++r) {
+          read_token<T, NS>(a, cur, r, t0 + r, chn, q, false, next);
+          advance<SL>(h, A2, next, factors_at(r).dt);
         }
         slot ^= 1;
       }
@@ -405,11 +405,11 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
       const char* cur = slots + slot * S::Slot::kBytes;
       if constexpr (kStaged) {
         begin_visit(m > 0 ? t0 - K : seg > seg0 ? int64_t(seg - 1) * K2 : -1);
-        for (int64_t t = t0; t < t1; ++t) {
+        for (int r = 0; r < int(t1 - t0); ++r) {
 #pragma unroll
-          for (int s = 0; s < SL; ++s) hs[((t - t0) * SL + s) * BC + tid] = h[s];
-          read_token<T, NS>(a, cur, int(t - t0), t, chn, q, false, next);
-          advance<SL>(h, A2, next, factors_at(int(t - t0)).dt);
+          for (int s = 0; s < SL; ++s) hs[(r * SL + s) * BC + tid] = h[s];
+          read_token<T, NS>(a, cur, r, t0 + r, chn, q, false, next);
+          advance<SL>(h, A2, next, factors_at(r).dt);
         }
       } else if (active) {
         load_token<T, NS>(a, i, t0, c, gr, bc, false, next);
@@ -422,18 +422,20 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
         }
         load_token<T, NS>(a, i, t1 - 1, c, gr, bc, true, next);
       }
-      // The reverse recurrence over the chunk (not staged: token t − 1's inputs read
-      // during token t).
-      for (int64_t t = t1 - 1; t >= t0; --t) {
+      // The reverse recurrence over the chunk, token t = t0 + r (not staged: token t − 1's
+      // inputs read during token t).
+      const int64_t idx0 = (i * a.l + t0) * a.d + c;  // token t0's element of channel c
+      for (int r = int(t1 - t0) - 1; r >= 0; --r) {
+        const int64_t t = t0 + r;
         float terms[2 * SL];  // this thread's dB terms, then its dC terms
         if (active) {
           Token<SL> k;
           Factors x;
           float dyc;  // gradient of the output before the gate
-          const int64_t idx = (i * a.l + t) * a.d + c;
+          const int64_t idx = idx0 + r * a.d;
           if constexpr (kStaged) {
-            read_token<T, NS>(a, cur, int(t - t0), t, chn, q, true, k, &dyc);
-            x = factors_at(int(t - t0));
+            read_token<T, NS>(a, cur, r, t, chn, q, true, k, &dyc);
+            x = factors_at(r);
           } else {
             k = next;
             if (t > t0) load_token<T, NS>(a, i, t - 1, c, gr, bc, true, next);
@@ -445,7 +447,7 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
           float ypre = 0.f;
 #pragma unroll
           for (int s = 0; s < SL; ++s) {
-            hp[s] = k.reset ? 0.f : hs[((t - t0) * SL + s) * BC + tid];
+            hp[s] = k.reset ? 0.f : hs[(r * SL + s) * BC + tid];
             E[s] = exp2_ftz(dt * A2[s]);
             hc[s] = E[s] * hp[s] + dt * k.u * k.B[s];
             ypre += hc[s] * k.C[s];
@@ -487,7 +489,7 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
           // being (dB | dC)·NS + state.
           constexpr int RV = 2 * SL * W / 32;
           warp_reduce_scatter<2 * SL, W>(terms, lane);
-          float* xs = red + (int(t - t0) * S::W + warp) * 2 * NS;
+          float* xs = red + (r * S::W + warp) * 2 * NS;
 #pragma unroll
           for (int r = 0; r < RV; ++r) {
             const int x = lane / W * RV + r;
