@@ -127,6 +127,8 @@ bool walks(const ScanArgs<T>& a) {
 template <class T, int NS, bool kCkpt>
 void launch_walk(const ScanArgs<T>& a, float* ckpt, int64_t seg, int64_t nseg, cudaStream_t s) {
   using Wk = scan::Walk<T, NS, kCkpt>;
+  MT_CHECK(!kCkpt || seg % Wk::K == 0, ValueError, "selective_scan_backward: internal checkpoint spacing ", seg,
+           " is not a multiple of the walk's ", Wk::K, " tokens");
   auto kernel = scan::scan_walk_kernel<T, NS, kCkpt>;
   MT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Wk::kSmemBytes)));
   kernel<<<unsigned(a.b * a.d / Wk::CH), Wk::CH, Wk::kSmemBytes, s>>>(a, ckpt, seg, nseg);

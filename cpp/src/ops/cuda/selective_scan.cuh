@@ -307,9 +307,12 @@ __device__ __forceinline__ void stage_tokens(const ScanArgs<T>& a, char* slot, i
 constexpr int64_t kWalkChannels = int64_t(1) << 13;
 template <class T, int NS, bool kCkpt>
 struct Walk {
-  static constexpr int K = 32, CH = 64, kSlots = 3;
+  static constexpr int K = 32, CH = 64, kSlots = 3, kG = 8;  // kG: tokens unrolled together
+  static_assert(K % kG == 0, "whole groups in a slot");
   using Slot = TokenSlot<T, NS, K, CH, kCkpt ? 2 : 3>;  // u, Δ (and z)
-  static constexpr size_t kSmemBytes = kSlots * Slot::kBytes;
+  // The current chunk's B (and C) rows in f32, converted once for the block: [R][K][NS].
+  static constexpr int R = kCkpt ? 1 : 2;
+  static constexpr size_t kSmemBytes = kSlots * Slot::kBytes + size_t(R) * K * NS * sizeof(float);
 };
 
 template <class T, int NS, bool kCkpt>
@@ -317,9 +320,10 @@ __global__ void __launch_bounds__(Walk<T, NS, kCkpt>::CH)
     scan_walk_kernel(ScanArgs<T> a, float* ckpt, int64_t seg, int64_t nseg) {
   using Wk = Walk<T, NS, kCkpt>;
   using L = typename Wk::Slot;
-  constexpr int K = Wk::K, CH = Wk::CH, NSL = Wk::kSlots, P = L::P, NA = kCkpt ? 2 : 3;
+  constexpr int K = Wk::K, CH = Wk::CH, NSL = Wk::kSlots, NA = kCkpt ? 2 : 3;
   extern __shared__ float4 walk_smem[];
   char* slots = reinterpret_cast<char*>(walk_smem);
+  float* rowf = reinterpret_cast<float*>(slots + NSL * L::kBytes);
   const int tid = threadIdx.x;
   const int64_t per_row = a.d / CH, i = blockIdx.x / per_row, c0 = blockIdx.x % per_row * CH, c = c0 + tid;
   const int64_t gr = c0 / (a.d / a.g), ic = i * a.d + c;
@@ -329,7 +333,6 @@ __global__ void __launch_bounds__(Walk<T, NS, kCkpt>::CH)
   for (int j = 0; j < NS; ++j) h[j] = j < a.n && a.init ? a.init[ic * a.n + j] : 0.f;
   const float Dc = a.D ? a.D[c] : 0.f, bc = a.bias ? a.bias[c] : 0.f;
   const int64_t nk = (a.l + K - 1) / K;
-  int64_t next_ckpt = 0;  // the next token whose entering state is a checkpoint
   for (int s = 0; s < NSL - 1; ++s) {
     if (s < nk) stage_tokens<T, NS, L, NA>(a, slots + s * L::kBytes, i, s * K, c0, gr, tid, CH);
     cp_commit();
@@ -342,40 +345,61 @@ __global__ void __launch_bounds__(Walk<T, NS, kCkpt>::CH)
     cp_commit();
     const char* cur = slots + k % NSL * L::kBytes;
     const T* chs = reinterpret_cast<const T*>(cur);
-    const Pack<T>* rows = reinterpret_cast<const Pack<T>*>(cur + L::kChannels);
     const int32_t* ids = reinterpret_cast<const int32_t*>(cur + L::kChannels + L::kRows);
+    {  // B (and C) in f32, once for the block rather than once a thread
+      const T* rows = reinterpret_cast<const T*>(cur + L::kChannels);
+      for (int e = tid; e < Wk::R * K * NS; e += CH) rowf[e] = to_f32(rows[e]);
+      __syncthreads();
+    }
     const int64_t t0 = k * K;
     const int kn = a.l - t0 < K ? int(a.l - t0) : K;
-    for (int r = 0; r < kn; ++r) {
-      const int64_t t = t0 + r;
-      if (kCkpt && t == next_ckpt) {
+    if (kCkpt && t0 % seg == 0)  // seg is a multiple of K
 #pragma unroll
-        for (int j = 0; j < NS; ++j)
-          if (j < a.n) ckpt[((i * nseg + t / seg) * a.n + j) * a.d + c] = h[j];
-        next_ckpt += seg;
-      }
-      const float u = to_f32(chs[r * CH + tid]), dt = step_size(to_f32(chs[(K + r) * CH + tid]) + bc, a.softplus);
-      const bool reset = a.seq && t > 0 && ids[r + 1] != ids[r];
-      const float du = dt * u;
-      Pack<T> Bp[NS / P], Cp[NS / P];
+      for (int j = 0; j < NS; ++j)
+        if (j < a.n) ckpt[((i * nseg + t0 / seg) * a.n + j) * a.d + c] = h[j];
+    T* yk = kCkpt ? nullptr : a.y + (i * a.l + t0) * a.d + c;  // token t0's output of channel c
+    // Groups of kG tokens, unrolled: each group's step sizes and resets first (they do
+    // not depend on the state), then its tokens, so that the loads, softplus and decays
+    // of later tokens issue while the state's chain runs. A token past the row takes
+    // Δ = 0 and no reset, which leaves h as it is, and writes nothing.
+    for (int r0 = 0; r0 < kn; r0 += Wk::kG) {
+      float dt[Wk::kG];
+      bool reset[Wk::kG];
 #pragma unroll
-      for (int p = 0; p < NS / P; ++p) {
-        Bp[p] = rows[r * (NS / P) + p];
-        if (!kCkpt) Cp[p] = rows[(K + r) * (NS / P) + p];
+      for (int q = 0; q < Wk::kG; ++q) {
+        const int r = r0 + q;
+        const bool ok = r < kn;
+        dt[q] = ok ? step_size(to_f32(chs[(K + r) * CH + tid]) + bc, a.softplus) : 0.f;
+        reset[q] = ok && a.seq && t0 + r > 0 && ids[r + 1] != ids[r];
       }
-      float y = 0.f;
 #pragma unroll
-      for (int j = 0; j < NS; ++j) {
-        h[j] = exp2_ftz(dt * A2[j]) * (reset ? 0.f : h[j]) + du * to_f32(Bp[j / P].v[j % P]);
-        if (!kCkpt) y += h[j] * to_f32(Cp[j / P].v[j % P]);
-      }
-      if (!kCkpt) {
-        y += Dc * u;
-        if (a.z) {
-          const float z = to_f32(chs[(2 * K + r) * CH + tid]);
-          y *= z * sigmoid(z);
+      for (int q = 0; q < Wk::kG; ++q) {
+        const int r = r0 + q;
+        const float u = to_f32(chs[r * CH + tid]), du = dt[q] * u;
+        float4 Bv[NS / 4], Cv[NS / 4];
+#pragma unroll
+        for (int p = 0; p < NS / 4; ++p) {
+          Bv[p] = reinterpret_cast<const float4*>(rowf + r * NS)[p];
+          if (!kCkpt) Cv[p] = reinterpret_cast<const float4*>(rowf + (K + r) * NS)[p];
         }
-        a.y[(i * a.l + t) * a.d + c] = from_f32<T>(y);
+        const float* Bt = reinterpret_cast<const float*>(Bv);
+        const float* Ct = reinterpret_cast<const float*>(Cv);
+        // A document start decays h by 2^-inf = 0, in the exponent's add.
+        const float cut = reset[q] ? -INFINITY : 0.f;
+        float y = 0.f;
+#pragma unroll
+        for (int j = 0; j < NS; ++j) {
+          h[j] = exp2_ftz(fmaf(dt[q], A2[j], cut)) * h[j] + du * Bt[j];
+          if (!kCkpt) y += h[j] * Ct[j];
+        }
+        if (!kCkpt && r < kn) {
+          y += Dc * u;
+          if (a.z) {
+            const float z = to_f32(chs[(2 * K + r) * CH + tid]);
+            y *= z * sigmoid(z);
+          }
+          yk[r * a.d] = from_f32<T>(y);
+        }
       }
     }
   }
