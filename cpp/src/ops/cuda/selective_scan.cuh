@@ -94,12 +94,13 @@ __device__ __forceinline__ float exp2_ftz(float x) {
   return y;
 }
 
-// h ← exp(Δ·A) ⊙ h + Δ·u·B (from zero at a document start), A2 = A·log2(e).
+// h ← exp(Δ·A) ⊙ h + Δ·u·B (from zero at a document start: a decay of 2^-inf), A2 =
+// A·log2(e).
 template <int NS>
 __device__ __forceinline__ void advance(float (&h)[NS], const float (&A2)[NS], const Token<NS>& k, float dt) {
-  const float du = dt * k.u;
+  const float du = dt * k.u, cut = k.reset ? -INFINITY : 0.f;
 #pragma unroll
-  for (int j = 0; j < NS; ++j) h[j] = exp2_ftz(dt * A2[j]) * (k.reset ? 0.f : h[j]) + du * k.B[j];
+  for (int j = 0; j < NS; ++j) h[j] = exp2_ftz(fmaf(dt, A2[j], cut)) * h[j] + du * k.B[j];
 }
 
 // ---------------------------------------------------------------- chunks of tokens

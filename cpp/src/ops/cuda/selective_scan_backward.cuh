@@ -208,8 +208,14 @@ struct Factors {
 };
 __device__ __forceinline__ Factors token_factors(float v, float z, bool softplus, bool gated) {
   Factors f;
-  f.dt = step_size(v, softplus);
-  f.dsp = !softplus || v > 20.f ? 1.f : sigmoid(v);
+  if (softplus && v <= 20.f) {  // as step_size, with σ(v) = e^v / (1 + e^v) from the same e^v
+    const float e = expf(v);
+    f.dt = log1pf(e);
+    f.dsp = e / (1.f + e);
+  } else {
+    f.dt = v;
+    f.dsp = 1.f;
+  }
   const float sg = gated ? sigmoid(z) : 0.f;
   f.gate = gated ? z * sg : 1.f;
   f.dgate = gated ? sg * (1.f + z * (1.f - sg)) : 0.f;
@@ -329,9 +335,10 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
   int slot = 0;
   // The next visit's chunk (from token next_t0; none when negative) into the other slot,
   // then this visit's chunk waited for and its token factors made, a (token, channel) a
-  // thread rather than once a team lane. Every thread passes here together.
+  // thread rather than once a team lane: all four for the reverse pass, Δ alone for the
+  // walk forward. Every thread passes here together.
   constexpr int KC = K * CH;
-  auto begin_visit = [&](int64_t next_t0) {
+  auto begin_visit = [&](int64_t next_t0, bool all) {
     __syncthreads();  // the other slot's last visit is over
     if (next_t0 >= 0)
       stage_tokens<T, NS, typename S::Slot, 4>(a, slots + (slot ^ 1) * S::Slot::kBytes, i, next_t0, sp.c0, gr, tid, BC);
@@ -341,8 +348,12 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
     const T* chs = reinterpret_cast<const T*>(slots + slot * S::Slot::kBytes);
     float* f = facs + slot * 4 * KC;
     for (int e = tid; e < KC; e += BC) {
-      const float bias = a.bias ? a.bias[sp.c0 + e % CH] : 0.f;
-      const Factors x = token_factors(to_f32(chs[KC + e]) + bias, to_f32(chs[2 * KC + e]), a.softplus, a.z != nullptr);
+      const float v = to_f32(chs[KC + e]) + (a.bias ? a.bias[sp.c0 + e % CH] : 0.f);
+      if (!all) {
+        f[e] = step_size(v, a.softplus);
+        continue;
+      }
+      const Factors x = token_factors(v, to_f32(chs[2 * KC + e]), a.softplus, a.z != nullptr);
       f[e] = x.dt;
       f[KC + e] = x.dsp;
       f[2 * KC + e] = x.gate;
@@ -377,7 +388,7 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
 #pragma unroll
         for (int s = 0; s < SL; ++s) fk[(m * SL + s) * BC + tid] = h[s];
         if (m == nck - 1) break;  // the last chunk is walked by the reverse pass, which it starts
-        begin_visit(t0 + K);
+        begin_visit(t0 + K, false);
         const char* cur = slots + slot * S::Slot::kBytes;
         for (int r = 0; r < int(t1 - t0); ++r) {
           read_token<T, NS>(a, cur, r, t0 + r, chn, q, false, next);
@@ -404,7 +415,7 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
       for (int s = 0; s < SL; ++s) h[s] = fk[(m * SL + s) * BC + tid];
       const char* cur = slots + slot * S::Slot::kBytes;
       if constexpr (kStaged) {
-        begin_visit(m > 0 ? t0 - K : seg > seg0 ? int64_t(seg - 1) * K2 : -1);
+        begin_visit(m > 0 ? t0 - K : seg > seg0 ? int64_t(seg - 1) * K2 : -1, true);
         for (int r = 0; r < int(t1 - t0); ++r) {
 #pragma unroll
           for (int s = 0; s < SL; ++s) hs[(r * SL + s) * BC + tid] = h[s];
