@@ -13,6 +13,7 @@
 #                                   the SSD and the selective scan at their 8B shapes: each
 #                                   kernel's throughput, occupancy and warp stalls, into
 #                                   $OUT/ncu_<benchmark>.txt
+# PROFILE=1 adds that profile after the tests and benchmarks of the same call (one build).
 # GTEST_FILTER and PYTEST_ARGS (e.g. "tests/python/test_ops_ssd.py -k cuda")
 # narrow the tests to one area while a kernel is being written; BENCHMARKS (e.g.
 # "bench_cuda_attention bench_cuda_ssd") the benchmarks.
@@ -25,6 +26,7 @@ bench=1 tests=1 jobs=0 profile=0
 [ "${1:-}" = "--bench" ] && tests=0
 [ "${1:-}" = "--jobs" ] && bench=0 tests=0 jobs=1
 [ "${1:-}" = "--profile" ] && bench=0 tests=0 profile=1
+[ "${PROFILE:-0}" = 1 ] && profile=1
 log="$OUT/gpu_check.log"
 : > "$log"
 say() { echo "$*" | tee -a "$log"; }
@@ -69,10 +71,11 @@ if compgen -G ".deps/nvidia_cudnn_frontend-*.whl" >/dev/null; then
 fi
 
 t0=$(date +%s)
-# The jobs need only the package; the tests' binary is built otherwise (also with --bench,
-# so that a call after a test call on the same machine rebuilds nothing).
+# The jobs and a profile alone need only the package; the tests' binary is built
+# otherwise (also with --bench, so that a call after a test call on the same machine
+# rebuilds nothing).
 build_tests=ON
-[ $jobs -eq 1 ] || [ $profile -eq 1 ] && build_tests=OFF
+[ "${1:-}" = "--jobs" ] || [ "${1:-}" = "--profile" ] && build_tests=OFF
 MAMBATRON_CUDA=ON MAMBATRON_BUILD_TESTS=$build_tests python3 -m pip install --no-build-isolation --no-deps -v \
   -C build-dir=build/gpu . > "$OUT/build.log" 2>&1
 build_rc=$?
@@ -96,21 +99,6 @@ if [ $jobs -eq 1 ]; then
   grep -A6 "^model " "$OUT/paper_findings.log" | tee -a "$log"
   tail -3 "$OUT/paper_findings.log" | tee -a "$log"
   exit $job_rc
-fi
-
-if [ $profile -eq 1 ]; then
-  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
-  [ -z "$ncu" ] && { say "profile: ncu not found"; exit 1; }
-  prof_rc=0
-  for name in bench_cuda_ssd bench_cuda_selective_scan; do
-    "$ncu" --profile-from-start off --section SpeedOfLight --section Occupancy --section LaunchStats \
-      --section WarpStateStats --section SchedulerStats python3 "benchmarks/$name.py" --profile \
-      > "$OUT/ncu_$name.txt" 2>&1
-    rc=$?
-    say "profile $name: exit $rc ($(grep -c '^  [a-z_].*(.*)x(.*)' "$OUT/ncu_$name.txt") kernels)"
-    [ $rc -ne 0 ] && { tail -5 "$OUT/ncu_$name.txt" | tee -a "$log"; prof_rc=1; }
-  done
-  exit $prof_rc
 fi
 
 if [ $tests -eq 1 ]; then
@@ -149,5 +137,18 @@ if [ $bench -eq 1 ]; then
     [ $rc -ne 0 ] && bench_rc=1
   fi
 fi
-say "== summary: build $build_rc, gtest $gtest_rc, pytest $pytest_rc, benchmarks $bench_rc"
-[ $gtest_rc -eq 0 ] && [ $pytest_rc -eq 0 ] && [ $bench_rc -eq 0 ]
+prof_rc=0
+if [ $profile -eq 1 ]; then
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+  [ -z "$ncu" ] && { say "profile: ncu not found"; ncu=false; }
+  for name in bench_cuda_ssd bench_cuda_selective_scan; do
+    "$ncu" --profile-from-start off --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section SchedulerStats python3 "benchmarks/$name.py" --profile \
+      > "$OUT/ncu_$name.txt" 2>&1
+    rc=$?
+    say "profile $name: exit $rc ($(grep -c '^  [a-z_].*(.*)x(.*)' "$OUT/ncu_$name.txt") kernels)"
+    [ $rc -ne 0 ] && { tail -5 "$OUT/ncu_$name.txt" | tee -a "$log"; prof_rc=1; }
+  done
+fi
+say "== summary: build $build_rc, gtest $gtest_rc, pytest $pytest_rc, benchmarks $bench_rc, profile $prof_rc"
+[ $gtest_rc -eq 0 ] && [ $pytest_rc -eq 0 ] && [ $bench_rc -eq 0 ] && [ $prof_rc -eq 0 ]
