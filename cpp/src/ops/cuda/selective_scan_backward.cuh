@@ -1,7 +1,8 @@
 // Kernels of the CUDA Mamba-1 selective scan's backward (launched by selective_scan.cu).
 //
-// Backward never stores per-token states: the chunk passes keep the state entering
-// every kSegment-th token (a coarse checkpoint, [b, l/K2, n, d] floats). The state
+// Backward never stores per-token states: the checkpoint walk (or, with few rows, the
+// chunk passes; selective_scan.cuh) keeps the state entering every kSegment-th token (a
+// coarse checkpoint, [b, l/K2, n, d] floats). The state
 // gradient G runs backwards through tokens by a recurrence that needs no states, so
 // two more chunk passes give the G entering each span of segments from the right
 // (see "state gradient over chunks"). The backward kernel then runs a block per (row,
