@@ -230,10 +230,10 @@ void selective_scan_backward(const Tensor& dy, const Tensor& d_final_state, cons
         a.blocks_per_row = (g + a.gpb - 1) / a.gpb;
       }
       // Staged (selective_scan_backward.cuh): a block's channels in one group, B and C rows of NS
-      // elements in 16-byte packs, the activations' rows 16-byte aligned; teams of kTeam
-      // lanes a channel.
+      // elements in 16-byte packs, the activations' rows and their gradients' 16-byte
+      // aligned; teams of kTeam lanes a channel.
       const bool staged = a.bc_vec && a.cpg % PL::kThreads == 0 && d * int64_t(sizeof(T)) % 16 == 0 &&
-                          aligned16({a.u, a.delta, a.z, a.dy});
+                          aligned16({a.u, a.delta, a.z, a.dy, a.du, a.ddelta, a.dz});
       const int threads = staged ? scan::kBwdThreads<T, NS, true> : scan::kBwdThreads<T, NS, false>;
       // Spans of a.span segments; the G entering a span from chunks of gchunk tokens
       // (powers of two times kSegment: a span ends where a chunk ends).

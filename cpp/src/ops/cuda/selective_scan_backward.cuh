@@ -198,8 +198,10 @@ struct Stage {
   static constexpr size_t kSums = size_t(K) * W * 2 * NS * sizeof(float);
   // A slot's token factors (token_factors): [4][K][CH] floats, Δ, dΔ/dv, gate, its slope.
   static constexpr size_t kFactors = size_t(4) * K * CH * sizeof(float);
+  // The chunk's du, dΔ and dz as written: [3][K][CH] T, stored 16 bytes a thread at its end.
+  static constexpr size_t kOuts = size_t(3) * K * CH * sizeof(T);
   static constexpr size_t kSmemBytes =
-      size_t(PL::kChunks + K) * SL * BC * sizeof(float) + kSums + 2 * (Slot::kBytes + kFactors);
+      size_t(PL::kChunks + K) * SL * BC * sizeof(float) + kSums + 2 * (Slot::kBytes + kFactors) + kOuts;
 };
 
 // What the backward takes from a token's v = delta + bias and gate input z: Δ, dΔ/dv,
@@ -295,6 +297,7 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
   float* red = hs + K * SL * BC;
   char* slots = reinterpret_cast<char*>(red) + S::kSums;
   float* facs = reinterpret_cast<float*>(slots + 2 * S::Slot::kBytes);  // [2][4][K][CH]
+  T* outs = reinterpret_cast<T*>(facs + 2 * 4 * K * CH);                 // [3][K][CH]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, q = tid % W, chn = tid / W;
   // Segment indices fit in 32 bits (rows of fewer than 2^36 tokens); few values stay
   // live across the walk, where registers are short.
@@ -444,14 +447,13 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
           Token<SL> k;
           Factors x;
           float dyc;  // gradient of the output before the gate
-          const int64_t idx = idx0 + r * a.d;
           if constexpr (kStaged) {
             read_token<T, NS>(a, cur, r, t, chn, q, true, k, &dyc);
             x = factors_at(r);
           } else {
             k = next;
             if (t > t0) load_token<T, NS>(a, i, t - 1, c, gr, bc, true, next);
-            dyc = to_f32(a.dy[idx]);
+            dyc = to_f32(a.dy[idx0 + r * a.d]);
             x = token_factors(k.v, k.z, a.softplus, a.z != nullptr);
           }
           const float dt = x.dt;
@@ -466,7 +468,11 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
           }
           if (a.z) {
             ypre = team_sum<W>(ypre) + Dc * k.u;
-            if (q == 0) a.dz[idx] = from_f32<T>(dyc * ypre * x.dgate);
+            if (q == 0) {
+              const T dz = from_f32<T>(dyc * ypre * x.dgate);
+              if constexpr (kStaged) outs[(2 * K + r) * CH + chn] = dz;
+              else a.dz[idx0 + r * a.d] = dz;
+            }
             dyc *= x.gate;
           }
           if (q == 0) dD_acc += double(dyc) * double(k.u);
@@ -486,9 +492,15 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
           gB = team_sum<W>(gB);
           gEHA = team_sum<W>(gEHA);
           if (q == 0) {
-            a.du[idx] = from_f32<T>(dt * gB + Dc * dyc);
             const float dd = (gEHA * 0.6931471805599453f + k.u * gB) * x.dsp;
-            a.ddelta[idx] = from_f32<T>(dd);
+            const T du = from_f32<T>(dt * gB + Dc * dyc), ddt = from_f32<T>(dd);
+            if constexpr (kStaged) {
+              outs[r * CH + chn] = du;
+              outs[(K + r) * CH + chn] = ddt;
+            } else {
+              a.du[idx0 + r * a.d] = du;
+              a.ddelta[idx0 + r * a.d] = ddt;
+            }
             dbias_acc += double(dd);
           }
         } else {
@@ -503,9 +515,9 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
           warp_reduce_scatter<2 * SL, W>(terms, lane);
           float* xs = red + (r * S::W + warp) * 2 * NS;
 #pragma unroll
-          for (int r = 0; r < RV; ++r) {
-            const int x = lane / W * RV + r;
-            xs[x / SL * NS + q * SL + x % SL] = terms[r];
+          for (int v = 0; v < RV; ++v) {
+            const int x = lane / W * RV + v;
+            xs[x / SL * NS + q * SL + x % SL] = terms[v];
           }
         } else {
 #pragma unroll
@@ -536,10 +548,12 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
         }
       }
       if constexpr (kStaged) {
-        // The chunk's dB and dC: the warps' sums added in warp order. The table is
-        // written again only after the next visit's first barrier.
+        // The chunk's dB and dC: the warps' sums added in warp order; then its du, dΔ (and
+        // dz) rows, 16 bytes a thread. The tables are written again only after the next
+        // visit's first barrier.
         __syncthreads();
-        for (int e = tid; e < int(t1 - t0) * 2 * NS; e += BC) {
+        const int kn = int(t1 - t0);
+        for (int e = tid; e < kn * 2 * NS; e += BC) {
           const int k = e / (2 * NS), y = e % (2 * NS), which = y / NS, j = y % NS;
           const int64_t t = t0 + k;
           float v = 0.f;
@@ -548,6 +562,13 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
             (which == 0 ? a.dB : a.dC)[((i * a.l + t) * a.g + sp.g0) * NS + j] = from_f32<T>(v);
           else
             a.part[which * half + (((i * a.g + sp.g0) * a.per_group + sp.p) * a.l + t) * NS + j] = v;
+        }
+        constexpr int P = Pack<T>::N, cu = CH / P;  // 16-byte units of a token's channels
+        for (int e = tid; e < 3 * K * cu; e += BC) {
+          const int which = e / (K * cu), k = e / cu % K, w = e % cu;
+          if (k >= kn || (which == 2 && !a.z)) continue;
+          T* dst = (which == 0 ? a.du : which == 1 ? a.ddelta : a.dz) + (i * a.l + t0 + k) * a.d + sp.c0 + w * P;
+          *reinterpret_cast<Pack<T>*>(dst) = reinterpret_cast<const Pack<T>*>(outs + (which * K + k) * CH)[w];
         }
         slot ^= 1;
       }
