@@ -277,7 +277,7 @@ __device__ __forceinline__ void warp_reduce_scatter(float (&v)[V], int lane) {
 template <class T, int NS, bool kStaged>
 constexpr int kBwdThreads = kStaged ? Stage<T, NS>::BC : Plan<NS>::kThreads;
 // Blocks an SM the staged kernel's registers must allow: 2 (at NS 16: 256 threads of at
-// most 128 registers, 97 KB of shared memory a block in bf16, 106 KB in f32); the 512
+// most 128 registers, 100 KB of shared memory a block in bf16, 112 KB in f32); the 512
 // blocks of a b 4 × d 8192 backward then fill two waves of 132 SMs.
 constexpr int kBwdTeamBlocks = 2;
 // Blocks (row, span, channel block), the channel block fastest so that blocks running
