@@ -388,13 +388,16 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
     Token<SL> next;
     if constexpr (kStaged) {
       for (int m = 0; m < nck; ++m) {
-        const int64_t t0 = ts0 + int64_t(m) * K, t1 = t0 + K < ts1 ? t0 + K : ts1;
+        const int64_t t0 = ts0 + int64_t(m) * K;
 #pragma unroll
         for (int s = 0; s < SL; ++s) fk[(m * SL + s) * BC + tid] = h[s];
         if (m == nck - 1) break;  // the last chunk is walked by the reverse pass, which it starts
         begin_visit(t0 + K, false);
         const char* cur = slots + slot * S::Slot::kBytes;
-        for (int r = 0; r < int(t1 - t0); ++r) {
+        // A whole chunk (only a row's last chunk is short, and it is walked by the reverse
+        // pass alone), unrolled.
+#pragma unroll
+        for (int r = 0; r < K; ++r) {
           read_token<T, NS>(a, cur, r, t0 + r, chn, q, false, next);
           advance<SL>(h, A2, next, factors_at(r).dt);
         }
@@ -420,7 +423,9 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
       const char* cur = slots + slot * S::Slot::kBytes;
       if constexpr (kStaged) {
         begin_visit(m > 0 ? t0 - K : seg > seg0 ? int64_t(seg - 1) * K2 : -1, true);
-        for (int r = 0; r < int(t1 - t0); ++r) {
+#pragma unroll
+        for (int r = 0; r < K; ++r) {
+          if (r == int(t1 - t0)) break;
 #pragma unroll
           for (int s = 0; s < SL; ++s) hs[(r * SL + s) * BC + tid] = h[s];
           read_token<T, NS>(a, cur, r, t0 + r, chn, q, false, next);
