@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(kBwdThreads<T, NS, kStaged>, kStaged ? kBwdTea
   const Span sp = block_span(a, blockIdx.x % unsigned(a.blocks_per_row), CH);
   const int64_t c = sp.c0 + chn;
   const int seg0 = sn * int(a.span), seg1 = seg0 + a.span < nseg ? seg0 + int(a.span) : int(nseg);
-  const bool active = c < sp.c1;  // always, staged
+  const bool active = kStaged || c < sp.c1;  // staged blocks are full
   const int64_t gr = active ? c / a.cpg : sp.g0;
   // This thread's slots j = q·SL + s of channel c.
   auto slot_of = [&](int s) { return q * SL + s; };
