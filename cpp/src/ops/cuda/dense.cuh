@@ -39,6 +39,13 @@ struct alignas(16) Pack {
   T v[N];
 };
 
+// A barrier among `threads` threads (whole warps) of the block, numbered `id` (1..15;
+// 0 is __syncthreads'): lets one set of warps publish shared memory to each other while
+// the rest of the block goes on.
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Sum of `v` over the block, in a fixed tree (warp shuffles, then the warp sums in
 // order), so the bits do not depend on timing. blockDim.x must be a multiple of 32
 // and at most 1024. Every thread gets the total; `shared` holds 32 floats.

@@ -60,12 +60,13 @@ __device__ __forceinline__ void split_bf16(float x0, float x1, uint32_t& hi, uin
 
 // Rows [row0, row0 + R) of a token-major tensor (row stride `stride` elements,
 // first element `src`) into a swizzled [R][P] tile; rows at or past `len` are zeros.
+// THREADS threads share the copy, this one being number `tid` of them.
 template <int R, int P, int THREADS>
 __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat16* __restrict__ src,
-                                          int64_t stride, int64_t row0, int64_t len) {
+                                          int64_t stride, int64_t row0, int64_t len, int tid = threadIdx.x) {
   constexpr int C = P / 8;
 #pragma unroll
-  for (int e = threadIdx.x; e < R * C; e += THREADS) {
+  for (int e = tid; e < R * C; e += THREADS) {
     const int r = e / C, c = e % C;
     const int64_t row = row0 + r;
     const bool ok = row < len;

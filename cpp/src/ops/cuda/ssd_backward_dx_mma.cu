@@ -1,14 +1,17 @@
 // SSD backward on CUDA, dx, ddt and the chunk shares of dA, dD and ddt_bias on
 // mma.sync fragments: bf16, p 64, n 64 or 128, 16-byte aligned rows
 // (dx_mma_supported). The math is ssd_backward_dx.cu's, which serves every other
-// case. Warp w owns the 16 tokens of row tile w and keeps its products in registers:
+// case. A block has two warps per 16-token tile, working at the same time:
+// Z warp w (w < kT) owns the tokens of row tile w and keeps its products in registers:
 //   colZ_s and dX_s = Σ_{t ≥ s} (M_ts·Δ_s)·dY_t, over the tiles t ≥ w of
 //     Zᵀ = (X·dYᵀ) ⊙ Mᵀ: the scaled Mᵀ tile is the dX product's A operand (hi/lo parts);
-//   rowZ_t = Σ_{s ≤ t} Z_ts·Δ_s, over the tiles s ≤ w of Z = (dY·Xᵀ) ⊙ M;
-//   T1 = B·Ĥᵀ and U = C·H_inᵀ with the states in three bf16 parts (q and u feed f32
-//     outputs), then q_s = ⟨x_s, T1_s⟩, u_t = ⟨dy_t, U_t⟩ and dx += f_s·Δ_s·T1 + D·dy.
-// M = K ⊙ W reads K (launch_chunk_cb) from global memory at the fragments' places.
-// dY and X load first (cp.async); B, C and the states load while the Z tiles are formed.
+//   rowZ_t = Σ_{s ≤ t} Z_ts·Δ_s, over the tiles s ≤ w of Z = (dY·Xᵀ) ⊙ M.
+// State warp kT + w takes the same tokens' state terms: U = C·H_inᵀ gives u_t = ⟨dy_t, U_t⟩
+// and Σ dy·x; T1 = B·Ĥᵀ gives q_s = ⟨x_s, T1_s⟩ and f_s·Δ_s·T1 + D·dy, which it hands
+// to Z warp w through shared memory (f32) to be added to dX and stored.
+// The states are split once, as they are staged, into hi and lo bf16 planes, so that both
+// products read them with ldmatrix; the state warps also sum ⟨Ĥ, H_in⟩ from the f32 values.
+// M = K ⊙ W reads K (launch_chunk_cb) from global memory, a tile ahead of its use.
 #include "ssd_backward.h"
 #include "ssd_mma.cuh"
 
@@ -22,28 +25,41 @@ constexpr int kP = 64;
 
 template <int kQ, int kN>
 struct DxMmaLayout {
-  static constexpr int kT = kQ / 16, kWarps = kT, kThreads = 32 * kWarps, kLdH = kN + 8;
+  static constexpr int kT = kQ / 16, kWarps = 2 * kT, kThreads = 32 * kWarps, kHalf = kThreads / 2;
+  static constexpr size_t plane = size_t(kP) * kN * 2;  // one bf16 part of a state
   static constexpr size_t dy = 0, x = dy + size_t(kQ) * kP * 2, b = x + size_t(kQ) * kP * 2;
   static constexpr size_t c = b + size_t(kQ) * kN * 2, hout = c + size_t(kQ) * kN * 2;
-  static constexpr size_t hin = hout + size_t(kP) * kLdH * 4, values = hin + size_t(kP) * kLdH * 4;
+  static constexpr size_t hin = hout + 2 * plane, handoff = hin + 2 * plane;
+  static constexpr size_t values = handoff + size_t(kQ) * kP * 4;
   static constexpr size_t bytes = values + token_values_bytes(kQ);
   static_assert(bytes <= kMaxSmem, "ssd dx tensor-core kernel: too much shared memory");
 };
 
+// The four lanes' M values of a fragment place pair: K at (t, s) for the Z tiles, read
+// ahead of the tile that uses them.
+struct KTile {
+  float v[2][2][2];  // [nh][hr][e]
+};
+
 template <int kQ, int kN>
-__global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads)
+__global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
     dx_mma_kernel(Dims d, BackwardArgs<bf16> a) {
   using Lay = DxMmaLayout<kQ, kN>;
-  constexpr int kT = Lay::kT, kThreads = Lay::kThreads, kLdH = Lay::kLdH;
+  constexpr int kT = Lay::kT, kHalf = Lay::kHalf;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ double red[32];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const bool z_warp = warp < kT;
+  const int w = z_warp ? warp : warp - kT;  // the row tile this warp works on
   bf16* dys = reinterpret_cast<bf16*>(smem + Lay::dy);
   bf16* xs = reinterpret_cast<bf16*>(smem + Lay::x);
   bf16* bs = reinterpret_cast<bf16*>(smem + Lay::b);
   bf16* cs = reinterpret_cast<bf16*>(smem + Lay::c);
-  const float* hout = reinterpret_cast<const float*>(smem + Lay::hout);
-  const float* hin = reinterpret_cast<const float*>(smem + Lay::hin);
+  bf16* hout_hi = reinterpret_cast<bf16*>(smem + Lay::hout);
+  bf16* hout_lo = hout_hi + kP * kN;
+  bf16* hin_hi = reinterpret_cast<bf16*>(smem + Lay::hin);
+  bf16* hin_lo = hin_hi + kP * kN;
+  float* handoff = reinterpret_cast<float*>(smem + Lay::handoff) + w * 16 * kP;  // this tile's 16 × 64
   const TokenValues v = carve_token_values(smem + Lay::values, kQ);
 
   int64_t id = blockIdx.x;
@@ -54,139 +70,213 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads)
   const int L = ch.L;
   const int64_t t0 = ch.t0, len = t0 + L;
 
-  load_tile<kQ, kP, kThreads>(dys, a.dy + d.xo(bi, 0, j), d.h * d.p, t0, len);
-  load_tile<kQ, kP, kThreads>(xs, a.x + d.xo(bi, 0, j), d.h * d.p, t0, len);
-  cp_commit();
-  load_tile<kQ, kN, kThreads>(bs, a.B + d.bco(bi, 0, gi), d.g * d.n, t0, len);
-  load_tile<kQ, kN, kThreads>(cs, a.C + d.bco(bi, 0, gi), d.g * d.n, t0, len);
-  load_f32_async<kThreads>(reinterpret_cast<float*>(smem + Lay::hout), kLdH, a.dhout + d.co(bi, j, c), d.n, kP, kN);
-  load_f32_async<kThreads>(reinterpret_cast<float*>(smem + Lay::hin), kLdH, a.hin + d.co(bi, j, c), d.n, kP, kN);
-  cp_commit();
-  fill_token_values(v, kQ, d, a, ch);
-  cp_wait<1>();
-  __syncthreads();
-
-  const float* K = a.K + d.ko(bi, c, gi);
-  // M_ts = K_ts·W_ts on the causal places of the chunk, else 0.
-  auto m_at = [&](int t, int s) -> float {
-    if (s > t || t >= L || v.docs[s] != v.docs[t]) return 0.f;
-    return K[t * kQ + s] * decay<bf16>(v.S[t] - v.S[s]);
-  };
-
-  // colZ and dX of rows s in tile w, over the tiles t ≥ w.
-  float dx[kP / 8][4];
-  zero_frags(dx);
-  {
-    uint32_t ax[kP / 16][4];
-#pragma unroll
-    for (int ks = 0; ks < kP / 16; ++ks) ldsm_x4(ax[ks], a_addr<kP>(xs, 16 * warp, 2 * ks));
-    double colz[2] = {0, 0};
-    for (int tt = warp; tt < kT; ++tt) {
-      float pm[2][4];  // Pmᵀ: rows s, columns t
-      tile_abt(pm, ax, dys, 16 * tt);
-      float md[2][4];  // M_ts·Δ_s at the same places
-#pragma unroll
-      for (int nh = 0; nh < 2; ++nh)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int s = 16 * warp + g + 8 * hr, t = 16 * tt + 8 * nh + 2 * tq + e;
-            const float m = m_at(t, s);
-            colz[hr] += double(m * pm[nh][2 * hr + e]);
-            md[nh][2 * hr + e] = m * v.dl32[s];
-          }
-      uint32_t hi[4], lo[4];
-      c_to_a_split(md, hi, lo);
-      gemm_split_a<kP>(dx, hi, lo, dys, 16 * tt);
-    }
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const double z = quad_sum(colz[hr]);
-      if (tq == 0) v.colZ[16 * warp + g + 8 * hr] = z;
-    }
+  if (z_warp) {
+    load_tile<kQ, kP, kHalf>(dys, a.dy + d.xo(bi, 0, j), d.h * d.p, t0, len, tid);
+    load_tile<kQ, kP, kHalf>(xs, a.x + d.xo(bi, 0, j), d.h * d.p, t0, len, tid);
+  } else {
+    load_tile<kQ, kN, kHalf>(bs, a.B + d.bco(bi, 0, gi), d.g * d.n, t0, len, tid - kHalf);
+    load_tile<kQ, kN, kHalf>(cs, a.C + d.bco(bi, 0, gi), d.g * d.n, t0, len, tid - kHalf);
   }
-  // rowZ of rows t in tile w, over the tiles s ≤ w.
-  {
-    uint32_t ay[kP / 16][4];
-#pragma unroll
-    for (int ks = 0; ks < kP / 16; ++ks) ldsm_x4(ay[ks], a_addr<kP>(dys, 16 * warp, 2 * ks));
-    double rowz[2] = {0, 0};
-    for (int ss = 0; ss <= warp; ++ss) {
-      float pm[2][4];  // Pm: rows t, columns s
-      tile_abt(pm, ay, xs, 16 * ss);
-#pragma unroll
-      for (int nh = 0; nh < 2; ++nh)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int t = 16 * warp + g + 8 * hr, s = 16 * ss + 8 * nh + 2 * tq + e;
-            rowz[hr] += double(m_at(t, s) * pm[nh][2 * hr + e]) * v.d64[s];
-          }
-    }
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const double z = quad_sum(rowz[hr]);
-      if (tq == 0) v.rowZ[16 * warp + g + 8 * hr] = z;
-    }
-  }
+  cp_commit();
+  fill_token_values(v, kQ, d, a, ch);  // threads below kQ: Z warps only
+  if (z_warp) cp_wait<0>();
+  __syncthreads();  // dY, X and the token values, for both kinds of warp
 
-  cp_wait<0>();
-  __syncthreads();
-  // ⟨Ĥ, H_in⟩, this thread's share.
   double hh = 0;
-  for (int e = tid; e < kP * kN; e += kThreads) {
-    const int r = e / kN, cc = e - r * kN;
-    hh += double(hout[r * kLdH + cc]) * double(hin[r * kLdH + cc]);
+  float dx[kP / 8][4];  // Z warps: dX of rows s in tile w
+  zero_frags(dx);
+  if (z_warp) {
+    const float* K = a.K + d.ko(bi, c, gi);
+    // A token's values that M needs; a thread's own rows keep theirs in registers.
+    struct Tok {
+      double S;
+      int doc;
+    };
+    auto tok = [&](int t) { return Tok{v.S[t], t < L ? v.docs[t] : -1}; };
+    // M_ts = K_ts·W_ts on the causal places of the chunk, else 0 (k = K_ts, read ahead;
+    // selected, not branched on, so that it may be garbage off those places).
+    auto m_at = [&](float k, int t, Tok tt, int s, Tok ts) -> float {
+      const float m = k * decay<bf16>(tt.S - ts.S);
+      return s <= t && tt.doc == ts.doc && tt.doc >= 0 ? m : 0.f;
+    };
+    // colZ and dX of rows s in tile w, over the tiles t ≥ w.
+    {
+      auto read_k = [&](KTile& k, int tt) {
+#pragma unroll
+        for (int nh = 0; nh < 2; ++nh)
+#pragma unroll
+          for (int hr = 0; hr < 2; ++hr)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+              k.v[nh][hr][e] = K[(16 * tt + 8 * nh + 2 * tq + e) * kQ + 16 * w + g + 8 * hr];
+      };
+      uint32_t ax[kP / 16][4];
+#pragma unroll
+      for (int ks = 0; ks < kP / 16; ++ks) ldsm_x4(ax[ks], a_addr<kP>(xs, 16 * w, 2 * ks));
+      double colz[2] = {0, 0};
+      const Tok rows[2] = {tok(16 * w + g), tok(16 * w + g + 8)};
+      KTile next;
+      read_k(next, w);
+      for (int tt = w; tt < kT; ++tt) {
+        const KTile k = next;
+        if (tt + 1 < kT) read_k(next, tt + 1);
+        float pm[2][4];  // Pmᵀ: rows s, columns t
+        tile_abt(pm, ax, dys, 16 * tt);
+        float md[2][4];  // M_ts·Δ_s at the same places
+        float cz[2] = {0.f, 0.f};
+#pragma unroll
+        for (int nh = 0; nh < 2; ++nh)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int t = 16 * tt + 8 * nh + 2 * tq + e;
+            const Tok col = tok(t);
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+              const int s = 16 * w + g + 8 * hr;
+              const float m = m_at(k.v[nh][hr][e], t, col, s, rows[hr]);
+              cz[hr] += m * pm[nh][2 * hr + e];
+              md[nh][2 * hr + e] = m * v.dl32[s];
+            }
+          }
+        colz[0] += double(cz[0]), colz[1] += double(cz[1]);
+        uint32_t hi[4], lo[4];
+        c_to_a_split(md, hi, lo);
+        gemm_split_a<kP>(dx, hi, lo, dys, 16 * tt);
+      }
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const double z = quad_sum(colz[hr]);
+        if (tq == 0) v.colZ[16 * w + g + 8 * hr] = z;
+      }
+    }
+    // rowZ of rows t in tile w, over the tiles s ≤ w.
+    {
+      auto read_k = [&](KTile& k, int ss) {
+#pragma unroll
+        for (int nh = 0; nh < 2; ++nh)
+#pragma unroll
+          for (int hr = 0; hr < 2; ++hr) {
+            const float2 kv = *reinterpret_cast<const float2*>(K + (16 * w + g + 8 * hr) * kQ + 16 * ss + 8 * nh + 2 * tq);
+            k.v[nh][hr][0] = kv.x, k.v[nh][hr][1] = kv.y;
+          }
+      };
+      uint32_t ay[kP / 16][4];
+#pragma unroll
+      for (int ks = 0; ks < kP / 16; ++ks) ldsm_x4(ay[ks], a_addr<kP>(dys, 16 * w, 2 * ks));
+      double rowz[2] = {0, 0};
+      const Tok rows[2] = {tok(16 * w + g), tok(16 * w + g + 8)};
+      KTile next;
+      read_k(next, 0);
+      for (int ss = 0; ss <= w; ++ss) {
+        const KTile k = next;
+        if (ss + 1 <= w) read_k(next, ss + 1);
+        float pm[2][4];  // Pm: rows t, columns s
+        tile_abt(pm, ay, xs, 16 * ss);
+        float rz[2] = {0.f, 0.f};
+#pragma unroll
+        for (int nh = 0; nh < 2; ++nh)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int s = 16 * ss + 8 * nh + 2 * tq + e;
+            const Tok col = tok(s);
+            const float dl = v.dl32[s];
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+              const int t = 16 * w + g + 8 * hr;
+              rz[hr] += m_at(k.v[nh][hr][e], t, rows[hr], s, col) * pm[nh][2 * hr + e] * dl;
+            }
+          }
+        rowz[0] += double(rz[0]), rowz[1] += double(rz[1]);
+      }
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const double z = quad_sum(rowz[hr]);
+        if (tq == 0) v.rowZ[16 * w + g + 8 * hr] = z;
+      }
+    }
+  } else {
+    // Both states into hi/lo planes, and this thread's share of ⟨Ĥ, H_in⟩.
+    {
+      const float* ho = a.dhout + d.co(bi, j, c);
+      const float* hi_ = a.hin + d.co(bi, j, c);
+      constexpr int kC = kN / 8;  // 16-byte chunks of a plane's row
+#pragma unroll 2
+      for (int e = tid - kHalf; e < kP * kC; e += kHalf) {
+        const int r = e / kC, cc = e - r * kC;
+        const float4* po = reinterpret_cast<const float4*>(ho + r * kN + 8 * cc);
+        const float4* pi = reinterpret_cast<const float4*>(hi_ + r * kN + 8 * cc);
+        const float4 o0 = po[0], o1 = po[1], i0 = pi[0], i1 = pi[1];
+        hh += double(o0.x) * i0.x + double(o0.y) * i0.y + double(o0.z) * i0.z + double(o0.w) * i0.w +
+              double(o1.x) * i1.x + double(o1.y) * i1.y + double(o1.z) * i1.z + double(o1.w) * i1.w;
+        uint4 oh, ol, ih, il;
+        split_bf16(o0.x, o0.y, oh.x, ol.x), split_bf16(o0.z, o0.w, oh.y, ol.y);
+        split_bf16(o1.x, o1.y, oh.z, ol.z), split_bf16(o1.z, o1.w, oh.w, ol.w);
+        split_bf16(i0.x, i0.y, ih.x, il.x), split_bf16(i0.z, i0.w, ih.y, il.y);
+        split_bf16(i1.x, i1.y, ih.z, il.z), split_bf16(i1.z, i1.w, ih.w, il.w);
+        const int at = swz<kN>(r, cc);
+        *reinterpret_cast<uint4*>(hout_hi + at) = oh, *reinterpret_cast<uint4*>(hout_lo + at) = ol;
+        *reinterpret_cast<uint4*>(hin_hi + at) = ih, *reinterpret_cast<uint4*>(hin_lo + at) = il;
+      }
+    }
+    cp_wait<0>();
+    named_barrier(1, kHalf);  // B, C and the state planes, among the state warps
+    // U = C·H_inᵀ of rows t in tile w: u_t and Σ dy·x.
+    {
+      float u[kP / 8][4];
+      zero_frags(u);
+      gemm_abt<kN, 8>(u, cs, 16 * w, hin_hi);
+      gemm_abt<kN, 8>(u, cs, 16 * w, hin_lo);
+      double us[2] = {0, 0}, ds[2] = {0, 0};
+#pragma unroll
+      for (int nt = 0; nt < kP / 8; ++nt)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const int t = 16 * w + g + 8 * hr, col = 8 * nt + 2 * tq;
+          const float2 xv = tile_pair(xs, t, col), dyv = tile_pair(dys, t, col);
+          us[hr] += double(dyv.x) * double(u[nt][2 * hr]) + double(dyv.y) * double(u[nt][2 * hr + 1]);
+          ds[hr] += double(dyv.x) * double(xv.x) + double(dyv.y) * double(xv.y);
+        }
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const double su = quad_sum(us[hr]), sd = quad_sum(ds[hr]);
+        if (tq == 0) v.uacc[16 * w + g + 8 * hr] = su, v.dacc[16 * w + g + 8 * hr] = sd;
+      }
+    }
+    // T1 = B·Ĥᵀ of rows s in tile w: q_s, and f_s·Δ_s·T1 + D·dy handed to Z warp w.
+    {
+      const float Dj = a.D ? a.D[j] : 0.f;
+      float t1[kP / 8][4];
+      zero_frags(t1);
+      gemm_abt<kN, 8>(t1, bs, 16 * w, hout_hi);
+      gemm_abt<kN, 8>(t1, bs, 16 * w, hout_lo);
+      double q[2] = {0, 0};
+#pragma unroll
+      for (int nt = 0; nt < kP / 8; ++nt)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const int s = 16 * w + g + 8 * hr, col = 8 * nt + 2 * tq;
+          const float2 xv = tile_pair(xs, s, col), dyv = tile_pair(dys, s, col);
+          q[hr] += double(xv.x) * double(t1[nt][2 * hr]) + double(xv.y) * double(t1[nt][2 * hr + 1]);
+          handoff[(4 * nt + 2 * hr) * 32 + lane] = v.fd32[s] * t1[nt][2 * hr] + Dj * dyv.x;
+          handoff[(4 * nt + 2 * hr + 1) * 32 + lane] = v.fd32[s] * t1[nt][2 * hr + 1] + Dj * dyv.y;
+        }
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const double z = quad_sum(q[hr]);
+        if (tq == 0) v.qacc[16 * w + g + 8 * hr] = z;
+      }
+    }
   }
-  const float Dj = a.D ? a.D[j] : 0.f;
-  // T1 = B·Ĥᵀ of rows s in tile w: q_s, then dx += f_s·Δ_s·T1 + D·dy, stored.
-  {
-    float t1[kP / 8][4];
-    zero_frags(t1);
-    gemm_state_t<kN, 3>(t1, bs, 16 * warp, hout, kLdH);
-    double q[2] = {0, 0};
+  __syncthreads();  // the handoff
+  if (z_warp) {
+    // dX += f_s·Δ_s·T1 + D·dy from state warp kT + w (same fragment places, same lane).
 #pragma unroll
     for (int nt = 0; nt < kP / 8; ++nt)
 #pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const int s = 16 * warp + g + 8 * hr, col = 8 * nt + 2 * tq;
-        const float2 xv = tile_pair(xs, s, col), dyv = tile_pair(dys, s, col);
-        q[hr] += double(xv.x) * double(t1[nt][2 * hr]) + double(xv.y) * double(t1[nt][2 * hr + 1]);
-        dx[nt][2 * hr] += v.fd32[s] * t1[nt][2 * hr] + Dj * dyv.x;
-        dx[nt][2 * hr + 1] += v.fd32[s] * t1[nt][2 * hr + 1] + Dj * dyv.y;
-      }
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const double z = quad_sum(q[hr]);
-      if (tq == 0) v.qacc[16 * warp + g + 8 * hr] = z;
-    }
-    // This warp's rows of B are used up: they stage its dx rows.
-    __syncwarp();
+      for (int i = 0; i < 4; ++i) dx[nt][i] += handoff[(4 * nt + i) * 32 + lane];
+    __syncwarp();  // the handoff's rows now stage this warp's bf16 output rows
     const float one[2] = {1.f, 1.f};
-    store_rows<kP>(dx, one, bs + 16 * warp * kN, 0, a.dx + d.xo(bi, 0, j), d.h * d.p, t0 + 16 * warp, len);
-  }
-  // U = C·H_inᵀ of rows t in tile w: u_t and Σ dy·x.
-  {
-    float u[kP / 8][4];
-    zero_frags(u);
-    gemm_state_t<kN, 3>(u, cs, 16 * warp, hin, kLdH);
-    double us[2] = {0, 0}, ds[2] = {0, 0};
-#pragma unroll
-    for (int nt = 0; nt < kP / 8; ++nt)
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const int t = 16 * warp + g + 8 * hr, col = 8 * nt + 2 * tq;
-        const float2 xv = tile_pair(xs, t, col), dyv = tile_pair(dys, t, col);
-        us[hr] += double(dyv.x) * double(u[nt][2 * hr]) + double(dyv.y) * double(u[nt][2 * hr + 1]);
-        ds[hr] += double(dyv.x) * double(xv.x) + double(dyv.y) * double(xv.y);
-      }
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const double su = quad_sum(us[hr]), sd = quad_sum(ds[hr]);
-      if (tq == 0) v.uacc[16 * warp + g + 8 * hr] = su, v.dacc[16 * warp + g + 8 * hr] = sd;
-    }
+    store_rows<kP>(dx, one, reinterpret_cast<bf16*>(handoff), 0, a.dx + d.xo(bi, 0, j), d.h * d.p, t0 + 16 * w, len);
   }
 
   hh = block_sum(hh, red);  // its barriers also publish the per-token sums
