@@ -208,14 +208,9 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
         const float4 o0 = po[0], o1 = po[1], i0 = pi[0], i1 = pi[1];
         hh += double(o0.x) * i0.x + double(o0.y) * i0.y + double(o0.z) * i0.z + double(o0.w) * i0.w +
               double(o1.x) * i1.x + double(o1.y) * i1.y + double(o1.z) * i1.z + double(o1.w) * i1.w;
-        uint4 oh, ol, ih, il;
-        split_bf16(o0.x, o0.y, oh.x, ol.x), split_bf16(o0.z, o0.w, oh.y, ol.y);
-        split_bf16(o1.x, o1.y, oh.z, ol.z), split_bf16(o1.z, o1.w, oh.w, ol.w);
-        split_bf16(i0.x, i0.y, ih.x, il.x), split_bf16(i0.z, i0.w, ih.y, il.y);
-        split_bf16(i1.x, i1.y, ih.z, il.z), split_bf16(i1.z, i1.w, ih.w, il.w);
         const int at = swz<kN>(r, cc);
-        *reinterpret_cast<uint4*>(hout_hi + at) = oh, *reinterpret_cast<uint4*>(hout_lo + at) = ol;
-        *reinterpret_cast<uint4*>(hin_hi + at) = ih, *reinterpret_cast<uint4*>(hin_lo + at) = il;
+        put_parts8(hout_hi, hout_lo, at, o0, o1);
+        put_parts8(hin_hi, hin_lo, at, i0, i1);
       }
     }
     cp_wait<0>();

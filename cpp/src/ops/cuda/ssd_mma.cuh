@@ -38,28 +38,35 @@ __device__ __forceinline__ void split_parts(float x0, float x1, uint32_t (&r)[N]
   }
 }
 
-// acc[nt] (a warp's 16 rows × 64 columns of p) += A·Hᵀ: A the rows r0.. of a swizzled
-// [..][kN] bf16 tile, H an f32 state [64][ld] (row p, column n) taken as N bf16 parts.
-// ld ≡ 8 (mod 32) keeps the float2 reads of a half-warp on distinct banks.
-template <int kN, int N>
-__device__ __forceinline__ void gemm_state_t(float (&acc)[8][4], const __nv_bfloat16* a_tile, int r0, const float* H,
-                                             int ld) {
-  using namespace mma_bf16;
-  const int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-#pragma unroll 2
-  for (int ks = 0; ks < kN / 16; ++ks) {
-    uint32_t a[4];
-    ldsm_x4(a, a_addr<kN>(a_tile, r0, 2 * ks));
+// Eight consecutive f32 values (a, b) of a state as bf16 hi and lo parts, stored at
+// element `at` of the hi and lo planes (16 bytes each).
+__device__ __forceinline__ void put_parts8(__nv_bfloat16* hi, __nv_bfloat16* lo, int at, const float4& a,
+                                           const float4& b) {
+  uint4 h, l;
+  mma_bf16::split_bf16(a.x, a.y, h.x, l.x), mma_bf16::split_bf16(a.z, a.w, h.y, l.y);
+  mma_bf16::split_bf16(b.x, b.y, h.z, l.z), mma_bf16::split_bf16(b.z, b.w, h.w, l.w);
+  *reinterpret_cast<uint4*>(hi + at) = h, *reinterpret_cast<uint4*>(lo + at) = l;
+}
+
+// The f32 state [64][kN] at src (row p, column n, rows kN apart, 16-byte aligned) as hi
+// and lo bf16 planes, each a swizzled [64][kN] tile, by kThreads threads of which this
+// is number tid: each value is split once for the block, and the products read the
+// planes with ldmatrix (gemm_abt). A barrier comes before their use.
+template <int kN, int kThreads>
+__device__ __forceinline__ void stage_state_planes(__nv_bfloat16* hi, __nv_bfloat16* lo, const float* __restrict__ src,
+                                                   int tid) {
+  constexpr int kC = kN / 8, kItems = 64 * kC / kThreads;
+  static_assert(64 * kC % kThreads == 0, "stage_state_planes: whole items per thread");
+  float4 v[kItems][2];
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      const float* row = H + (8 * nt + g) * ld + 16 * ks + 2 * tq;
-      const float2 v0 = *reinterpret_cast<const float2*>(row), v1 = *reinterpret_cast<const float2*>(row + 8);
-      uint32_t b0[N], b1[N];
-      split_parts<N>(v0.x, v0.y, b0);
-      split_parts<N>(v1.x, v1.y, b1);
+  for (int i = 0; i < kItems; ++i) {  // every load in flight before the first split
+    const float4* p = reinterpret_cast<const float4*>(src + 8 * (tid + i * kThreads));
+    v[i][0] = p[0], v[i][1] = p[1];
+  }
 #pragma unroll
-      for (int k = 0; k < N; ++k) mma(acc[nt], a, b0[k], b1[k]);
-    }
+  for (int i = 0; i < kItems; ++i) {
+    const int e = tid + i * kThreads, r = e / kC;
+    put_parts8(hi, lo, mma_bf16::swz<kN>(r, e - r * kC), v[i][0], v[i][1]);
   }
 }
 

@@ -2,7 +2,8 @@
 // 16-byte aligned rows (output_mma_supported). One block per (row, head, chunk);
 // warp w owns the 16 tokens of row tile w:
 //   Y = diag(e)·C·H_inᵀ + D·X + (K ⊙ W)·diag(Δ)·X,
-// C·H_inᵀ with H_in in hi/lo bf16 parts, the masked matrix formed in registers at
+// C·H_inᵀ with H_in split once into hi/lo bf16 planes as it is staged, the masked
+// matrix formed in registers at
 // the fragments' places (K read from global memory) and entering its product as
 // hi/lo A fragments. The math is ssd_forward.cu's output kernel, which serves every
 // other case.
@@ -18,9 +19,9 @@ constexpr int kP = 64;
 
 template <int kQ, int kN>
 struct OutMmaLayout {
-  static constexpr int kT = kQ / 16, kWarps = kT, kThreads = 32 * kWarps, kLdH = kN + 8;
+  static constexpr int kT = kQ / 16, kWarps = kT, kThreads = 32 * kWarps;
   static constexpr size_t x = 0, c = x + size_t(kQ) * kP * 2, hin = c + size_t(kQ) * kN * 2;
-  static constexpr size_t S = hin + size_t(kP) * kLdH * 4, dl = S + kQ * sizeof(double);
+  static constexpr size_t S = hin + size_t(kP) * kN * 2 * 2, dl = S + kQ * sizeof(double);
   static constexpr size_t e = dl + kQ * sizeof(float), doc = e + kQ * sizeof(float);
   static constexpr size_t bytes = doc + kQ * sizeof(int);
   static_assert(fits_two_blocks(bytes), "ssd output tensor-core kernel: two blocks an SM");
@@ -32,12 +33,13 @@ __global__ void __launch_bounds__(OutMmaLayout<kQ, kN>::kThreads, 2)
                       const double* __restrict__ S, const float* __restrict__ delta, const int32_t* __restrict__ seq,
                       const float* __restrict__ states, const float* __restrict__ K, bf16* __restrict__ y) {
   using Lay = OutMmaLayout<kQ, kN>;
-  constexpr int kThreads = Lay::kThreads, kLdH = Lay::kLdH;
+  constexpr int kThreads = Lay::kThreads;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   bf16* xs = reinterpret_cast<bf16*>(smem + Lay::x);
   bf16* cs = reinterpret_cast<bf16*>(smem + Lay::c);
-  const float* hin = reinterpret_cast<const float*>(smem + Lay::hin);
+  bf16* hin_hi = reinterpret_cast<bf16*>(smem + Lay::hin);
+  bf16* hin_lo = hin_hi + kP * kN;
   double* Ss = reinterpret_cast<double*>(smem + Lay::S);
   float* dls = reinterpret_cast<float*>(smem + Lay::dl);
   float* es = reinterpret_cast<float*>(smem + Lay::e);
@@ -53,8 +55,8 @@ __global__ void __launch_bounds__(OutMmaLayout<kQ, kN>::kThreads, 2)
 
   load_tile<kQ, kP, kThreads>(xs, x + d.xo(bi, 0, j), d.h * d.p, t0, len);
   load_tile<kQ, kN, kThreads>(cs, Cm + d.bco(bi, 0, gi), d.g * d.n, t0, len);
-  load_f32_async<kThreads>(reinterpret_cast<float*>(smem + Lay::hin), kLdH, states + d.co(bi, j, c), d.n, kP, kN);
   cp_commit();
+  stage_state_planes<kN, kThreads>(hin_hi, hin_lo, states + d.co(bi, j, c), tid);
   fill_output_values(d, S, delta, seq, ch, kQ, Ss, dls, es, docs);
   cp_wait<0>();
   __syncthreads();
@@ -63,7 +65,8 @@ __global__ void __launch_bounds__(OutMmaLayout<kQ, kN>::kThreads, 2)
   // e ⊙ C·H_inᵀ + D·X of this warp's rows.
   float acc[kP / 8][4];
   zero_frags(acc);
-  gemm_state_t<kN, 2>(acc, cs, 16 * warp, hin, kLdH);
+  gemm_abt<kN, 8>(acc, cs, 16 * warp, hin_hi);
+  gemm_abt<kN, 8>(acc, cs, 16 * warp, hin_lo);
   const float Dj = Dp ? Dp[j] : 0.f;
 #pragma unroll
   for (int nt = 0; nt < kP / 8; ++nt)
