@@ -6,9 +6,10 @@
 // order in registers and writes it as hi/lo bf16 parts (its causal 16×16 tiles);
 // bc_kernel, per (row, group, chunk, 64 columns of n), sums the state terms over the
 // heads in order, then adds the PW products. Each walks the (head, 64 columns of p)
-// steps with the next step's operands loading (cp.async) while the current one is
-// multiplied. The states enter their products as hi/lo parts, as in the generic
-// kernel (ssd_backward_bc.cu), which serves every other case.
+// steps with the next step's operands loading while the current one is multiplied.
+// The states enter their products as hi/lo bf16 parts, as in the generic kernel
+// (ssd_backward_bc.cu), which serves every other case: split once a step for the block,
+// into planes that ldmatrix reads.
 #include "ssd_backward.h"
 #include "ssd_mma.cuh"
 
@@ -57,11 +58,13 @@ __device__ __forceinline__ void load_step(unsigned char* st, const Dims& d, cons
 }
 
 // body(s) for steps 0 .. steps − 1, each with its operands in shared memory: issue(s)
-// starts step s's copies (cp.async, one commit group) into one of two stages, and step
-// s + 1's are in flight while body(s) runs. Every thread of the block takes part.
-template <class Issue, class Body>
-__device__ __forceinline__ void for_steps(int64_t steps, Issue&& issue, Body&& body) {
+// starts step s's copies (cp.async, one commit group, and loads into registers) into one
+// of two stages, and step s + 1's are in flight while body(s) runs; land(s + 1) then puts
+// what came into registers in its stage. Every thread of the block takes part.
+template <class Issue, class Body, class Land>
+__device__ __forceinline__ void for_steps(int64_t steps, Issue&& issue, Body&& body, Land&& land) {
   issue(0);
+  land(0);
   for (int64_t s = 0; s < steps; ++s) {
     if (s + 1 < steps) {
       issue(s + 1);
@@ -71,6 +74,7 @@ __device__ __forceinline__ void for_steps(int64_t steps, Issue&& issue, Body&& b
     }
     __syncthreads();
     body(s);
+    if (s + 1 < steps) land(s + 1);  // its stage was last read by body(s − 1)
     __syncthreads();  // the stage is free for step s + 2
   }
 }
@@ -149,7 +153,7 @@ __global__ void __launch_bounds__(PwLayout<kQ>::kThreads)
           }
       }
     }
-  });
+  }, [](int64_t) {});
 
   // The causal tiles as hi/lo bf16 parts: [2][kQ][kQ] for this (row, chunk, group).
   bf16* out = pw_out + ((bi * d.nc + c) * d.g + gi) * 2 * kQ * kQ;
@@ -172,14 +176,14 @@ __global__ void __launch_bounds__(PwLayout<kQ>::kThreads)
 
 // ---------------------------------------------------------------- dB, dC
 // kT warps; warp w owns row tile w of dB and dC (64 columns of n). A step stages,
-// besides dY and X, the head's H_in and Ĥ over the step's p and the block's n (f32,
-// rows of kLdH floats: the B fragments read them without bank conflicts and split
-// them into hi/lo as they go).
+// besides dY and X, the head's H_in and Ĥ over the step's p and the block's n, each as
+// hi and lo bf16 planes ([kPC][kNT] swizzled tiles).
 template <int kQ>
 struct BcMmaLayout {
-  static constexpr int kT = kQ / 16, kWarps = kT, kThreads = 32 * kWarps, kLdH = kNT + 4;
-  static constexpr size_t hin = StepLayout<kQ>::end, hout = hin + size_t(kPC) * kLdH * 4;
-  static constexpr size_t step = align128(hout + size_t(kPC) * kLdH * 4);
+  static constexpr int kT = kQ / 16, kWarps = kT, kThreads = 32 * kWarps;
+  static constexpr size_t plane = size_t(kPC) * kNT * 2;
+  static constexpr size_t hin = StepLayout<kQ>::end, hout = hin + 2 * plane;
+  static constexpr size_t step = align128(hout + 2 * plane);
   static constexpr size_t doc = 2 * step;
   static constexpr size_t bytes = doc + align128(kQ * sizeof(int));
   // After the steps, in the stages' place: PW (hi, lo), B and C columns, the output staging.
@@ -189,29 +193,28 @@ struct BcMmaLayout {
   static_assert(bytes <= kMaxSmem, "ssd dB/dC tensor-core kernel: too much shared memory");
 };
 
-// acc[nt] += A·H for a warp's 16 rows: A's fragments a[ks] (16 × kPC), H an f32
-// [kPC][kNT] block (row pitch ld) taken as hi + lo bf16 parts.
+// acc[nt] += A·H for a warp's 16 rows: A's fragments a[ks] (16 × kPC), H = hi + lo,
+// two [kPC][kNT] bf16 planes (swizzled) at H and H + kPC·kNT.
 __device__ __forceinline__ void gemm_state(float (&acc)[kNT / 8][4], const uint32_t (&a)[kPC / 16][4],
-                                           const float* H, int ld) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+                                           const bf16* H) {
 #pragma unroll
-  for (int ks = 0; ks < kPC / 16; ++ks)
+  for (int part = 0; part < 2; ++part)
 #pragma unroll
-    for (int nt = 0; nt < kNT / 8; ++nt) {
-      const float* col = H + (16 * ks + 2 * tq) * ld + 8 * nt + g;
-      uint32_t h0, l0, h1, l1;
-      split_bf16(col[0], col[ld], h0, l0);
-      split_bf16(col[8 * ld], col[9 * ld], h1, l1);
-      mma(acc[nt], a[ks], h0, h1);
-      mma(acc[nt], a[ks], l0, l1);
-    }
+    for (int ks = 0; ks < kPC / 16; ++ks)
+#pragma unroll
+      for (int np = 0; np < kNT / 16; ++np) {
+        uint32_t b[4];
+        ldsm_x4_t(b, a_addr<kNT>(H + part * kPC * kNT, 16 * ks, 2 * np));
+        mma(acc[2 * np], a[ks], b[0], b[1]);
+        mma(acc[2 * np + 1], a[ks], b[2], b[3]);
+      }
 }
 
 template <int kQ>
 __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
     bc_mma_kernel(Dims d, BackwardArgs<bf16> a, const bf16* __restrict__ pw_in) {
   using Lay = BcMmaLayout<kQ>;
-  constexpr int kT = Lay::kT, kThreads = Lay::kThreads, kLdH = Lay::kLdH;
+  constexpr int kT = Lay::kT, kThreads = Lay::kThreads;
   extern __shared__ __align__(128) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
   int* docs = reinterpret_cast<int*>(smem + Lay::doc);
@@ -234,14 +237,19 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
   zero_frags(accB);
 
   auto stage_of = [&](int64_t s) { return smem + (s & 1) * Lay::step; };
+  auto planes = [&](int64_t s, size_t at) { return reinterpret_cast<bf16*>(stage_of(s) + at); };
+  StatePlanes<kPC, kNT, kThreads> hin, hout;  // the next step's, on their way
   auto issue = [&](int64_t s) {
-    unsigned char* st = stage_of(s);
     const int64_t j = gi * heads + s / pchunks, p0 = (s % pchunks) * kPC;
-    load_step<kQ, kThreads>(st, d, a, bi, j, p0, t0, L);
-    const int64_t so = d.co(bi, j, c) + p0 * d.n + n0;
-    load_f32_async<kThreads>(reinterpret_cast<float*>(st + Lay::hin), kLdH, a.hin + so, d.n, kPC, kNT);
-    load_f32_async<kThreads>(reinterpret_cast<float*>(st + Lay::hout), kLdH, a.dhout + so, d.n, kPC, kNT);
+    load_step<kQ, kThreads>(stage_of(s), d, a, bi, j, p0, t0, L);
     cp_commit();
+    const int64_t so = d.co(bi, j, c) + p0 * d.n + n0;
+    hin.load(a.hin + so, d.n, tid);
+    hout.load(a.dhout + so, d.n, tid);
+  };
+  auto land = [&](int64_t s) {
+    hin.put(planes(s, Lay::hin), planes(s, Lay::hin) + kPC * kNT, tid);
+    hout.put(planes(s, Lay::hout), planes(s, Lay::hout) + kPC * kNT, tid);
   };
   for_steps(steps, issue, [&](int64_t s) {
     unsigned char* st = stage_of(s);
@@ -261,7 +269,7 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
 #pragma unroll
     for (int ks = 0; ks < kPC / 16; ++ks) ldsm_x4(af[ks], a_addr<kPC>(dys, 16 * warp, 2 * ks));
     zero_frags(tmp);
-    gemm_state(tmp, af, reinterpret_cast<const float*>(st + Lay::hin), kLdH);
+    gemm_state(tmp, af, planes(s, Lay::hin));
 #pragma unroll
     for (int q = 0; q < kNT / 8; ++q) {
       accC[q][0] += e[0] * tmp[q][0], accC[q][1] += e[0] * tmp[q][1];
@@ -270,13 +278,13 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
 #pragma unroll
     for (int ks = 0; ks < kPC / 16; ++ks) ldsm_x4(af[ks], a_addr<kPC>(xs, 16 * warp, 2 * ks));
     zero_frags(tmp);
-    gemm_state(tmp, af, reinterpret_cast<const float*>(st + Lay::hout), kLdH);
+    gemm_state(tmp, af, planes(s, Lay::hout));
 #pragma unroll
     for (int q = 0; q < kNT / 8; ++q) {
       accB[q][0] += fd[0] * tmp[q][0], accB[q][1] += fd[0] * tmp[q][1];
       accB[q][2] += fd[1] * tmp[q][2], accB[q][3] += fd[1] * tmp[q][3];
     }
-  });
+  }, land);
 
   // Σ PW (its causal tiles), and this block's columns of B and C.
   bf16* pwh = reinterpret_cast<bf16*>(smem + Lay::pwh);

@@ -197,21 +197,12 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
   } else {
     // Both states into hi/lo planes, and this thread's share of ⟨Ĥ, H_in⟩.
     {
-      const float* ho = a.dhout + d.co(bi, j, c);
-      const float* hi_ = a.hin + d.co(bi, j, c);
-      constexpr int kC = kN / 8;  // 16-byte chunks of a plane's row
-#pragma unroll 2
-      for (int e = tid - kHalf; e < kP * kC; e += kHalf) {
-        const int r = e / kC, cc = e - r * kC;
-        const float4* po = reinterpret_cast<const float4*>(ho + r * kN + 8 * cc);
-        const float4* pi = reinterpret_cast<const float4*>(hi_ + r * kN + 8 * cc);
-        const float4 o0 = po[0], o1 = po[1], i0 = pi[0], i1 = pi[1];
-        hh += double(o0.x) * i0.x + double(o0.y) * i0.y + double(o0.z) * i0.z + double(o0.w) * i0.w +
-              double(o1.x) * i1.x + double(o1.y) * i1.y + double(o1.z) * i1.z + double(o1.w) * i1.w;
-        const int at = swz<kN>(r, cc);
-        put_parts8(hout_hi, hout_lo, at, o0, o1);
-        put_parts8(hin_hi, hin_lo, at, i0, i1);
-      }
+      StatePlanes<kP, kN, kHalf> ho, hn;
+      ho.load(a.dhout + d.co(bi, j, c), d.n, tid - kHalf);
+      hn.load(a.hin + d.co(bi, j, c), d.n, tid - kHalf);
+      hh = ho.dot(hn);
+      ho.put(hout_hi, hout_lo, tid - kHalf);
+      hn.put(hin_hi, hin_lo, tid - kHalf);
     }
     cp_wait<0>();
     named_barrier(1, kHalf);  // B, C and the state planes, among the state warps

@@ -1,7 +1,7 @@
 // What the SSD's mma.sync kernels share (bf16 activations; ssd_output_mma.cu,
-// ssd_chunk_state_mma.cu, ssd_backward_dx_mma.cu, ssd_backward_bc_mma.cu): f32 state
-// blocks staged in shared memory and multiplied as a sum of bf16 parts, small fragment
-// helpers, and the entry points that ssd_forward.cu and ssd_states.cu dispatch to.
+// ssd_chunk_state_mma.cu, ssd_backward_dx_mma.cu, ssd_backward_bc_mma.cu): f32 states
+// staged in shared memory as sums of bf16 parts, small fragment helpers, and the entry
+// points that ssd_forward.cu and ssd_states.cu dispatch to.
 #pragma once
 #include "mma_bf16.cuh"
 #include "ssd_common.cuh"
@@ -13,18 +13,6 @@ inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 1
 // Whether two blocks of `bytes` dynamic shared memory fit an SM (228 KB, 1 KB of it
 // reserved per block).
 constexpr bool fits_two_blocks(size_t bytes) { return 2 * (bytes + 1024) <= 228 * 1024; }
-
-// The rows × cols f32 block at src (row stride `stride` floats) into shared rows of
-// pitch ld floats, asynchronously (cols and ld multiples of 4, src 16-byte aligned).
-template <int kThreads>
-__device__ __forceinline__ void load_f32_async(float* dst, int ld, const float* __restrict__ src, int64_t stride,
-                                               int rows, int cols) {
-  const int pieces = cols / 4;
-  for (int e = threadIdx.x; e < rows * pieces; e += kThreads) {
-    const int r = e / pieces, c4 = (e - r * pieces) * 4;
-    cp_async<16>(dst + r * ld + c4, src + r * stride + c4);
-  }
-}
 
 // x ≈ r[0] + … + r[N − 1], each bf16, for a pair (packed as an mma operand register).
 template <int N>
@@ -38,37 +26,49 @@ __device__ __forceinline__ void split_parts(float x0, float x1, uint32_t (&r)[N]
   }
 }
 
-// Eight consecutive f32 values (a, b) of a state as bf16 hi and lo parts, stored at
-// element `at` of the hi and lo planes (16 bytes each).
-__device__ __forceinline__ void put_parts8(__nv_bfloat16* hi, __nv_bfloat16* lo, int at, const float4& a,
-                                           const float4& b) {
-  uint4 h, l;
-  mma_bf16::split_bf16(a.x, a.y, h.x, l.x), mma_bf16::split_bf16(a.z, a.w, h.y, l.y);
-  mma_bf16::split_bf16(b.x, b.y, h.z, l.z), mma_bf16::split_bf16(b.z, b.w, h.w, l.w);
-  *reinterpret_cast<uint4*>(hi + at) = h, *reinterpret_cast<uint4*>(lo + at) = l;
-}
-
-// The f32 state [64][kN] at src (row p, column n, rows kN apart, 16-byte aligned) as hi
-// and lo bf16 planes, each a swizzled [64][kN] tile, by kThreads threads of which this
-// is number tid: each value is split once for the block, and the products read the
-// planes with ldmatrix (gemm_abt). A barrier comes before their use.
-template <int kN, int kThreads>
-__device__ __forceinline__ void stage_state_planes(__nv_bfloat16* hi, __nv_bfloat16* lo, const float* __restrict__ src,
-                                                   int tid) {
-  constexpr int kC = kN / 8, kItems = 64 * kC / kThreads;
-  static_assert(64 * kC % kThreads == 0, "stage_state_planes: whole items per thread");
+// A block of an f32 state (kRows × kCols, rows `stride` floats apart, 16-byte aligned)
+// on its way into hi and lo bf16 planes, each a swizzled [kRows][kCols] tile, by kThreads
+// threads of which this is number tid. load() brings this thread's share into registers
+// and put() splits and stores it, so the loads may be in flight while the block works on
+// something else. Each value is split once for the block, and the products read the
+// planes with ldmatrix; a barrier comes between put() and their use.
+template <int kRows, int kCols, int kThreads>
+struct StatePlanes {
+  static constexpr int kC = kCols / 8, kItems = kRows * kC / kThreads;  // items of 8 values
+  static_assert(kRows * kC % kThreads == 0, "StatePlanes: whole items per thread");
   float4 v[kItems][2];
+
+  __device__ __forceinline__ void load(const float* __restrict__ src, int64_t stride, int tid) {
 #pragma unroll
-  for (int i = 0; i < kItems; ++i) {  // every load in flight before the first split
-    const float4* p = reinterpret_cast<const float4*>(src + 8 * (tid + i * kThreads));
-    v[i][0] = p[0], v[i][1] = p[1];
+    for (int i = 0; i < kItems; ++i) {
+      const int e = tid + i * kThreads, r = e / kC;
+      const float4* p = reinterpret_cast<const float4*>(src + r * stride + 8 * (e - r * kC));
+      v[i][0] = p[0], v[i][1] = p[1];
+    }
   }
+  __device__ __forceinline__ void put(__nv_bfloat16* hi, __nv_bfloat16* lo, int tid) const {
 #pragma unroll
-  for (int i = 0; i < kItems; ++i) {
-    const int e = tid + i * kThreads, r = e / kC;
-    put_parts8(hi, lo, mma_bf16::swz<kN>(r, e - r * kC), v[i][0], v[i][1]);
+    for (int i = 0; i < kItems; ++i) {
+      const int e = tid + i * kThreads, r = e / kC, at = mma_bf16::swz<kCols>(r, e - r * kC);
+      uint4 h, l;
+      mma_bf16::split_bf16(v[i][0].x, v[i][0].y, h.x, l.x), mma_bf16::split_bf16(v[i][0].z, v[i][0].w, h.y, l.y);
+      mma_bf16::split_bf16(v[i][1].x, v[i][1].y, h.z, l.z), mma_bf16::split_bf16(v[i][1].z, v[i][1].w, h.w, l.w);
+      *reinterpret_cast<uint4*>(hi + at) = h, *reinterpret_cast<uint4*>(lo + at) = l;
+    }
   }
-}
+  // Σ of this thread's values times o's at the same places, in f64.
+  __device__ __forceinline__ double dot(const StatePlanes& o) const {
+    double s = 0;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i)
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const float4 a = v[i][k], b = o.v[i][k];
+        s += double(a.x) * b.x + double(a.y) * b.y + double(a.z) * b.z + double(a.w) * b.w;
+      }
+    return s;
+  }
+};
 
 // The pair (col, col + 1) of row r of a swizzled [..][64] bf16 tile, col even.
 __device__ __forceinline__ float2 tile_pair(const __nv_bfloat16* tile, int r, int col) {

@@ -56,8 +56,10 @@ __global__ void __launch_bounds__(OutMmaLayout<kQ, kN>::kThreads, 2)
   load_tile<kQ, kP, kThreads>(xs, x + d.xo(bi, 0, j), d.h * d.p, t0, len);
   load_tile<kQ, kN, kThreads>(cs, Cm + d.bco(bi, 0, gi), d.g * d.n, t0, len);
   cp_commit();
-  stage_state_planes<kN, kThreads>(hin_hi, hin_lo, states + d.co(bi, j, c), tid);
+  StatePlanes<kP, kN, kThreads> h;
+  h.load(states + d.co(bi, j, c), d.n, tid);
   fill_output_values(d, S, delta, seq, ch, kQ, Ss, dls, es, docs);
+  h.put(hin_hi, hin_lo, tid);
   cp_wait<0>();
   __syncthreads();
   if (16 * warp >= L) return;  // rows past the chunk's end (no barrier follows)
