@@ -187,6 +187,16 @@ TEST(CudaSsd, LongSequenceMatchesCpuWithinRule) {
   expect_case_within_rule(make_case(in, DType::bf16), options(0), true, 0);
 }
 
+// The same length through the tensor-core kernels (bf16, p 64, n 64), with documents.
+TEST(CudaSsd, LongSequenceOnTensorCoresMatchesCpuWithinRule) {
+  SKIP_WITHOUT_GPU();
+  const int64_t l = (int64_t(1) << 19) + 37;
+  const Sizes s{1, l, 1, 64, 1, 64};
+  Inputs in = random_inputs(s);
+  in.seq_idx = seq_idx_from_lengths({{300000, 1, int(l - 300001)}}, l);
+  expect_case_within_rule(make_case(in, DType::bf16), options(0), true, 0);
+}
+
 TEST(CudaSsd, EmptySequenceKeepsTheState) {
   SKIP_WITHOUT_GPU();
   Case c = make_case(random_inputs({2, 0, 3, 4, 1, 5}), DType::bf16);
