@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
 
   auto stage_of = [&](int64_t s) { return smem + (s & 1) * Lay::step; };
   auto planes = [&](int64_t s, size_t at) { return reinterpret_cast<bf16*>(stage_of(s) + at); };
-  StatePlanes<kPC, kNT, kThreads> hin, hout;  // the next step's, on their way
+  StatePlanes<kPC, kNT, kThreads, 2> hin, hout;  // the next step's, on their way
   auto issue = [&](int64_t s) {
     const int64_t j = gi * heads + s / pchunks, p0 = (s % pchunks) * kPC;
     load_step<kQ, kThreads>(stage_of(s), d, a, bi, j, p0, t0, L);
@@ -248,8 +248,8 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
     hout.load(a.dhout + so, d.n, tid);
   };
   auto land = [&](int64_t s) {
-    hin.put(planes(s, Lay::hin), planes(s, Lay::hin) + kPC * kNT, tid);
-    hout.put(planes(s, Lay::hout), planes(s, Lay::hout) + kPC * kNT, tid);
+    hin.put(planes(s, Lay::hin), tid);
+    hout.put(planes(s, Lay::hout), tid);
   };
   for_steps(steps, issue, [&](int64_t s) {
     unsigned char* st = stage_of(s);

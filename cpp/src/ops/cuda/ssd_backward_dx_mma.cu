@@ -8,9 +8,11 @@
 //   rowZ_t = Σ_{s ≤ t} Z_ts·Δ_s, over the tiles s ≤ w of Z = (dY·Xᵀ) ⊙ M.
 // State warp kT + w takes the same tokens' state terms: U = C·H_inᵀ gives u_t = ⟨dy_t, U_t⟩
 // and Σ dy·x; T1 = B·Ĥᵀ gives q_s = ⟨x_s, T1_s⟩ and f_s·Δ_s·T1 + D·dy, which it hands
-// to Z warp w through shared memory (f32) to be added to dX and stored.
-// The states are split once, as they are staged, into hi and lo bf16 planes, so that both
-// products read them with ldmatrix; the state warps also sum ⟨Ĥ, H_in⟩ from the f32 values.
+// to Z warp w (f32, in the tile's rows of B and C, which only this warp reads) to be
+// added to dX and stored.
+// The states are split once, as they are staged, into three bf16 planes (q and u feed f32
+// outputs), so that both products read them with ldmatrix; the state warps also sum
+// ⟨Ĥ, H_in⟩ from the f32 values.
 // M = K ⊙ W reads K (launch_chunk_cb) from global memory, a tile ahead of its use.
 #include "ssd_backward.h"
 #include "ssd_mma.cuh"
@@ -26,11 +28,11 @@ constexpr int kP = 64;
 template <int kQ, int kN>
 struct DxMmaLayout {
   static constexpr int kT = kQ / 16, kWarps = 2 * kT, kThreads = 32 * kWarps, kHalf = kThreads / 2;
+  static constexpr int kParts = 3;
   static constexpr size_t plane = size_t(kP) * kN * 2;  // one bf16 part of a state
   static constexpr size_t dy = 0, x = dy + size_t(kQ) * kP * 2, b = x + size_t(kQ) * kP * 2;
   static constexpr size_t c = b + size_t(kQ) * kN * 2, hout = c + size_t(kQ) * kN * 2;
-  static constexpr size_t hin = hout + 2 * plane, handoff = hin + 2 * plane;
-  static constexpr size_t values = handoff + size_t(kQ) * kP * 4;
+  static constexpr size_t hin = hout + kParts * plane, values = hin + kParts * plane;
   static constexpr size_t bytes = values + token_values_bytes(kQ);
   static_assert(bytes <= kMaxSmem, "ssd dx tensor-core kernel: too much shared memory");
 };
@@ -45,7 +47,7 @@ template <int kQ, int kN>
 __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
     dx_mma_kernel(Dims d, BackwardArgs<bf16> a) {
   using Lay = DxMmaLayout<kQ, kN>;
-  constexpr int kT = Lay::kT, kHalf = Lay::kHalf;
+  constexpr int kT = Lay::kT, kHalf = Lay::kHalf, kParts = Lay::kParts;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ double red[32];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
@@ -55,11 +57,12 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
   bf16* xs = reinterpret_cast<bf16*>(smem + Lay::x);
   bf16* bs = reinterpret_cast<bf16*>(smem + Lay::b);
   bf16* cs = reinterpret_cast<bf16*>(smem + Lay::c);
-  bf16* hout_hi = reinterpret_cast<bf16*>(smem + Lay::hout);
-  bf16* hout_lo = hout_hi + kP * kN;
-  bf16* hin_hi = reinterpret_cast<bf16*>(smem + Lay::hin);
-  bf16* hin_lo = hin_hi + kP * kN;
-  float* handoff = reinterpret_cast<float*>(smem + Lay::handoff) + w * 16 * kP;  // this tile's 16 × 64
+  bf16* hout = reinterpret_cast<bf16*>(smem + Lay::hout);  // kParts planes each
+  bf16* hin = reinterpret_cast<bf16*>(smem + Lay::hin);
+  // The handoff of a lane's fragment value i (of 32): the first 16 in this tile's rows of
+  // B, the rest in its rows of C (2 KB each at least), free once both products are made.
+  float* hand[2] = {reinterpret_cast<float*>(bs + 16 * w * kN), reinterpret_cast<float*>(cs + 16 * w * kN)};
+  auto handoff = [&](int i) -> float& { return hand[i / 16][(i % 16) * 32 + lane]; };
   const TokenValues v = carve_token_values(smem + Lay::values, kQ);
 
   int64_t id = blockIdx.x;
@@ -92,12 +95,12 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
       double S;
       int doc;
     };
-    auto tok = [&](int t) { return Tok{v.S[t], t < L ? v.docs[t] : -1}; };
-    // M_ts = K_ts·W_ts on the causal places of the chunk, else 0 (k = K_ts, read ahead;
-    // selected, not branched on, so that it may be garbage off those places).
+    auto tok = [&](int t) { return Tok{v.S[t], v.docs[t]}; };
+    // M_ts = K_ts·W_ts on the causal places of the chunk, else 0 (k = K_ts, read ahead, and
+    // 0 on rows past L; selected, not branched on).
     auto m_at = [&](float k, int t, Tok tt, int s, Tok ts) -> float {
       const float m = k * decay<bf16>(tt.S - ts.S);
-      return s <= t && tt.doc == ts.doc && tt.doc >= 0 ? m : 0.f;
+      return s <= t && t < L && tt.doc == ts.doc ? m : 0.f;
     };
     // colZ and dX of rows s in tile w, over the tiles t ≥ w.
     {
@@ -107,8 +110,10 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
 #pragma unroll
           for (int hr = 0; hr < 2; ++hr)
 #pragma unroll
-            for (int e = 0; e < 2; ++e)
-              k.v[nh][hr][e] = K[(16 * tt + 8 * nh + 2 * tq + e) * kQ + 16 * w + g + 8 * hr];
+            for (int e = 0; e < 2; ++e) {
+              const int t = 16 * tt + 8 * nh + 2 * tq + e;
+              k.v[nh][hr][e] = t < L ? K[t * kQ + 16 * w + g + 8 * hr] : 0.f;
+            }
       };
       uint32_t ax[kP / 16][4];
 #pragma unroll
@@ -156,7 +161,9 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
         for (int nh = 0; nh < 2; ++nh)
 #pragma unroll
           for (int hr = 0; hr < 2; ++hr) {
-            const float2 kv = *reinterpret_cast<const float2*>(K + (16 * w + g + 8 * hr) * kQ + 16 * ss + 8 * nh + 2 * tq);
+            const int t = 16 * w + g + 8 * hr;
+            const float2 kv =
+                t < L ? *reinterpret_cast<const float2*>(K + t * kQ + 16 * ss + 8 * nh + 2 * tq) : make_float2(0.f, 0.f);
             k.v[nh][hr][0] = kv.x, k.v[nh][hr][1] = kv.y;
           }
       };
@@ -195,14 +202,14 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
       }
     }
   } else {
-    // Both states into hi/lo planes, and this thread's share of ⟨Ĥ, H_in⟩.
+    // Both states into their planes, and this thread's share of ⟨Ĥ, H_in⟩.
     {
-      StatePlanes<kP, kN, kHalf> ho, hn;
+      StatePlanes<kP, kN, kHalf, kParts> ho, hn;
       ho.load(a.dhout + d.co(bi, j, c), d.n, tid - kHalf);
       hn.load(a.hin + d.co(bi, j, c), d.n, tid - kHalf);
       hh = ho.dot(hn);
-      ho.put(hout_hi, hout_lo, tid - kHalf);
-      hn.put(hin_hi, hin_lo, tid - kHalf);
+      ho.put(hout, tid - kHalf);
+      hn.put(hin, tid - kHalf);
     }
     cp_wait<0>();
     named_barrier(1, kHalf);  // B, C and the state planes, among the state warps
@@ -210,8 +217,8 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
     {
       float u[kP / 8][4];
       zero_frags(u);
-      gemm_abt<kN, 8>(u, cs, 16 * w, hin_hi);
-      gemm_abt<kN, 8>(u, cs, 16 * w, hin_lo);
+#pragma unroll
+      for (int q = 0; q < kParts; ++q) gemm_abt<kN, 8>(u, cs, 16 * w, hin + q * kP * kN);
       double us[2] = {0, 0}, ds[2] = {0, 0};
 #pragma unroll
       for (int nt = 0; nt < kP / 8; ++nt)
@@ -233,9 +240,10 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
       const float Dj = a.D ? a.D[j] : 0.f;
       float t1[kP / 8][4];
       zero_frags(t1);
-      gemm_abt<kN, 8>(t1, bs, 16 * w, hout_hi);
-      gemm_abt<kN, 8>(t1, bs, 16 * w, hout_lo);
+#pragma unroll
+      for (int q = 0; q < kParts; ++q) gemm_abt<kN, 8>(t1, bs, 16 * w, hout + q * kP * kN);
       double q[2] = {0, 0};
+      __syncwarp();  // the tile's rows of B and C are read: they take the handoff
 #pragma unroll
       for (int nt = 0; nt < kP / 8; ++nt)
 #pragma unroll
@@ -243,8 +251,8 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
           const int s = 16 * w + g + 8 * hr, col = 8 * nt + 2 * tq;
           const float2 xv = tile_pair(xs, s, col), dyv = tile_pair(dys, s, col);
           q[hr] += double(xv.x) * double(t1[nt][2 * hr]) + double(xv.y) * double(t1[nt][2 * hr + 1]);
-          handoff[(4 * nt + 2 * hr) * 32 + lane] = v.fd32[s] * t1[nt][2 * hr] + Dj * dyv.x;
-          handoff[(4 * nt + 2 * hr + 1) * 32 + lane] = v.fd32[s] * t1[nt][2 * hr + 1] + Dj * dyv.y;
+          handoff(4 * nt + 2 * hr) = v.fd32[s] * t1[nt][2 * hr] + Dj * dyv.x;
+          handoff(4 * nt + 2 * hr + 1) = v.fd32[s] * t1[nt][2 * hr + 1] + Dj * dyv.y;
         }
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
@@ -259,10 +267,10 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
 #pragma unroll
     for (int nt = 0; nt < kP / 8; ++nt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) dx[nt][i] += handoff[(4 * nt + i) * 32 + lane];
-    __syncwarp();  // the handoff's rows now stage this warp's bf16 output rows
+      for (int i = 0; i < 4; ++i) dx[nt][i] += handoff(4 * nt + i);
+    __syncwarp();  // the tile's rows of B now stage this warp's bf16 output rows
     const float one[2] = {1.f, 1.f};
-    store_rows<kP>(dx, one, reinterpret_cast<bf16*>(handoff), 0, a.dx + d.xo(bi, 0, j), d.h * d.p, t0 + 16 * w, len);
+    store_rows<kP>(dx, one, bs + 16 * w * kN, 0, a.dx + d.xo(bi, 0, j), d.h * d.p, t0 + 16 * w, len);
   }
 
   hh = block_sum(hh, red);  // its barriers also publish the per-token sums

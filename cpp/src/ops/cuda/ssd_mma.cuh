@@ -27,15 +27,17 @@ __device__ __forceinline__ void split_parts(float x0, float x1, uint32_t (&r)[N]
 }
 
 // A block of an f32 state (kRows × kCols, rows `stride` floats apart, 16-byte aligned)
-// on its way into hi and lo bf16 planes, each a swizzled [kRows][kCols] tile, by kThreads
-// threads of which this is number tid. load() brings this thread's share into registers
-// and put() splits and stores it, so the loads may be in flight while the block works on
-// something else. Each value is split once for the block, and the products read the
-// planes with ldmatrix; a barrier comes between put() and their use.
-template <int kRows, int kCols, int kThreads>
+// on its way into kParts bf16 planes (the parts of split_parts, each a swizzled
+// [kRows][kCols] tile, one after another), by kThreads threads of which this is number
+// tid. load() brings this thread's share into registers and put() splits and stores it,
+// so the loads may be in flight while the block works on something else. Each value is
+// split once for the block, and the products read the planes with ldmatrix; a barrier
+// comes between put() and their use.
+template <int kRows, int kCols, int kThreads, int kParts>
 struct StatePlanes {
   static constexpr int kC = kCols / 8, kItems = kRows * kC / kThreads;  // items of 8 values
   static_assert(kRows * kC % kThreads == 0, "StatePlanes: whole items per thread");
+  static constexpr int kPlane = kRows * kCols;  // elements of a plane
   float4 v[kItems][2];
 
   __device__ __forceinline__ void load(const float* __restrict__ src, int64_t stride, int tid) {
@@ -46,14 +48,17 @@ struct StatePlanes {
       v[i][0] = p[0], v[i][1] = p[1];
     }
   }
-  __device__ __forceinline__ void put(__nv_bfloat16* hi, __nv_bfloat16* lo, int tid) const {
+  __device__ __forceinline__ void put(__nv_bfloat16* planes, int tid) const {
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       const int e = tid + i * kThreads, r = e / kC, at = mma_bf16::swz<kCols>(r, e - r * kC);
-      uint4 h, l;
-      mma_bf16::split_bf16(v[i][0].x, v[i][0].y, h.x, l.x), mma_bf16::split_bf16(v[i][0].z, v[i][0].w, h.y, l.y);
-      mma_bf16::split_bf16(v[i][1].x, v[i][1].y, h.z, l.z), mma_bf16::split_bf16(v[i][1].z, v[i][1].w, h.w, l.w);
-      *reinterpret_cast<uint4*>(hi + at) = h, *reinterpret_cast<uint4*>(lo + at) = l;
+      const float f[8] = {v[i][0].x, v[i][0].y, v[i][0].z, v[i][0].w, v[i][1].x, v[i][1].y, v[i][1].z, v[i][1].w};
+      uint32_t w[4][kParts];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) split_parts<kParts>(f[2 * k], f[2 * k + 1], w[k]);
+#pragma unroll
+      for (int q = 0; q < kParts; ++q)
+        *reinterpret_cast<uint4*>(planes + q * kPlane + at) = make_uint4(w[0][q], w[1][q], w[2][q], w[3][q]);
     }
   }
   // Σ of this thread's values times o's at the same places, in f64.

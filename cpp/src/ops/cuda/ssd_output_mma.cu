@@ -38,8 +38,7 @@ __global__ void __launch_bounds__(OutMmaLayout<kQ, kN>::kThreads, 2)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   bf16* xs = reinterpret_cast<bf16*>(smem + Lay::x);
   bf16* cs = reinterpret_cast<bf16*>(smem + Lay::c);
-  bf16* hin_hi = reinterpret_cast<bf16*>(smem + Lay::hin);
-  bf16* hin_lo = hin_hi + kP * kN;
+  bf16* hin = reinterpret_cast<bf16*>(smem + Lay::hin);  // hi, lo planes
   double* Ss = reinterpret_cast<double*>(smem + Lay::S);
   float* dls = reinterpret_cast<float*>(smem + Lay::dl);
   float* es = reinterpret_cast<float*>(smem + Lay::e);
@@ -56,10 +55,10 @@ __global__ void __launch_bounds__(OutMmaLayout<kQ, kN>::kThreads, 2)
   load_tile<kQ, kP, kThreads>(xs, x + d.xo(bi, 0, j), d.h * d.p, t0, len);
   load_tile<kQ, kN, kThreads>(cs, Cm + d.bco(bi, 0, gi), d.g * d.n, t0, len);
   cp_commit();
-  StatePlanes<kP, kN, kThreads> h;
+  StatePlanes<kP, kN, kThreads, 2> h;
   h.load(states + d.co(bi, j, c), d.n, tid);
   fill_output_values(d, S, delta, seq, ch, kQ, Ss, dls, es, docs);
-  h.put(hin_hi, hin_lo, tid);
+  h.put(hin, tid);
   cp_wait<0>();
   __syncthreads();
   if (16 * warp >= L) return;  // rows past the chunk's end (no barrier follows)
@@ -67,8 +66,8 @@ __global__ void __launch_bounds__(OutMmaLayout<kQ, kN>::kThreads, 2)
   // e ⊙ C·H_inᵀ + D·X of this warp's rows.
   float acc[kP / 8][4];
   zero_frags(acc);
-  gemm_abt<kN, 8>(acc, cs, 16 * warp, hin_hi);
-  gemm_abt<kN, 8>(acc, cs, 16 * warp, hin_lo);
+  gemm_abt<kN, 8>(acc, cs, 16 * warp, hin);
+  gemm_abt<kN, 8>(acc, cs, 16 * warp, hin + kP * kN);
   const float Dj = Dp ? Dp[j] : 0.f;
 #pragma unroll
   for (int nt = 0; nt < kP / 8; ++nt)
