@@ -47,6 +47,8 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
   Tensor hin = scratch(state_elems, DType::f32), dhout = scratch(state_elems, DType::f32);
   Tensor part = scratch(3 * parts, DType::f64);
   Tensor K = scratch(d.b * d.nc * d.g * d.kq() * d.kq(), DType::f32);
+  Tensor sync = scratch(state_pass_sync_ints(d), DType::i32);
+  int32_t* psync = static_cast<int32_t*>(sync.data_ptr());
   visit_bf16_f32(x.dtype(), "ssd_backward", "x", [&](auto tag) {
     using T = typename decltype(tag)::type;
     BackwardArgs<T> a;
@@ -77,9 +79,9 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
     launch_chunk_scalars<T>(d, a.dt, a.dt_bias, a.A, a.o, pdelta, pS, s);
     launch_chunk_cb<T>(d, a.C, a.B, static_cast<float*>(K.data_ptr()), s);
     launch_state_pass<T>(d, false, a.x, a.B, pdelta, pS, a.seq, cptr<float>(initial_state),
-                         static_cast<float*>(hin.data_ptr()), nullptr, s);
+                         static_cast<float*>(hin.data_ptr()), nullptr, psync, s);
     launch_state_pass<T>(d, true, a.dy, a.C, pdelta, pS, a.seq, cptr<float>(d_final_state),
-                         static_cast<float*>(dhout.data_ptr()), mptr<float>(d_initial_state), s);
+                         static_cast<float*>(dhout.data_ptr()), mptr<float>(d_initial_state), psync, s);
     if constexpr (kTensorCores<T>) {
       if (dx_mma_supported(d, a)) launch_dx_mma(d, a, s);
       else launch_dx<T>(d, a, s);

@@ -1,9 +1,15 @@
-// The state one chunk contributes on its own, G_c = Xᵀ·diag(scale)·B, on mma.sync
-// fragments: bf16, p 64, n 64 or 128, 16-byte aligned rows (chunk_state_mma_supported).
-// One block per (row, chunk, head) makes the whole [p][n] state; the heads of a group
-// are adjacent in the grid, so B is read from DRAM about once. X·diag(scale) is staged
-// in three bf16 parts (the states feed f32 outputs), as ssd_states.cu's chunk-state
-// kernel does, which serves every other case.
+// The state pass on mma.sync fragments: bf16, p 64, n 64 or 128, 16-byte aligned rows
+// (chunk_state_mma_supported). One block per (row, chunk, head) makes the chunk's own
+// state G_c = Xᵀ·diag(scale)·B whole, in registers; the heads of a group are adjacent in
+// the grid, so B is read from DRAM about once. X·diag(scale) is staged in three bf16
+// parts (the states feed f32 outputs), as ssd_states.cu's chunk-state kernel does, which
+// serves every other case.
+// The carry is fused: the block takes the state passed into its chunk from the block of
+// the chunk before (or from `init`), leaves it in the chunk's slot, and hands
+// E_c·carry + G_c to the next chunk's slot (or `last`), with the same fmaf as
+// state_carry_kernel, so G_c never goes through memory. Blocks take their (row, chunk,
+// head) from a ticket in the order they start, so the block a chunk waits on is already
+// running; a flag per (row, head, step) says that the step's slot is written.
 #include "ssd_mma.cuh"
 
 namespace mambatron::cuda::ssd {
@@ -26,18 +32,24 @@ template <int kQ, int kN, bool kReverse>
 __global__ void __launch_bounds__(kThreads, 2)
     chunk_state_mma_kernel(Dims d, const bf16* __restrict__ X, const bf16* __restrict__ Bm,
                            const double* __restrict__ S, const float* __restrict__ delta,
-                           const int32_t* __restrict__ seq, float* __restrict__ states) {
+                           const int32_t* __restrict__ seq, const float* __restrict__ init, float* states,
+                           float* __restrict__ last, int32_t* sync) {
   using Lay = ChunkStateMmaLayout<kQ, kN>;
   extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int64_t ticket;
   bf16* xs = reinterpret_cast<bf16*>(smem + Lay::x);
   bf16* bs = reinterpret_cast<bf16*>(smem + Lay::b);
   float* scale = reinterpret_cast<float*>(smem + Lay::scale);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  int32_t* flags = sync + 1;  // [b, h, nc]: step's slot written
 
-  int64_t id = blockIdx.x;
+  if (tid == 0) ticket = atomicAdd(reinterpret_cast<unsigned*>(sync), 1u);
+  __syncthreads();
+  int64_t id = ticket;
   const int64_t j = id % d.h;
   id /= d.h;
-  const int64_t c = id % d.nc, bi = id / d.nc, gi = d.group(j);
+  const int64_t step = id % d.nc, bi = id / d.nc, gi = d.group(j);
+  const int64_t c = kReverse ? d.nc - 1 - step : step;
   const Chunk ch = make_chunk(d, S, seq, bi, j, c);
   const int64_t t0 = ch.t0;
 
@@ -95,32 +107,70 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
     }
   }
-  float* out = states + d.co(bi, j, c);
+  // The carry. This thread's places of a [p][n] state: rows r and r + 8, columns at(nt).
+  const int r = 16 * pr + g;
+  auto at = [&](int nt, int hr) { return (r + 8 * hr) * d.n + nh * (kN / 2) + 8 * nt + 2 * tq; };
+  const int64_t head = bi * d.h + j;
+  float* slot = states + d.co(bi, j, c);
+  float2 in[kNT][2];
+  if (step == 0) {
 #pragma unroll
-  for (int nt = 0; nt < kNT; ++nt) {
-    const int col = nh * (kN / 2) + 8 * nt + 2 * tq, r = 16 * pr + g;
-    *reinterpret_cast<float2*>(out + r * d.n + col) = make_float2(acc[nt][0], acc[nt][1]);
-    *reinterpret_cast<float2*>(out + (r + 8) * d.n + col) = make_float2(acc[nt][2], acc[nt][3]);
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        in[nt][hr] = init ? *reinterpret_cast<const float2*>(init + d.sto(bi, j) + at(nt, hr)) : make_float2(0.f, 0.f);
+        *reinterpret_cast<float2*>(slot + at(nt, hr)) = in[nt][hr];
+      }
+  } else {
+    if (tid == 0) {
+      const volatile int32_t* flag = flags + head * d.nc + step;
+      while (*flag == 0) __nanosleep(32);
+      __threadfence();
+    }
+    __syncthreads();
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) in[nt][hr] = __ldcg(reinterpret_cast<const float2*>(slot + at(nt, hr)));
+  }
+  const float E = ch.doc_last == ch.doc_in ? float(exp(ch.S_last)) : 0.f;
+  float* out = step + 1 < d.nc ? states + d.co(bi, j, kReverse ? c - 1 : c + 1) : (last ? last + d.sto(bi, j) : nullptr);
+  if (out) {
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr)
+        *reinterpret_cast<float2*>(out + at(nt, hr)) =
+            make_float2(fmaf(E, in[nt][hr].x, acc[nt][2 * hr]), fmaf(E, in[nt][hr].y, acc[nt][2 * hr + 1]));
+  }
+  if (step + 1 < d.nc) {
+    __threadfence();  // this thread's part of the next slot, before the flag
+    __syncthreads();
+    if (tid == 0) atomicExch(flags + head * d.nc + step + 1, 1);
   }
 }
 
 }  // namespace
 
-bool chunk_state_mma_supported(const Dims& d, const void* X, const void* Bm, const float* states) {
-  return d.p == kP && (d.n == 64 || d.n == 128) && aligned16(X) && aligned16(Bm) && aligned16(states);
+bool chunk_state_mma_supported(const Dims& d, const void* X, const void* Bm, const float* init, const float* states,
+                               const float* last) {
+  return d.p == kP && (d.n == 64 || d.n == 128) && d.nc > 0 && aligned16(X) && aligned16(Bm) && aligned16(states) &&
+         (!init || aligned16(init)) && (!last || aligned16(last));
 }
 
 void launch_chunk_state_mma(const Dims& d, bool reverse, const bf16* X, const bf16* Bm, const float* delta,
-                            const double* S, const int32_t* seq, float* states, cudaStream_t s) {
+                            const double* S, const int32_t* seq, const float* init, float* states, float* last,
+                            int32_t* sync, cudaStream_t s) {
   const int64_t blocks = d.b * d.nc * d.h;
   if (blocks == 0) return;
+  MT_CUDA_CHECK(cudaMemsetAsync(sync, 0, state_pass_sync_ints(d) * sizeof(int32_t), s));
   with_chunk_tiles(d.Q, [&](auto kq) {
     constexpr int kQ = decltype(kq)::value;
     auto go = [&](auto n) {
       constexpr int kN = decltype(n)::value;
       auto kernel = reverse ? chunk_state_mma_kernel<kQ, kN, true> : chunk_state_mma_kernel<kQ, kN, false>;
       launch_big(kernel, unsigned(blocks), kThreads, ChunkStateMmaLayout<kQ, kN>::bytes, s, d, X, Bm, S, delta, seq,
-                 states);
+                 init, states, last, sync);
     };
     if (d.n == 64) go(std::integral_constant<int, 64>{});
     else go(std::integral_constant<int, 128>{});

@@ -273,10 +273,15 @@ void launch_chunk_cb(const Dims& d, const T* C, const T* B, float* K, cudaStream
 // The state passed along the chunks:
 //   forward: states[c] = H entering chunk c; H ← E·H + Xᵀ·diag(f⊙Δ)·B (X = x, Bm = B)
 //   reverse: states[c] = Ĥ leaving chunk c;  Ĥ ← E·Ĥ + dYᵀ·diag(e)·C  (X = dy, Bm = C)
-// starting from `init` (or 0) and ending in `last` (when given). Two launches: every
-// chunk's product term into states[c], then the recurrence in place.
+// starting from `init` (or 0) and ending in `last` (when given). On mma.sync (bf16, p 64,
+// n 64 or 128) one launch makes each chunk's product term and carries it along
+// (ssd_chunk_state_mma.cu), its blocks signalling each other through `sync`
+// (state_pass_sync_ints(d) ints of scratch); else two: every chunk's product term into
+// states[c], then the recurrence in place.
+inline int64_t state_pass_sync_ints(const Dims& d) { return 1 + d.b * d.h * d.nc; }
 template <class T>
 void launch_state_pass(const Dims& d, bool reverse, const T* X, const T* Bm, const float* delta, const double* S,
-                       const int32_t* seq, const float* init, float* states, float* last, cudaStream_t s);
+                       const int32_t* seq, const float* init, float* states, float* last, int32_t* sync,
+                       cudaStream_t s);
 
 }  // namespace mambatron::cuda::ssd

@@ -169,6 +169,7 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
   Tensor states = Tensor::empty({state_elems > 0 ? state_elems : 1}, DType::f32, x.device());
   const int64_t k_elems = d.b * d.nc * d.g * d.kq() * d.kq();
   Tensor K = Tensor::empty({k_elems > 0 ? k_elems : 1}, DType::f32, x.device());
+  Tensor sync = Tensor::empty({state_pass_sync_ints(d)}, DType::i32, x.device());
   float* pdelta = static_cast<float*>(delta.data_ptr());
   double* pS = static_cast<double*>(S.data_ptr());
   float* pstates = static_cast<float*>(states.data_ptr());
@@ -180,7 +181,7 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
     launch_chunk_scalars<T>(d, static_cast<const T*>(dt.data_ptr()), cptr<float>(dt_bias),
                             static_cast<const float*>(A.data_ptr()), delta_opt(opt), pdelta, pS, s);
     launch_state_pass<T>(d, false, px, pB, pdelta, pS, seq, cptr<float>(initial_state), pstates,
-                         mptr<float>(final_state), s);
+                         mptr<float>(final_state), static_cast<int32_t*>(sync.data_ptr()), s);
     launch_chunk_cb<T>(d, pC, pB, static_cast<float*>(K.data_ptr()), s);
     const float* pK = static_cast<const float*>(K.data_ptr());
     T* py = static_cast<T*>(y.data_ptr());

@@ -136,10 +136,13 @@ void launch_output_mma(const Dims& d, const __nv_bfloat16* x, const __nv_bfloat1
                        const float* delta, const int32_t* seq, const float* states, const float* K, __nv_bfloat16* y,
                        cudaStream_t s);
 
-// A chunk's own state on mma.sync (ssd_chunk_state_mma.cu): bf16, p 64, n 64 or 128,
-// 16-byte aligned rows; launch_state_pass takes it where it applies.
-bool chunk_state_mma_supported(const Dims& d, const void* X, const void* Bm, const float* states);
+// The state pass on mma.sync (ssd_chunk_state_mma.cu): each chunk's own state and the
+// carry, in one launch; bf16, p 64, n 64 or 128, 16-byte aligned rows, at least one
+// chunk. launch_state_pass takes it where it applies.
+bool chunk_state_mma_supported(const Dims& d, const void* X, const void* Bm, const float* init, const float* states,
+                               const float* last);
 void launch_chunk_state_mma(const Dims& d, bool reverse, const __nv_bfloat16* X, const __nv_bfloat16* Bm,
-                            const float* delta, const double* S, const int32_t* seq, float* states, cudaStream_t s);
+                            const float* delta, const double* S, const int32_t* seq, const float* init, float* states,
+                            float* last, int32_t* sync, cudaStream_t s);
 
 }  // namespace mambatron::cuda::ssd

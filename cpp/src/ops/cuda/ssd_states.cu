@@ -301,17 +301,17 @@ void launch_chunk_cb(const Dims& d, const T* C, const T* B, float* K, cudaStream
 
 template <class T>
 void launch_state_pass(const Dims& d, bool reverse, const T* X, const T* Bm, const float* delta, const double* S,
-                       const int32_t* seq, const float* init, float* states, float* last, cudaStream_t s) {
-  const int64_t ptiles = (d.p + kStateP - 1) / kStateP, ntiles = (d.n + kStateN - 1) / kStateN;
-  const int64_t chunk_blocks = d.b * d.nc * d.h * ptiles * ntiles;
-  bool mma_done = false;
+                       const int32_t* seq, const float* init, float* states, float* last, int32_t* sync,
+                       cudaStream_t s) {
   if constexpr (kTensorCores<T>) {
-    if (chunk_state_mma_supported(d, X, Bm, states)) {
-      launch_chunk_state_mma(d, reverse, X, Bm, delta, S, seq, states, s);
-      mma_done = true;
+    if (chunk_state_mma_supported(d, X, Bm, init, states, last)) {
+      launch_chunk_state_mma(d, reverse, X, Bm, delta, S, seq, init, states, last, sync, s);
+      return;
     }
   }
-  if (chunk_blocks > 0 && !mma_done) {
+  const int64_t ptiles = (d.p + kStateP - 1) / kStateP, ntiles = (d.n + kStateN - 1) / kStateN;
+  const int64_t chunk_blocks = d.b * d.nc * d.h * ptiles * ntiles;
+  if (chunk_blocks > 0) {
     with_chunk_tiles(d.Q, [&](auto kq) {
       constexpr int kQ = decltype(kq)::value;
       auto kernel = reverse ? chunk_state_kernel<T, kQ, true> : chunk_state_kernel<T, kQ, false>;
@@ -342,8 +342,8 @@ template void launch_chunk_scalars<bf16>(const Dims&, const bf16*, const float*,
 template void launch_chunk_cb<float>(const Dims&, const float*, const float*, float*, cudaStream_t);
 template void launch_chunk_cb<bf16>(const Dims&, const bf16*, const bf16*, float*, cudaStream_t);
 template void launch_state_pass<float>(const Dims&, bool, const float*, const float*, const float*, const double*,
-                                       const int32_t*, const float*, float*, float*, cudaStream_t);
+                                       const int32_t*, const float*, float*, float*, int32_t*, cudaStream_t);
 template void launch_state_pass<bf16>(const Dims&, bool, const bf16*, const bf16*, const float*, const double*,
-                                      const int32_t*, const float*, float*, float*, cudaStream_t);
+                                      const int32_t*, const float*, float*, float*, int32_t*, cudaStream_t);
 
 }  // namespace mambatron::cuda::ssd
