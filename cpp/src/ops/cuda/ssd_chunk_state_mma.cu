@@ -1,15 +1,16 @@
 // The state pass on mma.sync fragments: bf16, p 64, n 64 or 128, 16-byte aligned rows
 // (chunk_state_mma_supported). One block per (row, chunk, head) makes the chunk's own
 // state G_c = Xᵀ·diag(scale)·B whole, in registers; the heads of a group are adjacent in
-// the grid, so B is read from DRAM about once. X·diag(scale) is staged in three bf16
+// the order blocks start, so B is read from DRAM about once. X·diag(scale) is staged in three bf16
 // parts (the states feed f32 outputs), as ssd_states.cu's chunk-state kernel does, which
 // serves every other case.
 // The carry is fused: the block takes the state passed into its chunk from the block of
 // the chunk before (or from `init`), leaves it in the chunk's slot, and hands
 // E_c·carry + G_c to the next chunk's slot (or `last`), with the same fmaf as
-// state_carry_kernel, so G_c never goes through memory. Blocks take their (row, chunk,
+// state_carry_kernel, so G_c never goes through memory. Blocks take their (step, row,
 // head) from a ticket in the order they start, so the block a chunk waits on is already
-// running; a flag per (row, head, step) says that the step's slot is written.
+// running, and all the rows' and heads' chains move on together; only the hand-over is
+// serial. A flag per (row, head, step) says that the step's slot is written.
 #include "ssd_mma.cuh"
 
 namespace mambatron::cuda::ssd {
@@ -45,10 +46,11 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   if (tid == 0) ticket = atomicAdd(reinterpret_cast<unsigned*>(sync), 1u);
   __syncthreads();
+  // Step outermost: every (row, head) chain moves on together.
   int64_t id = ticket;
   const int64_t j = id % d.h;
   id /= d.h;
-  const int64_t step = id % d.nc, bi = id / d.nc, gi = d.group(j);
+  const int64_t bi = id % d.b, step = id / d.b, gi = d.group(j);
   const int64_t c = kReverse ? d.nc - 1 - step : step;
   const Chunk ch = make_chunk(d, S, seq, bi, j, c);
   const int64_t t0 = ch.t0;
@@ -144,9 +146,11 @@ __global__ void __launch_bounds__(kThreads, 2)
             make_float2(fmaf(E, in[nt][hr].x, acc[nt][2 * hr]), fmaf(E, in[nt][hr].y, acc[nt][2 * hr + 1]));
   }
   if (step + 1 < d.nc) {
-    __threadfence();  // this thread's part of the next slot, before the flag
-    __syncthreads();
-    if (tid == 0) atomicExch(flags + head * d.nc + step + 1, 1);
+    __syncthreads();  // every thread's part of the next slot is stored
+    if (tid == 0) {
+      __threadfence();
+      atomicExch(flags + head * d.nc + step + 1, 1);
+    }
   }
 }
 

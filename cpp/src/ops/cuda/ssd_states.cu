@@ -1,10 +1,11 @@
 // SSD stages that forward and backward share: the per-token scalars (Δ and the
-// chunk-local cumulative sums S), and the state passed from chunk to chunk. The
-// state pass runs in two kernels: each chunk's own state, a tensor-core product
-// parallel over (row, chunk, head, tile), then the recurrence over chunks, which is
-// elementwise and bandwidth-bound, in place in the same scratch. Fusing the two in
-// one sequential block per state tile left every chunk step waiting on the one
-// before it (latency-bound at ~0.2 TB/s).
+// chunk-local cumulative sums S), and the state passed from chunk to chunk. Where the
+// mma.sync kernel applies (ssd_chunk_state_mma.cu) one launch makes each chunk's own
+// state and hands the carry from chunk to chunk. Here, for the rest, the state pass
+// runs in two kernels: each chunk's own state, parallel over (row, chunk, head, tile),
+// then the recurrence over chunks, which is elementwise and bandwidth-bound, in place
+// in the same scratch. (One sequential block per state tile walking the chunks left
+// every step waiting on the one before it: latency-bound at ~0.2 TB/s.)
 #include "ssd_mma.cuh"
 
 namespace mambatron::cuda::ssd {
