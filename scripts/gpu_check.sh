@@ -14,6 +14,9 @@
 #                                   kernel's throughput, occupancy and warp stalls, into
 #                                   $OUT/ncu_<benchmark>.txt
 # PROFILE=1 adds that profile after the tests and benchmarks of the same call (one build).
+# SANITIZE=1 runs compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over the
+# small GoogleTest cases made for it (SANITIZE_FILTER to choose others) after the tests,
+# each tool's report into $OUT/sanitize_<tool>.log (exit 124: the tool ran past 240 s).
 # GTEST_FILTER and PYTEST_ARGS (e.g. "tests/python/test_ops_ssd.py -k cuda")
 # narrow the tests to one area while a kernel is being written; BENCHMARKS (e.g.
 # "bench_cuda_attention bench_cuda_ssd") the benchmarks.
@@ -115,6 +118,21 @@ if [ $tests -eq 1 ]; then
   python3 -m pytest tests/python/test_train_gpu.py -q -s -k follows 2>&1 | grep "window means" | tee -a "$log"
 fi
 
+san_rc=0
+if [ $tests -eq 1 ] && [ "${SANITIZE:-0}" = 1 ]; then
+  san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+  [ -z "$san" ] && { say "sanitize: compute-sanitizer not found"; san=false; }
+  filter=${SANITIZE_FILTER:-CudaSsd.SmallPackedCase:CudaSsd.SmallTensorCoreCase:CudaSelectiveScan.SmallWalkedCase:CudaAttention.SmallPackedForwardBackward}
+  for tool in memcheck racecheck synccheck initcheck; do
+    t0=$(date +%s)
+    timeout 240 "$san" --tool $tool --error-exitcode 9 build/gpu/mambatron_tests --gtest_filter="$filter" \
+      > "$OUT/sanitize_$tool.log" 2>&1
+    rc=$?
+    say "sanitize $tool: exit $rc in $(( $(date +%s) - t0 )) s; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_$tool.log" | tail -1)"
+    [ $rc -ne 0 ] && { grep -E '^=+ +(Invalid|Race|Barrier|Uninitialized|Error)' -A3 "$OUT/sanitize_$tool.log" | head -12 | tee -a "$log"; san_rc=1; }
+  done
+fi
+
 bench_rc=0
 if [ $bench -eq 1 ]; then
   # Every GPU benchmark: the gemm beside torch, each CUDA op family, whole-model training.
@@ -150,5 +168,5 @@ if [ $profile -eq 1 ]; then
     [ $rc -ne 0 ] && { tail -5 "$OUT/ncu_$name.txt" | tee -a "$log"; prof_rc=1; }
   done
 fi
-say "== summary: build $build_rc, gtest $gtest_rc, pytest $pytest_rc, benchmarks $bench_rc, profile $prof_rc"
-[ $gtest_rc -eq 0 ] && [ $pytest_rc -eq 0 ] && [ $bench_rc -eq 0 ] && [ $prof_rc -eq 0 ]
+say "== summary: build $build_rc, gtest $gtest_rc, pytest $pytest_rc, sanitize $san_rc, benchmarks $bench_rc, profile $prof_rc"
+[ $gtest_rc -eq 0 ] && [ $pytest_rc -eq 0 ] && [ $san_rc -eq 0 ] && [ $bench_rc -eq 0 ] && [ $prof_rc -eq 0 ]

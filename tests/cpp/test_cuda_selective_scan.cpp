@@ -178,27 +178,39 @@ void check_grads(const Bwd& gpu, const Bwd& b32, const Bwd& b64, const Case& k, 
   if (k.bias) check_cuda(gpu.dbias, b32.dbias, b64.dbias, what + " ddelta_bias");
   check_cuda(gpu.dinit, b32.dinit, b64.dinit, what + " d_initial_state");
 }
+
+// Forward and backward of one case against the CPU op, and each run twice for the bits.
+void expect_case_within_rule(const Case& k, DType at) {
+  const std::string what = k.str() + " " + mt::dtype_name(at);
+  Scan s = make(k, at);
+  Fwd r64 = forward(s, k, &Input::f64, DType::f64, Device::cpu());
+  Fwd r32 = forward(s, k, &Input::f32, DType::f32, Device::cpu());
+  Fwd g1 = forward(s, k, &Input::dev, at, kGpu), g2 = forward(s, k, &Input::dev, at, kGpu);
+  check_cuda(g1.y, r32.y, r64.y, what + " y");
+  check_cuda(g1.fin, r32.fin, r64.fin, what + " final_state");
+  EXPECT_TRUE(same_bits(g1.y, g2.y) && same_bits(g1.fin, g2.fin)) << what << ": two forward runs differ";
+
+  Bwd b64 = backward(s, k, &Input::f64, DType::f64, Device::cpu());
+  Bwd b32 = backward(s, k, &Input::f32, DType::f32, Device::cpu());
+  Bwd h1 = backward(s, k, &Input::dev, at, kGpu), h2 = backward(s, k, &Input::dev, at, kGpu);
+  check_grads(h1, b32, b64, k, what);
+  EXPECT_TRUE(same_grads(h1, h2)) << what << ": two backward runs differ";
+}
 }  // namespace
 
 TEST(CudaSelectiveScan, MatchesCpuWithinRule) {
   SKIP_WITHOUT_GPU();
   for (DType at : {DType::bf16, DType::f32})
-    for (const Case& k : kCases) {
-      const std::string what = k.str() + " " + mt::dtype_name(at);
-      Scan s = make(k, at);
-      Fwd r64 = forward(s, k, &Input::f64, DType::f64, Device::cpu());
-      Fwd r32 = forward(s, k, &Input::f32, DType::f32, Device::cpu());
-      Fwd g1 = forward(s, k, &Input::dev, at, kGpu), g2 = forward(s, k, &Input::dev, at, kGpu);
-      check_cuda(g1.y, r32.y, r64.y, what + " y");
-      check_cuda(g1.fin, r32.fin, r64.fin, what + " final_state");
-      EXPECT_TRUE(same_bits(g1.y, g2.y) && same_bits(g1.fin, g2.fin)) << what << ": two forward runs differ";
+    for (const Case& k : kCases) expect_case_within_rule(k, at);
+}
 
-      Bwd b64 = backward(s, k, &Input::f64, DType::f64, Device::cpu());
-      Bwd b32 = backward(s, k, &Input::f32, DType::f32, Device::cpu());
-      Bwd h1 = backward(s, k, &Input::dev, at, kGpu), h2 = backward(s, k, &Input::dev, at, kGpu);
-      check_grads(h1, b32, b64, k, what);
-      EXPECT_TRUE(same_grads(h1, h2)) << what << ": two backward runs differ";
-    }
+// Rows walked whole (the forward's walk, the backward's checkpoint walk and staged
+// blocks) at the smallest size that takes them, n 16 and 32, with documents: small
+// enough for compute-sanitizer (scripts/gpu_check.sh, SANITIZE=1).
+TEST(CudaSelectiveScan, SmallWalkedCase) {
+  SKIP_WITHOUT_GPU();
+  expect_case_within_rule({1, 70, 8192, 16, 1, true, true, true, true, true, true, true}, DType::bf16);
+  expect_case_within_rule({1, 40, 8192, 32, 8, true, false, true, false, false, true, true}, DType::bf16);
 }
 
 // Decoding token by token from the initial state: each output and the state within

@@ -178,6 +178,19 @@ TEST(CudaSsd, SmallPackedCase) {
   }
 }
 
+// The tensor-core kernels (bf16, p 64; n 64 at Q 64, n 128 at Q 128) on small rows with
+// documents and a short last chunk: small enough for compute-sanitizer
+// (scripts/gpu_check.sh, SANITIZE=1).
+TEST(CudaSsd, SmallTensorCoreCase) {
+  SKIP_WITHOUT_GPU();
+  Inputs a = random_inputs({1, 150, 2, 64, 1, 64});
+  a.seq_idx = seq_idx_from_lengths({{70, 1, 79}}, 150);
+  expect_case_within_rule(make_case(a, DType::bf16), options(64), true);
+  Inputs b = random_inputs({1, 300, 4, 64, 2, 128});
+  b.seq_idx = seq_idx_from_lengths({{128, 100, 72}}, 300);
+  expect_case_within_rule(make_case(b, DType::bf16), options(128), true);
+}
+
 // A batch row of 512K tokens (offsets past 2^31 bytes in the state scratch of a real
 // model are the same code); the CPU runs its sequential form here, which is cheaper.
 TEST(CudaSsd, LongSequenceMatchesCpuWithinRule) {
