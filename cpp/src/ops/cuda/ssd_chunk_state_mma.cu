@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   bf16* xs = reinterpret_cast<bf16*>(smem + Lay::x);
   bf16* bs = reinterpret_cast<bf16*>(smem + Lay::b);
   float* scale = reinterpret_cast<float*>(smem + Lay::scale);
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const int tid = threadIdx.x;
   int32_t* flags = sync + 1;  // [b, h, nc]: step's slot written
 
   if (tid == 0) ticket = atomicAdd(reinterpret_cast<unsigned*>(sync), 1u);
@@ -89,69 +89,24 @@ __global__ void __launch_bounds__(kThreads, 2)
   cp_wait<0>();
   __syncthreads();
 
-  // acc (16 p rows × kN/2 columns) += (X·diag(scale))ᵀ·B over the chunk's token tiles.
-  constexpr int kNT = kN / 16;  // n8 tiles of a warp's half
-  const int pr = warp % 4, nh = warp / 4;
-  float acc[kNT][4];
-  zero_frags(acc);
-  for (int ks = 0; ks < ch.Lt; ++ks) {
-    uint32_t a[3][4];
-#pragma unroll
-    for (int q = 0; q < 3; ++q) ldsm_x4_t(a[q], b_addr<kP>(xs + q * Lay::part, 16 * ks, 2 * pr));
-#pragma unroll
-    for (int np = 0; np < kNT / 2; ++np) {
-      uint32_t b[4];
-      ldsm_x4_t(b, a_addr<kN>(bs, 16 * ks, 2 * (nh * kNT / 2 + np)));
-#pragma unroll
-      for (int q = 0; q < 3; ++q) {
-        mma(acc[2 * np], a[q], b[0], b[1]);
-        mma(acc[2 * np + 1], a[q], b[2], b[3]);
-      }
-    }
-  }
-  // The carry. This thread's places of a [p][n] state: rows r and r + 8, columns at(nt).
-  const int r = 16 * pr + g;
-  auto at = [&](int nt, int hr) { return (r + 8 * hr) * d.n + nh * (kN / 2) + 8 * nt + 2 * tq; };
+  float acc[kN / 16][4];
+  chunk_state_product<kN>(acc, xs, int(Lay::part), bs, ch.Lt);
+
+  // The carry: the state entering this chunk stays in its slot, E·in + G goes on.
+  const CarryPlaces<kN> places;
   const int64_t head = bi * d.h + j;
   float* slot = states + d.co(bi, j, c);
-  float2 in[kNT][2];
-  if (step == 0) {
+  float2 in[kN / 16][2];
+  places.take(in, step == 0, init ? init + d.sto(bi, j) : nullptr, slot, flags + head * d.nc + step);
+  if (step == 0)
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt)
+    for (int nt = 0; nt < kN / 16; ++nt)
 #pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        in[nt][hr] = init ? *reinterpret_cast<const float2*>(init + d.sto(bi, j) + at(nt, hr)) : make_float2(0.f, 0.f);
-        *reinterpret_cast<float2*>(slot + at(nt, hr)) = in[nt][hr];
-      }
-  } else {
-    if (tid == 0) {
-      const volatile int32_t* flag = flags + head * d.nc + step;
-      while (*flag == 0) __nanosleep(32);
-      __threadfence();
-    }
-    __syncthreads();
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) in[nt][hr] = __ldcg(reinterpret_cast<const float2*>(slot + at(nt, hr)));
-  }
+      for (int hr = 0; hr < 2; ++hr) *reinterpret_cast<float2*>(slot + places.at(nt, hr)) = in[nt][hr];
   const float E = ch.doc_last == ch.doc_in ? float(exp(ch.S_last)) : 0.f;
-  float* out = step + 1 < d.nc ? states + d.co(bi, j, kReverse ? c - 1 : c + 1) : (last ? last + d.sto(bi, j) : nullptr);
-  if (out) {
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr)
-        *reinterpret_cast<float2*>(out + at(nt, hr)) =
-            make_float2(fmaf(E, in[nt][hr].x, acc[nt][2 * hr]), fmaf(E, in[nt][hr].y, acc[nt][2 * hr + 1]));
-  }
-  if (step + 1 < d.nc) {
-    __syncthreads();  // every thread's part of the next slot is stored
-    if (tid == 0) {
-      __threadfence();
-      atomicExch(flags + head * d.nc + step + 1, 1);
-    }
-  }
+  const bool more = step + 1 < d.nc;
+  float* out = more ? states + d.co(bi, j, kReverse ? c - 1 : c + 1) : (last ? last + d.sto(bi, j) : nullptr);
+  places.hand(in, acc, E, out, more ? flags + head * d.nc + step + 1 : nullptr);
 }
 
 }  // namespace

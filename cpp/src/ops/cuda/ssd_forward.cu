@@ -1,6 +1,7 @@
-// SSD forward on CUDA: per-token scalars, K = C·Bᵀ once per group and chunk, the
-// state pass (ssd_states.cu), then the outputs: on mma.sync fragments where
-// ssd_output_mma.cu applies, else one block per (row, head, chunk, 64 columns of p)
+// SSD forward on CUDA: per-token scalars, K = C·Bᵀ once per group and chunk, then, where
+// ssd_forward_mma.cu applies, the state pass and the outputs in one launch on mma.sync
+// fragments; else the state pass (ssd_states.cu) and the outputs, one block per (row,
+// head, chunk, 64 columns of p)
 //   Y = (K ⊙ W)·diag(Δ)·X + diag(e)·C·H_inᵀ + D·X,
 // with C·H_inᵀ accumulated over chunks of n (H_in in hi/lo bf16 parts), and the masked
 // matrix split in place of K (copied in with cp.async) into hi/lo bf16 rows for the
@@ -164,33 +165,36 @@ void ssd_forward(const Tensor& x, const Tensor& dt, const Tensor& A, const Tenso
   cudaStream_t s = stream(dev);
   const Dims d = make_dims(x, B, opt);
   const int64_t tokens = d.b * d.h * d.l, state_elems = d.b * d.h * d.nc * d.p * d.n;
-  Tensor delta = Tensor::empty({tokens > 0 ? tokens : 1}, DType::f32, x.device());
-  Tensor S = Tensor::empty({tokens > 0 ? tokens : 1}, DType::f64, x.device());
-  Tensor states = Tensor::empty({state_elems > 0 ? state_elems : 1}, DType::f32, x.device());
-  const int64_t k_elems = d.b * d.nc * d.g * d.kq() * d.kq();
-  Tensor K = Tensor::empty({k_elems > 0 ? k_elems : 1}, DType::f32, x.device());
-  Tensor sync = Tensor::empty({state_pass_sync_ints(d)}, DType::i32, x.device());
+  auto scratch = [&](int64_t n, DType t) { return Tensor::empty({n > 0 ? n : 1}, t, x.device()); };
+  Tensor delta = scratch(tokens, DType::f32), S = scratch(tokens, DType::f64);
+  Tensor K = scratch(d.b * d.nc * d.g * d.kq() * d.kq(), DType::f32);
+  Tensor sync = scratch(state_pass_sync_ints(d), DType::i32);
   float* pdelta = static_cast<float*>(delta.data_ptr());
   double* pS = static_cast<double*>(S.data_ptr());
-  float* pstates = static_cast<float*>(states.data_ptr());
+  float* pK = static_cast<float*>(K.data_ptr());
+  int32_t* psync = static_cast<int32_t*>(sync.data_ptr());
   const int32_t* seq = cptr<int32_t>(seq_idx);
+  const float* init = cptr<float>(initial_state);
+  float* last = mptr<float>(final_state);
   visit_bf16_f32(x.dtype(), "ssd_forward", "x", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T *px = static_cast<const T*>(x.data_ptr()), *pB = static_cast<const T*>(B.data_ptr()),
             *pC = static_cast<const T*>(C.data_ptr());
+    T* py = static_cast<T*>(y.data_ptr());
     launch_chunk_scalars<T>(d, static_cast<const T*>(dt.data_ptr()), cptr<float>(dt_bias),
                             static_cast<const float*>(A.data_ptr()), delta_opt(opt), pdelta, pS, s);
-    launch_state_pass<T>(d, false, px, pB, pdelta, pS, seq, cptr<float>(initial_state), pstates,
-                         mptr<float>(final_state), static_cast<int32_t*>(sync.data_ptr()), s);
-    launch_chunk_cb<T>(d, pC, pB, static_cast<float*>(K.data_ptr()), s);
-    const float* pK = static_cast<const float*>(K.data_ptr());
-    T* py = static_cast<T*>(y.data_ptr());
+    launch_chunk_cb<T>(d, pC, pB, pK, s);
     if constexpr (kTensorCores<T>) {
-      if (output_mma_supported(d, px, pC, py, pstates)) {
-        launch_output_mma(d, px, pC, cptr<float>(D), pS, pdelta, seq, pstates, pK, py, s);
+      if (forward_mma_supported(d, px, pB, pC, py, init, last)) {
+        Tensor ring = scratch(forward_mma_ring_floats(d), DType::f32);
+        launch_forward_mma(d, px, pB, pC, cptr<float>(D), pS, pdelta, seq, pK, init,
+                           static_cast<float*>(ring.data_ptr()), last, psync, py, s);
         return;
       }
     }
+    Tensor states = scratch(state_elems, DType::f32);
+    float* pstates = static_cast<float*>(states.data_ptr());
+    launch_state_pass<T>(d, false, px, pB, pdelta, pS, seq, init, pstates, last, psync, s);
     launch_output<T>(d, px, pC, cptr<float>(D), pS, pdelta, seq, pstates, pK, py, s);
   });
 }

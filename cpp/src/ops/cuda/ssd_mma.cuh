@@ -1,4 +1,4 @@
-// What the SSD's mma.sync kernels share (bf16 activations; ssd_output_mma.cu,
+// What the SSD's mma.sync kernels share (bf16 activations; ssd_forward_mma.cu,
 // ssd_chunk_state_mma.cu, ssd_backward_dx_mma.cu, ssd_backward_bc_mma.cu): f32 states
 // staged in shared memory as sums of bf16 parts, small fragment helpers, and the entry
 // points that ssd_forward.cu and ssd_states.cu dispatch to.
@@ -75,6 +75,92 @@ struct StatePlanes {
   }
 };
 
+// The chunk's own state of a state pass, in a block of 8 warps: acc (warp w: p rows
+// 16·(w mod 4) .., columns (w / 4)·kN/2 ..) += (X·diag(scale))ᵀ·B over the chunk's Lt token
+// tiles, X·diag(scale) in three bf16 parts (swizzled [..][64] tiles, `part` elements
+// apart), B a swizzled [..][kN] tile.
+template <int kN>
+__device__ __forceinline__ void chunk_state_product(float (&acc)[kN / 16][4], const __nv_bfloat16* xs, int part,
+                                                    const __nv_bfloat16* bs, int Lt) {
+  using namespace mma_bf16;
+  constexpr int kNT = kN / 16;
+  const int warp = threadIdx.x >> 5, pr = warp % 4, nh = warp / 4;
+  zero_frags(acc);
+  for (int ks = 0; ks < Lt; ++ks) {
+    uint32_t a[3][4];
+#pragma unroll
+    for (int q = 0; q < 3; ++q) ldsm_x4_t(a[q], b_addr<64>(xs + q * part, 16 * ks, 2 * pr));
+#pragma unroll
+    for (int np = 0; np < kNT / 2; ++np) {
+      uint32_t b[4];
+      ldsm_x4_t(b, a_addr<kN>(bs, 16 * ks, 2 * (nh * kNT / 2 + np)));
+#pragma unroll
+      for (int q = 0; q < 3; ++q) {
+        mma(acc[2 * np], a[q], b[0], b[1]);
+        mma(acc[2 * np + 1], a[q], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// The carry of a state pass handed from block to block (ssd_chunk_state_mma.cu,
+// ssd_forward_mma.cu), at a thread's places of chunk_state_product's fragments in a
+// [64][n] state: rows r and r + 8, columns c0 + 8·nt and + 1. take() gets the state
+// entering the block's step: `init` (or 0) at the first step, else what the previous
+// step's block handed on, once its flag is up (thread 0 waits; the block follows).
+// hand() stores E·in + G (the fmaf of state_carry_kernel) at `out` (none when null) and,
+// when `flag` is given, raises it once the whole block has stored.
+template <int kN>
+struct CarryPlaces {
+  static constexpr int kNT = kN / 16;
+  int r, c0;
+  __device__ __forceinline__ CarryPlaces() {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    r = 16 * (warp % 4) + (lane >> 2), c0 = (warp / 4) * (kN / 2) + 2 * (lane & 3);
+  }
+  __device__ __forceinline__ int at(int nt, int hr) const { return (r + 8 * hr) * kN + c0 + 8 * nt; }
+
+  __device__ __forceinline__ void take(float2 (&in)[kNT][2], bool first, const float* init, const float* slot,
+                                       const int32_t* flag) const {
+    if (first) {
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr)
+          in[nt][hr] = init ? *reinterpret_cast<const float2*>(init + at(nt, hr)) : make_float2(0.f, 0.f);
+      return;
+    }
+    if (threadIdx.x == 0) {
+      while (*reinterpret_cast<const volatile int32_t*>(flag) == 0) __nanosleep(32);
+      __threadfence();
+    }
+    __syncthreads();
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) in[nt][hr] = __ldcg(reinterpret_cast<const float2*>(slot + at(nt, hr)));
+  }
+
+  __device__ __forceinline__ void hand(const float2 (&in)[kNT][2], const float (&G)[kNT][4], float E, float* out,
+                                       int32_t* flag) const {
+    if (out) {
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr)
+          *reinterpret_cast<float2*>(out + at(nt, hr)) =
+              make_float2(fmaf(E, in[nt][hr].x, G[nt][2 * hr]), fmaf(E, in[nt][hr].y, G[nt][2 * hr + 1]));
+    }
+    if (flag) {
+      __syncthreads();  // every thread's part is stored
+      if (threadIdx.x == 0) {
+        __threadfence();
+        atomicExch(flag, 1);
+      }
+    }
+  }
+};
+
 // The pair (col, col + 1) of row r of a swizzled [..][64] bf16 tile, col even.
 __device__ __forceinline__ float2 tile_pair(const __nv_bfloat16* tile, int r, int col) {
   return __bfloat1622float2(
@@ -130,11 +216,16 @@ __device__ __forceinline__ void tile_abt(float (&tile)[2][4], const uint32_t (&a
   }
 }
 
-// The forward's output on mma.sync: bf16, p 64, n 64 or 128, 16-byte aligned rows.
-bool output_mma_supported(const Dims& d, const void* x, const void* C, const void* y, const float* states);
-void launch_output_mma(const Dims& d, const __nv_bfloat16* x, const __nv_bfloat16* C, const float* D, const double* S,
-                       const float* delta, const int32_t* seq, const float* states, const float* K, __nv_bfloat16* y,
-                       cudaStream_t s);
+// The whole forward on mma.sync in one launch (ssd_forward_mma.cu): bf16, p 64, n 64 or
+// 128, 16-byte aligned rows, at least one chunk. K (launch_chunk_cb) comes first; `ring`
+// holds forward_mma_ring_floats(d) floats and `sync` state_pass_sync_ints(d) ints.
+bool forward_mma_supported(const Dims& d, const void* x, const void* B, const void* C, const void* y,
+                           const float* init, const float* last);
+inline int64_t forward_mma_ring_floats(const Dims& d) { return d.b * d.h * 2 * d.p * d.n; }
+void launch_forward_mma(const Dims& d, const __nv_bfloat16* x, const __nv_bfloat16* B, const __nv_bfloat16* C,
+                        const float* D, const double* S, const float* delta, const int32_t* seq, const float* K,
+                        const float* init, float* ring, float* last, int32_t* sync, __nv_bfloat16* y,
+                        cudaStream_t s);
 
 // The state pass on mma.sync (ssd_chunk_state_mma.cu): each chunk's own state and the
 // carry, in one launch; bf16, p 64, n 64 or 128, 16-byte aligned rows, at least one
