@@ -77,8 +77,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   cp_wait<0>();
   __syncthreads();
   // X·diag(f⊙Δ) in three bf16 parts, 8 columns of a token an item.
-  for (int e = tid; e < kQ * (kP / 8); e += kThreads) {
-    const int t = e / (kP / 8), ck = e % (kP / 8);
+  static_assert(kQ * (kP / 8) % kThreads == 0, "ssd forward: whole items a thread");
+#pragma unroll
+  for (int u = 0; u < kQ * (kP / 8) / kThreads; ++u) {
+    const int e = tid + u * kThreads, t = e / (kP / 8), ck = e % (kP / 8);
     const uint4 raw = *reinterpret_cast<const uint4*>(xr + swz<kP>(t, ck));
     const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
     uint32_t parts[3][4];
