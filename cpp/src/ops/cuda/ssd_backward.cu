@@ -85,12 +85,8 @@ void ssd_backward(const Tensor& dy, const Tensor& d_final_state, const Tensor& x
     if constexpr (kTensorCores<T>) {
       if (dx_mma_supported(d, a)) launch_dx_mma(d, a, s);
       else launch_dx<T>(d, a, s);
-      if (bc_mma_supported(d, a)) {
-        Tensor pw = scratch(bc_mma_scratch(d), DType::bf16);
-        launch_bc_mma(d, a, static_cast<bf16*>(pw.data_ptr()), s);
-      } else {
-        launch_bc<T>(d, a, s);
-      }
+      if (bc_mma_supported(d, a)) launch_bc_mma(d, a, s);
+      else launch_bc<T>(d, a, s);
     } else {
       launch_dx<T>(d, a, s);
       launch_bc<T>(d, a, s);

@@ -136,10 +136,8 @@ template <class T>
 void launch_bc(const Dims& d, const BackwardArgs<T>& a, cudaStream_t s);
 
 // The tensor-core dB/dC path: bf16, p and n multiples of 64 (and > 0), 16-byte aligned
-// rows. It needs bc_mma_scratch(d) bf16 elements of scratch (Σ_j PW_j as hi/lo parts
-// for every row, chunk and group).
+// rows.
 bool bc_mma_supported(const Dims& d, const BackwardArgs<bf16>& a);
-inline int64_t bc_mma_scratch(const Dims& d) { return d.b * d.nc * d.g * 2 * d.kq() * d.kq(); }
-void launch_bc_mma(const Dims& d, const BackwardArgs<bf16>& a, bf16* pw, cudaStream_t s);
+void launch_bc_mma(const Dims& d, const BackwardArgs<bf16>& a, cudaStream_t s);
 
 }  // namespace mambatron::cuda::ssd

@@ -2,12 +2,11 @@
 // multiples of 64, 16-byte aligned rows (bc_mma_supported). With PW_j = (dY_j·X_jᵀ ⊙ W_j)·diag(Δ_j):
 //   dC = (Σ_j PW_j)·B + Σ_j diag(e_j)·dY_j·H_in,j
 //   dB = (Σ_j PW_j)ᵀ·C + Σ_j diag(f_j ⊙ Δ_j)·X_j·Ĥ_j
-// Two kernels. pw_kernel, per (row, group, chunk), sums PW over the group's heads in
-// order in registers and writes it as hi/lo bf16 parts (its causal 16×16 tiles);
-// bc_kernel, per (row, group, chunk, 64 columns of n), sums the state terms over the
-// heads in order, then adds the PW products. Each walks the (head, 64 columns of p)
-// steps with the next step's operands loading while the current one is multiplied.
-// The states enter their products as hi/lo bf16 parts, as in the generic kernel
+// One kernel, a block per (row, group, chunk, 64 columns of n). It walks the (head, 64
+// columns of p) steps with the next step's operands loading while the current one is
+// multiplied, and sums in order over the heads both the state terms and Σ PW (its causal
+// 16×16 tiles shared among the warps, in registers); then it adds the PW products. The
+// states enter their products as hi/lo bf16 parts, as in the generic kernel
 // (ssd_backward_bc.cu), which serves every other case: split once a step for the block,
 // into planes that ldmatrix reads.
 #include "ssd_backward.h"
@@ -79,101 +78,6 @@ __device__ __forceinline__ void for_steps(int64_t steps, Issue&& issue, Body&& b
   }
 }
 
-// ---------------------------------------------------------------- Σ_j PW_j
-// kT/2 warps; warp w owns the causal tiles of row tiles w and kT − 1 − w (kT + 1 of
-// them, the same count for every warp): flat tile i is (w, i) for i ≤ w, else
-// (kT − 1 − w, i − w − 1).
-template <int kQ>
-struct PwLayout {
-  static constexpr int kT = kQ / 16, kWarps = kT / 2, kThreads = 32 * kWarps, kTiles = kT + 1;
-  static constexpr size_t stage0 = 0, stage1 = StepLayout<kQ>::end, doc = 2 * StepLayout<kQ>::end;
-  static constexpr size_t bytes = doc + align128(kQ * sizeof(int));
-};
-
-template <int kQ>
-__global__ void __launch_bounds__(PwLayout<kQ>::kThreads)
-    pw_kernel(Dims d, BackwardArgs<bf16> a, bf16* __restrict__ pw_out) {
-  using Lay = PwLayout<kQ>;
-  constexpr int kT = Lay::kT, kThreads = Lay::kThreads, kTiles = Lay::kTiles;
-  extern __shared__ __align__(128) unsigned char smem[];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
-  int* docs = reinterpret_cast<int*>(smem + Lay::doc);
-
-  int64_t id = blockIdx.x;
-  const int64_t c = id % d.nc;
-  id /= d.nc;
-  const int64_t gi = id % d.g, bi = id / d.g, heads = d.h / d.g;
-  const int64_t t0 = c * d.Q;
-  const int L = int(d.l - t0 < d.Q ? d.l - t0 : d.Q);
-  const int64_t pchunks = d.p / kPC, steps = heads * pchunks;
-  for (int t = tid; t < kQ; t += kThreads) docs[t] = t < L ? doc_at(a.seq, d, bi, t0 + t) : 0;
-
-  const int rA = warp, rB = kT - 1 - warp;
-  float pw[kTiles][2][4];
-#pragma unroll
-  for (int i = 0; i < kTiles; ++i) zero_frags(pw[i]);
-
-  auto stage_of = [&](int64_t s) { return smem + (s & 1 ? Lay::stage1 : Lay::stage0); };
-  auto issue = [&](int64_t s) {
-    load_step<kQ, kThreads>(stage_of(s), d, a, bi, gi * heads + s / pchunks, (s % pchunks) * kPC, t0, L);
-    cp_commit();
-  };
-  for_steps(steps, issue, [&](int64_t s) {
-    unsigned char* st = stage_of(s);
-    const auto [dys, xs, Ss, dls] = step_at<kQ>(st);
-    uint32_t aA[kPC / 16][4], aB[kPC / 16][4];
-#pragma unroll
-    for (int ks = 0; ks < kPC / 16; ++ks) {
-      ldsm_x4(aA[ks], a_addr<kPC>(dys, 16 * rA, 2 * ks));
-      ldsm_x4(aB[ks], a_addr<kPC>(dys, 16 * rB, 2 * ks));
-    }
-#pragma unroll
-    for (int i = 0; i < kTiles; ++i) {
-      const bool first = i <= warp;
-      const int rt = first ? rA : rB, ct = first ? i : i - warp - 1;
-      uint32_t af[kPC / 16][4];
-#pragma unroll
-      for (int ks = 0; ks < kPC / 16; ++ks)
-#pragma unroll
-        for (int k = 0; k < 4; ++k) af[ks][k] = first ? aA[ks][k] : aB[ks][k];
-      float tmp[2][4];
-      tile_abt(tmp, af, xs, 16 * ct);
-      // PW += (Pm ⊙ W)·diag(Δ) on this tile.
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const int t = 16 * rt + g + 8 * hr;
-        const double St_ = Ss[t];
-#pragma unroll
-        for (int nh = 0; nh < 2; ++nh)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int sc = 16 * ct + 8 * nh + 2 * tq + e;
-            if (sc <= t && t < L && docs[sc] == docs[t])
-              pw[i][nh][2 * hr + e] += tmp[nh][2 * hr + e] * (decay<bf16>(St_ - Ss[sc]) * dls[sc]);
-          }
-      }
-    }
-  }, [](int64_t) {});
-
-  // The causal tiles as hi/lo bf16 parts: [2][kQ][kQ] for this (row, chunk, group).
-  bf16* out = pw_out + ((bi * d.nc + c) * d.g + gi) * 2 * kQ * kQ;
-#pragma unroll
-  for (int i = 0; i < kTiles; ++i) {
-    const bool first = i <= warp;
-    const int rt = first ? rA : rB, ct = first ? i : i - warp - 1;
-#pragma unroll
-    for (int nh = 0; nh < 2; ++nh)
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const int t = 16 * rt + g + 8 * hr, sc = 16 * ct + 8 * nh + 2 * tq;
-        uint32_t hi, lo;
-        split_bf16(pw[i][nh][2 * hr], pw[i][nh][2 * hr + 1], hi, lo);
-        *reinterpret_cast<uint32_t*>(out + t * kQ + sc) = hi;
-        *reinterpret_cast<uint32_t*>(out + kQ * kQ + t * kQ + sc) = lo;
-      }
-  }
-}
-
 // ---------------------------------------------------------------- dB, dC
 // kT warps; warp w owns row tile w of dB and dC (64 columns of n). A step stages,
 // besides dY and X, the head's H_in and Ĥ over the step's p and the block's n, each as
@@ -193,30 +97,41 @@ struct BcMmaLayout {
   static_assert(bytes <= kMaxSmem, "ssd dB/dC tensor-core kernel: too much shared memory");
 };
 
-// acc[nt] += A·H for a warp's 16 rows: A's fragments a[ks] (16 × kPC), H = hi + lo,
-// two [kPC][kNT] bf16 planes (swizzled) at H and H + kPC·kNT.
+// acc[nt] += diag(scale)·A·H for a warp's 16 rows (scale[0] for rows g, scale[1] for
+// rows g + 8): A's fragments a[ks] (16 × kPC), H = hi + lo, two [kPC][kNT] bf16 planes
+// (swizzled) at H and H + kPC·kNT. A column pair of tiles at a time, so that few
+// registers are live.
 __device__ __forceinline__ void gemm_state(float (&acc)[kNT / 8][4], const uint32_t (&a)[kPC / 16][4],
-                                           const bf16* H) {
+                                           const bf16* H, const float (&scale)[2]) {
 #pragma unroll
-  for (int part = 0; part < 2; ++part)
+  for (int np = 0; np < kNT / 16; ++np) {
+    float t[2][4];
+    zero_frags(t);
 #pragma unroll
-    for (int ks = 0; ks < kPC / 16; ++ks)
+    for (int part = 0; part < 2; ++part)
 #pragma unroll
-      for (int np = 0; np < kNT / 16; ++np) {
+      for (int ks = 0; ks < kPC / 16; ++ks) {
         uint32_t b[4];
         ldsm_x4_t(b, a_addr<kNT>(H + part * kPC * kNT, 16 * ks, 2 * np));
-        mma(acc[2 * np], a[ks], b[0], b[1]);
-        mma(acc[2 * np + 1], a[ks], b[2], b[3]);
+        mma(t[0], a[ks], b[0], b[1]);
+        mma(t[1], a[ks], b[2], b[3]);
       }
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      float* o = acc[2 * np + k];
+      o[0] += scale[0] * t[k][0], o[1] += scale[0] * t[k][1];
+      o[2] += scale[1] * t[k][2], o[3] += scale[1] * t[k][3];
+    }
+  }
 }
 
 template <int kQ>
 __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
-    bc_mma_kernel(Dims d, BackwardArgs<bf16> a, const bf16* __restrict__ pw_in) {
+    bc_mma_kernel(Dims d, BackwardArgs<bf16> a) {
   using Lay = BcMmaLayout<kQ>;
   constexpr int kT = Lay::kT, kThreads = Lay::kThreads;
   extern __shared__ __align__(128) unsigned char smem[];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   int* docs = reinterpret_cast<int*>(smem + Lay::doc);
 
   const int64_t ntiles = d.n / kNT;
@@ -235,6 +150,19 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
   float accC[kNT / 8][4], accB[kNT / 8][4];
   zero_frags(accC);
   zero_frags(accB);
+  // Σ PW: the kT·(kT + 1)/2 causal tiles (row tile rt, column tile ct ≤ rt), numbered row
+  // by row; warp w sums tiles w, w + kT, w + 2·kT, ...
+  constexpr int kTiles = kT * (kT + 1) / 2, kMine = (kTiles + kT - 1) / kT;
+  int rt[kMine], ct[kMine];
+#pragma unroll
+  for (int i = 0; i < kMine; ++i) {
+    int f = warp + i * kT, r = 0;
+    while (r < kT && f > r) f -= ++r;  // tile f is (r, f) once f ≤ r
+    rt[i] = r, ct[i] = f;
+  }
+  float pw[kMine][2][4];
+#pragma unroll
+  for (int i = 0; i < kMine; ++i) zero_frags(pw[i]);
 
   auto stage_of = [&](int64_t s) { return smem + (s & 1) * Lay::step; };
   auto planes = [&](int64_t s, size_t at) { return reinterpret_cast<bf16*>(stage_of(s) + at); };
@@ -265,39 +193,54 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
       fd[hr] = ok && docs[t] == doc_last ? float(exp(S_last - Ss[t]) * double(dls[t])) : 0.f;
     }
     uint32_t af[kPC / 16][4];
-    float tmp[kNT / 8][4];
 #pragma unroll
     for (int ks = 0; ks < kPC / 16; ++ks) ldsm_x4(af[ks], a_addr<kPC>(dys, 16 * warp, 2 * ks));
-    zero_frags(tmp);
-    gemm_state(tmp, af, planes(s, Lay::hin));
-#pragma unroll
-    for (int q = 0; q < kNT / 8; ++q) {
-      accC[q][0] += e[0] * tmp[q][0], accC[q][1] += e[0] * tmp[q][1];
-      accC[q][2] += e[1] * tmp[q][2], accC[q][3] += e[1] * tmp[q][3];
-    }
+    gemm_state(accC, af, planes(s, Lay::hin), e);
 #pragma unroll
     for (int ks = 0; ks < kPC / 16; ++ks) ldsm_x4(af[ks], a_addr<kPC>(xs, 16 * warp, 2 * ks));
-    zero_frags(tmp);
-    gemm_state(tmp, af, planes(s, Lay::hout));
+    gemm_state(accB, af, planes(s, Lay::hout), fd);
+    // PW += (dY·Xᵀ ⊙ W)·diag(Δ) on this warp's tiles.
 #pragma unroll
-    for (int q = 0; q < kNT / 8; ++q) {
-      accB[q][0] += fd[0] * tmp[q][0], accB[q][1] += fd[0] * tmp[q][1];
-      accB[q][2] += fd[1] * tmp[q][2], accB[q][3] += fd[1] * tmp[q][3];
+    for (int i = 0; i < kMine; ++i) {
+      if (warp + i * kT >= kTiles) break;
+#pragma unroll
+      for (int ks = 0; ks < kPC / 16; ++ks) ldsm_x4(af[ks], a_addr<kPC>(dys, 16 * rt[i], 2 * ks));
+      float pm[2][4];
+      tile_abt(pm, af, xs, 16 * ct[i]);
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int t = 16 * rt[i] + g + 8 * hr;
+        const double St = Ss[t];
+#pragma unroll
+        for (int nh = 0; nh < 2; ++nh)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int sc = 16 * ct[i] + 8 * nh + 2 * tq + e;
+            if (sc <= t && t < L && docs[sc] == docs[t])
+              pw[i][nh][2 * hr + e] += pm[nh][2 * hr + e] * (decay<bf16>(St - Ss[sc]) * dls[sc]);
+          }
+      }
     }
   }, land);
 
-  // Σ PW (its causal tiles), and this block's columns of B and C.
+  // Σ PW as hi/lo bf16 parts (its causal tiles), and this block's columns of B and C.
   bf16* pwh = reinterpret_cast<bf16*>(smem + Lay::pwh);
   bf16* pwl = reinterpret_cast<bf16*>(smem + Lay::pwl);
   bf16* bs = reinterpret_cast<bf16*>(smem + Lay::bs);
   bf16* cs = reinterpret_cast<bf16*>(smem + Lay::cs);
-  const bf16* pw = pw_in + ((bi * d.nc + c) * d.g + gi) * 2 * kQ * kQ;
-  constexpr int kChunks = kQ / 8;  // 16-byte pieces of a PW row
-  for (int e = tid; e < kQ * kChunks; e += kThreads) {
-    const int r = e / kChunks, ch = e - r * kChunks;
-    if (ch / 2 > r / 16) continue;  // above the causal tiles
-    cp_async<16>(pwh + swz<kQ>(r, ch), pw + r * kQ + 8 * ch);
-    cp_async<16>(pwl + swz<kQ>(r, ch), pw + kQ * kQ + r * kQ + 8 * ch);
+#pragma unroll
+  for (int i = 0; i < kMine; ++i) {
+    if (warp + i * kT >= kTiles) break;
+#pragma unroll
+    for (int nh = 0; nh < 2; ++nh)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int t = 16 * rt[i] + g + 8 * hr, sc = 16 * ct[i] + 8 * nh + 2 * tq, at = swz<kQ>(t, sc >> 3) + (sc & 7);
+        uint32_t hi, lo;
+        split_bf16(pw[i][nh][2 * hr], pw[i][nh][2 * hr + 1], hi, lo);
+        *reinterpret_cast<uint32_t*>(pwh + at) = hi;
+        *reinterpret_cast<uint32_t*>(pwl + at) = lo;
+      }
   }
   load_tile<kQ, kNT, kThreads>(bs, a.B + d.bco(bi, 0, gi) + n0, d.g * d.n, t0, t0 + L);
   load_tile<kQ, kNT, kThreads>(cs, a.C + d.bco(bi, 0, gi) + n0, d.g * d.n, t0, t0 + L);
@@ -335,14 +278,12 @@ bool bc_mma_supported(const Dims& d, const BackwardArgs<bf16>& a) {
          aligned16(a.dC) && aligned16(a.hin) && aligned16(a.dhout);
 }
 
-void launch_bc_mma(const Dims& d, const BackwardArgs<bf16>& a, bf16* pw, cudaStream_t s) {
+void launch_bc_mma(const Dims& d, const BackwardArgs<bf16>& a, cudaStream_t s) {
+  const int64_t blocks = d.b * d.g * d.nc * (d.n / kNT);
+  if (blocks == 0) return;
   with_chunk_tiles(d.Q, [&](auto kq) {
     constexpr int kQ = decltype(kq)::value;
-    const int64_t pw_blocks = d.b * d.g * d.nc;
-    if (pw_blocks == 0) return;
-    launch_big(pw_kernel<kQ>, unsigned(pw_blocks), PwLayout<kQ>::kThreads, PwLayout<kQ>::bytes, s, d, a, pw);
-    launch_big(bc_mma_kernel<kQ>, unsigned(pw_blocks * (d.n / kNT)), BcMmaLayout<kQ>::kThreads,
-               BcMmaLayout<kQ>::bytes, s, d, a, static_cast<const bf16*>(pw));
+    launch_big(bc_mma_kernel<kQ>, unsigned(blocks), BcMmaLayout<kQ>::kThreads, BcMmaLayout<kQ>::bytes, s, d, a);
   });
 }
 
