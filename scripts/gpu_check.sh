@@ -16,7 +16,7 @@
 # PROFILE=1 adds that profile after the tests and benchmarks of the same call (one build).
 # SANITIZE=1 runs compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over the
 # small GoogleTest cases made for it (SANITIZE_FILTER to choose others) after the tests,
-# each tool's report into $OUT/sanitize_<tool>.log (exit 124: the tool ran past 240 s).
+# each tool's report into $OUT/sanitize_<tool>.log (exit 124: the tool ran past 150 s).
 # GTEST_FILTER and PYTEST_ARGS (e.g. "tests/python/test_ops_ssd.py -k cuda")
 # narrow the tests to one area while a kernel is being written; BENCHMARKS (e.g.
 # "bench_cuda_attention bench_cuda_ssd") the benchmarks.
@@ -125,7 +125,7 @@ if [ $tests -eq 1 ] && [ "${SANITIZE:-0}" = 1 ]; then
   filter=${SANITIZE_FILTER:-CudaSsd.SmallPackedCase:CudaSsd.SmallTensorCoreCase:CudaSelectiveScan.SmallWalkedCase:CudaAttention.SmallPackedForwardBackward}
   for tool in memcheck racecheck synccheck initcheck; do
     t0=$(date +%s)
-    timeout 240 "$san" --tool $tool --error-exitcode 9 build/gpu/mambatron_tests --gtest_filter="$filter" \
+    timeout 150 "$san" --tool $tool --error-exitcode 9 build/gpu/mambatron_tests --gtest_filter="$filter" \
       > "$OUT/sanitize_$tool.log" 2>&1
     rc=$?
     say "sanitize $tool: exit $rc in $(( $(date +%s) - t0 )) s; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_$tool.log" | tail -1)"
