@@ -214,10 +214,10 @@ __global__ void __launch_bounds__(BcMmaLayout<kQ>::kThreads)
 #pragma unroll
         for (int nh = 0; nh < 2; ++nh)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int sc = 16 * ct[i] + 8 * nh + 2 * tq + e;
+          for (int ee = 0; ee < 2; ++ee) {
+            const int sc = 16 * ct[i] + 8 * nh + 2 * tq + ee;
             if (sc <= t && t < L && docs[sc] == docs[t])
-              pw[i][nh][2 * hr + e] += pm[nh][2 * hr + e] * (decay<bf16>(St - Ss[sc]) * dls[sc]);
+              pw[i][nh][2 * hr + ee] += pm[nh][2 * hr + ee] * (decay<bf16>(St - Ss[sc]) * dls[sc]);
           }
       }
     }
