@@ -81,21 +81,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
   for (int u = 0; u < kQ * (kP / 8) / kThreads; ++u) {
     const int e = tid + u * kThreads, t = e / (kP / 8), ck = e % (kP / 8);
-    const uint4 raw = *reinterpret_cast<const uint4*>(xr + swz<kP>(t, ck));
-    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-    uint32_t parts[3][4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[k]));
-      uint32_t r[3];
-      split_parts<3>(f.x * scale[t], f.y * scale[t], r);
-#pragma unroll
-      for (int q = 0; q < 3; ++q) parts[q][k] = r[q];
-    }
-#pragma unroll
-    for (int q = 0; q < 3; ++q)
-      *reinterpret_cast<uint4*>(xs + q * Lay::part + swz<kP>(t, ck)) =
-          make_uint4(parts[q][0], parts[q][1], parts[q][2], parts[q][3]);
+    put_scaled_parts(xs, int(Lay::part), t, ck, *reinterpret_cast<const uint4*>(xr + swz<kP>(t, ck)), scale[t]);
   }
   __syncthreads();
 

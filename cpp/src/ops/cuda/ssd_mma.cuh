@@ -75,6 +75,27 @@ struct StatePlanes {
   }
 };
 
+// Eight bf16 values of token t (columns 8·ck ..) times `scale`, as the three bf16 parts
+// of split_parts, into swizzled [..][64] tiles `part` elements apart: the scaled X that
+// chunk_state_product reads.
+__device__ __forceinline__ void put_scaled_parts(__nv_bfloat16* xs, int part, int t, int ck, const uint4& raw,
+                                                 float scale) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+  uint32_t parts[3][4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[k]));
+    uint32_t r[3];
+    split_parts<3>(f.x * scale, f.y * scale, r);
+#pragma unroll
+    for (int q = 0; q < 3; ++q) parts[q][k] = r[q];
+  }
+#pragma unroll
+  for (int q = 0; q < 3; ++q)
+    *reinterpret_cast<uint4*>(xs + q * part + mma_bf16::swz<64>(t, ck)) =
+        make_uint4(parts[q][0], parts[q][1], parts[q][2], parts[q][3]);
+}
+
 // The chunk's own state of a state pass, in a block of 8 warps: acc (warp w: p rows
 // 16·(w mod 4) .., columns (w / 4)·kN/2 ..) += (X·diag(scale))ᵀ·B over the chunk's Lt token
 // tiles, X·diag(scale) in three bf16 parts (swizzled [..][64] tiles, `part` elements
