@@ -45,6 +45,11 @@ struct alignas(16) Pack {
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// The producer's side of a named barrier: counts this thread's arrival (its shared-memory
+// writes before it are seen by the threads that wait there with named_barrier) and goes on.
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 // Sum of `v` over the block, in a fixed tree (warp shuffles, then the warp sums in
 // order), so the bits do not depend on timing. blockDim.x must be a multiple of 32

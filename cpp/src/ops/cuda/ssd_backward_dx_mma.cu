@@ -6,10 +6,12 @@
 //   colZ_s and dX_s = Σ_{t ≥ s} (M_ts·Δ_s)·dY_t, over the tiles t ≥ w of
 //     Zᵀ = (X·dYᵀ) ⊙ Mᵀ: the scaled Mᵀ tile is the dX product's A operand (hi/lo parts);
 //   rowZ_t = Σ_{s ≤ t} Z_ts·Δ_s, over the tiles s ≤ w of Z = (dY·Xᵀ) ⊙ M.
-// State warp kT + w takes the same tokens' state terms: U = C·H_inᵀ gives u_t = ⟨dy_t, U_t⟩
-// and Σ dy·x; T1 = B·Ĥᵀ gives q_s = ⟨x_s, T1_s⟩ and f_s·Δ_s·T1 + D·dy, which it hands
-// to Z warp w (f32, in the tile's rows of B and C, which only this warp reads) to be
-// added to dX and stored.
+// State warp kT + w takes the same tokens' state terms: T1 = B·Ĥᵀ gives q_s = ⟨x_s, T1_s⟩
+// and f_s·Δ_s·T1 + D·dy, which it hands to Z warp w (f32: in the tile's rows of B, which
+// only this warp reads, at n 128; else in a region of its own) to be added to dX and
+// stored; U = C·H_inᵀ gives u_t = ⟨dy_t, U_t⟩, the state warp making U's columns p 32..63
+// and Σ dy·x, the Z warp, once its own products are made, columns 0..31 (the state warps
+// have about three times the Z warps' mma work otherwise). u's two halves add in that order.
 // The states are split once, as they are staged, into three bf16 planes (q and u feed f32
 // outputs), so that both products read them with ldmatrix; the state warps also sum
 // ⟨Ĥ, H_in⟩ from the f32 values.
@@ -33,7 +35,9 @@ struct DxMmaLayout {
   static constexpr size_t dy = 0, x = dy + size_t(kQ) * kP * 2, b = x + size_t(kQ) * kP * 2;
   static constexpr size_t c = b + size_t(kQ) * kN * 2, hout = c + size_t(kQ) * kN * 2;
   static constexpr size_t hin = hout + kParts * plane, values = hin + kParts * plane;
-  static constexpr size_t bytes = values + token_values_bytes(kQ);
+  static constexpr bool kHandInB = kN >= 128;  // a tile's 16 rows of B hold its 16 × 64 f32
+  static constexpr size_t handoff = values + token_values_bytes(kQ);
+  static constexpr size_t bytes = handoff + (kHandInB ? 0 : size_t(kQ) * kP * 4);
   static_assert(bytes <= kMaxSmem, "ssd dx tensor-core kernel: too much shared memory");
 };
 
@@ -50,6 +54,7 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
   constexpr int kT = Lay::kT, kHalf = Lay::kHalf, kParts = Lay::kParts;
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ double red[32];
+  __shared__ double u_lo[kQ];  // u_t's part from U's columns 0..31 (the Z warps')
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   const bool z_warp = warp < kT;
   const int w = z_warp ? warp : warp - kT;  // the row tile this warp works on
@@ -59,10 +64,44 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
   bf16* cs = reinterpret_cast<bf16*>(smem + Lay::c);
   bf16* hout = reinterpret_cast<bf16*>(smem + Lay::hout);  // kParts planes each
   bf16* hin = reinterpret_cast<bf16*>(smem + Lay::hin);
-  // The handoff of a lane's fragment value i (of 32): the first 16 in this tile's rows of
-  // B, the rest in its rows of C (2 KB each at least), free once both products are made.
-  float* hand[2] = {reinterpret_cast<float*>(bs + 16 * w * kN), reinterpret_cast<float*>(cs + 16 * w * kN)};
-  auto handoff = [&](int i) -> float& { return hand[i / 16][(i % 16) * 32 + lane]; };
+  // The handoff of a lane's fragment value i (of 32), 4 KB a tile.
+  float* hand = Lay::kHandInB ? reinterpret_cast<float*>(bs + 16 * w * kN)
+                              : reinterpret_cast<float*>(smem + Lay::handoff) + w * 16 * kP;
+  auto handoff = [&](int i) -> float& { return hand[i * 32 + lane]; };
+  // A warp's half of U's columns (p 32·half ..) for the rows of tile w: u's part and, from
+  // the state warp, Σ dy·x. The planes are swizzled by row, so 32 rows down is a tile too.
+  auto u_half = [&](int half, double* u_out, double* d_out) {
+    float u[kP / 16][4];
+    zero_frags(u);
+#pragma unroll
+    for (int q = 0; q < kParts; ++q) gemm_abt<kN, 4>(u, cs, 16 * w, hin + q * kP * kN + 32 * half * kN);
+    double us[2] = {0, 0}, ds[2] = {0, 0};
+#pragma unroll
+    for (int nt = 0; nt < kP / 16; ++nt)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int t = 16 * w + g + 8 * hr, col = 32 * half + 8 * nt + 2 * tq;
+        const float2 dyv = tile_pair(dys, t, col);
+        us[hr] += double(dyv.x) * double(u[nt][2 * hr]) + double(dyv.y) * double(u[nt][2 * hr + 1]);
+      }
+    if (d_out)
+#pragma unroll
+      for (int nt = 0; nt < kP / 8; ++nt)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const int t = 16 * w + g + 8 * hr, col = 8 * nt + 2 * tq;
+          const float2 xv = tile_pair(xs, t, col), dyv = tile_pair(dys, t, col);
+          ds[hr] += double(dyv.x) * double(xv.x) + double(dyv.y) * double(xv.y);
+        }
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const double su = quad_sum(us[hr]), sd = quad_sum(ds[hr]);
+      if (tq == 0) {
+        u_out[16 * w + g + 8 * hr] = su;
+        if (d_out) d_out[16 * w + g + 8 * hr] = sd;
+      }
+    }
+  };
   const TokenValues v = carve_token_values(smem + Lay::values, kQ);
 
   int64_t id = blockIdx.x;
@@ -201,6 +240,8 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
         if (tq == 0) v.rowZ[16 * w + g + 8 * hr] = z;
       }
     }
+    named_barrier(2, Lay::kThreads);  // C and H_in's planes, from the state warps
+    u_half(0, u_lo, nullptr);
   } else {
     // Both states into their planes, and this thread's share of ⟨Ĥ, H_in⟩.
     {
@@ -212,29 +253,9 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
       hn.put(hin, tid - kHalf);
     }
     cp_wait<0>();
-    named_barrier(1, kHalf);  // B, C and the state planes, among the state warps
-    // U = C·H_inᵀ of rows t in tile w: u_t and Σ dy·x.
-    {
-      float u[kP / 8][4];
-      zero_frags(u);
-#pragma unroll
-      for (int q = 0; q < kParts; ++q) gemm_abt<kN, 8>(u, cs, 16 * w, hin + q * kP * kN);
-      double us[2] = {0, 0}, ds[2] = {0, 0};
-#pragma unroll
-      for (int nt = 0; nt < kP / 8; ++nt)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-          const int t = 16 * w + g + 8 * hr, col = 8 * nt + 2 * tq;
-          const float2 xv = tile_pair(xs, t, col), dyv = tile_pair(dys, t, col);
-          us[hr] += double(dyv.x) * double(u[nt][2 * hr]) + double(dyv.y) * double(u[nt][2 * hr + 1]);
-          ds[hr] += double(dyv.x) * double(xv.x) + double(dyv.y) * double(xv.y);
-        }
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const double su = quad_sum(us[hr]), sd = quad_sum(ds[hr]);
-        if (tq == 0) v.uacc[16 * w + g + 8 * hr] = su, v.dacc[16 * w + g + 8 * hr] = sd;
-      }
-    }
+    named_barrier(1, kHalf);                 // B, C and the state planes, among the state warps
+    named_barrier_arrive(2, Lay::kThreads);  // and for the Z warps' half of U
+    u_half(1, v.uacc, v.dacc);
     // T1 = B·Ĥᵀ of rows s in tile w: q_s, and f_s·Δ_s·T1 + D·dy handed to Z warp w.
     {
       const float Dj = a.D ? a.D[j] : 0.f;
@@ -243,7 +264,7 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
 #pragma unroll
       for (int q = 0; q < kParts; ++q) gemm_abt<kN, 8>(t1, bs, 16 * w, hout + q * kP * kN);
       double q[2] = {0, 0};
-      __syncwarp();  // the tile's rows of B and C are read: they take the handoff
+      __syncwarp();  // the tile's rows of B are read: at n 128 they take the handoff
 #pragma unroll
       for (int nt = 0; nt < kP / 8; ++nt)
 #pragma unroll
@@ -274,7 +295,11 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
   }
 
   hh = block_sum(hh, red);  // its barriers also publish the per-token sums
-  if (warp == 0) finish_chunk<bf16, kQ>(v, hh, d, a, ch);
+  if (warp == 0) {
+    for (int t = lane; t < kQ; t += 32) v.uacc[t] = u_lo[t] + v.uacc[t];
+    __syncwarp();
+    finish_chunk<bf16, kQ>(v, hh, d, a, ch);
+  }
 }
 
 }  // namespace
