@@ -38,7 +38,8 @@ struct DxMmaLayout {
   static constexpr bool kHandInB = kN >= 128;  // a tile's 16 rows of B hold its 16 × 64 f32
   static constexpr size_t handoff = values + token_values_bytes(kQ);
   static constexpr size_t bytes = handoff + (kHandInB ? 0 : size_t(kQ) * kP * 4);
-  static_assert(bytes + 8 * (32 + kQ) <= kMaxSmem, "ssd dx tensor-core kernel: too much shared memory");  // + the static red, u_lo
+  // With the static red and u_lo.
+  static_assert(bytes + 8 * (32 + kQ) <= kMaxSmem, "ssd dx tensor-core kernel: too much shared memory");
 };
 
 // The four lanes' M values of a fragment place pair: K at (t, s) for the Z tiles, read
