@@ -313,11 +313,10 @@ bool dx_mma_supported(const Dims& d, const BackwardArgs<bf16>& a) {
 void launch_dx_mma(const Dims& d, const BackwardArgs<bf16>& a, cudaStream_t s) {
   const int64_t blocks = d.b * d.h * d.nc;
   if (blocks == 0) return;
-  with_chunk_tiles(d.Q, [&](auto kq) {
-    constexpr int kQ = decltype(kq)::value;
-    auto go = [&](auto kernel, int threads, size_t bytes) { launch_big(kernel, unsigned(blocks), threads, bytes, s, d, a); };
-    if (d.n == 64) go(dx_mma_kernel<kQ, 64>, DxMmaLayout<kQ, 64>::kThreads, DxMmaLayout<kQ, 64>::bytes);
-    else go(dx_mma_kernel<kQ, 128>, DxMmaLayout<kQ, 128>::kThreads, DxMmaLayout<kQ, 128>::bytes);
+  with_mma_sizes(d, [&](auto kq, auto kn) {
+    using Lay = DxMmaLayout<decltype(kq)::value, decltype(kn)::value>;
+    launch_big(dx_mma_kernel<decltype(kq)::value, decltype(kn)::value>, unsigned(blocks), Lay::kThreads, Lay::bytes, s,
+               d, a);
   });
 }
 

@@ -37,20 +37,14 @@ __global__ void __launch_bounds__(kThreads, 2)
                            float* __restrict__ last, int32_t* sync) {
   using Lay = ChunkStateMmaLayout<kQ, kN>;
   extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ int64_t ticket;
   bf16* xs = reinterpret_cast<bf16*>(smem + Lay::x);
   bf16* bs = reinterpret_cast<bf16*>(smem + Lay::b);
   float* scale = reinterpret_cast<float*>(smem + Lay::scale);
   const int tid = threadIdx.x;
   int32_t* flags = sync + 1;  // [b, h, nc]: step's slot written
 
-  if (tid == 0) ticket = atomicAdd(reinterpret_cast<unsigned*>(sync), 1u);
-  __syncthreads();
-  // Step outermost: every (row, head) chain moves on together.
-  int64_t id = ticket;
-  const int64_t j = id % d.h;
-  id /= d.h;
-  const int64_t bi = id % d.b, step = id / d.b, gi = d.group(j);
+  const PassPlace at = take_pass_place(d, sync);
+  const int64_t step = at.step, bi = at.bi, j = at.j, gi = d.group(j);
   const int64_t c = kReverse ? d.nc - 1 - step : step;
   const Chunk ch = make_chunk(d, S, seq, bi, j, c);
   const int64_t t0 = ch.t0;
@@ -110,16 +104,11 @@ void launch_chunk_state_mma(const Dims& d, bool reverse, const bf16* X, const bf
   const int64_t blocks = d.b * d.nc * d.h;
   if (blocks == 0) return;
   MT_CUDA_CHECK(cudaMemsetAsync(sync, 0, state_pass_sync_ints(d) * sizeof(int32_t), s));
-  with_chunk_tiles(d.Q, [&](auto kq) {
-    constexpr int kQ = decltype(kq)::value;
-    auto go = [&](auto n) {
-      constexpr int kN = decltype(n)::value;
-      auto kernel = reverse ? chunk_state_mma_kernel<kQ, kN, true> : chunk_state_mma_kernel<kQ, kN, false>;
-      launch_big(kernel, unsigned(blocks), kThreads, ChunkStateMmaLayout<kQ, kN>::bytes, s, d, X, Bm, S, delta, seq,
-                 init, states, last, sync);
-    };
-    if (d.n == 64) go(std::integral_constant<int, 64>{});
-    else go(std::integral_constant<int, 128>{});
+  with_mma_sizes(d, [&](auto kq, auto kn) {
+    constexpr int kQ = decltype(kq)::value, kN = decltype(kn)::value;
+    auto kernel = reverse ? chunk_state_mma_kernel<kQ, kN, true> : chunk_state_mma_kernel<kQ, kN, false>;
+    launch_big(kernel, unsigned(blocks), kThreads, ChunkStateMmaLayout<kQ, kN>::bytes, s, d, X, Bm, S, delta, seq, init,
+               states, last, sync);
   });
 }
 

@@ -46,7 +46,6 @@ __global__ void __launch_bounds__(kThreads, 2)
   using Lay = ForwardMmaLayout<kQ, kN>;
   constexpr int kT = Lay::kT;
   extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ int64_t ticket;
   bf16* xr = reinterpret_cast<bf16*>(smem + Lay::x);
   bf16* xs = reinterpret_cast<bf16*>(smem + Lay::xs);
   bf16* bc = reinterpret_cast<bf16*>(smem + Lay::b);
@@ -58,12 +57,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   int32_t* flags = sync + 1;  // [b, h, nc]: the step's slot is written
 
-  if (tid == 0) ticket = atomicAdd(reinterpret_cast<unsigned*>(sync), 1u);
-  __syncthreads();
-  int64_t id = ticket;
-  const int64_t j = id % d.h;
-  id /= d.h;
-  const int64_t bi = id % d.b, c = id / d.b, gi = d.group(j);
+  const PassPlace at = take_pass_place(d, sync);
+  const int64_t c = at.step, bi = at.bi, j = at.j, gi = d.group(j);
   const Chunk ch = make_chunk(d, S, seq, bi, j, c);
   const int L = ch.L;
   const int64_t t0 = ch.t0, len = t0 + L;
@@ -176,15 +171,10 @@ void launch_forward_mma(const Dims& d, const bf16* x, const bf16* B, const bf16*
   const int64_t blocks = d.b * d.nc * d.h;
   if (blocks == 0) return;
   MT_CUDA_CHECK(cudaMemsetAsync(sync, 0, state_pass_sync_ints(d) * sizeof(int32_t), s));
-  with_chunk_tiles(d.Q, [&](auto kq) {
-    constexpr int kQ = decltype(kq)::value;
-    auto go = [&](auto n) {
-      constexpr int kN = decltype(n)::value;
-      launch_big(forward_mma_kernel<kQ, kN>, unsigned(blocks), kThreads, ForwardMmaLayout<kQ, kN>::bytes, s, d, x, B,
-                 C, D, S, delta, seq, K, init, ring, last, sync, y);
-    };
-    if (d.n == 64) go(std::integral_constant<int, 64>{});
-    else go(std::integral_constant<int, 128>{});
+  with_mma_sizes(d, [&](auto kq, auto kn) {
+    constexpr int kQ = decltype(kq)::value, kN = decltype(kn)::value;
+    launch_big(forward_mma_kernel<kQ, kN>, unsigned(blocks), kThreads, ForwardMmaLayout<kQ, kN>::bytes, s, d, x, B, C,
+               D, S, delta, seq, K, init, ring, last, sync, y);
   });
 }
 

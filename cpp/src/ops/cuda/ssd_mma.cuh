@@ -124,6 +124,20 @@ __device__ __forceinline__ void chunk_state_product(float (&acc)[kN / 16][4], co
   }
 }
 
+// A block's place in a state pass handed from block to block: (step, row, head) from a
+// ticket taken in the order blocks start (sync[0]), step outermost, so that the block a
+// step waits on is already running and every (row, head) chain moves on together.
+struct PassPlace {
+  int64_t step, bi, j;
+};
+__device__ __forceinline__ PassPlace take_pass_place(const Dims& d, int32_t* sync) {
+  __shared__ int64_t ticket;
+  if (threadIdx.x == 0) ticket = atomicAdd(reinterpret_cast<unsigned*>(sync), 1u);
+  __syncthreads();
+  const int64_t id = ticket, head = id % (d.b * d.h);
+  return {id / (d.b * d.h), head / d.h, head % d.h};
+}
+
 // The carry of a state pass handed from block to block (ssd_chunk_state_mma.cu,
 // ssd_forward_mma.cu), at a thread's places of chunk_state_product's fragments in a
 // [64][n] state: rows r and r + 8, columns c0 + 8·nt and + 1. take() gets the state
@@ -181,6 +195,16 @@ struct CarryPlaces {
     }
   }
 };
+
+// f(kq, kn), integral constants: the chunk's tile height (64 or 128, with_chunk_tiles) and
+// the state size n (64 or 128), for the mma kernels' launchers.
+template <class F>
+void with_mma_sizes(const Dims& d, F&& f) {
+  with_chunk_tiles(d.Q, [&](auto kq) {
+    if (d.n == 64) f(kq, std::integral_constant<int, 64>{});
+    else f(kq, std::integral_constant<int, 128>{});
+  });
+}
 
 // The pair (col, col + 1) of row r of a swizzled [..][64] bf16 tile, col even.
 __device__ __forceinline__ float2 tile_pair(const __nv_bfloat16* tile, int r, int col) {
