@@ -9,8 +9,8 @@
 // State warp kT + w takes the same tokens' state terms: T1 = B·Ĥᵀ gives q_s = ⟨x_s, T1_s⟩
 // and f_s·Δ_s·T1 + D·dy, which it hands to Z warp w (f32: in the tile's rows of B, which
 // only this warp reads, at n 128; else in a region of its own) to be added to dX and
-// stored; U = C·H_inᵀ gives u_t = ⟨dy_t, U_t⟩, the state warp making U's columns p 32..63
-// and Σ dy·x, the Z warp, once its own products are made, columns 0..31 (the state warps
+// stored, and Σ dy·x; U = C·H_inᵀ gives u_t = ⟨dy_t, U_t⟩, the state warp making U's
+// columns p 32..63, the Z warp, once its own products are made, columns 0..31 (the state warps
 // have about three times the Z warps' mma work otherwise). u's two halves add in that order.
 // The states are split once, as they are staged, into three bf16 planes (q and u feed f32
 // outputs), so that both products read them with ldmatrix; the state warps also sum
@@ -69,14 +69,14 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
   float* hand = Lay::kHandInB ? reinterpret_cast<float*>(bs + 16 * w * kN)
                               : reinterpret_cast<float*>(smem + Lay::handoff) + w * 16 * kP;
   auto handoff = [&](int i) -> float& { return hand[i * 32 + lane]; };
-  // A warp's half of U's columns (p 32·half ..) for the rows of tile w: u's part and, from
-  // the state warp, Σ dy·x. The planes are swizzled by row, so 32 rows down is a tile too.
-  auto u_half = [&](int half, double* u_out, double* d_out) {
+  // A warp's half of U's columns (p 32·half ..) for the rows of tile w: u's part. The
+  // planes are swizzled by row, so 32 rows down is a tile too.
+  auto u_half = [&](int half, double* u_out) {
     float u[kP / 16][4];
     zero_frags(u);
 #pragma unroll
     for (int q = 0; q < kParts; ++q) gemm_abt<kN, 4>(u, cs, 16 * w, hin + q * kP * kN + 32 * half * kN);
-    double us[2] = {0, 0}, ds[2] = {0, 0};
+    double us[2] = {0, 0};
 #pragma unroll
     for (int nt = 0; nt < kP / 16; ++nt)
 #pragma unroll
@@ -85,22 +85,10 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
         const float2 dyv = tile_pair(dys, t, col);
         us[hr] += double(dyv.x) * double(u[nt][2 * hr]) + double(dyv.y) * double(u[nt][2 * hr + 1]);
       }
-    if (d_out)
-#pragma unroll
-      for (int nt = 0; nt < kP / 8; ++nt)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-          const int t = 16 * w + g + 8 * hr, col = 8 * nt + 2 * tq;
-          const float2 xv = tile_pair(xs, t, col), dyv = tile_pair(dys, t, col);
-          ds[hr] += double(dyv.x) * double(xv.x) + double(dyv.y) * double(xv.y);
-        }
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      const double su = quad_sum(us[hr]), sd = quad_sum(ds[hr]);
-      if (tq == 0) {
-        u_out[16 * w + g + 8 * hr] = su;
-        if (d_out) d_out[16 * w + g + 8 * hr] = sd;
-      }
+      const double su = quad_sum(us[hr]);
+      if (tq == 0) u_out[16 * w + g + 8 * hr] = su;
     }
   };
   const TokenValues v = carve_token_values(smem + Lay::values, kQ);
@@ -242,7 +230,7 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
       }
     }
     named_barrier(2, Lay::kThreads);  // C and H_in's planes, from the state warps
-    u_half(0, u_lo, nullptr);
+    u_half(0, u_lo);
   } else {
     // Both states into their planes, and this thread's share of ⟨Ĥ, H_in⟩.
     {
@@ -256,15 +244,15 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
     cp_wait<0>();
     named_barrier(1, kHalf);                 // B, C and the state planes, among the state warps
     named_barrier_arrive(2, Lay::kThreads);  // and for the Z warps' half of U
-    u_half(1, v.uacc, v.dacc);
-    // T1 = B·Ĥᵀ of rows s in tile w: q_s, and f_s·Δ_s·T1 + D·dy handed to Z warp w.
+    u_half(1, v.uacc);
+    // T1 = B·Ĥᵀ of rows s in tile w: q_s, Σ dy·x, and f_s·Δ_s·T1 + D·dy handed to Z warp w.
     {
       const float Dj = a.D ? a.D[j] : 0.f;
       float t1[kP / 8][4];
       zero_frags(t1);
 #pragma unroll
       for (int q = 0; q < kParts; ++q) gemm_abt<kN, 8>(t1, bs, 16 * w, hout + q * kP * kN);
-      double q[2] = {0, 0};
+      double q[2] = {0, 0}, ds[2] = {0, 0};
       __syncwarp();  // the tile's rows of B are read: at n 128 they take the handoff
 #pragma unroll
       for (int nt = 0; nt < kP / 8; ++nt)
@@ -273,13 +261,14 @@ __global__ void __launch_bounds__(DxMmaLayout<kQ, kN>::kThreads, 1)
           const int s = 16 * w + g + 8 * hr, col = 8 * nt + 2 * tq;
           const float2 xv = tile_pair(xs, s, col), dyv = tile_pair(dys, s, col);
           q[hr] += double(xv.x) * double(t1[nt][2 * hr]) + double(xv.y) * double(t1[nt][2 * hr + 1]);
+          ds[hr] += double(dyv.x) * double(xv.x) + double(dyv.y) * double(xv.y);
           handoff(4 * nt + 2 * hr) = v.fd32[s] * t1[nt][2 * hr] + Dj * dyv.x;
           handoff(4 * nt + 2 * hr + 1) = v.fd32[s] * t1[nt][2 * hr + 1] + Dj * dyv.y;
         }
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
-        const double z = quad_sum(q[hr]);
-        if (tq == 0) v.qacc[16 * w + g + 8 * hr] = z;
+        const double z = quad_sum(q[hr]), sd = quad_sum(ds[hr]);
+        if (tq == 0) v.qacc[16 * w + g + 8 * hr] = z, v.dacc[16 * w + g + 8 * hr] = sd;
       }
     }
   }
